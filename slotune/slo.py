@@ -1,0 +1,173 @@
+"""SLO targets as data: the one definition used by the load generator (goodput), the playbooks
+(thresholds), the tuner (constraints) and the Prometheus rule generator (burn-rate alerts).
+
+A spec is written like `ttft_p95<=500ms,tpot_p95<=50ms,e2e_p99<=2s,error_rate<=1%`.
+
+Goodput follows `vllm bench serve --goodput`: a request is *good* when each of its per-request
+latencies is at or under the threshold for that metric; goodput is good requests per second of the
+run. Per metric, the threshold is the one of the spec's highest-percentile target on that metric.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from slotune.errors import ConfigError
+
+# Latency SLIs, in seconds, with the name `vllm bench serve --goodput` uses for the same thing.
+LATENCY_METRICS: dict[str, str] = {
+    "ttft": "ttft",  # time to first token
+    "tpot": "tpot",  # time per output token after the first
+    "itl": "itl",  # inter-token latency
+    "e2e": "e2el",  # end-to-end request latency
+}
+STATS = ("p50", "p90", "p95", "p99", "mean")
+RATIO_METRICS = ("error_rate",)
+
+DEFAULT_SLO = "ttft_p95<=500ms,e2e_p95<=2s"
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_TARGET = re.compile(
+    r"^\s*(?P<metric>error_rate|[a-z0-9]+)(?:_(?P<stat>p\d{1,2}|mean))?\s*<=\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>us|ms|s|m|%)?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class SloTarget:
+    metric: str  # ttft | tpot | itl | e2e | error_rate
+    stat: str | None  # p50 ... p99 | mean; None for ratios
+    threshold: float  # seconds for latencies, a fraction for ratios
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}_{self.stat}" if self.stat else self.metric
+
+    @property
+    def quantile(self) -> float | None:
+        """0.95 for p95; None for mean and ratios."""
+        return int(self.stat[1:]) / 100 if self.stat and self.stat.startswith("p") else None
+
+    def __str__(self) -> str:
+        if self.metric in RATIO_METRICS:
+            return f"{self.key}<={_fmt(self.threshold * 100)}%"
+        if self.threshold >= 1:
+            return f"{self.key}<={_fmt(self.threshold)}s"
+        return f"{self.key}<={_fmt(self.threshold * 1000)}ms"
+
+    def met_by(self, value: float | None) -> bool | None:
+        """True/False, or None when there is no measurement."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return value <= self.threshold
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class SloResult:
+    target: SloTarget
+    value: float | None
+    met: bool | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": str(self.target), "key": self.target.key, "value": self.value,
+                "threshold": self.target.threshold, "met": self.met}
+
+
+@dataclass(frozen=True)
+class SloSpec:
+    targets: tuple[SloTarget, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "SloSpec":
+        if not text or not text.strip():
+            raise ConfigError("empty SLO spec: write targets like 'ttft_p95<=500ms,e2e_p95<=2s'")
+        targets: list[SloTarget] = []
+        for part in text.split(","):
+            targets.append(_parse_target(part))
+        keys = [t.key for t in targets]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ConfigError(f"SLO spec names {sorted(dup)[0]!r} twice")
+        return cls(tuple(targets))
+
+    def __str__(self) -> str:
+        return ",".join(str(t) for t in self.targets)
+
+    def get(self, metric: str, stat: str | None = None) -> SloTarget | None:
+        for t in self.targets:
+            if t.metric == metric and (stat is None or t.stat == stat):
+                return t
+        return None
+
+    def request_thresholds(self) -> dict[str, float]:
+        """Per-request latency thresholds (seconds) for goodput: metric -> threshold."""
+        best: dict[str, SloTarget] = {}
+        for t in self.targets:
+            if t.metric not in LATENCY_METRICS:
+                continue
+            rank = t.quantile if t.quantile is not None else 0.5
+            cur = best.get(t.metric)
+            if cur is None or rank > (cur.quantile if cur.quantile is not None else 0.5):
+                best[t.metric] = t
+        return {m: t.threshold for m, t in best.items()}
+
+    def vllm_goodput_args(self) -> list[str]:
+        """The same thresholds as `vllm bench serve --goodput KEY:MS ...` arguments."""
+        return [f"{LATENCY_METRICS[m]}:{_fmt(v * 1000)}" for m, v in self.request_thresholds().items()]
+
+    def evaluate(self, figures: Mapping[str, object]) -> list[SloResult]:
+        """Check each target against figures shaped like the collectors' JSON:
+        `{"ttft_seconds": {"p95": ...}, ..., "error_rate": ...}`."""
+        results = []
+        for t in self.targets:
+            value = lookup(figures, t)
+            results.append(SloResult(t, value, t.met_by(value)))
+        return results
+
+
+def lookup(figures: Mapping[str, object], target: SloTarget) -> float | None:
+    if target.metric in RATIO_METRICS:
+        v = figures.get(target.metric)
+        return float(v) if isinstance(v, (int, float)) else None
+    block = figures.get(f"{target.metric}_seconds")
+    if isinstance(block, Mapping):
+        v = block.get(target.stat or "mean")
+        return float(v) if isinstance(v, (int, float)) else None
+    return None
+
+
+def _parse_target(part: str) -> SloTarget:
+    m = _TARGET.match(part)
+    if not m:
+        raise ConfigError(
+            f"bad SLO target {part.strip()!r}: write METRIC_STAT<=VALUE with a unit, "
+            "e.g. 'ttft_p95<=500ms' or 'error_rate<=1%'"
+        )
+    metric, stat, num, unit = m["metric"], m["stat"], float(m["num"]), m["unit"]
+    if metric in RATIO_METRICS:
+        if stat is not None:
+            raise ConfigError(f"bad SLO target {part.strip()!r}: {metric} takes no percentile")
+        if unit not in ("%", None):
+            raise ConfigError(f"bad SLO target {part.strip()!r}: {metric} is a ratio; write e.g. 1%")
+        value = num / 100 if unit == "%" else num
+        if not 0 <= value <= 1:
+            raise ConfigError(f"bad SLO target {part.strip()!r}: a ratio lies between 0% and 100%")
+        return SloTarget(metric, None, value)
+    if metric not in LATENCY_METRICS:
+        known = ", ".join([*LATENCY_METRICS, *RATIO_METRICS])
+        raise ConfigError(f"bad SLO target {part.strip()!r}: unknown metric {metric!r} (known: {known})")
+    if stat is None or stat not in STATS:
+        raise ConfigError(
+            f"bad SLO target {part.strip()!r}: give a statistic, one of {', '.join(STATS)} (e.g. {metric}_p95)"
+        )
+    if unit is None or unit == "%":
+        raise ConfigError(f"bad SLO target {part.strip()!r}: latency needs a unit (us, ms, s)")
+    if num <= 0:
+        raise ConfigError(f"bad SLO target {part.strip()!r}: threshold must be positive")
+    return SloTarget(metric, stat, num * _UNITS[unit])

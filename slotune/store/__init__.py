@@ -1,0 +1,24 @@
+"""slotune's own tables (all prefixed `slotune_`, apart from Optuna's) and a session factory."""
+
+from slotune.store.db import Store, open_store
+from slotune.store.models import (
+    Base,
+    ConfigChange,
+    Finding,
+    OutboxMessage,
+    Recommendation,
+    Snapshot,
+    TrialRecord,
+)
+
+__all__ = [
+    "Base",
+    "ConfigChange",
+    "Finding",
+    "OutboxMessage",
+    "Recommendation",
+    "Snapshot",
+    "Store",
+    "TrialRecord",
+    "open_store",
+]

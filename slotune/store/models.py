@@ -1,0 +1,122 @@
+"""Typed SQLAlchemy 2.x models. JSON columns hold the typed payloads' `to_dict()` forms.
+
+Table names carry the `slotune_` prefix so that Optuna's RDB tables (`studies`, `trials`,
+`alembic_version`, ...) can live in the same database without colliding.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Snapshot(Base):
+    """One measured window of one target: server-side (scrape deltas) or client-side (load generator)."""
+
+    __tablename__ = "slotune_snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(500), index=True)
+    source: Mapped[str] = mapped_column(String(20), default="server")  # server | client
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    study_name: Mapped[str | None] = mapped_column(String(200), index=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]]
+
+
+class Finding(Base):
+    """A playbook verdict on a window, with its evidence and remedies."""
+
+    __tablename__ = "slotune_findings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(500), index=True)
+    playbook: Mapped[str] = mapped_column(String(100), index=True)
+    severity: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="active", index=True)  # active|acknowledged|silenced|resolved
+    summary: Mapped[str] = mapped_column(Text, default="")
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("slotune_snapshots.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    silenced_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict[str, Any]]
+
+
+class TrialRecord(Base):
+    """What slotune knows of one tuning trial beyond Optuna's own row: config, measurements, log."""
+
+    __tablename__ = "slotune_trials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(200), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))  # complete | infeasible | failed
+    reason: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, Any]]
+    config: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]
+    findings: Mapped[list[Any]]
+    log_path: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Recommendation(Base):
+    """A config the controller recommends for a target (from a study or a playbook remedy)."""
+
+    __tablename__ = "slotune_recommendations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(500), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|approved|applied|rolled_back|rejected
+    source: Mapped[str] = mapped_column(String(200), default="")  # study name or playbook id
+    reason: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[dict[str, Any]]
+    evidence: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ConfigChange(Base):
+    """A config applied to a managed server, with before/after evidence and its outcome."""
+
+    __tablename__ = "slotune_config_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(500), index=True)
+    recommendation_id: Mapped[int | None] = mapped_column(ForeignKey("slotune_recommendations.id"))
+    status: Mapped[str] = mapped_column(String(20))  # canary | kept | rolled_back | failed
+    from_config: Mapped[dict[str, Any]]
+    to_config: Mapped[dict[str, Any]]
+    before: Mapped[dict[str, Any]]
+    after: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxMessage(Base):
+    """A notification to deliver at least once; `id` travels with it so receivers can de-duplicate."""
+
+    __tablename__ = "slotune_outbox"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    receiver: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,288 @@
+"""The one place where a vLLM launch configuration becomes a command line.
+
+`VllmConfig` is the typed object everything else (tuner, sidecar, CLI, tests) passes around. Only the
+fields declared here can reach vLLM; each maps to exactly one flag in `FLAGS`. Values are typed and
+strings are checked against a conservative pattern, and the command is an argument vector (no shell),
+so a config file can never inject a command.
+
+`validate_combination` refuses the flag combinations vLLM is known to reject, before anything is
+launched, with a message that says which rule was broken.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slotune.errors import ConfigError
+
+# A value that may appear on a command line: paths, model ids, dtype names. No spaces, quotes, `;`,
+# `|`, `&`, `$`, backticks or redirections; argv needs no quoting, but the printed `vllm serve` line
+# must paste safely too.
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+=-]+$")
+
+# Environment variables a config may set for the server process. Everything else is refused.
+ALLOWED_ENV = frozenset(
+    {
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU",
+        "CUDA_VISIBLE_DEVICES",
+        "VLLM_LOGGING_LEVEL",
+        "OMP_NUM_THREADS",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    }
+)
+
+SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "suffix")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One vLLM flag slotune may set: the config field, the CLI flag, and how the value is written."""
+
+    field: str
+    flag: str
+    kind: Literal["int", "float", "str", "bool", "json"]
+    tunable: bool = False
+    help: str = ""
+
+
+# The allow-list: the flags slotune tunes, and the few it needs to run a server at all.
+FLAGS: tuple[Flag, ...] = (
+    Flag("served_model_name", "--served-model-name", "str"),
+    Flag("dtype", "--dtype", "str"),
+    Flag("seed", "--seed", "int"),
+    Flag("max_num_seqs", "--max-num-seqs", "int", True, "concurrent sequences per batch"),
+    Flag("max_num_batched_tokens", "--max-num-batched-tokens", "int", True, "token budget per engine step"),
+    Flag("max_model_len", "--max-model-len", "int", True, "longest prompt + output"),
+    Flag("enable_chunked_prefill", "--enable-chunked-prefill", "bool", True, "split long prefills"),
+    Flag("enable_prefix_caching", "--enable-prefix-caching", "bool", True, "reuse KV of shared prefixes"),
+    Flag("quantization", "--quantization", "str", True, "weight quantization method"),
+    Flag("kv_cache_dtype", "--kv-cache-dtype", "str", True, "KV-cache element type"),
+    Flag("speculative_config", "--speculative-config", "json", True, "speculative decoding"),
+    Flag("long_prefill_token_threshold", "--long-prefill-token-threshold", "int", True),
+    Flag("gpu_memory_utilization", "--gpu-memory-utilization", "float", False, "GPU memory share"),
+    Flag("num_gpu_blocks_override", "--num-gpu-blocks-override", "int", False, "KV blocks (testing)"),
+    Flag("block_size", "--block-size", "int"),
+    Flag("enforce_eager", "--enforce-eager", "bool"),
+    Flag("optimization_level", "--optimization-level", "int"),
+    Flag("tensor_parallel_size", "--tensor-parallel-size", "int"),
+    Flag("max_logprobs", "--max-logprobs", "int"),
+)
+FLAG_BY_FIELD = {f.field: f for f in FLAGS}
+TUNABLE_FIELDS = tuple(f.field for f in FLAGS if f.tunable)
+
+
+class SpeculativeConfig(BaseModel):
+    """`--speculative-config`, limited to the keys slotune sets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    num_speculative_tokens: int = Field(ge=1, le=16)
+    model: str | None = None
+    prompt_lookup_max: int | None = Field(default=None, ge=1, le=64)
+    prompt_lookup_min: int | None = Field(default=None, ge=1, le=64)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in SPEC_METHODS:
+            raise ValueError(f"unknown speculative method {v!r} (known: {', '.join(SPEC_METHODS)})")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _safe_model(cls, v: str | None) -> str | None:
+        return _safe(v)
+
+
+def _safe(v: str | None) -> str | None:
+    if v is not None and not _SAFE_VALUE.match(v):
+        raise ValueError(f"value {v!r} has characters not allowed on a command line")
+    return v
+
+
+class VllmConfig(BaseModel):
+    """A vLLM server launch: model, the tunable flags, and where/how to run it.
+
+    `None` means "leave vLLM's default", so the baseline config is simply `VllmConfig(model=...)`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535, description="None picks a free port")
+
+    served_model_name: str | None = None
+    dtype: str | None = None
+    seed: int | None = None
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)
+    enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+    speculative_config: SpeculativeConfig | None = None
+    long_prefill_token_threshold: int | None = Field(default=None, ge=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=1)
+    enforce_eager: bool | None = None
+    optimization_level: int | None = Field(default=None, ge=0, le=3)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    max_logprobs: int | None = Field(default=None, ge=0)
+
+    env: dict[str, str] = Field(default_factory=dict, description="environment for the server process")
+
+    @field_validator("model", "served_model_name", "dtype", "quantization", "kv_cache_dtype")
+    @classmethod
+    def _safe_strings(cls, v: str | None) -> str | None:
+        return _safe(v)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9.:-]+$", v):
+            raise ValueError(f"host {v!r} is not a host name or address")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if key not in ALLOWED_ENV:
+                raise ValueError(f"environment variable {key!r} is not allowed (allowed: {sorted(ALLOWED_ENV)})")
+            _safe(str(value))
+        return v
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> "VllmConfig":
+        """Validate user data (a config file, an API body) with a one-line error on failure."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+    def with_changes(self, **changes: Any) -> "VllmConfig":
+        """A copy with some fields changed, validated like user input."""
+        data = self.model_dump(exclude_none=False)
+        data.update(changes)
+        return VllmConfig.from_mapping(data, source="config change")
+
+    def flags(self) -> dict[str, Any]:
+        """The allow-listed flags that are set (not None), by field name."""
+        return {f.field: getattr(self, f.field) for f in FLAGS if getattr(self, f.field) is not None}
+
+    def tuned_params(self) -> dict[str, Any]:
+        """The tunable flags that are set: what distinguishes this config from vLLM's default."""
+        return {k: v for k, v in self.flags().items() if FLAG_BY_FIELD[k].tunable}
+
+    # -- the one place a config becomes a command line -------------------------------------------
+
+    def flag_args(self) -> list[str]:
+        """The flags after the model, as an argument vector."""
+        args: list[str] = []
+        for f in FLAGS:
+            value = getattr(self, f.field)
+            if value is None:
+                continue
+            if f.kind == "bool":
+                args.append(f.flag if value else "--no-" + f.flag[2:])
+            elif f.kind == "json":
+                args += [f.flag, json.dumps(value.model_dump(exclude_none=True), separators=(",", ":"))]
+            else:
+                args += [f.flag, str(value)]
+        return args
+
+    def launch_argv(self, port: int) -> list[str]:
+        """What slotune executes: vLLM's OpenAI server module under this Python."""
+        # `python -m` rather than the `vllm` console script: the CPU distribution (`vllm-cpu`) ships a
+        # script that fails to find its own distribution.
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            *self.flag_args(),
+        ]
+
+    def serve_command(self) -> str:
+        """The `vllm serve` line a user would paste to run this config."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        argv = ["vllm", "serve", self.model, *self.flag_args()]
+        line = " ".join(shlex.quote(a) for a in argv)
+        return f"{env} {line}" if env else line
+
+    def flag_file(self) -> str:
+        """A YAML flag file for `vllm serve --config FILE` (vLLM's own config-file format)."""
+        import yaml
+
+        data: dict[str, Any] = {"model": self.model}
+        for field, value in self.flags().items():
+            key = FLAG_BY_FIELD[field].flag[2:]
+            data[key] = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "value"
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(VllmConfig.model_fields))
+        return f"unknown flag {loc!r} (allowed: {allowed})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}"
+
+
+# -- combinations vLLM rejects --------------------------------------------------------------------
+
+
+def validate_combination(cfg: VllmConfig, *, effective_max_model_len: int | None = None) -> None:
+    """Raise ConfigError for flag combinations vLLM refuses at start-up.
+
+    `effective_max_model_len` is the model's context length when `max_model_len` is unset (vLLM then
+    uses the model's own), so the chunked-prefill rule can be checked for the baseline too.
+    """
+    seqs, budget = cfg.max_num_seqs, cfg.max_num_batched_tokens
+    max_len = cfg.max_model_len or effective_max_model_len
+    if seqs is not None and budget is not None and budget < seqs:
+        raise ConfigError(
+            f"max_num_batched_tokens ({budget}) must be >= max_num_seqs ({seqs}): "
+            "every running sequence needs at least one token per step"
+        )
+    if cfg.enable_chunked_prefill is False and budget is not None and max_len is not None and budget < max_len:
+        raise ConfigError(
+            f"max_num_batched_tokens ({budget}) is smaller than max_model_len ({max_len}) with chunked "
+            "prefill disabled: the longest prompt could never be scheduled; enable chunked prefill or "
+            "raise max_num_batched_tokens"
+        )
+    spec = cfg.speculative_config
+    if spec is not None:
+        if spec.method == "ngram" and spec.model is not None:
+            raise ConfigError("speculative method 'ngram' takes no draft model")
+        if spec.method in ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator") and spec.model is None:
+            raise ConfigError(f"speculative method {spec.method!r} needs a draft model")
+        if (
+            spec.prompt_lookup_min is not None
+            and spec.prompt_lookup_max is not None
+            and spec.prompt_lookup_min > spec.prompt_lookup_max
+        ):
+            raise ConfigError("prompt_lookup_min must be <= prompt_lookup_max")

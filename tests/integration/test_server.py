@@ -1,0 +1,156 @@
+"""The managed vLLM server against a real vLLM (tiny model): start, serve, metrics, stop, no orphans,
+and each start-up failure class."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slotune.errors import ConfigError
+from slotune.server import ManagedServer, StartStatus, group_alive
+from slotune.vllm_config import VllmConfig
+
+pytestmark = pytest.mark.integration
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (a zombie is gone, just not yet reaped)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_start_complete_metrics_stop_leaves_no_process(tiny_model, tmp_path):
+    server = ManagedServer(VllmConfig(model=str(tiny_model), served_model_name="tiny"), log_dir=tmp_path)
+    result = server.start()
+    assert result.ok, result
+    pgid = os.getpgid(server.process.pid)
+    try:
+        r = httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={"model": "tiny", "prompt": "the model", "max_tokens": 5, "ignore_eos": True},
+            timeout=60,
+        )
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] == 5
+        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        assert "vllm:time_to_first_token_seconds_bucket" in metrics
+        assert "vllm:request_success_total" in metrics
+        assert len(_live_members(pgid)) >= 2  # API server and engine core
+    finally:
+        server.stop()
+    assert _live_members(pgid) == []
+    assert result.log_path.exists() and "Starting vLLM" in result.log_path.read_text() or result.log_path.stat().st_size > 0
+
+
+def test_kv_cache_too_small_for_max_model_len(start_vllm):
+    # On the CPU backend a block is 128 tokens: 2 blocks cannot hold one 4096-token sequence.
+    result = start_vllm(expect_ready=False, num_gpu_blocks_override=2, max_model_len=4096)
+    assert result.status is StartStatus.KV_CACHE_TOO_SMALL, result
+    assert any("KV cache" in line for line in result.log_lines)
+
+
+def test_invalid_flag_pair_is_refused_before_launch(tiny_model, tmp_path):
+    server = ManagedServer(
+        VllmConfig(model=str(tiny_model), max_num_seqs=8, max_num_batched_tokens=4), log_dir=tmp_path
+    )
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        server.start()
+    assert server.process is None and not list(tmp_path.iterdir())
+
+
+def test_invalid_flag_pair_vllm_itself_rejects_is_classified(tiny_model, tmp_path):
+    # Skip slotune's own check to show vLLM rejects the pair and the log is classified.
+    server = ManagedServer(
+        VllmConfig(model=str(tiny_model), max_num_seqs=8, max_num_batched_tokens=4), log_dir=tmp_path
+    )
+    import slotune.server as srv
+
+    original = srv.validate_combination
+    srv.validate_combination = lambda cfg: None
+    try:
+        result = server.start()
+    finally:
+        srv.validate_combination = original
+    assert result.status is StartStatus.INVALID_CONFIG, result
+    assert any("max_num_batched_tokens" in line for line in result.log_lines)
+
+
+def test_timeout_is_classified_and_stops_the_server(tiny_model, tmp_path):
+    server = ManagedServer(VllmConfig(model=str(tiny_model)), log_dir=tmp_path, startup_timeout=3)
+    result = server.start()
+    assert result.status is StartStatus.TIMED_OUT
+    assert server.process is None
+
+
+def test_crash_is_classified(tmp_path):
+    # A model directory without weights: vLLM dies during start-up for a reason that is neither a
+    # flag nor memory.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    server = ManagedServer(VllmConfig(model=str(broken)), log_dir=tmp_path)
+    result = server.start()
+    assert result.status in (StartStatus.CRASHED, StartStatus.INVALID_CONFIG), result
+    assert result.status is not StartStatus.READY and result.log_lines
+
+
+def test_interrupted_parent_leaves_no_orphans(tiny_model, tmp_path):
+    """Ctrl-C (SIGINT) in the process that started vLLM stops the server too."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from slotune.server import ManagedServer
+        from slotune.vllm_config import VllmConfig
+        with ManagedServer(VllmConfig(model={str(tiny_model)!r}), log_dir=Path({str(tmp_path)!r})) as s:
+            print(os.getpgid(s.process.pid), flush=True)
+            time.sleep(600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pgid = int(parent.stdout.readline())
+    assert _live_members(pgid)
+    parent.send_signal(signal.SIGINT)
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _live_members(pgid) == []
+
+
+def test_killed_parent_takes_server_down(tiny_model, tmp_path):
+    """Even SIGKILL of slotune (no cleanup runs) does not orphan vLLM: the death signal does it."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from slotune.server import ManagedServer
+        from slotune.vllm_config import VllmConfig
+        s = ManagedServer(VllmConfig(model={str(tiny_model)!r}), log_dir=Path({str(tmp_path)!r}))
+        assert s.start().ok
+        print(os.getpgid(s.process.pid), flush=True)
+        time.sleep(600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pgid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 40
+    while _live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _live_members(pgid) == []
+    assert not group_alive(pgid) or _live_members(pgid) == []

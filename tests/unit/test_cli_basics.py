@@ -1,0 +1,30 @@
+import subprocess
+import sys
+
+from slotune import __version__
+from slotune.cli.main import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slotune.cli.main", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("version", "model"):
+        assert cmd in out.stdout
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_and_non_zero():
+    for args in (["bogus"], ["model", "tiny"], ["model", "tiny", "/tmp/x", "--seed", "x"]):
+        out = run(*args)
+        assert out.returncode == 2, args
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+        assert "Traceback" not in out.stderr

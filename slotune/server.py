@@ -112,7 +112,7 @@ def _stop_all() -> None:
         server.stop()
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: servers are tracked in a WeakSet
 class ManagedServer:
     """One vLLM server process. Use as a context manager, or call start()/stop()."""
 

@@ -227,7 +227,10 @@ class VllmConfig(BaseModel):
     def serve_command(self) -> str:
         """The `vllm serve` line a user would paste to run this config."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        argv = ["vllm", "serve", self.model, *self.flag_args()]
+        where = (["--host", self.host] if self.host != "127.0.0.1" else []) + (
+            ["--port", str(self.port)] if self.port else []
+        )
+        argv = ["vllm", "serve", self.model, *where, *self.flag_args()]
         line = " ".join(shlex.quote(a) for a in argv)
         return f"{env} {line}" if env else line
 

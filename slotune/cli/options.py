@@ -1,0 +1,45 @@
+"""Options several commands share, and how they turn into validated models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slotune.errors import ConfigError
+from slotune.vllm_config import VllmConfig
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with one-line errors naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values")
+    return data
+
+
+def vllm_config_from(model: str | None, config_file: Path | None, overrides: dict[str, Any]) -> VllmConfig:
+    """Merge a config file (VllmConfig fields; `-` or `_` spellings), then flags given on the CLI."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if config_file is not None:
+        data = {k.replace("-", "_"): v for k, v in load_yaml(config_file).items()}
+        source = str(config_file)
+    if model is not None:
+        data["model"] = model
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if "model" not in data:
+        raise ConfigError("no model given: pass --model DIR or set 'model' in the config file")
+    return VllmConfig.from_mapping(data, source=source)

@@ -95,6 +95,8 @@ class Snapshot:
 
     requests_finished: float | None = None
     request_rate: float | None = None
+    prompt_tokens_total: float | None = None  # prefill tokens in the window
+    generation_tokens_total: float | None = None  # generated tokens in the window
     prompt_tokens_per_second: float | None = None
     generation_tokens_per_second: float | None = None
     finished_by_reason: dict[str, float] = field(default_factory=dict)

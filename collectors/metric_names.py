@@ -1,0 +1,126 @@
+"""The one table of vLLM metric names slotune reads, with the names older releases used.
+
+Names are vLLM 0.32's, as exposed (counters with their `_total` sample suffix, histograms by their
+base name: the parser adds `_bucket`, `_sum`, `_count`). `aliases` are older names for the same
+quantity; when a page carries both (transitional releases exported both), the current name wins so
+nothing is counted twice.
+
+Under Ray (`RayPrometheusStatLogger`) the `:` becomes `_` (`vllm_kv_cache_usage_perc`) and Ray's
+exporter may add `ray_`; `canonical_name()` maps both back. Every series may carry an `engine`
+label (one per data-parallel engine) and a `model_name` label; the collector sums across them or
+derives per engine.
+
+Dashboards, playbooks and the sidecar read names from here rather than spelling them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(str, Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+    INFO = "info"  # a gauge fixed at 1 whose labels carry the data
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # slotune's name for the quantity
+    name: str  # vLLM 0.32's exposed name
+    kind: Kind
+    help: str
+    aliases: tuple[str, ...] = ()
+    label: str | None = None  # the label that splits it into parts worth keeping apart
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this metric goes by, the preferred first."""
+        return (self.name, *self.aliases)
+
+
+C, G, H, I = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM, Kind.INFO
+
+METRICS: tuple[Metric, ...] = (
+    # Latency histograms (seconds).
+    Metric("ttft", "vllm:time_to_first_token_seconds", H, "time to first token"),
+    Metric("tpot", "vllm:request_time_per_output_token_seconds", H,
+           "per request: (e2e - ttft) / (output tokens - 1)"),
+    # Before vLLM 0.11 `time_per_output_token_seconds` was observed per decode step: it measured ITL.
+    Metric("itl", "vllm:inter_token_latency_seconds", H, "inter-token latency",
+           aliases=("vllm:time_per_output_token_seconds",)),
+    Metric("e2e", "vllm:e2e_request_latency_seconds", H, "end-to-end request latency"),
+    Metric("queue", "vllm:request_queue_time_seconds", H, "time waiting in the scheduler queue"),
+    Metric("prefill", "vllm:request_prefill_time_seconds", H, "time in prefill"),
+    Metric("decode", "vllm:request_decode_time_seconds", H, "time in decode"),
+    # Token-count histograms.
+    Metric("prompt_tokens_hist", "vllm:request_prompt_tokens", H, "prompt length per request"),
+    Metric("output_tokens_hist", "vllm:request_generation_tokens", H, "generated tokens per request"),
+    Metric("iteration_tokens", "vllm:iteration_tokens_total", H, "tokens per engine step"),
+    # Counters.
+    Metric("prompt_tokens", "vllm:prompt_tokens_total", C, "prefill tokens processed"),
+    Metric("generation_tokens", "vllm:generation_tokens_total", C, "tokens generated"),
+    Metric("request_success", "vllm:request_success_total", C, "finished requests",
+           label="finished_reason"),
+    Metric("preemptions", "vllm:num_preemptions_total", C, "scheduler preemptions"),
+    Metric("prefix_cache_queries", "vllm:prefix_cache_queries_total", C, "prefix-cache queries (tokens)",
+           aliases=("vllm:gpu_prefix_cache_queries_total",)),
+    Metric("prefix_cache_hits", "vllm:prefix_cache_hits_total", C, "prefix-cache hits (tokens)",
+           aliases=("vllm:gpu_prefix_cache_hits_total",)),
+    Metric("spec_decode_drafts", "vllm:spec_decode_num_drafts_total", C, "speculative drafts"),
+    Metric("spec_decode_draft_tokens", "vllm:spec_decode_num_draft_tokens_total", C, "draft tokens proposed"),
+    Metric("spec_decode_accepted_tokens", "vllm:spec_decode_num_accepted_tokens_total", C,
+           "draft tokens accepted"),
+    Metric("spec_decode_accepted_per_pos", "vllm:spec_decode_num_accepted_tokens_per_pos_total", C,
+           "draft tokens accepted at each position", label="position"),
+    # Gauges.
+    Metric("requests_running", "vllm:num_requests_running", G, "requests in the running batch"),
+    Metric("requests_waiting", "vllm:num_requests_waiting", G, "requests waiting"),
+    Metric("requests_waiting_by_reason", "vllm:num_requests_waiting_by_reason", G,
+           "waiting requests by reason", label="reason"),
+    Metric("kv_cache_usage", "vllm:kv_cache_usage_perc", G, "KV-cache usage, 0..1",
+           aliases=("vllm:gpu_cache_usage_perc",)),
+    Metric("cache_config", "vllm:cache_config_info", I, "KV-cache configuration in labels"),
+    # Not vLLM's own, but on every page: tells a restart apart from a quiet window.
+    Metric("process_start", "process_start_time_seconds", G, "server process start (unix seconds)"),
+)
+
+BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+FINISHED_ERROR_REASONS = ("abort", "error")
+
+
+def canonical_name(name: str) -> str:
+    """`ray_vllm_x` / `vllm_x` (Ray's spelling) → `vllm:x`; anything else unchanged."""
+    if name.startswith("ray_vllm_"):
+        name = name[4:]
+    if name.startswith("vllm_"):
+        return "vllm:" + name[5:]
+    return name
+
+
+def _build_index() -> dict[str, tuple[Metric, int, str]]:
+    index: dict[str, tuple[Metric, int, str]] = {}
+    for metric in METRICS:
+        for rank, name in enumerate(metric.names):
+            if metric.kind is Kind.HISTOGRAM:
+                for suffix in HISTOGRAM_SUFFIXES:
+                    index[name + suffix] = (metric, rank, suffix)
+            else:
+                index[name] = (metric, rank, "")
+    return index
+
+
+# exposed sample name → (metric, rank of the name among its spellings (0 = current), sample suffix)
+SAMPLE_INDEX = _build_index()
+
+
+def lookup(sample_name: str) -> tuple[Metric, int, str] | None:
+    """The metric a sample belongs to, or None when slotune does not read it."""
+    hit = SAMPLE_INDEX.get(sample_name)
+    if hit is None and "_" in sample_name[:9]:
+        hit = SAMPLE_INDEX.get(canonical_name(sample_name))
+    return hit

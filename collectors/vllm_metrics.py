@@ -1,0 +1,273 @@
+"""vLLM's `/metrics` → typed windows: `scrape()` reads a page, `derive()` turns two scrapes into a
+`Snapshot`, `VllmCollector` keeps the previous scrape so each `poll()` is one window.
+
+Rules that keep the numbers honest:
+- Histograms and counters are differenced per series, then summed over series (engines, models).
+- A counter that went backwards, or a new `process_start_time_seconds`, means the server restarted
+  inside the window: the after-scrape alone is the window (since the restart), `counter_reset=True`.
+  Nothing is ever negative.
+- No observations in a window gives None ("no data"), never 0; a family missing from the page
+  gives None for what it feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from urllib.parse import urlsplit
+
+import httpx
+
+from collectors.exposition import Labels, Scrape, parse
+from collectors.histogram import Histogram, summarize
+from collectors.metric_names import FINISHED_ERROR_REASONS
+from collectors.snapshot import Capacity, GpuSnapshot, Snapshot
+from slotune.errors import ConfigError, TargetError
+
+__all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "metrics_url", "scrape"]
+
+SCRAPE_TIMEOUT_S = 10.0
+_RESTART_TOLERANCE_S = 1.0  # process_start_time_seconds is rounded to 10 ms by the client library
+
+
+def metrics_url(url: str) -> str:
+    """`http://host:port` → `http://host:port/metrics`; a URL with a path is taken as given."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"bad target URL {url!r}: expected http://HOST:PORT[/metrics]")
+    return url.rstrip("/") + "/metrics" if parts.path in ("", "/") else url
+
+
+def scrape(url: str, client: httpx.Client | None = None) -> Scrape:
+    """Read and parse one `/metrics` page. Raises `TargetError` when the target is down or answers garbage."""
+    target = metrics_url(url)
+    try:
+        if client is None:
+            response = httpx.get(target, timeout=SCRAPE_TIMEOUT_S)
+        else:
+            response = client.get(target, timeout=SCRAPE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise TargetError(f"cannot scrape {target}: {exc.__class__.__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise TargetError(f"cannot scrape {target}: HTTP {response.status_code}")
+    return parse(response.text, url=target, timestamp=time.time())
+
+
+def _went_backwards(before: Scrape, after: Scrape) -> bool:
+    if before.started is not None and after.started is not None:
+        if abs(after.started - before.started) > _RESTART_TOLERANCE_S:
+            return True
+    for key, series in after.values.items():
+        if key in ("process_start",) or key not in before.values:
+            continue
+        old = before.values[key]
+        # Gauges may fall; only counters (named `_total`) are monotonic.
+        if after.sources.get(key, "").endswith("_total"):
+            if any(v < old[ls] for ls, v in series.items() if ls in old):
+                return True
+    for key, series in after.histograms.items():
+        old = before.histograms.get(key, {})
+        if any(ls in old and h.minus(old[ls]) is None for ls, h in series.items()):
+            return True
+    return False
+
+
+class _Window:
+    """Deltas between a base scrape (None: since server start) and the after-scrape."""
+
+    def __init__(self, base: Scrape | None, after: Scrape) -> None:
+        self.base, self.after = base, after
+
+    def counter(self, key: str) -> float | None:
+        parts = self.counter_by(key, None)
+        return None if parts is None else sum(parts.values())
+
+    def counter_by(self, key: str, label: str | None) -> dict[str, float] | None:
+        series = self.after.values.get(key)
+        if series is None:
+            return None
+        old = self.base.values.get(key, {}) if self.base else {}
+        out: dict[str, float] = defaultdict(float)
+        for labels, value in series.items():
+            out[_label(labels, label)] += max(value - old.get(labels, 0.0), 0.0)
+        return dict(out)
+
+    def histogram(self, key: str) -> Histogram | None:
+        series = self.after.histograms.get(key)
+        if not series:
+            return None
+        old = self.base.histograms.get(key, {}) if self.base else {}
+        total: Histogram | None = None
+        for labels, hist in series.items():
+            delta = hist.minus(old[labels]) if labels in old else hist
+            delta = hist if delta is None else delta
+            try:
+                total = delta if total is None else total.plus(delta)
+            except ValueError:
+                raise TargetError(
+                    f"{self.after.url}: {self.after.sources[key]} has different buckets across series"
+                ) from None
+        return total
+
+    def gauge(self, key: str, how: str = "sum") -> float | None:
+        series = self.after.values.get(key)
+        if not series:
+            return None
+        values = list(series.values())
+        return sum(values) if how == "sum" else sum(values) / len(values)
+
+    def gauge_by(self, key: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for labels, value in self.after.values.get(key, {}).items():
+            out[_label(labels, label)] += value
+        return dict(out)
+
+
+def _label(labels: Labels, name: str | None) -> str:
+    if name is None:
+        return ""
+    return next((v for k, v in labels if k == name), "")
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+def _capacity(after: Scrape) -> Capacity | None:
+    infos = after.infos.get("cache_config")
+    if not infos:
+        return None
+
+    def num(d: dict[str, str], key: str, cast: type = int) -> float | int | None:
+        try:
+            return cast(float(d[key])) if cast is int else float(d[key])
+        except (KeyError, ValueError):
+            return None
+
+    def total(key: str, cast: type = int) -> float | int | None:
+        vals = [num(d, key, cast) for d in infos]
+        return None if any(v is None for v in vals) else sum(vals)  # type: ignore[arg-type]
+
+    first = infos[0]
+    block_size = num(first, "block_size")
+    blocks = total("num_gpu_blocks")
+    tokens = total("kv_cache_size_tokens")
+    if tokens is None and blocks is not None and block_size is not None:
+        tokens = int(blocks * block_size)  # releases before `kv_cache_size_tokens` was exported
+    prefix = first.get("enable_prefix_caching")
+    return Capacity(
+        block_size=block_size,  # type: ignore[arg-type]
+        num_blocks=blocks,  # type: ignore[arg-type]
+        kv_cache_tokens=tokens,  # type: ignore[arg-type]
+        max_concurrency=total("kv_cache_max_concurrency", float),
+        prefix_caching_enabled=None if prefix is None else prefix == "True",
+        cache_dtype=first.get("cache_dtype"),
+    )
+
+
+def derive(
+    before: Scrape | None,
+    after: Scrape,
+    target: str,
+    gpu: GpuSnapshot | None = None,
+    engine: str | None = None,
+) -> Snapshot:
+    """The window between two scrapes (before=None: cumulative since the server started), summed
+    over engines, or one engine's with `engine="0"`."""
+    if engine is not None:
+        before = before.for_engine(engine) if before is not None else None
+        after = after.for_engine(engine)
+    reset = before is not None and _went_backwards(before, after)
+    if before is None:
+        start = after.started if after.started is not None else after.timestamp
+    elif reset:
+        start = max(before.timestamp, min(after.started or before.timestamp, after.timestamp))
+    else:
+        start = before.timestamp
+    w = _Window(None if reset else before, after)
+    seconds = after.timestamp - start
+    per_s = (lambda x: None if x is None or seconds <= 0 else x / seconds)
+
+    by_reason = w.counter_by("request_success", "finished_reason")
+    finished = None if by_reason is None else sum(by_reason.values())
+    errors = None if by_reason is None else sum(by_reason.get(r, 0.0) for r in FINISHED_ERROR_REASONS)
+    prompt_tokens, generation_tokens = w.counter("prompt_tokens"), w.counter("generation_tokens")
+    preemptions = w.counter("preemptions")
+
+    drafts = w.counter("spec_decode_drafts")
+    accepted = w.counter("spec_decode_accepted_tokens")
+    per_pos = w.counter_by("spec_decode_accepted_per_pos", "position") or {}
+    positions = sorted(per_pos, key=lambda p: int(p) if p.isdigit() else 0)
+
+    return Snapshot(
+        target=target,
+        window_start=start,
+        window_end=after.timestamp,
+        cumulative=before is None,
+        ttft=summarize(w.histogram("ttft")),
+        tpot=summarize(w.histogram("tpot")),
+        itl=summarize(w.histogram("itl")),
+        e2e=summarize(w.histogram("e2e")),
+        queue=summarize(w.histogram("queue")),
+        prefill=summarize(w.histogram("prefill")),
+        decode=summarize(w.histogram("decode")),
+        prompt_tokens=summarize(w.histogram("prompt_tokens_hist")),
+        output_tokens=summarize(w.histogram("output_tokens_hist")),
+        iteration_tokens=summarize(w.histogram("iteration_tokens")),
+        requests_finished=finished,
+        request_rate=per_s(finished),
+        prompt_tokens_total=prompt_tokens,
+        generation_tokens_total=generation_tokens,
+        prompt_tokens_per_second=per_s(prompt_tokens),
+        generation_tokens_per_second=per_s(generation_tokens),
+        finished_by_reason=by_reason or {},
+        error_rate=_ratio(errors, finished),
+        requests_running=w.gauge("requests_running"),
+        requests_waiting=w.gauge("requests_waiting"),
+        waiting_by_reason=w.gauge_by("requests_waiting_by_reason", "reason"),
+        kv_cache_usage=w.gauge("kv_cache_usage", how="mean"),  # a fraction: engines average, not add
+        preemptions=preemptions,
+        preemptions_per_second=per_s(preemptions),
+        prefix_cache_hit_rate=_ratio(w.counter("prefix_cache_hits"), w.counter("prefix_cache_queries")),
+        spec_decode_acceptance_rate=_ratio(accepted, w.counter("spec_decode_draft_tokens")),
+        # vLLM's definition: 1 (the bonus token each verified draft yields) + accepted per draft.
+        spec_decode_mean_acceptance_length=None if not drafts or accepted is None else 1 + accepted / drafts,
+        spec_decode_per_position=tuple(per_pos[p] / drafts for p in positions) if drafts else (),
+        spec_decode_drafts=drafts,
+        capacity=_capacity(after),
+        gpu=gpu,
+        counter_reset=reset,
+        engines=1 if engine is not None else max(len(after.engines()), 1),
+    )
+
+
+def derive_per_engine(before: Scrape | None, after: Scrape, target: str) -> dict[str, Snapshot]:
+    """One window per data-parallel engine (keyed by the `engine` label)."""
+    return {e: derive(before, after, target, engine=e) for e in after.engines()}
+
+
+class VllmCollector:
+    """Polls one target; each `poll()` returns the window since the previous one (None the first time)."""
+
+    def __init__(self, target_url: str, gpu: object | None = None, client: httpx.Client | None = None) -> None:
+        metrics_url(target_url)  # refuse a bad URL now, not at the first poll
+        self.target_url = target_url
+        self.gpu = gpu  # anything with .read() -> GpuSnapshot (collectors.gpu.GpuCollector)
+        self.client = client
+        self.last: Scrape | None = None
+
+    def _gpu(self) -> GpuSnapshot | None:
+        return self.gpu.read() if self.gpu is not None else None  # type: ignore[attr-defined]
+
+    def poll(self) -> Snapshot | None:
+        current = scrape(self.target_url, self.client)
+        previous, self.last = self.last, current
+        if previous is None:
+            return None
+        return derive(previous, current, self.target_url, gpu=self._gpu())
+
+    def cumulative(self) -> Snapshot:
+        """Everything since the server started, from one fresh scrape."""
+        current = scrape(self.target_url, self.client)
+        self.last = current
+        return derive(None, current, self.target_url, gpu=self._gpu())

@@ -131,7 +131,7 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
             if metric.kind is Kind.GAUGE:
                 continue  # a gauge may be undefined for a moment: "no data"
             raise TargetError(f"{url}: line {lineno}: NaN in {metric.kind.value} {name!r}: {line[:160]!r}")
-        names[(metric.key, rank)] = name[: len(name) - len(suffix)] if suffix else name
+        names[(metric.key, rank)] = metric.names[rank]  # canonical spelling, whatever the prefix
         if metric.kind is Kind.INFO:
             infos[metric.key][rank].append(labels)
         elif metric.kind is Kind.HISTOGRAM:

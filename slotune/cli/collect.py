@@ -1,7 +1,135 @@
-"""`slotune collect`: not yet built."""
+"""`slotune collect`: what a vLLM server's /metrics says, as a table or JSON lines.
+
+`--once`: one scrape, cumulative since the server started. Otherwise one window per `--interval`
+(deltas between scrapes), until `--count` windows or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
 
 import click
 
+from collectors.snapshot import LATENCY_FIELDS, Snapshot
+
+LATENCY_LABELS = {
+    "ttft": "TTFT",
+    "tpot": "TPOT",
+    "itl": "ITL",
+    "e2e": "end-to-end",
+    "queue": "queue",
+    "prefill": "prefill",
+    "decode": "decode",
+}
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f}"
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "no data" if v is None else fmt.format(v)
+
+
+def render(snap: Snapshot) -> Any:
+    """A rich renderable: latencies (ms) then the server's state in the window."""
+    from rich.console import Group
+    from rich.table import Table
+
+    span = "since server start" if snap.cumulative else f"{snap.window_seconds:.1f} s window"
+    reset = " (server restarted in the window)" if snap.counter_reset else ""
+    lat = Table(title=f"{snap.target} · {span}{reset}", title_justify="left")
+    for col in ("latency (ms)", "p50", "p90", "p95", "p99", "mean", "count"):
+        lat.add_column(col, justify="left" if col.startswith("latency") else "right")
+    for name in LATENCY_FIELDS:
+        q = getattr(snap, name)
+        if q is None:
+            lat.add_row(LATENCY_LABELS[name], "no data", "", "", "", "", "0")
+        else:
+            lat.add_row(LATENCY_LABELS[name], _ms(q.p50), _ms(q.p90), _ms(q.p95), _ms(q.p99), _ms(q.mean),
+                        f"{q.count:.0f}")
+    state = Table(show_header=False, box=None)
+    state.add_column(style="bold")
+    state.add_column()
+    pct = "{:.1%}"
+    waiting = ", ".join(f"{k} {v:.0f}" for k, v in sorted(snap.waiting_by_reason.items()) if v)
+    rows = [
+        ("requests finished", _num(snap.requests_finished, "{:.0f}")),
+        ("request rate (/s)", _num(snap.request_rate)),
+        ("prompt tokens/s", _num(snap.prompt_tokens_per_second, "{:.1f}")),
+        ("generation tokens/s", _num(snap.generation_tokens_per_second, "{:.1f}")),
+        ("error rate", _num(snap.error_rate, pct)),
+        ("running / waiting", f"{_num(snap.requests_running, '{:.0f}')} / "
+                              f"{_num(snap.requests_waiting, '{:.0f}')}" + (f" ({waiting})" if waiting else "")),
+        ("KV-cache usage", _num(snap.kv_cache_usage, pct)),
+        ("preemptions/s", _num(snap.preemptions_per_second)),
+        ("prefix-cache hit rate", _num(snap.prefix_cache_hit_rate, pct)),
+        ("spec-decode acceptance", _num(snap.spec_decode_acceptance_rate, pct)),
+        ("spec-decode mean length", _num(snap.spec_decode_mean_acceptance_length)),
+    ]
+    if snap.capacity is not None:
+        c = snap.capacity
+        rows.append(("KV capacity", f"{c.kv_cache_tokens} tokens, block {c.block_size}, "
+                                    f"max concurrency {c.max_concurrency}"))
+    gpu = snap.gpu
+    rows.append(("GPU", "unavailable" if gpu is None or not gpu.available
+                 else ", ".join(f"#{d.index} {_num(d.utilization, pct)}" for d in gpu.devices)))
+    for k, v in rows:
+        state.add_row(k, v)
+    return Group(lat, state)
+
 
 def register(app: click.Group) -> None:
-    pass
+    @app.command()
+    @click.option("--target", required=True, metavar="URL", help="vLLM server, e.g. http://127.0.0.1:8000")
+    @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+                  metavar="S", help="seconds per window")
+    @click.option("--once", is_flag=True, help="one scrape: everything since the server started")
+    @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+    @click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="stop after N windows (default: until Ctrl-C)")
+    @click.option("--store", "persist", is_flag=True, help="also save each window to slotune's database")
+    @click.option("--db", "db_url", default=None, metavar="URL",
+                  help="database URL for --store (default: SQLite under $SLOTUNE_DATA_DIR)")
+    def collect(target: str, interval: float, once: bool, as_json: bool, count: int | None,
+                persist: bool, db_url: str | None) -> None:
+        """Report what a vLLM server's /metrics says: latency quantiles, rates, queue, KV cache."""
+        from rich.console import Console
+
+        from collectors.gpu import GpuCollector
+        from collectors.vllm_metrics import VllmCollector
+
+        collector = VllmCollector(target, gpu=GpuCollector())
+        store = None
+        if persist:
+            from slotune.store import open_store
+
+            store = open_store(db_url)
+        console = Console()
+
+        def emit(snap: Snapshot) -> None:
+            if store is not None:
+                from collectors.persist import save_snapshot
+
+                save_snapshot(store, snap)
+            if as_json:
+                click.echo(json.dumps(snap.to_dict()))
+            else:
+                console.print(render(snap))
+
+        if once:
+            emit(collector.cumulative())
+            return
+        collector.poll()  # the first scrape opens the first window
+        done = 0
+        try:
+            while count is None or done < count:
+                time.sleep(interval)
+                snap = collector.poll()
+                if snap is not None:
+                    emit(snap)
+                    done += 1
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a continuous collect ends

@@ -1,0 +1,104 @@
+"""Quantiles against an independent, obviously-correct histogram_quantile written here, on the
+real captures' buckets and on hand-made edge cases (+Inf bucket, first bucket, empty)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from collectors.exposition import parse
+from collectors.histogram import Histogram, quantile, summarize
+from collectors_pages import ALL, page
+
+
+def reference_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile, written as the docs state it: walk the buckets up to the one
+    whose cumulative count reaches rank = q * total; a rank in +Inf gives the last finite bound;
+    otherwise interpolate linearly from the previous bound (0 for the first bucket)."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    if total == 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for i, (upper, cumulative) in enumerate(buckets):
+        if cumulative >= rank:
+            if math.isinf(upper):
+                return buckets[i - 1][0]
+            if i == 0 and upper <= 0:
+                return upper
+            return lower + (upper - lower) * (rank - below) / (cumulative - below)
+        lower, below = upper, cumulative
+    raise AssertionError("unreachable: the +Inf bucket holds every observation")
+
+
+def real_histograms():
+    for name in ALL:
+        for key, series in parse(page(name)).histograms.items():
+            for h in series.values():
+                if h.count:
+                    yield f"{name}:{key}", h
+
+
+@pytest.mark.parametrize("q", [0.01, 0.5, 0.9, 0.95, 0.99, 1.0])
+def test_real_buckets_match_reference(q):
+    n = 0
+    for where, h in real_histograms():
+        ours = quantile(q, h.bounds, h.counts)
+        ref = reference_quantile(q, list(zip(h.bounds, h.counts)))
+        assert ours == pytest.approx(ref, rel=1e-12), where
+        n += 1
+    assert n >= 30
+
+
+def test_random_buckets_match_reference():
+    rng = random.Random(7)
+    for _ in range(500):
+        bounds = sorted(rng.sample([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 60], rng.randint(1, 8)))
+        counts, c = [], 0
+        for _ in bounds:
+            c += rng.choice([0, 0, 1, 3, 10])
+            counts.append(float(c))
+        counts.append(float(c + rng.choice([0, 0, 2])))
+        h = Histogram((*map(float, bounds), math.inf), tuple(counts), 1.0, counts[-1])
+        for q in (0.5, 0.95, 0.99):
+            assert quantile(q, h.bounds, h.counts) == pytest.approx(
+                reference_quantile(q, list(zip(h.bounds, h.counts)))
+            )
+
+
+def test_quantile_in_inf_bucket_is_last_finite_bound():
+    assert quantile(0.99, (1.0, 2.0, math.inf), (0.0, 1.0, 10.0)) == 2.0
+
+
+def test_first_bucket_interpolates_from_zero():
+    assert quantile(0.5, (4.0, math.inf), (10.0, 10.0)) == 2.0
+    assert quantile(0.5, (-1.0, 4.0, math.inf), (10.0, 10.0, 10.0)) == -1.0
+
+
+def test_interpolation_inside_bucket():
+    # 10 obs in (0.1, 0.2]: p50 is rank 10 of 20 → 5 obs into a 10-obs bucket → 0.15
+    assert quantile(0.5, (0.1, 0.2, math.inf), (5.0, 15.0, 20.0)) == pytest.approx(0.15)
+
+
+def test_empty_and_malformed_are_no_data():
+    assert quantile(0.5, (1.0, math.inf), (0.0, 0.0)) is None
+    assert quantile(0.5, (1.0, 2.0), (1.0, 2.0)) is None  # no +Inf
+    assert summarize(Histogram((1.0, math.inf), (0.0, 0.0), 0.0, 0.0)) is None
+    assert summarize(None) is None
+
+
+def test_summary_mean_from_sum_and_count():
+    s = summarize(Histogram((1.0, math.inf), (3.0, 4.0), 6.0, 4.0))
+    assert s.mean == 1.5 and s.count == 4.0
+    assert s.p99 == 1.0  # rank 3.96 is in +Inf → the last finite bound
+
+
+def test_delta_and_reset():
+    before = Histogram((1.0, math.inf), (1.0, 2.0), 3.0, 2.0)
+    after = Histogram((1.0, math.inf), (4.0, 6.0), 9.0, 6.0)
+    assert after.minus(before) == Histogram((1.0, math.inf), (3.0, 4.0), 6.0, 4.0)
+    assert before.minus(after) is None  # went backwards: a restart
+    assert after.minus(Histogram((2.0, math.inf), (1.0, 2.0), 3.0, 2.0)) is None  # other buckets

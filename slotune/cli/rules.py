@@ -1,7 +1,49 @@
-"""`slotune rules`: not yet built."""
+"""`slotune rules`: Prometheus rules from an SLO spec (the same spec the tuner and load generator use)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from slotune.errors import ConfigError
+from slotune.slo import DEFAULT_SLO, SloSpec
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+@click.command("rules")
+@click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True,
+              help="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s,error_rate<=1%'")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="write the SLO rule file here (default: stdout)")
+@click.option("--write-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="write all rule files (recording, engine alerts, SLO) into this directory, "
+                   "e.g. deploy/prometheus/rules")
+def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
+    """Generate Prometheus rules: per-SLO bad-request ratios and multi-window, multi-burn-rate
+    alerts (SRE workbook: 1h/5m 14.4x and 6h/30m 6x page, 1d/2h 3x and 3d/6h 1x ticket)."""
+    from slotune import rules as gen
+
+    spec = SloSpec.parse(slo_text)
+    slo_text_out = gen.render_slo(spec)
+    if write_dir is not None:
+        for name, render in gen.RULE_FILES.items():
+            text = slo_text_out if render is gen.render_slo else render()
+            _write(write_dir / name, text)
+            click.echo(f"wrote {write_dir / name}", err=True)
+    if out is not None:
+        _write(out, slo_text_out)
+        click.echo(f"wrote {out}", err=True)
+    elif write_dir is None:
+        click.echo(slo_text_out, nl=False)
+
 
 def register(app: click.Group) -> None:
-    pass
+    app.add_command(rules)

@@ -1,0 +1,45 @@
+"""A synthetic `Measure` for the tuner's unit tests: study mechanics (ordering, constraints, storage,
+resume, verdict) without a server. The real measurement is exercised in tests/integration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slotune.vllm_config import VllmConfig
+from tuner.measure import Measurement
+
+
+def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:
+    def block(p95: float) -> dict:
+        return {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2, "mean": p95 / 2, "count": 20}
+
+    return {"ttft_seconds": block(ttft_p95), "tpot_seconds": block(tpot_p95), "itl_seconds": block(tpot_p95),
+            "e2e_seconds": block(ttft_p95 + 1), "completed": 20, "failed": 0, "error_rate": 0.0,
+            "request_throughput": goodput, "goodput": goodput}
+
+
+@dataclass
+class FakeMeasure:
+    """Goodput rises with max_num_seqs; TTFT p95 falls with chunked prefill; the default misses a
+    500 ms TTFT target. max_num_seqs=512 "fails to start" (KV cache too small)."""
+
+    calls: list[VllmConfig] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
+
+    def __call__(self, config: VllmConfig, progress=None) -> Measurement:
+        self.calls.append(config)
+        if progress:
+            progress("measuring")
+        if config.max_num_seqs == 512:
+            return Measurement(ok=False, status="kv_cache_too_small", reason="kv_cache_too_small: fake",
+                               log_path="/tmp/fake.log")
+        seqs = config.max_num_seqs or 256
+        goodput = 1.0 + min(seqs, 64) / 32 + (self.noise.pop(0) if self.noise else 0.0)
+        ttft = 0.3 if config.enable_chunked_prefill else 0.8
+        findings = []
+        if config.enable_chunked_prefill is None:
+            findings = [{"playbook": "high_ttft", "severity": "warning", "summary": "TTFT high",
+                         "remedies": [{"config_delta": {"enable_chunked_prefill": True}, "why": "split prefills"},
+                                      {"config_delta": {"max_num_seqs": 60}, "why": "bigger batches"}]}]
+        return Measurement(ok=True, goodput=goodput, rate=None, client=client(ttft, goodput),
+                           server={"kv_cache_usage": 0.5}, findings=findings, log_path="/tmp/fake.log")

@@ -1,0 +1,67 @@
+"""Optuna's RDB storage on the same database as slotune's store.
+
+Optuna's tables (`studies`, `trials`, ..., `version_info`, `alembic_version`) and slotune's
+(`slotune_*`, created by SQLAlchemy's `create_all`, no Alembic of its own) share one database without
+colliding; `tests/unit/test_tuner_storage.py` checks both schemas in one SQLite file.
+
+Workers heartbeat their running trial; a trial whose worker died (SIGKILL, lost machine) goes stale
+after the grace period, is failed by the next worker that starts a trial, and is re-queued with the
+same params (`RetryHeartbeatStaleTrialCallback`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from slotune import paths
+from slotune.errors import StoreError
+from slotune.store import open_store
+
+HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
+MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
+
+OPTUNA_TABLES = frozenset({
+    "studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+    "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
+    "trial_intermediate_values", "trial_heartbeats", "version_info", "alembic_version",
+})
+
+
+def storage_url(url: str | None) -> str:
+    return url or paths.default_database_url()
+
+
+def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int | None = None) -> RDBStorage:
+    """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors."""
+    url = storage_url(url)
+    store = open_store(url)  # slotune's tables first: fails early with slotune's message
+    store.dispose()
+    engine_kwargs = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Several processes (workers, `report`) may touch one SQLite file: wait for locks.
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+    except Exception as exc:  # SQLAlchemy, driver and Optuna's own errors alike
+        raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"

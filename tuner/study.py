@@ -1,0 +1,287 @@
+"""A tuning study: what to tune (`TuneSpec`), and `run_study`, which runs it to the end.
+
+Order of trials: vLLM's default config first (the baseline every result is compared with), then the
+remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
+constraints). After the search, the best few configs and the baseline are measured again; a winner
+must beat the baseline by more than the spread of those measurements (see `tuner.verdict`).
+
+Several workers may run `run_study` on one study (PostgreSQL): the setup (create, enqueue) runs
+under a database-wide lock so the baseline is queued once, and each worker starts its own servers on
+their own free ports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.samplers import TPESampler
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slotune import paths
+from slotune.errors import ConfigError
+from slotune.slo import SloSpec
+from slotune.store import open_store
+from slotune.vllm_config import VllmConfig
+from tuner.measure import LoadSpec, Measure, ServerMeasure
+from tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
+from tuner.space import SearchSpace, model_max_len
+from tuner.storage import open_storage, storage_url
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPEC_ATTR = "slotune_spec"
+REMEDIES_DONE = "remedies_enqueued"
+
+
+class TuneSpec(BaseModel):
+    """Everything a study needs; the CLI builds one from flags, tests build one directly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    workload: str | None = None
+    input_len: int | None = Field(default=None, ge=1)
+    output_len: int | None = Field(default=None, ge=1)
+    slo: str
+    trials: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    mode: Literal["offered", "capacity"] = "offered"
+    rate: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
+    num_requests: int = Field(default=40, ge=1)
+    warmup_requests: int = Field(default=4, ge=0)
+    space_file: Path | None = None
+    fixes: list[str] = Field(default_factory=list)
+    storage: str | None = None
+    study_name: str | None = None
+    out_dir: Path | None = None
+    pareto: bool = False
+    seed: int = 0
+    worker: int = Field(default=0, ge=0, description="this worker's number when several share a study")
+    max_remedies: int = Field(default=3, ge=0)
+    remeasure_top: int = Field(default=2, ge=0, description="best configs re-measured (0: none)")
+    remeasure_repeats: int = Field(default=1, ge=1)
+    heartbeat_interval: int = Field(default=30, ge=1)
+    startup_timeout: float = Field(default=240.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict, description="server environment for every trial")
+    served_model_name: str | None = None
+    # Extra configs queued after the baseline (tests use it for a deliberately infeasible trial).
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_workload(self) -> "TuneSpec":
+        fixed = self.input_len is not None or self.output_len is not None
+        if (self.workload is None) == (not fixed):
+            raise ValueError("give either a workload (name or file) or --input-len and --output-len")
+        if fixed and (self.input_len is None or self.output_len is None):
+            raise ValueError("--input-len and --output-len go together")
+        if self.trials is None and self.timeout is None:
+            self.trials = 10
+        if self.rate is not None and self.concurrency is not None:
+            raise ValueError("give --rate or --concurrency, not both")
+        return self
+
+    def name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.model).name or "model")
+        return f"tune-{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    def base_config(self) -> VllmConfig:
+        return VllmConfig.from_mapping(
+            {"model": self.model, "env": self.env, "served_model_name": self.served_model_name}, source="tune"
+        )
+
+
+def load_spec_workload(spec: TuneSpec) -> Any:
+    from loadgen.workload import Workload, load_workload
+
+    if spec.workload is not None:
+        return load_workload(spec.workload)
+    return Workload.fixed(spec.input_len, spec.output_len)
+
+
+def workload_need(workload: Any) -> int | None:
+    """Longest prompt + longest output the workload can send (what max_model_len must hold)."""
+    for attr in ("max_total_tokens", "max_model_len_needed", "max_tokens_needed"):
+        value = getattr(workload, attr, None)
+        value = value() if callable(value) else value
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def build_space(spec: TuneSpec, need: int | None) -> SearchSpace:
+    space = SearchSpace.default(min_model_len=need, model_max_len=model_max_len(spec.model))
+    if spec.space_file is not None:
+        space = space.with_file(spec.space_file)
+    if spec.fixes:
+        space = space.with_fixes(spec.fixes)
+    return space
+
+
+# -- setup under a lock ---------------------------------------------------------------------------
+
+
+@contextmanager
+def setup_lock(url: str, key: str) -> Iterator[None]:
+    """Serialize study setup across workers: an advisory lock on PostgreSQL, a file lock for SQLite."""
+    if url.startswith("postgresql"):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+                    conn.commit()
+        finally:
+            engine.dispose()
+        return
+    if url.startswith("sqlite:///"):
+        lock_path = Path(url.removeprefix("sqlite:///") + ".slotune-lock")
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    yield
+
+
+def _sampler_seed(spec: TuneSpec, url: str, name: str) -> int:
+    """The user's seed, made distinct per worker when another worker is already at work on the study
+    (identical seeds would make two workers propose the same configs)."""
+    try:
+        existing = optuna.load_study(study_name=name, storage=url)
+        busy = any(t.state is TrialState.RUNNING for t in existing.get_trials(deepcopy=False))
+    except KeyError:
+        busy = False
+    return spec.seed + 7919 * spec.worker + (os.getpid() % 100_000 if busy else 0)
+
+
+def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> optuna.Study:
+    """Create or resume the study; refuse to resume one created for other SLOs, mode or objectives."""
+    url = storage_url(spec.storage)
+    storage = open_storage(url, heartbeat_interval=spec.heartbeat_interval)
+    directions = ["maximize", "minimize"] if spec.pareto else ["maximize"]
+    sampler = TPESampler(seed=_sampler_seed(spec, url, name), n_startup_trials=5, multivariate=False)
+    identity = {"slo": str(slo), "mode": spec.mode, "pareto": spec.pareto, "model": spec.model,
+                "workload": spec.workload or f"fixed:{spec.input_len}x{spec.output_len}",
+                "rate": spec.rate, "concurrency": spec.concurrency, "num_requests": spec.num_requests}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with setup_lock(url, f"slotune-study:{name}"):
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                    load_if_exists=True)
+        stored = study.user_attrs.get(SPEC_ATTR)
+        if stored is None:
+            study.set_user_attr(SPEC_ATTR, identity)
+            study.set_user_attr("space", space.describe())
+        else:
+            differ = [k for k in identity if stored.get(k) != identity[k]]
+            if differ:
+                k = differ[0]
+                raise ConfigError(
+                    f"study {name!r} was created with {k}={stored.get(k)!r}, not {identity[k]!r}: "
+                    "resume it with the same settings or pick another --study name"
+                )
+        if not any(t.user_attrs.get(ORIGIN) == BASELINE for t in study.get_trials(deepcopy=False)):
+            study.enqueue_trial(space.baseline_params(), user_attrs={ORIGIN: BASELINE})
+            for extra in spec.enqueue:
+                study.enqueue_trial(extra, user_attrs={ORIGIN: "enqueued"}, skip_if_exists=True)
+        enqueue_remedies(study, space, spec.max_remedies)
+    return study
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(ORIGIN) == BASELINE and t.state in FINISHED:
+            return t
+    return None
+
+
+def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
+    """Queue the playbooks' remedies for the baseline's findings, once per study."""
+    base = baseline_trial(study)
+    if base is None or study.user_attrs.get(REMEDIES_DONE):
+        return []
+    queued = []
+    start = {k: v for k, v in base.params.items()}
+    for remedy in base.user_attrs.get("remedies") or []:
+        if len(queued) >= limit:
+            break
+        params = space.params_for_delta(start, remedy.get("config_delta") or {})
+        if params is None or params in [q["params"] for q in queued]:
+            continue
+        why = f"{remedy.get('playbook')}: {remedy.get('why', '')}".strip(": ")
+        study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why}, skip_if_exists=True)
+        queued.append({"params": params, "why": why})
+    study.set_user_attr(REMEDIES_DONE, True)
+    return queued
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events | None = None,
+              workload: Any = None) -> "StudyResult":
+    """Run (or resume) a study to its trial budget or timeout; re-measure; write the results."""
+    from tuner.report import StudyResult, summarize, write_outputs
+    from tuner.verdict import remeasure
+
+    slo = SloSpec.parse(spec.slo)
+    if measure is None or workload is not None:
+        workload = workload if workload is not None else load_spec_workload(spec)
+    need = workload_need(workload) if workload is not None else None
+    space = build_space(spec, need)
+    name = spec.name()
+    url = storage_url(spec.storage)
+    store = open_store(url)
+    if measure is None:
+        load = LoadSpec(workload=workload, slo=slo, mode=spec.mode, rate=spec.rate, concurrency=spec.concurrency,
+                        num_requests=spec.num_requests, warmup_requests=spec.warmup_requests, seed=spec.seed)
+        measure = ServerMeasure(load, log_dir=paths.logs_dir() / "tune" / name, startup_timeout=spec.startup_timeout)
+
+    study = open_study(spec, slo, space, name)
+    objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events)
+
+    def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(ORIGIN) == BASELINE:
+            with setup_lock(url, f"slotune-study:{name}"):
+                enqueue_remedies(st, space, spec.max_remedies)
+
+    callbacks: list[Any] = [after_trial]
+    remaining = None
+    if spec.trials is not None:
+        remaining = spec.trials - finished_count(study)
+        callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
+    if remaining is None or remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=spec.timeout, callbacks=callbacks, catch=(),
+                       gc_after_trial=False)
+    if spec.remeasure_top > 0:
+        remeasure(study, space, spec.base_config(), measure, slo, store, top=spec.remeasure_top,
+                  repeats=spec.remeasure_repeats, events=events)
+    result: StudyResult = summarize(url, name)
+    if spec.out_dir is not None:
+        write_outputs(result, study, spec.out_dir)
+    store.dispose()
+    return result
+
+

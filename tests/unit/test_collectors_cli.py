@@ -1,0 +1,108 @@
+"""`slotune collect` against a real HTTP server on loopback that serves the real captures in turn
+(a vLLM start costs ~30 s; the live check is tests/integration/test_collect_live.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from collectors_pages import AFTER, UNDER, page
+from slotune.cli.main import main
+from slotune.store import Snapshot, open_store
+
+CONTRACT = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "queue_seconds", "kv_cache_usage",
+            "requests_running", "requests_waiting", "preemptions_per_second", "prefix_cache_hit_rate",
+            "spec_decode_acceptance_rate", "gpu")
+
+
+@pytest.fixture()
+def pages_server():
+    """Serves UNDER on the first /metrics request, AFTER on every later one."""
+    served = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = (page(UNDER) if not served else page(AFTER)).encode()
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+def test_once_json_is_cumulative(pages_server, capsys):
+    url, served = pages_server
+    assert main(["collect", "--target", url, "--once", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and len(served) == 1
+    d = json.loads(lines[0])
+    assert all(k in d for k in CONTRACT)
+    assert d["cumulative"] is True and d["gpu"] is None and d["requests_finished"] == 8
+    assert set(d["e2e_seconds"]) >= {"p50", "p95", "p99", "mean"}
+
+
+def test_interval_json_lines_are_window_deltas_and_stored(pages_server, capsys, tmp_path):
+    url, served = pages_server
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["collect", "--target", url, "--interval", "0.1", "--count", "2", "--json",
+                 "--store", "--db", db]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and len(served) == 3
+    assert lines[0]["requests_finished"] == 40 and not lines[0]["cumulative"]  # under → after
+    assert lines[1]["requests_finished"] == 0 and lines[1]["e2e_seconds"] is None  # after → after: no data
+    store = open_store(db)
+    with store.session() as s:
+        assert s.query(Snapshot).count() == 2
+    store.dispose()
+
+
+def test_table_by_default(pages_server, capsys):
+    url, _ = pages_server
+    assert main(["collect", "--target", url, "--once"]) == 0
+    out = capsys.readouterr().out
+    for word in ("TTFT", "TPOT", "end-to-end", "p95", "KV-cache usage", "since server start", "GPU"):
+        assert word in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("target, fragment", [
+    (f"http://127.0.0.1:{free_port()}", "cannot scrape"),
+    ("not-a-url", "bad target URL"),
+])
+def test_unreachable_or_bad_target_is_one_line_exit_1(target, fragment):
+    out = subprocess.run([sys.executable, "-m", "slotune.cli.main", "collect", "--target", target, "--once"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+
+
+def test_not_a_vllm_page(pages_server, capsys):
+    url, _ = pages_server
+    assert main(["collect", "--target", url + "/nothing", "--once"]) == 1
+    assert "HTTP 404" in capsys.readouterr().err

@@ -25,7 +25,7 @@ import optuna
 from optuna.samplers import TPESampler
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slotune import paths
 from slotune.errors import ConfigError
@@ -76,6 +76,11 @@ class TuneSpec(BaseModel):
     served_model_name: str | None = None
     # Extra configs queued after the baseline (tests use it for a deliberately infeasible trial).
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: str) -> str:
+        return str(SloSpec.parse(v))  # a bad spec raises ConfigError: one line, before anything runs
 
     @model_validator(mode="after")
     def _one_workload(self) -> "TuneSpec":

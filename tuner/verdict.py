@@ -96,6 +96,8 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any]) -> Verdict
     samples = {c.trial: c for c in candidates if len(c.goodputs) > 1}
     if base:
         samples[base.trial] = base
+    if remeasured:  # only a config measured again can be declared the winner
+        candidates = [c for c in candidates if len(c.goodputs) > 1]
     # Prefer configs whose re-measurements kept meeting the SLOs, then the highest mean.
     candidates.sort(key=lambda c: (not c.mostly_feasible, -c.mean))
     winner = candidates[0] if candidates and candidates[0].mostly_feasible else None

@@ -1,7 +1,133 @@
-"""`slotune tune`: not yet built."""
+"""`slotune tune` (search vLLM's flags against SLO targets on real load) and `slotune report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
+from slotune.errors import ConfigError
+
+
+def _spec(**kw: Any) -> Any:
+    from pydantic import ValidationError
+
+    from tuner.study import TuneSpec
+
+    try:
+        return TuneSpec(**kw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{loc}: {msg}" if loc else msg) from None
+
+
+class _TrialProgress:
+    """One progress line per trial: a spinner and the trial's current stage, then its outcome."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("trial {task.fields[trial]:>3}"),
+                                 TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
+        self.tasks: dict[int, Any] = {}
+
+    def __call__(self, trial: int, stage: str) -> None:
+        task = self.tasks.get(trial)
+        if task is None:
+            task = self.tasks[trial] = self.progress.add_task(stage, total=1, trial=trial)
+        done = stage.startswith(("done", "infeasible"))
+        self.progress.update(task, description=stage, completed=1 if done else 0)
+
+    def __enter__(self) -> "_TrialProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
 
 def register(app: click.Group) -> None:
-    pass
+    @app.command()
+    @click.option("--model", required=True, help="model directory or id to serve")
+    @click.option("--workload", help="built-in workload name or a workload file")
+    @click.option("--input-len", type=click.IntRange(min=1), help="fixed prompt length (with --output-len)")
+    @click.option("--output-len", type=click.IntRange(min=1), help="fixed output length (with --input-len)")
+    @click.option("--slo", required=True, help="targets, e.g. 'ttft_p95<=500ms,tpot_p95<=50ms'")
+    @click.option("--trials", type=click.IntRange(min=1), help="trial budget for the study (default 10)")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop starting trials after S seconds")
+    @click.option("--mode", type=click.Choice(["offered", "capacity"]), default="offered", show_default=True,
+                  help="goodput at the given load, or at the highest rate meeting the SLOs")
+    @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="offered request rate (req/s)")
+    @click.option("--concurrency", type=click.IntRange(min=1), help="fixed number of requests in flight")
+    @click.option("--num-requests", type=click.IntRange(min=1), default=40, show_default=True,
+                  help="requests per trial")
+    @click.option("--space", "space_file", type=click.Path(path_type=Path, dir_okay=False),
+                  help="YAML file narrowing or fixing dimensions")
+    @click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE", help="fix one dimension (repeatable)")
+    @click.option("--pareto", is_flag=True, help="two objectives: goodput vs p95 TTFT (Pareto front)")
+    @click.option("--storage", help="database URL (default: slotune's SQLite file; PostgreSQL for several workers)")
+    @click.option("--study", "study_name", help="study name; an existing one is resumed")
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+                  help="directory for summary.json, best.yaml, best.sh and plots")
+    @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
+                  help="write the result as JSON ('-' for stdout)")
+    @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,
+                  help="best configs measured again (with the baseline) before a winner is named")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--worker", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="this worker's number when several share a study")
+    @click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=30, show_default=True,
+                  help="seconds between heartbeats; a trial silent for twice that is failed and retried")
+    @click.option("--startup-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True)
+    def tune(json_out: Path | None, remeasure: int, **kw: Any) -> None:
+        """Search vLLM's launch flags for the most goodput that meets the SLO targets."""
+        from tuner.report import render
+        from tuner.study import run_study
+
+        kw["fixes"] = list(kw["fixes"])
+        spec = _spec(remeasure_top=remeasure, **kw)
+        spec = spec.model_copy(update={"study_name": spec.name()})  # named now, so it can be resumed
+        quiet = json_out is not None and str(json_out) == "-"
+        if quiet:
+            result = run_study(spec)
+        else:
+            click.echo(f"study {spec.study_name}: tuning {spec.model} for {spec.slo} (resume with --study)")
+            with _TrialProgress() as bar:
+                result = run_study(spec, events=bar)
+            render(result)
+            if spec.out_dir:
+                click.echo(f"results in {spec.out_dir}")
+        _emit_json(result.to_dict(), json_out)
+
+    @app.command()
+    @click.option("--study", "study_name", required=True, help="the study to report on")
+    @click.option("--storage", help="database URL (default: slotune's SQLite file)")
+    @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+                  help="also write summary.json, best.yaml, best.sh and plots here")
+    def report(study_name: str, storage: str | None, as_json: bool, out_dir: Path | None) -> None:
+        """Summarize a tuning study: baseline, best config, gain, every trial."""
+        from tuner.report import load, render, summarize, write_outputs
+
+        result = summarize(storage, study_name)
+        if out_dir is not None:
+            write_outputs(result, load(storage, study_name), out_dir)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            render(result)
+
+
+def _emit_json(data: dict[str, Any], out: Path | None) -> None:
+    if out is None:
+        return
+    text = json.dumps(data, indent=2, default=str)
+    if str(out) == "-":
+        click.echo(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

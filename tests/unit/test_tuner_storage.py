@@ -1,0 +1,42 @@
+"""Optuna's tables and slotune's live in one database without colliding (both schemas, one SQLite
+file, both written and read back), and storage errors are one line."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from slotune.errors import StoreError
+from slotune.store import Base, TrialRecord, open_store
+from tuner.storage import OPTUNA_TABLES, open_storage
+
+
+def test_both_schemas_in_one_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path}/both.db"
+    storage = open_storage(url)  # creates slotune's tables, then Optuna's (with its alembic_version)
+    study = optuna.create_study(study_name="x", storage=storage)
+    study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    store = open_store(url)
+    with store.session() as s:
+        s.add(TrialRecord(study_name="x", trial_number=0, state="complete", params={}, config={}, metrics={},
+                          findings=[]))
+
+    tables = set(inspect(create_engine(url)).get_table_names())
+    ours = set(Base.metadata.tables)
+    assert ours and all(t.startswith("slotune_") for t in ours)
+    assert not ours & OPTUNA_TABLES
+    assert ours | {"alembic_version", "studies", "trials", "trial_heartbeats"} <= tables
+    assert tables - ours <= OPTUNA_TABLES, f"unexpected tables: {tables - ours - OPTUNA_TABLES}"
+    # Each side reads its own data back after the other wrote.
+    assert len(optuna.load_study(study_name="x", storage=url).trials) == 2
+    with store.session() as s:
+        assert s.query(TrialRecord).count() == 1
+    # Opening again (a second worker, a resume) neither fails nor migrates anything.
+    open_storage(url)
+
+
+def test_bad_storage_url_is_a_one_line_error(tmp_path):
+    with pytest.raises(StoreError) as exc:
+        open_storage("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    assert "\n" not in str(exc.value)

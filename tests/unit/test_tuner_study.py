@@ -1,0 +1,139 @@
+"""Study mechanics on real Optuna RDB storage (SQLite), with a synthetic measurement: baseline first,
+remedies next, then the sampler; infeasible trials never stop the study; constraints reach Optuna;
+resume; verdict against noise; every trial in slotune_trials."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import select
+from tuner_fakes import FakeMeasure
+
+from slotune.errors import ConfigError
+from slotune.store import TrialRecord, open_store
+from tuner.measure import Measurement
+from tuner.report import summarize
+from tuner.study import TuneSpec, run_study
+
+MODEL = "/models/tiny"
+
+
+def spec(tmp_path, **kw) -> TuneSpec:
+    base = dict(model=MODEL, input_len=32, output_len=16, slo="ttft_p95<=500ms", trials=6,
+                storage=f"sqlite:///{tmp_path}/s.db", study_name="s", remeasure_top=0)
+    return TuneSpec(**{**base, **kw})
+
+
+def test_baseline_then_remedies_then_sampler(tmp_path):
+    fm = FakeMeasure()
+    result = run_study(spec(tmp_path), measure=fm)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    trials = study.get_trials()
+    origins = [t.user_attrs["origin"] for t in trials]
+    assert origins[:3] == ["baseline", "remedy", "remedy"] and set(origins[3:]) == {"sampler"}
+    assert fm.calls[0].tuned_params() == {}  # trial 0 is vLLM's default, exactly
+    assert trials[1].params["enable_chunked_prefill"] is True
+    assert trials[2].params["max_num_seqs"] == 64  # the remedy's 60, snapped to the space
+    assert "high_ttft" in trials[1].user_attrs["remedy"]
+    # The baseline misses TTFT: a tuned config that meets it wins regardless of goodput.
+    assert result.baseline["feasible"] is False and result.best["feasible"] is True
+    assert result.verdict.recommendation == "tuned"
+
+
+def test_constraints_reach_optuna_and_infeasible_trials_do_not_stop_the_study(tmp_path):
+    s = spec(tmp_path, trials=5, enqueue=[{"max_num_seqs": 512, "enable_chunked_prefill": True},
+                                          {"max_num_batched_tokens": 512, "enable_chunked_prefill": False,
+                                           "max_model_len": 2048}])
+    run_study(s, measure=FakeMeasure())
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    by_origin = [t for t in study.get_trials() if t.user_attrs["origin"] == "enqueued"]
+    failed_start, rejected = by_origin
+    assert failed_start.state is TrialState.PRUNED and failed_start.user_attrs["status"] == "kv_cache_too_small"
+    assert rejected.state is TrialState.PRUNED and "chunked prefill disabled" in rejected.user_attrs["reason"]
+    for t in by_origin:
+        assert t.constraints["launch"] > 0
+    base = study.get_trials()[0]
+    assert base.constraints["slo:ttft_p95"] == pytest.approx(0.8 / 0.5 - 1)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+    # Every trial, infeasible ones too, is in slotune's own table with its reason and log.
+    store = open_store(s.storage)
+    with store.session() as sess:
+        recs = sess.scalars(select(TrialRecord).where(TrialRecord.study_name == "s")).all()
+    assert sorted(r.trial_number for r in recs) == list(range(5))
+    kv = next(r for r in recs if r.trial_number == failed_start.number)
+    assert kv.state == "infeasible" and "kv_cache_too_small" in kv.reason and kv.log_path
+
+
+def test_unexpected_error_in_slotune_reraises(tmp_path):
+    def broken(config, progress=None):
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        run_study(spec(tmp_path), measure=broken)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    assert study.get_trials()[0].state is TrialState.FAIL
+
+
+def test_resume_counts_finished_trials_and_keeps_them(tmp_path):
+    run_study(spec(tmp_path, trials=3), measure=FakeMeasure())
+    fm = FakeMeasure()
+    run_study(spec(tmp_path, trials=5), measure=fm)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4]
+    assert len(fm.calls) == 2  # only the two missing trials ran
+    assert sum(t.user_attrs["origin"] == "baseline" for t in study.get_trials()) == 1
+
+
+def test_resume_with_other_slo_is_refused(tmp_path):
+    run_study(spec(tmp_path, trials=1), measure=FakeMeasure())
+    with pytest.raises(ConfigError, match="was created with slo="):
+        run_study(spec(tmp_path, trials=2, slo="ttft_p95<=1s"), measure=FakeMeasure())
+
+
+def test_winner_within_noise_keeps_the_baseline(tmp_path):
+    # Baseline meets a loose SLO; the best tuned config is only a little better, and re-measuring
+    # shows a spread bigger than the gain.
+    def measure(config, progress=None):
+        g = 2.0 if config.tuned_params() == {} else 2.1
+        g += measure.jitter.pop(0) if measure.jitter else 0.0
+        from tuner_fakes import client
+
+        return Measurement(ok=True, goodput=g, client=client(0.1, g))
+
+    measure.jitter = [0.0, 0.0, 0.0, -0.4, 0.0]  # trials 0-2; then re-measures of the best and baseline
+    result = run_study(spec(tmp_path, trials=3, remeasure_top=1, slo="ttft_p95<=2s", max_remedies=0), measure=measure)
+    v = result.verdict
+    assert v.remeasured and v.recommendation == "baseline", v.message
+    assert "within the noise" in v.message
+    assert result.to_dict()["recommendation"]["use"] == "baseline"
+
+
+def test_clear_winner_beats_the_baseline_by_more_than_noise(tmp_path):
+    def measure(config, progress=None):
+        from tuner_fakes import client
+
+        g = 2.0 if config.tuned_params() == {} else 4.0
+        return Measurement(ok=True, goodput=g, client=client(0.1, g))
+
+    result = run_study(spec(tmp_path, trials=3, remeasure_top=1, slo="ttft_p95<=2s"), measure=measure)
+    assert result.verdict.recommendation == "tuned" and result.verdict.ratio == pytest.approx(2.0)
+    assert len(result.best["goodput_samples"]) == 2 and len(result.baseline["goodput_samples"]) == 2
+
+
+def test_json_shape_and_report_from_storage(tmp_path):
+    s = spec(tmp_path, out_dir=tmp_path / "out", pareto=True)
+    result = run_study(s, measure=FakeMeasure())
+    d = json.loads(json.dumps(result.to_dict()))
+    for key in ("baseline", "best"):
+        assert {"params", "goodput", "slo", "ttft_p95", "command"} <= set(d[key])
+        assert d[key]["slo"]["ttft_p95"]["threshold"] == 0.5
+    assert d["baseline"]["params"] == {} and d["best"]["command"].startswith("vllm serve /models/tiny")
+    assert d["pareto"] and all(p["ttft_p95"] is not None for p in d["pareto"])
+    again = summarize(s.storage, "s").to_dict()
+    assert again["best"] == d["best"] and again["baseline"] == d["baseline"]
+    out = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"summary.json", "best.yaml", "best.sh", "history.png", "history.html", "pareto.png", "pareto.html"} <= out
+    assert (tmp_path / "out" / "history.png").read_bytes()[:4] == b"\x89PNG"

@@ -38,8 +38,10 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
                  grace_period: int | None = None) -> RDBStorage:
     """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors."""
     url = storage_url(url)
-    store = open_store(url)  # slotune's tables first: fails early with slotune's message
-    store.dispose()
+    try:
+        open_store(url).dispose()  # slotune's tables first: fails early with slotune's message
+    except StoreError as exc:
+        raise StoreError(" ".join(str(exc).split("\n")[0].split())) from None
     engine_kwargs = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Several processes (workers, `report`) may touch one SQLite file: wait for locks.
@@ -55,7 +57,8 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
     except Exception as exc:  # SQLAlchemy, driver and Optuna's own errors alike
-        raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {first}") from None
 
 
 def _safe(url: str) -> str:

@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FIXTURES = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu"
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.exposition import parse  # noqa: E402
-from collectors.vllm_metrics import derive  # noqa: E402
+from collectors.exposition import parse
+from collectors.vllm_metrics import derive
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -67,7 +67,7 @@ class Scrape:
             seen.update(d["engine"] for d in labelsets if "engine" in d)
         return sorted(seen, key=lambda e: (not e.isdigit(), int(e) if e.isdigit() else 0, e))
 
-    def for_engine(self, engine: str) -> "Scrape":
+    def for_engine(self, engine: str) -> Scrape:
         """Only the series of one engine (series without an `engine` label are kept: they are shared)."""
 
         def keep(labels: Labels) -> bool:

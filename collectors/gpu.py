@@ -8,8 +8,9 @@ collector keeps working. The NVML module is a constructor argument so tests can 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from collectors.snapshot import GpuDevice, GpuSnapshot
 

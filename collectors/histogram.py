@@ -28,7 +28,7 @@ class Histogram:
     sum: float
     count: float
 
-    def minus(self, before: "Histogram") -> "Histogram | None":
+    def minus(self, before: Histogram) -> Histogram | None:
         """The observations since `before`; None when the series went backwards (a counter reset)
         or its buckets changed (a different server)."""
         if before.bounds != self.bounds:
@@ -39,7 +39,7 @@ class Histogram:
             return None
         return Histogram(self.bounds, counts, self.sum - before.sum, count)
 
-    def plus(self, other: "Histogram") -> "Histogram":
+    def plus(self, other: Histogram) -> Histogram:
         """Two series with the same buckets (two engines) as one."""
         if other.bounds != self.bounds:
             raise ValueError("cannot add histograms with different buckets")

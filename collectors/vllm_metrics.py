@@ -20,7 +20,7 @@ import httpx
 
 from collectors.exposition import Labels, Scrape, parse
 from collectors.histogram import Histogram, summarize
-from collectors.metric_names import FINISHED_ERROR_REASONS
+from collectors.metric_names import BY_KEY, FINISHED_ERROR_REASONS, Kind
 from collectors.snapshot import Capacity, GpuSnapshot, Snapshot
 from slotune.errors import ConfigError, TargetError
 
@@ -54,17 +54,15 @@ def scrape(url: str, client: httpx.Client | None = None) -> Scrape:
 
 
 def _went_backwards(before: Scrape, after: Scrape) -> bool:
-    if before.started is not None and after.started is not None:
-        if abs(after.started - before.started) > _RESTART_TOLERANCE_S:
-            return True
+    started = (before.started, after.started)
+    if None not in started and abs(started[1] - started[0]) > _RESTART_TOLERANCE_S:  # type: ignore[operator]
+        return True
     for key, series in after.values.items():
-        if key in ("process_start",) or key not in before.values:
+        if BY_KEY[key].kind is not Kind.COUNTER:  # gauges may fall; counters only on a restart
             continue
-        old = before.values[key]
-        # Gauges may fall; only counters (named `_total`) are monotonic.
-        if after.sources.get(key, "").endswith("_total"):
-            if any(v < old[ls] for ls, v in series.items() if ls in old):
-                return True
+        old = before.values.get(key, {})
+        if any(v < old[ls] for ls, v in series.items() if ls in old):
+            return True
     for key, series in after.histograms.items():
         old = before.histograms.get(key, {})
         if any(ls in old and h.minus(old[ls]) is None for ls, h in series.items()):

@@ -71,8 +71,8 @@ def render(snap: Snapshot) -> Any:
     ]
     if snap.capacity is not None:
         c = snap.capacity
-        rows.append(("KV capacity", f"{c.kv_cache_tokens} tokens, block {c.block_size}, "
-                                    f"max concurrency {c.max_concurrency}"))
+        kv = f"{c.kv_cache_tokens} tokens, block {c.block_size}, max concurrency {c.max_concurrency}"
+        rows.append(("KV capacity", kv))
     gpu = snap.gpu
     rows.append(("GPU", "unavailable" if gpu is None or not gpu.available
                  else ", ".join(f"#{d.index} {_num(d.utilization, pct)}" for d in gpu.devices)))

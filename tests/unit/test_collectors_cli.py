@@ -11,8 +11,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from collectors_pages import AFTER, UNDER, page
+
 from slotune.cli.main import main
 from slotune.store import Snapshot, open_store
 

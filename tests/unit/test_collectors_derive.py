@@ -8,15 +8,23 @@ import math
 from collections import defaultdict
 
 import pytest
+from collectors_pages import (
+    AFTER,
+    SPEC_AFTER,
+    SPEC_UNDER,
+    UNDER,
+    old_generation,
+    page,
+    ray_prefix,
+    two_engines,
+    without,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from test_collectors_histogram import reference_quantile
 
 from collectors.exposition import parse
 from collectors.snapshot import Snapshot
 from collectors.vllm_metrics import derive, derive_per_engine
-from collectors_pages import (
-    AFTER, SPEC_AFTER, SPEC_UNDER, UNDER, old_generation, page, ray_prefix, two_engines, without,
-)
-from test_collectors_histogram import reference_quantile
 
 T0, T1 = 1_795_479_000.0, 1_795_479_010.0  # scrape times: a 10 s window, after the captures
 

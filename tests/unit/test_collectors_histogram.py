@@ -7,10 +7,10 @@ import math
 import random
 
 import pytest
+from collectors_pages import ALL, page
 
 from collectors.exposition import parse
 from collectors.histogram import Histogram, quantile, summarize
-from collectors_pages import ALL, page
 
 
 def reference_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

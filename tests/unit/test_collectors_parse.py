@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from collectors_pages import AFTER, ALL, SPEC_AFTER, old_generation, page, ray_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors import metric_names
 from collectors.exposition import parse
 from collectors.metric_names import Kind
-from collectors_pages import ALL, AFTER, SPEC_AFTER, old_generation, page, ray_prefix
 from slotune.errors import TargetError
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collectors_pages import AFTER, UNDER, page
+
 from collectors.exposition import parse
 from collectors.persist import load_snapshot, save_snapshot
 from collectors.snapshot import GpuSnapshot
 from collectors.vllm_metrics import derive
-from collectors_pages import AFTER, UNDER, page
 from slotune import store as db
 from slotune.store import open_store
 

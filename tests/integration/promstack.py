@@ -1,0 +1,198 @@
+"""Real Prometheus and Alertmanager as plain processes on loopback, run with the project's own
+config files (deploy/prometheus, deploy/alertmanager). Reusable by any test.
+
+What a test run changes, and nothing else:
+* Prometheus: `global.scrape_interval` / `evaluation_interval` (1 s instead of 15 s) and the
+  `targets/*.yml` files (loopback ports instead of compose service names); `prometheus.yml`'s
+  jobs, discovery and `rule_files`, and the rule files themselves, are the committed ones. A test
+  may add extra rule files (e.g. an SLO rendered with short windows).
+* Alertmanager: the sidecar receiver's URL (a loopback port) and the route's timers (1 s).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROM_DIR = REPO / "deploy" / "prometheus"
+AM_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+DASHBOARDS = REPO / "dashboards"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alertmanager_binary() -> str | None:
+    return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
+
+
+def have_stack() -> bool:
+    return bool(shutil.which("prometheus") and alertmanager_binary())
+
+
+def render_prometheus(workdir: Path, targets: dict[str, Iterable[str]], interval: str = "1s",
+                      extra_rules: dict[str, str] | None = None) -> Path:
+    """Copy the committed config and rules into `workdir`, with test intervals and targets."""
+    cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    cfg["global"] = {**cfg["global"], "scrape_interval": interval, "evaluation_interval": interval}
+    (workdir / "rules").mkdir(parents=True, exist_ok=True)
+    for f in (PROM_DIR / "rules").glob("*.yml"):
+        shutil.copy(f, workdir / "rules" / f.name)
+    for name, text in (extra_rules or {}).items():
+        (workdir / "rules" / name).write_text(text)
+    (workdir / "targets").mkdir(exist_ok=True)
+    for f in (PROM_DIR / "targets").glob("*.yml"):  # every committed target file, emptied unless given
+        job = f.stem
+        addrs = list(targets.get(job, []))
+        (workdir / "targets" / f.name).write_text(yaml.safe_dump([{"targets": addrs}] if addrs else []))
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def render_alertmanager(workdir: Path, sidecar_url: str, extra_url: str | None = None) -> Path:
+    cfg = yaml.safe_load(AM_CONFIG.read_text())
+    cfg["route"] |= {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"}
+    for receiver in cfg["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if hook["url"].endswith("/api/v1/alerts/alertmanager"):
+                hook["url"] = sidecar_url.rstrip("/") + "/api/v1/alerts/alertmanager"
+            elif extra_url:
+                hook["url"] = extra_url
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class Process:
+    argv: list[str]
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self, timeout: float = 20.0) -> Process:
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self._fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[0]} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.argv[0]} not ready in {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_fh", None):
+            self._fh.close()
+
+    def __enter__(self) -> Process:  # noqa: PYI034
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def prometheus(workdir: Path, config: Path) -> Process:
+    port = free_port()
+    (workdir / "data").mkdir(exist_ok=True)
+    return Process(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", "--log.level=warn"],
+                   f"http://127.0.0.1:{port}", workdir / "prometheus.log")
+
+
+def alertmanager(workdir: Path, config: Path) -> Process:
+    port = free_port()
+    (workdir / "am-data").mkdir(exist_ok=True)
+    return Process([alertmanager_binary() or "alertmanager", f"--config.file={config}",
+                    f"--storage.path={workdir / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=", "--log.level=warn"],
+                   f"http://127.0.0.1:{port}", workdir / "alertmanager.log")
+
+
+def query(prom_url: str, expr: str) -> dict[str, Any]:
+    """Instant query; returns Prometheus' `data` or raises with its error message."""
+    r = httpx.get(f"{prom_url}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    if body.get("status") != "success":
+        raise AssertionError(f"{body.get('errorType')}: {body.get('error')} in {expr!r}")
+    return body["data"]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---- dashboards ----
+
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+
+
+def load_dashboards() -> dict[str, dict[str, Any]]:
+    import json
+
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def dashboard_queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, expr) for every PromQL expression in a dashboard: panel targets, annotation queries
+    and query variables."""
+    out: list[tuple[str, str]] = []
+    for p in dash.get("panels", []):
+        for t in p.get("targets", []):
+            out.append((f"panel {p.get('id')} {p.get('title')!r} {t.get('refId')}", t["expr"]))
+    for a in dash.get("annotations", {}).get("list", []):
+        if a.get("expr"):
+            out.append((f"annotation {a['name']!r}", a["expr"]))
+    return out
+
+
+def variable_names(dash: dict[str, Any]) -> set[str]:
+    return {v["name"] for v in dash.get("templating", {}).get("list", [])}
+
+
+_VAR = re.compile(r"\$\{?(\w+)\}?")
+
+
+def used_variables(text: str) -> set[str]:
+    return set(_VAR.findall(text))
+
+
+def substitute(expr: str, values: dict[str, str] | None = None) -> str:
+    """Replace Grafana variables with what Grafana would send: `.+` for the model/instance
+    regexes ("All"), and fixed durations for the built-in intervals."""
+    vals = {**GRAFANA_BUILTINS, **(values or {})}
+    return _VAR.sub(lambda m: vals.get(m.group(1), ".+"), expr)

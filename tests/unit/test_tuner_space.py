@@ -113,3 +113,15 @@ def test_remedy_delta_snaps_to_choices():
     assert p[SPEC_METHOD] == "ngram" and p[SPEC_TOKENS] == 3
     assert s.params_for_delta(start, {"gpu_memory_utilization": 0.8}) is None  # nothing expressible
     assert s.params_for_delta(start, {"max_num_seqs": None}) is None  # no change
+
+
+def test_serve_line_parses_back_to_the_same_config():
+    from tuner.command import parse_serve_command
+
+    s = space()
+    cfg = s.config_for(BASE, {"max_num_seqs": 16, "enable_prefix_caching": False, SPEC_METHOD: "ngram",
+                              SPEC_TOKENS: 3}).with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    assert parse_serve_command(cfg.serve_command()) == cfg
+    assert parse_serve_command(BASE.serve_command()) == BASE
+    with pytest.raises(ConfigError, match="unknown flag"):
+        parse_serve_command("vllm serve m --trust-me")

@@ -1,0 +1,49 @@
+"""The inverse of `VllmConfig.serve_command()`: a printed `vllm serve` line back into a config, so a
+recommendation can be checked (and applied) exactly as the user would paste it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from slotune.errors import ConfigError
+from slotune.vllm_config import FLAGS, VllmConfig
+
+_BY_FLAG = {f.flag: f for f in FLAGS}
+_NEGATED = {"--no-" + f.flag[2:]: f for f in FLAGS if f.kind == "bool"}
+
+
+def parse_serve_command(line: str) -> VllmConfig:
+    """`[ENV=V ...] vllm serve MODEL [--flag value ...]` → VllmConfig; unknown flags are an error."""
+    words = shlex.split(line)
+    env: dict[str, str] = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[:2] != ["vllm", "serve"] or len(words) < 3:
+        raise ConfigError(f"not a 'vllm serve MODEL ...' line: {line!r}")
+    data: dict[str, Any] = {"model": words[2], "env": env}
+    rest = words[3:]
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word in ("--host", "--port"):
+            data[word[2:]] = rest[i + 1]
+            i += 2
+            continue
+        if word in _NEGATED:
+            data[_NEGATED[word].field] = False
+            i += 1
+            continue
+        flag = _BY_FLAG.get(word)
+        if flag is None:
+            raise ConfigError(f"unknown flag {word!r} in the serve line")
+        if flag.kind == "bool":
+            data[flag.field] = True
+            i += 1
+            continue
+        value = rest[i + 1]
+        data[flag.field] = json.loads(value) if flag.kind == "json" else value
+        i += 2
+    return VllmConfig.from_mapping(data, source="serve line")

@@ -106,3 +106,18 @@ def test_not_a_vllm_page(pages_server, capsys):
     url, _ = pages_server
     assert main(["collect", "--target", url + "/nothing", "--once"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly(pages_server):
+    import signal
+    import time
+
+    url, _ = pages_server
+    proc = subprocess.Popen([sys.executable, "-m", "slotune.cli.main", "collect", "--target", url,
+                             "--interval", "0.2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # a window was reported: the loop is running
+    assert json.loads(first)["requests_finished"] == 40
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err

@@ -51,7 +51,7 @@ def push(dashboards: dict[str, dict[str, Any]], grafana_url: str, token: str, fo
         return results
     except GrafanaException as exc:
         raise TargetError(f"Grafana at {grafana_url} refused the push: {exc.status_code} {exc.message}") from None
-    except Exception as exc:  # connection errors come from niquests/urllib3 under several names
+    except OSError as exc:  # niquests' ConnectionError, Timeout, ... are OSErrors
         raise TargetError(f"cannot reach Grafana at {grafana_url}: {exc}") from None
 
 

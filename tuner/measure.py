@@ -104,8 +104,9 @@ class ServerMeasure:
         )
 
     def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float) -> Measurement:
-        from collectors import vllm_metrics
         from loadgen.runner import run_load
+
+        from collectors import vllm_metrics
 
         load = self.load
         model = config.served_model_name or config.model

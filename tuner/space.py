@@ -113,7 +113,7 @@ class SearchSpace:
     def default(
         cls, *, plat: platforms.Platform | None = None, min_model_len: int | None = None,
         model_max_len: int | None = None,
-    ) -> "SearchSpace":
+    ) -> SearchSpace:
         plat = plat or platforms.detect()
         dims = []
         for d in _dimensions(plat):
@@ -137,7 +137,7 @@ class SearchSpace:
 
     # -- narrowing ------------------------------------------------------------------------------
 
-    def narrowed(self, spec: Mapping[str, Any], *, source: str = "search space") -> "SearchSpace":
+    def narrowed(self, spec: Mapping[str, Any], *, source: str = "search space") -> SearchSpace:
         """Apply a user's narrowing: a list searches those choices, a scalar fixes, {min,max} filters."""
         dims = {d.name: d for d in self.dimensions}
         fixed = dict(self.fixed)
@@ -182,7 +182,7 @@ class SearchSpace:
                 "longest prompt + longest output)"
             )
 
-    def with_fixes(self, fixes: Iterable[str]) -> "SearchSpace":
+    def with_fixes(self, fixes: Iterable[str]) -> SearchSpace:
         """`--fix name=value` pairs from the command line."""
         spec: dict[str, Any] = {}
         for item in fixes:
@@ -192,7 +192,7 @@ class SearchSpace:
             spec[name.strip()] = value
         return self.narrowed(spec, source="--fix")
 
-    def with_file(self, path: Path) -> "SearchSpace":
+    def with_file(self, path: Path) -> SearchSpace:
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:

@@ -56,7 +56,7 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
                 grace_period=grace_period or 2 * heartbeat_interval,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-    except Exception as exc:  # SQLAlchemy, driver and Optuna's own errors alike
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike become one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {first}") from None
 
@@ -66,5 +66,5 @@ def _safe(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - never let a bad URL break an error message
         return "<database url>"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from optuna.samplers import TPESampler
@@ -36,6 +36,9 @@ from tuner.measure import LoadSpec, Measure, ServerMeasure
 from tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
 from tuner.space import SearchSpace, model_max_len
 from tuner.storage import open_storage, storage_url
+
+if TYPE_CHECKING:
+    from tuner.report import StudyResult
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR = "slotune_spec"
@@ -83,7 +86,7 @@ class TuneSpec(BaseModel):
         return str(SloSpec.parse(v))  # a bad spec raises ConfigError: one line, before anything runs
 
     @model_validator(mode="after")
-    def _one_workload(self) -> "TuneSpec":
+    def _one_workload(self) -> TuneSpec:
         fixed = self.input_len is not None or self.output_len is not None
         if (self.workload is None) == (not fixed):
             raise ValueError("give either a workload (name or file) or --input-len and --output-len")
@@ -246,9 +249,9 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events | None = None,
-              workload: Any = None) -> "StudyResult":
+              workload: Any = None) -> StudyResult:
     """Run (or resume) a study to its trial budget or timeout; re-measure; write the results."""
-    from tuner.report import StudyResult, summarize, write_outputs
+    from tuner.report import summarize, write_outputs
     from tuner.verdict import remeasure
 
     slo = SloSpec.parse(spec.slo)

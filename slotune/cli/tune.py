@@ -42,7 +42,7 @@ class _TrialProgress:
         done = stage.startswith(("done", "infeasible"))
         self.progress.update(task, description=stage, completed=1 if done else 0)
 
-    def __enter__(self) -> "_TrialProgress":
+    def __enter__(self) -> _TrialProgress:  # noqa: PYI034
         self.progress.__enter__()
         return self
 

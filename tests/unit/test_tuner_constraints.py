@@ -1,7 +1,8 @@
 """SLO targets as Optuna constraints (<= 0 feasible)."""
 
-from slotune.slo import SloSpec
 from tuner_fakes import client
+
+from slotune.slo import SloSpec
 from tuner.constraints import LAUNCH, feasible, infeasible_constraints, slo_constraints
 
 

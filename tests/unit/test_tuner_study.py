@@ -22,8 +22,8 @@ MODEL = "/models/tiny"
 
 
 def spec(tmp_path, **kw) -> TuneSpec:
-    base = dict(model=MODEL, input_len=32, output_len=16, slo="ttft_p95<=500ms", trials=6,
-                storage=f"sqlite:///{tmp_path}/s.db", study_name="s", remeasure_top=0)
+    base = {"model": MODEL, "input_len": 32, "output_len": 16, "slo": "ttft_p95<=500ms", "trials": 6,
+            "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "s", "remeasure_top": 0}
     return TuneSpec(**{**base, **kw})
 
 

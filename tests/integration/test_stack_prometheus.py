@@ -1,0 +1,168 @@
+"""The stack for real: Prometheus and Alertmanager (Debian packages, plain processes on loopback)
+with the project's own config and rule files, scraping a real vLLM under load.
+
+How the test shortens things (see promstack's docstring for what else it changes): scrape and rule
+evaluation every 1 s; Alertmanager's group timers 1 s; and the SLO rule file `slo.yml` is replaced
+by one `slotune.rules.render_slo` makes for a test SLO that any real request breaks
+(`ttft_p95<=1ms`, counted against the 0.001 s bucket) with ONE burn tier whose windows are 30 s
+and 10 s instead of 1 h and 5 m (`for: 1s`, factor 14.4, severity page). Same generator, same
+expressions, shorter windows. The committed SLO rules' expressions are still each run as queries.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from slotune import rules
+from tests.integration import promstack
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not promstack.have_stack(), reason="prometheus/alertmanager not installed (make system-packages)"),
+]
+
+TEST_SLO = "ttft_p95<=1ms"
+TEST_WINDOWS = (rules.BurnWindow("page", "30s", "10s", 14.4, "1s"),)
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records webhook POSTs (Alertmanager's v4 payload) by path."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+
+class Load:
+    """Keeps a few completions in flight until stopped, so short-window rates stay defined."""
+
+    def __init__(self, base_url: str, concurrency: int = 3) -> None:
+        self.base_url, self.stop_flag, self.sent, self.errors = base_url, threading.Event(), 0, 0
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
+
+    def _worker(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=60) as client:
+            while not self.stop_flag.is_set():
+                r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * 20,
+                                                         "max_tokens": 16, "ignore_eos": True})
+                self.sent += 1
+                self.errors += r.status_code != 200
+                time.sleep(0.05)
+
+    def __enter__(self) -> Load:  # noqa: PYI034
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(70)
+
+
+@pytest.fixture(scope="module")
+def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    work: Path = tmp_path_factory.mktemp("promstack")
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    vllm_addr = vllm_server.base_url.split("://", 1)[1]
+    # The sidecar's webhook path on the recording receiver: stands in for the sidecar in this module
+    # (test_stack_sidecar.py points Alertmanager at a real sidecar).
+    am_cfg = promstack.render_alertmanager(work, receiver.url, extra_url=f"{receiver.url}/oncall")
+    with promstack.alertmanager(work, am_cfg) as am:
+        prom_cfg = promstack.render_prometheus(
+            work, {"vllm": [vllm_addr], "alertmanager": [am.url.split("://", 1)[1]]},
+            extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
+        with promstack.prometheus(work, prom_cfg) as prom, Load(vllm_server.base_url) as load:
+            yield {"prom": prom.url, "am": am.url, "receiver": receiver, "load": load, "work": work}
+    receiver.shutdown()
+    receiver.server_close()
+
+
+def _rule_exprs() -> list[tuple[str, str]]:
+    out = []
+    for f in sorted((promstack.PROM_DIR / "rules").glob("*.yml")):
+        for g in yaml.safe_load(f.read_text())["groups"]:
+            for r in g["rules"]:
+                out.append((f"{f.name} {r.get('record') or r.get('alert')}", r["expr"]))
+    return out
+
+
+CORE = [
+    rules.latency_quantile("ttft", 0.95), rules.latency_quantile("tpot", 0.95), rules.latency_quantile("e2e", 0.5),
+    rules.SERIES["requests_rate"], rules.SERIES["generation_tokens_rate"], rules.SERIES["prompt_tokens_rate"],
+    rules.SERIES["kv_cache_usage"], rules.SERIES["requests_running"], rules.SERIES["iteration_tokens_mean"],
+]
+
+
+def test_every_rule_and_panel_query_runs_and_core_panels_have_data(stack: dict[str, Any]) -> None:
+    prom = stack["prom"]
+    # Core recording rules (evaluated by Prometheus from the committed rule files) return data.
+    for name in CORE:
+        promstack.wait_until(lambda n=name: promstack.query(prom, n)["result"], 45, what=f"{name} to have data")
+    queries = _rule_exprs() + [(f"{d} {where}", promstack.substitute(e))
+                               for d, dash in promstack.load_dashboards().items()
+                               for where, e in promstack.dashboard_queries(dash)]
+    failures = []
+    for where, expr in queries:
+        try:
+            promstack.query(prom, expr)
+        except AssertionError as exc:
+            failures.append(f"{where}: {exc}")
+    assert not failures, failures
+    # The core panels of the SLO overview and engine dashboards draw something.
+    dashes = promstack.load_dashboards()
+    for dname, titles in {"slo-overview.json": ["Time to first token", "End-to-end latency", "Request rate"],
+                          "engine.json": ["Running and waiting requests", "KV-cache usage", "Token throughput"]}.items():
+        for p in dashes[dname]["panels"]:
+            if p["title"] in titles:
+                results = [promstack.query(prom, promstack.substitute(t["expr"]))["result"] for t in p["targets"]]
+                assert any(results), f"{dname} panel {p['title']!r} returned no data"
+    assert stack["load"].errors == 0 and stack["load"].sent > 0
+
+
+def test_fast_burn_alert_fires_and_alertmanager_delivers_it(stack: dict[str, Any]) -> None:
+    prom, receiver = stack["prom"], stack["receiver"]
+    firing = promstack.wait_until(
+        lambda: promstack.query(prom, 'ALERTS{alertname="VllmSloErrorBudgetBurn", alertstate="firing"}')["result"],
+        60, what="the fast-burn alert to fire")
+    assert firing[0]["metric"]["slo"] == "ttft_p95" and firing[0]["metric"]["severity"] == "page"
+
+    def delivered(path: str) -> list[dict[str, Any]]:
+        return [a for p, body in receiver.posts if p == path for a in body["alerts"]
+                if a["labels"].get("alertname") == "VllmSloErrorBudgetBurn" and a["status"] == "firing"]
+
+    to_sidecar = promstack.wait_until(lambda: delivered("/api/v1/alerts/alertmanager"), 60,
+                                      what="Alertmanager to deliver to the sidecar's webhook path")
+    alert = to_sidecar[0]
+    assert alert["labels"]["long_window"] == "30s" and alert["labels"]["model_name"] == "tiny"
+    assert {"summary", "description", "runbook_url"} <= set(alert["annotations"])
+    # Pages also reach the example external receiver (second route).
+    promstack.wait_until(lambda: delivered("/oncall"), 30, what="the page to reach the external receiver")

@@ -44,9 +44,14 @@ def test_validation_can_fail(tmp_path: Path) -> None:
     assert proc.returncode != 0
 
 
-def test_secrets_are_required_not_committed() -> None:
-    proc = _config("--profile", "cpu", "config", "-q")  # no .env: refuses rather than using a default
-    assert proc.returncode != 0 and "SLOTUNE_API_TOKEN" in proc.stderr
+def test_secrets_are_required_not_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    for var in ("SLOTUNE_API_TOKEN", "GRAFANA_ADMIN_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    # Without them compose refuses (which of the two it names first varies) rather than using a default.
+    proc = _config("--env-file", str(empty), "--profile", "cpu", "config", "-q")
+    assert proc.returncode != 0 and "required variable" in proc.stderr and "see .env.example" in proc.stderr
     assert ".env" in (REPO / ".gitignore").read_text().split()
 
 

@@ -1,0 +1,192 @@
+"""The sidecar's settings: one pydantic-settings root, read from a YAML file with environment
+variables on top (`SLOTUNE_` prefix, `__` for nesting: `SLOTUNE_APPLY__CANARY_SECONDS=120`).
+
+Precedence, highest first: explicit keyword arguments (tests, CLI), environment, the YAML file,
+the defaults here. Everything is validated at start; a bad value becomes one `ConfigError` line that
+names the key. Secrets (`api_token`, `webhook_secret`, a receiver's `secret`) are `SecretStr`:
+their repr is `**********`, so logging the settings never leaks them.
+
+This module sits in the lowest layer, beside `slotune.slo` and `slotune.paths` and independent of
+them: it imports only pydantic and the standard library. The SLO text is parsed, and the data
+directory defaulted, by `slotune.sidecar.config.load_settings`, which every entry point uses.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from slotune.errors import ConfigError
+
+Mode = Literal["observe", "recommend", "apply"]
+Event = Literal["finding", "alert", "recommendation", "config_change"]
+EVENTS: tuple[str, ...] = ("finding", "alert", "recommendation", "config_change")
+
+# The YAML file the settings being built read from (a context variable, so `load()` stays reentrant).
+_YAML_FILE: ContextVar[Path | None] = ContextVar("slotune_settings_file", default=None)
+
+
+def _http_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s)://HOST[:PORT][/path] URL, got {v!r}")
+    return v
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReceiverSettings(_Strict):
+    """Where notifications go. `format`: generic JSON or a Slack-compatible message."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    format: Literal["json", "slack"] = "json"
+    events: list[Event] = Field(default_factory=lambda: list(EVENTS))
+    secret: SecretStr | None = Field(default=None, description="overrides webhook_secret for this receiver")
+    timeout: float = Field(default=5.0, gt=0, le=60)
+
+    _url = field_validator("url")(_http_url)
+
+
+class ManagedSettings(_Strict):
+    """The vLLM server slotune starts and owns (apply mode): the model and its vllm serve flags."""
+
+    model: str = Field(min_length=1)
+    flags: dict[str, Any] = Field(default_factory=dict, description="VllmConfig fields, e.g. max_num_seqs")
+    startup_timeout: float = Field(default=240.0, gt=0)
+
+
+class ApplySettings(_Strict):
+    canary_seconds: float = Field(default=120.0, gt=0, description="how long a new config is watched")
+    cooldown_seconds: float = Field(default=900.0, ge=0, description="minimum time between two changes")
+    baseline_windows: int = Field(default=5, ge=1, description="windows before a change used as 'before'")
+    min_requests: int = Field(default=5, ge=1, description="requests the canary must see to be judged")
+    tolerance: float = Field(default=0.02, ge=0, le=1, description="attainment drop still accepted")
+    auto: bool = Field(default=False, description="apply recommendations without approval")
+
+
+class OutboxSettings(_Strict):
+    poll_seconds: float = Field(default=1.0, gt=0)
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=50, ge=1, description="then the message is kept but given up")
+    batch: int = Field(default=20, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything `slotune sidecar` reads. See docs/sidecar.md for each key."""
+
+    model_config = SettingsConfigDict(env_prefix="SLOTUNE_", env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
+
+    target: str | None = Field(default=None, description="the vLLM base URL to scrape (or its /metrics URL)")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    interval: float = Field(default=15.0, gt=0, le=3600, description="seconds between scrapes")
+    scrape_timeout: float = Field(default=5.0, gt=0, le=300)
+    slo: str | None = Field(default=None, min_length=1,
+                            description="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s'; None: slotune.slo's default")
+    mode: Mode = "observe"
+    data_dir: Path | None = None
+    database_url: str | None = None
+    api_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    protect_reads: bool = Field(default=False, description="reads need the bearer token too")
+    receivers: list[ReceiverSettings] = Field(default_factory=list)
+    windows: int = Field(default=10, ge=1, le=1000, description="rolling windows kept for the playbooks")
+    persist_windows: int = Field(default=3, ge=1, description="windows a finding must last to act on it")
+    down_after: int = Field(default=2, ge=1, description="failed scrapes in a row that make target_down")
+    max_alert_bytes: int = Field(default=1_000_000, ge=1024, description="largest accepted webhook body")
+    managed: ManagedSettings | None = None
+    apply: ApplySettings = Field(default_factory=ApplySettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.mode == "apply" and self.managed is None:
+            raise ValueError("mode 'apply' needs a 'managed' server (model and flags) for slotune to restart")
+        if self.managed is None and self.target is None:
+            raise ValueError("give 'target' (the vLLM URL to watch) or a 'managed' server")
+        names = [r.name for r in self.receivers]
+        if len(set(names)) != len(names):
+            raise ValueError("receiver names must be unique")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+    # -- derived -------------------------------------------------------------------------------------
+
+    def secret_for(self, receiver: ReceiverSettings) -> str:
+        secret = receiver.secret or self.webhook_secret
+        return secret.get_secret_value() if secret is not None else ""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Validate the file (if any) + environment + overrides; ConfigError names the bad key."""
+        file = Path(path) if path is not None else None
+        if file is not None and not file.is_file():
+            raise ConfigError(f"settings file {file} not found")
+        token = _YAML_FILE.set(file)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(f"bad settings{f' in {file}' if file else ''}: {first_error(exc)}") from None
+        finally:
+            _YAML_FILE.reset(token)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file given to `Settings.load`, as a mapping; nothing when there is none."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        file = _YAML_FILE.get()
+        if file is None:
+            return {}
+        try:
+            data = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read settings file {file}: {exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"settings file {file}: expected a mapping of keys, got {type(data).__name__}")
+        return data
+
+
+def first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "settings"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}"

@@ -1,0 +1,462 @@
+"""The load generator: OpenAI-compatible streaming requests, timed from the client's side.
+
+`run_load` is blocking (it runs its own event loop), so tuner worker threads can call it. Timing
+mirrors `vllm.benchmarks.lib.endpoint_request_func`: TTFT is the first streamed chunk that carries a
+choice; ITL the gaps between such chunks; end-to-end ends at the last such chunk; TPOT is
+(e2e - TTFT) / (output tokens - 1), output tokens from the server's `usage`.
+
+Arrivals are open loop (Poisson/gamma at `rate`), closed loop (`concurrency` requests in flight), or
+both (arrivals at `rate`, at most `concurrency` in flight), as in `vllm bench serve`. A run is bounded
+by `num_requests` and/or `duration`; each request by `request_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from loadgen.goodput import RequestLatencies, count_good
+from loadgen.prompts import PromptBuilder, calibration_text, load_tokenizer
+from loadgen.schedule import arrival_times
+from loadgen.workload import RequestShape, Workload
+from slotune.errors import ConfigError, TargetError
+from slotune.slo import SloSpec
+
+DEFAULT_REQUESTS = 100
+# With only a duration and a concurrency the count is open; this keeps the loop bounded regardless.
+MAX_REQUESTS = 1_000_000
+PREFLIGHT_TIMEOUT = 10.0
+LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it. Times are seconds; `sent` is after the run's start."""
+
+    index: int
+    prompt_len: int  # what the workload asked for (usage.prompt_tokens is what the server counted)
+    output_len: int
+    due: float | None = None  # open loop: when it was due after the start
+    sent: float = 0.0
+    ok: bool = False
+    ttft: float | None = None
+    e2e: float | None = None
+    itl: list[float] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = None
+    connect_error: bool = False
+
+    @property
+    def tpot(self) -> float | None:
+        """(e2e - TTFT) / (output tokens - 1); None when that is undefined (<= 1 token)."""
+        n = self.output_tokens if self.output_tokens is not None else len(self.itl) + 1
+        if not self.ok or self.e2e is None or self.ttft is None or n <= 1:
+            return None
+        return (self.e2e - self.ttft) / (n - 1)
+
+    def latencies(self) -> RequestLatencies:
+        itl_mean = sum(self.itl) / len(self.itl) if self.itl else None
+        return RequestLatencies(ok=self.ok, ttft=self.ttft, tpot=self.tpot, itl_mean=itl_mean, e2e=self.e2e)
+
+
+def quantiles(values: list[float]) -> dict[str, float] | None:
+    """The collectors' latency block: {p50, p90, p95, p99, mean, count}; None without data.
+    Percentiles interpolate linearly, as numpy's (and `vllm bench serve`'s) do."""
+    if not values:
+        return None
+    arr = np.asarray(values, dtype=float)
+    p50, p90, p95, p99 = np.percentile(arr, [50, 90, 95, 99])
+    return {"p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
+            "mean": float(arr.mean()), "count": float(arr.size)}
+
+
+@dataclass
+class LoadResult:
+    records: list[RequestRecord]
+    duration: float  # first send to last completion (vLLM's benchmark_duration)
+    workload: str
+    rate: float | None = None
+    concurrency: int | None = None
+    burstiness: float = 1.0
+    slo: SloSpec | None = None
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for r in self.records if r.ok)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.records if not r.ok)
+
+    def latency_values(self, key: str) -> list[float]:
+        ok = [r for r in self.records if r.ok]
+        if key == "itl":
+            return [x for r in ok for x in r.itl]
+        vals = (getattr(r, key) for r in ok)
+        return [v for v in vals if v is not None]
+
+    def good(self) -> int | None:
+        if self.slo is None:
+            return None
+        return count_good((r.latencies() for r in self.records), self.slo.request_thresholds())
+
+    def lateness(self) -> list[float]:
+        """How late each open-loop request was sent against its schedule (seconds)."""
+        return [r.sent - r.due for r in self.records if r.due is not None]
+
+    def errors(self, top: int = 5) -> dict[str, int]:
+        return dict(Counter(r.error or "unknown" for r in self.records if not r.ok).most_common(top))
+
+    def to_dict(self) -> dict[str, Any]:
+        dur = self.duration
+        done = [r for r in self.records if r.ok]
+        total_in = sum(r.prompt_tokens or 0 for r in done)
+        total_out = sum(r.output_tokens or 0 for r in done)
+        n = len(self.records)
+        good = self.good()
+        out: dict[str, Any] = {f"{k}_seconds": quantiles(self.latency_values(k)) for k in LATENCY_KEYS}
+        out.update({
+            "completed": self.completed,
+            "failed": self.failed,
+            "error_rate": self.failed / n if n else 0.0,
+            "duration": dur,
+            "duration_seconds": dur,
+            "request_throughput": self.completed / dur if dur > 0 else 0.0,
+            "output_throughput": total_out / dur if dur > 0 else 0.0,
+            "total_token_throughput": (total_in + total_out) / dur if dur > 0 else 0.0,
+            "goodput": None if good is None else (good / dur if dur > 0 else 0.0),
+            "good_requests": good,
+            "total_input_tokens": total_in,
+            "total_output_tokens": total_out,
+            "workload": self.workload,
+            "rate": self.rate,
+            "concurrency": self.concurrency,
+            "burstiness": self.burstiness,
+            "send_lateness_seconds": quantiles(self.lateness()),
+            "errors": self.errors(),
+        })
+        out["slo"] = [r.to_dict() for r in self.slo.evaluate(out)] if self.slo is not None else []
+        return out
+
+    def meets_slo(self) -> bool:
+        """Every SLO target met (a target without data is not met)."""
+        if self.slo is None:
+            return True
+        return all(r.met is True for r in self.slo.evaluate(self.to_dict()))
+
+
+# -- target ----------------------------------------------------------------------------------------
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://host:port` from what a user may type (a trailing `/` or `/v1` is dropped)."""
+    text = (url or "").strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"bad target URL {url!r}: write it like http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"bad target URL {url!r}: the port is not a number in 1-65535") from None
+    return text.removesuffix("/v1")
+
+
+def served_models(base_url: str, timeout: float = PREFLIGHT_TIMEOUT) -> list[str]:
+    """The model ids the server lists at /v1/models (what `--model` defaults to)."""
+    url = normalize_base_url(base_url)
+    try:
+        resp = httpx.get(f"{url}/v1/models", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise TargetError(f"cannot reach {url}: {_describe(exc)}") from None
+    if resp.status_code != 200:
+        raise TargetError(f"{url}/v1/models answered HTTP {resp.status_code}")
+    try:
+        return [str(m["id"]) for m in resp.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise TargetError(f"{url}/v1/models did not answer an OpenAI model list") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def build_payload(workload: Workload, model: str, shape: RequestShape, prefix: str, text: str) -> bytes:
+    """The JSON body of one streaming request, encoded ahead of the run (nothing to do at send time)."""
+    body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True},
+                            "temperature": workload.temperature}
+    if workload.ignore_eos:
+        body["ignore_eos"] = True  # vLLM's extra body field: exactly max_tokens output tokens
+    if workload.endpoint == "chat":
+        messages = [{"role": "system", "content": prefix}] if shape.shared_prefix else []
+        body["messages"] = [*messages, {"role": "user", "content": text}]
+        body["max_completion_tokens"] = shape.output_len
+    else:
+        body["prompt"] = f"{prefix} {text}" if shape.shared_prefix else text
+        body["max_tokens"] = shape.output_len
+    return json.dumps(body).encode()
+
+
+async def send_request(client: httpx.AsyncClient, url: str, body: bytes, rec: RequestRecord, t0: float,
+                       timeout: float) -> None:
+    """Send one request and fill `rec` with its timings; never raises (except cancellation)."""
+    st = time.perf_counter()
+    rec.sent = st - t0
+    try:
+        await asyncio.wait_for(_stream(client, url, body, rec, st), timeout)
+    except asyncio.TimeoutError:
+        rec.ok, rec.error = False, f"timed out after {timeout:g} s"
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        rec.ok, rec.error, rec.connect_error = False, f"cannot connect: {_describe(exc)}", True
+    except httpx.HTTPError as exc:
+        rec.ok, rec.error = False, _describe(exc)
+    except ValueError as exc:  # a chunk that is not JSON
+        rec.ok, rec.error = False, f"bad stream: {exc}"
+
+
+_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+async def _stream(client: httpx.AsyncClient, url: str, body: bytes, rec: RequestRecord, st: float) -> None:
+    async with client.stream("POST", url, content=body, headers=_HEADERS) as resp:
+        if resp.status_code != 200:
+            detail = (await resp.aread()).decode(errors="replace")
+            rec.error = f"HTTP {resp.status_code}: {_error_message(detail)}"
+            return
+        first = last = None
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, SSE comments (pings)
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("choices"):
+                ts = time.perf_counter()
+                if first is None:
+                    first = ts
+                else:
+                    rec.itl.append(ts - last)  # type: ignore[operator]
+                last = ts
+            elif usage := chunk.get("usage"):
+                rec.output_tokens = usage.get("completion_tokens")
+                rec.prompt_tokens = usage.get("prompt_tokens")
+            elif "error" in chunk:
+                rec.error = f"server error in stream: {_error_message(data)}"
+                return
+        if first is None:
+            rec.error = "the stream carried no token"
+            return
+        rec.ttft, rec.e2e = first - st, last - st  # type: ignore[operator]
+        if rec.output_tokens is None:  # no usage chunk: one token per chunk is the best guess
+            rec.output_tokens = len(rec.itl) + 1
+        rec.ok = True
+
+
+def _error_message(text: str) -> str:
+    try:
+        obj = json.loads(text)
+        err = obj.get("error", obj) if isinstance(obj, dict) else obj
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        text = str(msg)
+    except ValueError:
+        pass
+    text = " ".join(text.split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    url: str
+    model: str
+    workload: Workload
+    n: int | None  # None: until `duration`
+    arrivals: np.ndarray | None
+    concurrency: int | None
+    duration: float | None
+    seed: int
+    timeout: float
+    progress: bool
+
+
+def _requests(plan: _Plan, builder: PromptBuilder) -> Iterator[tuple[RequestRecord, bytes]]:
+    """Records and bodies, built lazily; the same seed gives the same prompts in the same order."""
+    w = plan.workload
+    prefix = builder.text(w.shared_prefix.length, np.random.default_rng([plan.seed, 0xF1])) \
+        if w.shared_prefix.fraction > 0 else ""
+    shapes = w.shapes(plan.seed)
+    limit = plan.n if plan.n is not None else MAX_REQUESTS
+    for i in range(limit):
+        shape = next(shapes)
+        text = builder.text(shape.prompt_len, np.random.default_rng([plan.seed, i]))
+        due = float(plan.arrivals[i]) if plan.arrivals is not None else None
+        rec = RequestRecord(index=i, prompt_len=shape.prompt_len, output_len=shape.output_len, due=due)
+        yield rec, build_payload(w, plan.model, shape, prefix, text)
+
+
+async def _prepare_builder(client: httpx.AsyncClient, plan: _Plan) -> PromptBuilder:
+    """Check the server answers at all (TargetError if not), then calibrate prompt lengths."""
+    try:
+        await client.get(f"{plan.url}/v1/models", timeout=PREFLIGHT_TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise TargetError(f"cannot reach {plan.url}: {_describe(exc)}") from None
+    tokenizer = load_tokenizer(plan.workload.tokenizer) if plan.workload.tokenizer else None
+    ratio = 1.0
+    try:  # vLLM's /tokenize: how many tokens our words make with the served tokenizer
+        sample = calibration_text()
+        resp = await client.post(f"{plan.url}/tokenize", timeout=PREFLIGHT_TIMEOUT,
+                                 json={"model": plan.model, "prompt": sample, "add_special_tokens": False})
+        if resp.status_code == 200:
+            count = resp.json().get("count")
+            if isinstance(count, int) and count > 0:
+                ratio = count / len(sample.split())
+    except (httpx.HTTPError, ValueError, AttributeError):
+        pass  # not vLLM: about one token per word
+    return PromptBuilder(tokens_per_word=ratio, tokenizer=tokenizer)
+
+
+class _Progress:
+    """A rich progress bar (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int | None, duration: float | None) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("load"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), transient=True)
+        label = f"(until {duration:g} s)" if total is None and duration else ""
+        self.task = self.bar.add_task("load", total=total, info=label)
+        self.failed = 0
+
+    def __enter__(self) -> _Progress:  # noqa: PYI034
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def done(self, rec: RequestRecord) -> None:
+        if self.bar is not None:
+            self.failed += 0 if rec.ok else 1
+            self.bar.update(self.task, advance=1, info=f"{self.failed} failed" if self.failed else "")
+
+
+async def _run(plan: _Plan) -> tuple[list[RequestRecord], float]:
+    limits = httpx.Limits(max_connections=plan.concurrency or 10_000,
+                          max_keepalive_connections=plan.concurrency or 10_000)
+    timeout = httpx.Timeout(plan.timeout, connect=min(plan.timeout, PREFLIGHT_TIMEOUT))
+    endpoint = "/v1/chat/completions" if plan.workload.endpoint == "chat" else "/v1/completions"
+    url = plan.url + endpoint
+    records: list[RequestRecord] = []
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        builder = await _prepare_builder(client, plan)
+        gen = _requests(plan, builder)
+        # Open loop: everything is built before the clock starts, so sending costs no prompt work.
+        items: Iterator[tuple[RequestRecord, bytes]] = iter(list(gen)) if plan.n is not None else gen
+        slots = asyncio.Semaphore(plan.concurrency) if plan.concurrency else None
+        tasks: set[asyncio.Task[None]] = set()
+        with _Progress(plan.progress, plan.n, plan.duration) as bar:
+
+            async def one(rec: RequestRecord, body: bytes, t0: float) -> None:
+                try:
+                    await send_request(client, url, body, rec, t0, plan.timeout)
+                finally:
+                    if slots is not None:
+                        slots.release()
+                    bar.done(rec)
+
+            t0 = time.perf_counter()
+            deadline = t0 + plan.duration if plan.duration else math.inf
+            try:
+                for rec, body in items:
+                    if rec.due is not None:
+                        delay = t0 + rec.due - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    if time.perf_counter() >= deadline:
+                        break
+                    if slots is not None:
+                        await slots.acquire()
+                        if time.perf_counter() >= deadline:
+                            slots.release()
+                            break
+                    records.append(rec)
+                    task = asyncio.create_task(one(rec, body, t0))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            except asyncio.CancelledError:  # Ctrl-C: stop sending, drop in-flight requests, close cleanly
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            duration = time.perf_counter() - t0
+    return records, duration
+
+
+def run_load(base_url: str, model: str, workload: Workload, *, rate: float | None = None,
+             concurrency: int | None = None, num_requests: int | None = None, duration: float | None = None,
+             slo: SloSpec | None = None, seed: int = 0, burstiness: float = 1.0, progress: bool = False,
+             request_timeout: float = 120.0) -> LoadResult:
+    """Drive `workload` at `base_url` and measure it. Blocking; safe to call from a worker thread.
+
+    Raises TargetError when the server cannot be reached or every request failed to connect;
+    ConfigError for bad arguments. Individual failed requests are counted in `failed`."""
+    url = normalize_base_url(base_url)
+    if rate is not None and not rate > 0:
+        raise ConfigError(f"rate must be positive, not {rate}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, not {concurrency}")
+    if num_requests is not None and num_requests < 1:
+        raise ConfigError(f"num_requests must be >= 1, not {num_requests}")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"duration must be positive, not {duration}")
+    if not burstiness > 0:
+        raise ConfigError(f"burstiness must be positive, not {burstiness}")
+    if not request_timeout > 0:
+        raise ConfigError(f"request_timeout must be positive, not {request_timeout}")
+    open_rate = rate is not None and not math.isinf(rate)
+    if duration is not None and num_requests is None and not open_rate and concurrency is None:
+        raise ConfigError("a run bounded only by its duration needs a rate or a concurrency")
+    n = num_requests
+    if n is None and duration is not None and open_rate:
+        n = max(1, math.ceil(rate * duration))  # the schedule then ends at the duration
+    elif n is None and duration is None:
+        n = DEFAULT_REQUESTS
+    arrivals = arrival_times(n, rate, burstiness, seed) if n is not None else None
+    plan = _Plan(url=url, model=model, workload=workload, n=n, arrivals=arrivals, concurrency=concurrency,
+                 duration=duration, seed=seed, timeout=request_timeout, progress=progress)
+    records, took = asyncio.run(_run(plan))
+    result = LoadResult(records=records, duration=took, workload=workload.name, rate=rate, concurrency=concurrency,
+                        burstiness=burstiness, slo=slo)
+    if records and result.completed == 0 and all(r.connect_error for r in records):
+        raise TargetError(f"every request failed to connect to {url}: {records[0].error}")
+    return result
+
+
+__all__ = ["LoadResult", "RequestRecord", "normalize_base_url", "run_load", "served_models"]

@@ -1,0 +1,114 @@
+"""The load generator against a real streaming HTTP server on 127.0.0.1 (loadgen.echo_server: SSE
+shaped like vLLM's; a real socket server, not a fake of vLLM's numbers)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from loadgen.echo_server import EchoServer
+from loadgen.runner import normalize_base_url, run_load
+from loadgen.workload import Workload, load_workload
+from slotune.errors import ConfigError, TargetError
+from slotune.slo import SloSpec
+
+
+@pytest.fixture(scope="module")
+def echo():
+    with EchoServer(ttft=0.005, itl=0.001) as srv:
+        yield srv
+
+
+def test_counts_and_timings(echo: EchoServer) -> None:
+    before = echo.stats.requests, echo.stats.prompt_tokens, echo.stats.completion_tokens
+    r = run_load(echo.url, "echo", Workload.fixed(40, 8), concurrency=4, num_requests=24, seed=3)
+    d = r.to_dict()
+    assert d["completed"] == 24 and d["failed"] == 0 and d["error_rate"] == 0.0
+    assert echo.stats.requests - before[0] == 24
+    # Token totals are the server's own counts (usage), and the prompts have the length asked for.
+    assert d["total_input_tokens"] == echo.stats.prompt_tokens - before[1] == 24 * 40
+    assert d["total_output_tokens"] == echo.stats.completion_tokens - before[2] == 24 * 8
+    ttft, tpot, itl, e2e = (d[f"{k}_seconds"] for k in ("ttft", "tpot", "itl", "e2e"))
+    assert ttft["count"] == 24 and itl["count"] == 24 * 7
+    assert ttft["p50"] >= 0.005  # the server waits 5 ms before the first token
+    assert tpot["p50"] >= 0.001 and e2e["p50"] > ttft["p50"]
+    assert ttft["p50"] <= ttft["p95"] <= ttft["p99"]
+    assert d["request_throughput"] == pytest.approx(24 / d["duration"])
+    assert d["goodput"] is None and d["slo"] == []  # no SLO given
+
+
+def test_concurrency_never_exceeds_the_limit() -> None:
+    with EchoServer(itl=0.003) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 10), concurrency=3, num_requests=30)
+        assert r.completed == 30
+        assert srv.stats.max_in_flight == 3  # reached, never exceeded
+
+
+def test_open_loop_rate_reaches_the_server_on_schedule() -> None:
+    with EchoServer(record_arrivals=True) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(5, 2), rate=100, num_requests=200, seed=1)
+        arrivals = np.diff(np.asarray(srv.stats.arrivals))
+    assert r.completed == 200
+    span = sum(arrivals)
+    assert span == pytest.approx(199 / 100, rel=0.15)  # ~n/rate seconds
+    cv = arrivals.std() / arrivals.mean()
+    assert 0.7 < cv < 1.3  # Poisson arrivals: exponential gaps, coefficient of variation ~1
+    late = r.to_dict()["send_lateness_seconds"]
+    assert late["count"] == 200 and late["p50"] >= 0
+
+
+def test_duration_bounds_a_closed_loop_run() -> None:
+    with EchoServer(itl=0.01) as srv:
+        t0 = time.monotonic()
+        r = run_load(srv.url, "echo", Workload.fixed(5, 10), concurrency=2, duration=0.6)
+        took = time.monotonic() - t0
+    assert 0.6 <= took < 3 and r.completed >= 2
+    assert r.failed == 0
+
+
+def test_chat_endpoint_and_shared_prefix() -> None:
+    with EchoServer() as srv:
+        r = run_load(srv.url, "echo", load_workload("chat"), rate=200, num_requests=20, seed=2)
+    assert r.completed == 20
+    # prompts: own text plus, for about half, the 96-token system prompt
+    d = r.to_dict()
+    assert d["total_input_tokens"] == sum(rec.prompt_tokens for rec in r.records)
+    with_prefix = [rec for rec in r.records if rec.prompt_tokens > rec.prompt_len]
+    assert all(rec.prompt_tokens == rec.prompt_len + 96 for rec in with_prefix) and with_prefix
+
+
+def test_request_errors_are_counted_not_raised(echo: EchoServer) -> None:
+    r = run_load(echo.url, "no-such-model", Workload.fixed(5, 2), rate=50, num_requests=5,
+                 slo=SloSpec.parse("ttft_p95<=1s,error_rate<=1%"))
+    d = r.to_dict()
+    assert d["completed"] == 0 and d["failed"] == 5 and d["error_rate"] == 1.0
+    assert list(d["errors"]) == ["HTTP 404: The model `no-such-model` does not exist."]
+    assert d["goodput"] == 0.0 and d["ttft_seconds"] is None
+    assert [s["met"] for s in d["slo"]] == [None, False]
+    assert not r.meets_slo()
+
+
+def test_unreachable_target_raises_target_error() -> None:
+    with EchoServer() as srv:
+        url = srv.url
+    with pytest.raises(TargetError, match="cannot reach"):
+        run_load(url, "echo", Workload.fixed(5, 2), num_requests=2)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://x", "http://", "http://h:99999"])
+def test_bad_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="bad target URL"):
+        normalize_base_url(url)
+
+
+def test_url_normalization() -> None:
+    assert normalize_base_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize("kw", [{"rate": 0}, {"concurrency": 0}, {"num_requests": 0}, {"burstiness": 0},
+                                {"duration": 1.0}])
+def test_bad_arguments(kw: dict) -> None:
+    with pytest.raises(ConfigError):
+        run_load("http://127.0.0.1:1", "m", Workload.fixed(5, 2), **kw)

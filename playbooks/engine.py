@@ -1,0 +1,280 @@
+"""The evaluator: facts per window, each playbook's condition over the last `for` windows, findings
+with evidence, cause and remedies (config deltas the tuner can try first).
+
+    diagnose(windows, slo=..., server_config=..., startup_failure=..., client=...) -> Diagnosis
+
+`windows` are consecutive windows of one target, oldest first. A playbook fires when its condition
+holds in each of its last `for` windows; its evidence is read from the newest. A start-up failure
+is one decisive event: it is judged alone and `for` does not apply. `client` (the load generator's
+result) belongs to the newest window.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from collectors.snapshot import Snapshot
+from playbooks.facts import FACTS, PERCENT_FACTS, Facts, build_facts, slo_thresholds
+from playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
+from playbooks.remedies import COMPUTE
+from slotune.server import StartResult
+from slotune.slo import SloSpec
+from slotune.vllm_config import VllmConfig
+
+Status = Literal["healthy", "findings", "insufficient_data"]
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    field: str
+    value: float | None
+    op: str | None  # None for a fact cited as context, not compared
+    threshold: float | None
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RemedyOut:
+    action: str
+    why: str
+    config_delta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    playbook: str
+    title: str
+    severity: str
+    summary: str
+    cause: str | None
+    evidence: tuple[Evidence, ...]
+    window: dict[str, float]
+    remedies: tuple[RemedyOut, ...]
+    windows: int = 1  # consecutive windows the condition held (the rule's `for`)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "playbook": self.playbook, "title": self.title, "severity": self.severity, "summary": self.summary,
+            "cause": self.cause, "evidence": [e.to_dict() for e in self.evidence], "window": dict(self.window),
+            "windows": self.windows, "remedies": [r.to_dict() for r in self.remedies],
+        }
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    status: Status
+    findings: tuple[Finding, ...]
+    window: dict[str, float]
+    target: str | None = None
+    facts: Facts = field(default_factory=dict)  # the newest window's, for display and debugging
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "target": self.target, "window": dict(self.window),
+            "findings": [f.to_dict() for f in self.findings], "notes": list(self.notes),
+            "facts": {k: v for k, v in self.facts.items() if v is not None},
+        }
+
+
+def _window(snaps: Sequence[Snapshot]) -> dict[str, float]:
+    if not snaps:
+        return {}
+    start, end = snaps[0].window_start, snaps[-1].window_end
+    return {"start": start, "end": end, "seconds": max(end - start, 0.0)}
+
+
+def _threshold(t: float | str, params: Mapping[str, float], slo: Mapping[str, float]) -> float | None:
+    if isinstance(t, (int, float)):
+        return float(t)
+    scope, _, name = t.partition(".")
+    return (params if scope == "params" else slo).get(name)
+
+
+def evaluate(cond: Group, facts: Facts, params: Mapping[str, float],
+             slo: Mapping[str, float]) -> tuple[bool, list[Evidence]]:
+    """Whether a condition holds, with the checks that held. An unmeasured fact makes its check
+    false: a rule never fires on missing data."""
+    held: list[Evidence] = []
+    results = []
+    for item in cond.items:
+        if isinstance(item, Group):
+            ok, ev = evaluate(item, facts, params, slo)
+        else:
+            ok, ev = _check(item, facts, params, slo)
+        results.append(ok)
+        if ok:
+            held += ev
+    return (all(results) if cond.all is not None else any(results)), held
+
+
+def _check(c: Check, facts: Facts, params: Mapping[str, float], slo: Mapping[str, float]) -> tuple[bool, list[Evidence]]:
+    value, thr = facts.get(c.field), _threshold(c.threshold, params, slo)
+    if value is None or thr is None or (isinstance(value, float) and math.isnan(value)):
+        return False, []
+    ok = OPS[c.op](value, thr)
+    return ok, [Evidence(c.field, value, c.op, thr, c.description or FACTS[c.field])]
+
+
+class _Fmt(dict):  # type: ignore[type-arg]
+    """Facts for summary templates: numbers shortened, unknown names and missing values shown as '?'."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _fmt(v: float | None, percent: bool = False) -> str:
+    if v is None:
+        return "?"
+    if percent:
+        return f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.1%}"
+    return f"{v:.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}"
+
+
+def _render(template: str, facts: Facts, thresholds: Mapping[str, float]) -> str:
+    """Fill a summary template: facts by name, SLO targets as `slo_<name>` (seconds)."""
+    values = {k: _fmt(v, k in PERCENT_FACTS) for k, v in facts.items()}
+    values.update({f"slo_{k}": _fmt(v) for k, v in thresholds.items()})
+    try:
+        return template.format_map(_Fmt(values))
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return template
+
+
+def _remedies(pb: Playbook, cause: str | None, facts: Facts, config: VllmConfig | None,
+              slo: Mapping[str, float]) -> tuple[RemedyOut, ...]:
+    out = []
+    seen: list[dict[str, Any]] = []
+    for r in pb.remedies:
+        if r.causes is not None and cause not in r.causes:
+            continue
+        if r.when is not None and not evaluate(r.when, facts, pb.params, slo)[0]:
+            continue
+        delta = _delta(r, facts, config)
+        if delta is None:  # a computed change that does not apply here (nothing to lower, ...)
+            continue
+        if delta and delta in seen:
+            continue
+        seen.append(delta)
+        out.append(RemedyOut(r.action, _render(r.why, facts, slo), delta))
+    return tuple(out)
+
+
+def _delta(r: Remedy, facts: Facts, config: VllmConfig | None) -> dict[str, Any] | None:
+    delta = dict(r.set)
+    if r.compute is not None:
+        computed = COMPUTE[r.compute](facts, config)
+        if computed is None:
+            return None
+        delta.update(computed)
+    # A change to what is already configured is no remedy.
+    if config is not None and delta and all(_same(getattr(config, k, None), v) for k, v in delta.items()):
+        return None
+    return delta
+
+
+def _same(current: Any, value: Any) -> bool:
+    if hasattr(current, "model_dump"):
+        current = current.model_dump(exclude_none=True)
+    return current == value
+
+
+def _judge(pb: Playbook, per_window: Sequence[Facts], slo: Mapping[str, float]) -> tuple[bool, list[Evidence]]:
+    need = 1 if len(per_window) == 1 and per_window[0].get("startup_failed") else pb.for_
+    if len(per_window) < need:
+        return False, []
+    evidence: list[Evidence] = []
+    for facts in per_window[-need:]:
+        ok, evidence = evaluate(pb.when, facts, pb.params, slo)
+        if not ok:
+            return False, []
+    return True, evidence  # the newest window's
+
+
+def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_config: VllmConfig | None = None,
+             startup_failure: StartResult | None = None, client: dict[str, Any] | None = None,
+             playbooks: Sequence[Playbook] | None = None) -> Diagnosis:
+    """Judge the windows (oldest first) of one target against the playbooks (built-in by default)."""
+    snaps = list(windows)
+    failed = startup_failure is not None and not startup_failure.ok
+    if failed:
+        per_window = [build_facts(None, slo=slo, config=server_config, startup_failure=startup_failure)]
+    elif snaps:
+        per_window = [build_facts(s, slo=slo, config=server_config, client=client if i == len(snaps) - 1 else None)
+                      for i, s in enumerate(snaps)]
+    else:
+        return Diagnosis("insufficient_data", (), {}, notes=("no window to judge",))
+    spans = [{} for _ in per_window] if failed else [_window([s]) for s in snaps]
+    diagnosis = judge(per_window, spans, slo=slo, server_config=server_config, playbooks=playbooks,
+                      target=snaps[-1].target if snaps else None)
+    notes = list(diagnosis.notes)
+    if snaps and not per_window[-1].get("nvml_available") and not failed:
+        notes.append("NVML unavailable: utilization judged on engine evidence (batch occupancy, tokens per step)")
+    return replace(diagnosis, notes=tuple(notes))
+
+
+def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None = None, *,
+          slo: SloSpec | None = None, server_config: VllmConfig | None = None,
+          playbooks: Sequence[Playbook] | None = None, target: str | None = None) -> Diagnosis:
+    """The evaluator proper, on facts (one dict per window, oldest first): what `diagnose` runs after
+    building the facts, and what rule tests call with hand-written facts."""
+    books = list(playbooks) if playbooks is not None else load_playbooks()
+    thresholds = slo_thresholds(slo)
+    if not per_window:
+        return Diagnosis("insufficient_data", (), {}, target, notes=("no window to judge",))
+    spans = list(spans) if spans is not None else [{} for _ in per_window]
+    newest = per_window[-1]
+    failed = bool(newest.get("startup_failed"))
+    notes: list[str] = []
+    if server_config is None:
+        notes.append("server flags unknown: vLLM's defaults assumed for max_num_seqs/max_num_batched_tokens")
+    findings = []
+    for pb in books:
+        fired, evidence = _judge(pb, per_window, thresholds)
+        if not fired:
+            continue
+        cause = next((c for c in pb.causes if c.when is None or evaluate(c.when, newest, pb.params, thresholds)[0]),
+                     None)
+        cited = {e.field for e in evidence}
+        evidence += [Evidence(name, newest.get(name), None, None, FACTS[name]) for name in pb.evidence
+                     if name not in cited and newest.get(name) is not None]
+        summary = _render(pb.summary, newest, thresholds)
+        if cause is not None:
+            summary += " " + _render(cause.summary, newest, thresholds)
+        n = 1 if failed else pb.for_
+        findings.append(Finding(
+            playbook=pb.id, title=pb.title, severity=pb.severity, summary=summary,
+            cause=cause.id if cause else None, evidence=tuple(evidence), window=_merge(spans[-n:]),
+            remedies=_remedies(pb, cause.id if cause else None, newest, server_config, thresholds), windows=n,
+        ))
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    if findings:
+        status: Status = "findings"
+    elif not failed and all(not (f.get("requests_finished") or 0) for f in per_window):
+        status = "insufficient_data"
+        notes.append("no request finished in the window: nothing to judge latency or load on")
+    else:
+        status = "healthy"
+    return Diagnosis(status, tuple(findings), _merge(spans), target, newest, tuple(notes))
+
+
+def _merge(spans: Sequence[dict[str, float]]) -> dict[str, float]:
+    spans = [s for s in spans if s]
+    if not spans:
+        return {}
+    start, end = spans[0]["start"], spans[-1]["end"]
+    return {"start": start, "end": end, "seconds": max(end - start, 0.0)}

@@ -1,0 +1,257 @@
+"""Facts: the flat table of named numbers the playbooks' conditions read.
+
+One window (a collectors `Snapshot`), the server's config, the load generator's result and a
+start-up failure become a `dict[str, float | None]`. Every derived figure is computed here, once,
+so rule files stay declarative (`{field: ttft_queue_share, op: ">", threshold: 0.5}`). `None` means
+"not measured in this window": a condition on it neither fires nor clears.
+
+Booleans are 1.0/0.0. Latencies are seconds, shares and rates are fractions (0..1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from collectors.snapshot import Quantiles, Snapshot
+from slotune import platforms
+from slotune.server import StartResult, StartStatus
+from slotune.slo import LATENCY_METRICS, SloSpec
+from slotune.vllm_config import VllmConfig
+
+Facts = dict[str, float | None]
+
+# Thresholds used when the user's SLO leaves a metric out (the targets of the issue: TTFT p95 500 ms).
+DEFAULT_SLO_STAT = "p95"
+DEFAULT_SLO_THRESHOLDS = {"ttft": 0.5, "tpot": 0.1, "itl": 0.1, "e2e": 2.0}
+
+_STATS = ("p50", "p95", "p99", "mean")
+_LATENCY = {"ttft": "time to first token", "tpot": "time per output token", "itl": "inter-token latency",
+            "e2e": "end-to-end request latency", "queue": "time waiting in the queue",
+            "prefill": "prefill time", "decode": "decode time"}
+
+# Every fact a rule may name, with the sentence the evidence cites. The one list of them.
+FACTS: dict[str, str] = {
+    **{f"{m}_{s}": f"{s} {desc} (s)" for m, desc in _LATENCY.items() for s in _STATS},
+    **{f"{m}_at_slo": f"{desc} at the SLO's statistic (s)" for m, desc in _LATENCY.items() if m in LATENCY_METRICS},
+    **{f"prompt_len_{s}": f"{s} prompt length (tokens)" for s in _STATS},
+    **{f"output_len_{s}": f"{s} output length (tokens)" for s in _STATS},
+    **{f"step_tokens_{s}": f"{s} tokens per engine step" for s in _STATS},
+    "window_seconds": "length of the window (s)",
+    "requests_finished": "requests finished in the window",
+    "request_rate": "finished requests per second",
+    "generation_tokens_per_second": "generated tokens per second",
+    "error_rate": "share of requests that ended in an error",
+    "requests_running": "requests running at the end of the window",
+    "requests_waiting": "requests waiting at the end of the window",
+    "waiting_capacity": "requests waiting for KV-cache capacity at the end of the window",
+    "kv_cache_usage": "KV-cache usage at the end of the window (0..1)",
+    "preemptions": "requests preempted in the window",
+    "preemptions_per_second": "preemptions per second",
+    "prefix_cache_hit_rate": "prefix-cache hit rate (0..1)",
+    "kv_cache_tokens": "tokens the KV cache holds",
+    "kv_max_concurrency": "requests of max_model_len the KV cache holds at once",
+    "spec_enabled": "speculative decoding configured (1) or not (0)",
+    "spec_k": "tokens drafted per step (num_speculative_tokens)",
+    "spec_drafts": "draft steps in the window",
+    "spec_acceptance_rate": "share of drafted tokens accepted (0..1)",
+    "spec_mean_acceptance_length": "mean tokens emitted per draft step (1 = nothing accepted)",
+    "spec_first_position_acceptance": "acceptance rate of the first drafted position",
+    "gpu_utilization": "NVML GPU utilization (0..1)",
+    "nvml_available": "NVML readings available (1) or not (0)",
+    "max_num_seqs": "max_num_seqs in effect (configured or vLLM's default)",
+    "max_num_batched_tokens": "max_num_batched_tokens in effect (configured or vLLM's default)",
+    "max_model_len": "max_model_len configured (None: the model's own)",
+    "chunked_prefill_enabled": "chunked prefill on (1) or off (0)",
+    "prefix_caching_enabled": "prefix caching on (1) or off (0)",
+    "mean_concurrency": "requests in flight on average (Little's law: e2e mean x finished / window)",
+    "batch_occupancy": "requests in flight / max_num_seqs",
+    "step_tokens_share": "mean tokens per engine step / max_num_batched_tokens",
+    "ttft_queue_share": "share of TTFT spent queued (queue / (queue + prefill), means)",
+    "ttft_prefill_share": "share of TTFT spent in prefill (prefill / (queue + prefill), means)",
+    "e2e_p99_over_p50": "e2e p99 / p50",
+    "ttft_p99_over_p50": "TTFT p99 / p50",
+    "prompt_len_p99_over_p50": "prompt length p99 / p50",
+    "output_len_p99_over_p50": "output length p99 / p50",
+    "client_concurrency": "concurrency the load generator offered",
+    "client_inflight_share": "requests in flight / concurrency the client offered",
+    "client_error_rate": "share of the client's requests that failed",
+    "startup_failed": "the server failed to start (1)",
+    "startup_kv_too_small": "start-up failed because the KV cache is too small / out of memory (1)",
+}
+
+# Facts that are fractions of a whole; summaries show them as percentages.
+PERCENT_FACTS = frozenset({
+    "error_rate", "kv_cache_usage", "prefix_cache_hit_rate", "spec_acceptance_rate", "spec_first_position_acceptance",
+    "gpu_utilization", "batch_occupancy", "step_tokens_share", "ttft_queue_share", "ttft_prefill_share",
+    "client_inflight_share", "client_error_rate",
+})
+
+
+def _b(v: bool | None) -> float | None:
+    return None if v is None else float(bool(v))
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def batch_defaults(backend: str, config: VllmConfig | None, gpu_memory_bytes: int | None = None) -> tuple[int, int]:
+    """vLLM 0.32's `max_num_seqs`/`max_num_batched_tokens` for the OpenAI server when unset
+    (`EngineArgs.get_batch_defaults`): CPU 128/2048, GPUs with >= 70 GiB (not A100) 1024/8192,
+    >= 160 GiB 1024/16384, other GPUs 256/2048; CPU values scale with tensor parallelism."""
+    world = (config.tensor_parallel_size if config and config.tensor_parallel_size else 1)
+    if backend == "cpu":
+        return 128 * world, 2048 * world
+    gib = (gpu_memory_bytes or 0) / 2**30
+    if gib >= 160:
+        return 1024, 16384
+    if gib >= 70:
+        return 1024, 8192
+    return 256, 2048
+
+
+def effective_limits(config: VllmConfig | None, backend: str, gpu_memory_bytes: int | None = None) -> tuple[int, int]:
+    """The scheduler limits a server runs with: configured values, else vLLM's defaults. Without
+    chunked prefill vLLM raises the token budget to max_model_len so one prompt fits a step."""
+    seqs, tokens = batch_defaults(backend, config, gpu_memory_bytes)
+    if config is not None:
+        seqs = config.max_num_seqs or seqs
+        if config.max_num_batched_tokens:
+            tokens = config.max_num_batched_tokens
+        elif config.enable_chunked_prefill is False and config.max_model_len:
+            tokens = max(tokens, config.max_model_len)
+    return seqs, tokens
+
+
+def _quantiles(out: Facts, prefix: str, q: Quantiles | None) -> None:
+    for s in _STATS:
+        out[f"{prefix}_{s}"] = getattr(q, s) if q is not None else None
+
+
+def _client_figure(client: Mapping[str, Any] | None, metric: str, stat: str) -> float | None:
+    block = (client or {}).get(f"{metric}_seconds")
+    v = block.get(stat) if isinstance(block, Mapping) else None
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def backend_of(snapshot: Snapshot | None) -> str:
+    """GPU when the window carries NVML readings, else what this machine's vLLM build is."""
+    if snapshot is not None and snapshot.gpu is not None and snapshot.gpu.available and snapshot.gpu.devices:
+        return "gpu"
+    backend = platforms.detect().backend
+    return "gpu" if backend == "none" else backend
+
+
+def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config: VllmConfig | None = None,
+                client: Mapping[str, Any] | None = None, startup_failure: StartResult | None = None) -> Facts:
+    """The facts of one window (or of a start-up failure, with `snapshot=None`)."""
+    f: Facts = dict.fromkeys(FACTS)
+    s = snapshot
+    if s is not None:
+        for m in _LATENCY:
+            _quantiles(f, m, getattr(s, m))
+        _quantiles(f, "prompt_len", s.prompt_tokens)
+        _quantiles(f, "output_len", s.output_tokens)
+        _quantiles(f, "step_tokens", s.iteration_tokens)
+        f.update(
+            window_seconds=s.window_seconds, requests_finished=s.requests_finished, request_rate=s.request_rate,
+            generation_tokens_per_second=s.generation_tokens_per_second, error_rate=s.error_rate,
+            requests_running=s.requests_running, requests_waiting=s.requests_waiting,
+            waiting_capacity=s.waiting_by_reason.get("capacity") if s.waiting_by_reason else None,
+            kv_cache_usage=s.kv_cache_usage, preemptions=s.preemptions,
+            preemptions_per_second=s.preemptions_per_second, prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            spec_drafts=s.spec_decode_drafts,
+            spec_acceptance_rate=s.spec_decode_acceptance_rate,
+            spec_mean_acceptance_length=s.spec_decode_mean_acceptance_length,
+            spec_first_position_acceptance=s.spec_decode_per_position[0] if s.spec_decode_per_position else None,
+        )
+        if s.capacity is not None:
+            f["kv_cache_tokens"] = s.capacity.kv_cache_tokens
+            f["kv_max_concurrency"] = s.capacity.max_concurrency
+        gpu = s.gpu
+        f["nvml_available"] = 1.0 if gpu is not None and gpu.available and gpu.devices else 0.0
+        f["gpu_utilization"] = gpu.utilization if gpu is not None and gpu.available else None
+    # The client's own latencies stand in where the server's window has none (e.g. a server
+    # without request histograms); the server's are preferred (they split queue from prefill).
+    for m in LATENCY_METRICS:
+        for st in _STATS:
+            if f.get(f"{m}_{st}") is None:
+                f[f"{m}_{st}"] = _client_figure(client, m, st)
+
+    _config_facts(f, s, config)
+    _derived(f, s, slo)
+    _client_facts(f, client)
+    if startup_failure is not None:
+        f["startup_failed"] = _b(not startup_failure.ok)
+        f["startup_kv_too_small"] = _b(startup_failure.status is StartStatus.KV_CACHE_TOO_SMALL)
+    return f
+
+
+def _config_facts(f: Facts, s: Snapshot | None, config: VllmConfig | None) -> None:
+    gpu_mem = None
+    if s is not None and s.gpu is not None and s.gpu.devices:
+        gpu_mem = s.gpu.devices[0].memory_total_bytes
+    seqs, tokens = effective_limits(config, backend_of(s), gpu_mem)
+    f["max_num_seqs"], f["max_num_batched_tokens"] = float(seqs), float(tokens)
+    f["max_model_len"] = float(config.max_model_len) if config and config.max_model_len else None
+    # vLLM 0.32 turns chunked prefill and prefix caching on by default for generative models.
+    chunked = config.enable_chunked_prefill if config else None
+    f["chunked_prefill_enabled"] = 1.0 if chunked is None else _b(chunked)
+    caching = s.capacity.prefix_caching_enabled if s is not None and s.capacity is not None else None
+    if caching is None:
+        caching = config.enable_prefix_caching if config and config.enable_prefix_caching is not None else True
+    f["prefix_caching_enabled"] = _b(caching)
+    spec = config.speculative_config if config else None
+    drafting = spec is not None or bool(s is not None and s.spec_decode_drafts)
+    f["spec_enabled"] = _b(drafting)
+    f["spec_k"] = float(spec.num_speculative_tokens) if spec is not None else (
+        float(len(s.spec_decode_per_position)) if s is not None and s.spec_decode_per_position else None)
+
+
+def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
+    # Little's law: requests in flight on average = arrival (finish) rate x time in system. The
+    # running/waiting gauges are read at the window's end, after a load has often drained.
+    if s is not None and not s.cumulative and s.window_seconds > 0 and f["e2e_mean"] is not None:
+        f["mean_concurrency"] = f["e2e_mean"] * (s.requests_finished or 0.0) / s.window_seconds
+    inflight = max((v for v in (f["mean_concurrency"], f["requests_running"]) if v is not None), default=None)
+    f["batch_occupancy"] = _div(inflight, f["max_num_seqs"])
+    f["step_tokens_share"] = _div(f["step_tokens_mean"], f["max_num_batched_tokens"])
+    q, p = f["queue_mean"], f["prefill_mean"]
+    if q is not None and p is not None and q + p > 0:
+        f["ttft_queue_share"], f["ttft_prefill_share"] = q / (q + p), p / (q + p)
+    f["e2e_p99_over_p50"] = _div(f["e2e_p99"], f["e2e_p50"])
+    f["ttft_p99_over_p50"] = _div(f["ttft_p99"], f["ttft_p50"])
+    f["prompt_len_p99_over_p50"] = _div(f["prompt_len_p99"], f["prompt_len_p50"])
+    f["output_len_p99_over_p50"] = _div(f["output_len_p99"], f["output_len_p50"])
+    for metric in LATENCY_METRICS:
+        target = slo.get(metric) if slo is not None else None
+        stat = target.stat if target is not None and target.stat else DEFAULT_SLO_STAT
+        f[f"{metric}_at_slo"] = f.get(f"{metric}_{stat}") if stat in _STATS else f.get(f"{metric}_p95")
+        if target is not None and stat not in _STATS:  # p90: not in the flat table; read it directly
+            q90 = getattr(s, metric, None) if s is not None else None
+            f[f"{metric}_at_slo"] = getattr(q90, stat, None) if q90 is not None else None
+
+
+def _client_facts(f: Facts, client: Mapping[str, Any] | None) -> None:
+    if not client:
+        return
+    conc = client.get("concurrency")
+    if isinstance(conc, (int, float)) and conc > 0:
+        f["client_concurrency"] = float(conc)
+        f["client_inflight_share"] = _div(f["mean_concurrency"], float(conc))
+    err = client.get("error_rate")
+    f["client_error_rate"] = float(err) if isinstance(err, (int, float)) else None
+
+
+def slo_thresholds(slo: SloSpec | None) -> dict[str, float]:
+    """`slo.<name>` thresholds a rule may cite: per metric (`slo.ttft`, the SLO's own statistic) and
+    per exact key (`slo.ttft_p95`). Metrics the SLO leaves out keep the defaults above."""
+    out: dict[str, float] = dict(DEFAULT_SLO_THRESHOLDS)
+    out.update({f"{m}_{DEFAULT_SLO_STAT}": v for m, v in DEFAULT_SLO_THRESHOLDS.items()})
+    if slo is not None:
+        for t in slo.targets:
+            out[t.key] = t.threshold
+            if t.metric in LATENCY_METRICS and slo.get(t.metric) is t:  # the first target on a metric
+                out[t.metric] = t.threshold
+    return out

@@ -1,0 +1,134 @@
+"""Remedies whose flag changes depend on the evidence: concrete values computed from the facts and
+the running config (`max_num_seqs` halved, K lowered from the current speculative config, ...).
+
+A rule file names one of these under `compute:`; a fixed change is written under `set:` instead.
+Each function returns a config delta (VllmConfig field -> value, None meaning "vLLM's default" or
+"off"), or None when it does not apply (nothing to lower, already at the limit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from playbooks.facts import Facts
+from slotune import platforms
+from slotune.vllm_config import VllmConfig
+
+Delta = dict[str, Any]
+Compute = Callable[[Facts, "VllmConfig | None"], "Delta | None"]
+
+_MAX_SEQS_CAP = 1024
+_MAX_TOKENS_CAP = 16384
+
+
+def _platform(f: Facts) -> platforms.Platform:
+    """The target's backend: a GPU when NVML reads one, else this machine's vLLM build."""
+    plat = platforms.detect()
+    return platforms.GPU if f["nvml_available"] or plat.backend == "none" else plat
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def raise_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
+    cur = _int(f["max_num_seqs"])
+    return None if cur is None or cur >= _MAX_SEQS_CAP else {"max_num_seqs": min(cur * 2, _MAX_SEQS_CAP)}
+
+
+def raise_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta | None:
+    cur = _int(f["max_num_batched_tokens"])
+    if cur is None or cur >= _MAX_TOKENS_CAP:
+        return None
+    return {"max_num_batched_tokens": min(cur * 2, _MAX_TOKENS_CAP)}
+
+
+def lower_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Smaller prefill chunks interleave with decodes (better ITL, TTFT of short prompts)."""
+    cur = _int(f["max_num_batched_tokens"])
+    return None if cur is None or cur <= 512 else {"max_num_batched_tokens": max(cur // 2, 512)}
+
+
+def lower_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Fewer sequences per batch: as many as the KV cache holds at the observed request length,
+    else half the current limit."""
+    cur = _int(f["max_num_seqs"])
+    if cur is None or cur <= 1:
+        return None
+    per_request = (f["prompt_len_p95"] or 0.0) + (f["output_len_p95"] or 0.0)
+    fits = int(f["kv_cache_tokens"] // per_request) if f["kv_cache_tokens"] and per_request > 0 else None
+    new = max(1, fits) if fits is not None and fits < cur else max(1, cur // 2)
+    return {"max_num_seqs": new}
+
+
+def _round_up(v: float, step: int) -> int:
+    return int(math.ceil(v / step) * step)
+
+
+def lower_max_model_len(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Cap prompt + output at what the requests need (p99, rounded up to 256 tokens), else halve the
+    current limit (e.g. after a start-up failure, which has no requests to measure)."""
+    cur = _int(f["max_model_len"])
+    need = (f["prompt_len_p99"] or 0.0) + (f["output_len_p99"] or 0.0)
+    if need > 0:
+        new = max(_round_up(need, 256), 256)
+        return {"max_model_len": new} if cur is None or new < cur else None
+    return {"max_model_len": max(cur // 2, 256)} if cur and cur > 256 else None
+
+
+def long_prefill_threshold(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Treat prompts well above the median as long: vLLM then admits only a few of them per step."""
+    p50 = f["prompt_len_p50"]
+    if not p50:
+        return None
+    new = max(_round_up(2 * p50, 64), 64)
+    cur = config.long_prefill_token_threshold if config else None
+    return None if cur and cur <= new else {"long_prefill_token_threshold": new, "enable_chunked_prefill": True}
+
+
+def lower_spec_k(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Draft fewer tokens: K 5 -> 3, 3 -> 2, 2 -> 1 (the later positions are accepted least)."""
+    spec = config.speculative_config if config else None
+    if spec is None or spec.num_speculative_tokens <= 1:
+        return None
+    k = spec.num_speculative_tokens
+    new_k = max(1, k - 2) if k > 3 else k - 1
+    return {"speculative_config": {**spec.model_dump(exclude_none=True), "num_speculative_tokens": new_k}}
+
+
+def more_kv_memory(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Give the KV cache more room: drop a block override, else the backend's memory knob."""
+    if config is not None and config.num_gpu_blocks_override is not None:
+        return {"num_gpu_blocks_override": None}
+    plat = _platform(f)
+    if plat.backend == "cpu":
+        env = dict(config.env) if config else {}
+        cur = float(env.get("VLLM_CPU_KVCACHE_SPACE", plat.default_env.get("VLLM_CPU_KVCACHE_SPACE", "1")))
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{int(cur * 2)}"
+        return {"env": env}
+    cur_util = config.gpu_memory_utilization if config and config.gpu_memory_utilization else 0.9
+    return {"gpu_memory_utilization": 0.95} if cur_util < 0.95 else None
+
+
+def fp8_kv_cache(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """FP8 KV cache halves its memory per token, where the backend has the kernels."""
+    if "fp8" not in _platform(f).kv_cache_dtypes or (config and config.kv_cache_dtype == "fp8"):
+        return None
+    return {"kv_cache_dtype": "fp8"}
+
+
+def fp8_weights(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """FP8 (8-bit) weights take about half the memory of 16-bit ones (INT4 about a quarter), leaving
+    room for KV cache and larger batches; only where the backend supports it."""
+    if "fp8" not in _platform(f).quantizations or (config and config.quantization):
+        return None
+    return {"quantization": "fp8"}
+
+
+COMPUTE: dict[str, Compute] = {
+    fn.__name__: fn
+    for fn in (raise_max_num_seqs, raise_max_num_batched_tokens, lower_max_num_batched_tokens, lower_max_num_seqs,
+               lower_max_model_len, long_prefill_threshold, lower_spec_k, more_kv_memory, fp8_kv_cache, fp8_weights)
+}

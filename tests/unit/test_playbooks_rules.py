@@ -1,0 +1,162 @@
+"""Each built-in rule against hand-written facts, in the spirit of promtool's rule tests: input facts,
+the findings expected, and cases that must not fire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from playbooks.engine import judge
+from playbooks.facts import FACTS, Facts
+from playbooks.model import builtin_playbooks
+from slotune.slo import SloSpec
+from slotune.vllm_config import SpeculativeConfig, VllmConfig
+
+BOOKS = {pb.id: pb for pb in builtin_playbooks()}
+CFG = VllmConfig(model="m")
+
+# A busy, healthy window: what every case starts from (nothing fires on it).
+HEALTHY: dict[str, float] = {
+    "window_seconds": 10, "requests_finished": 40, "request_rate": 4, "nvml_available": 0,
+    "ttft_p50": 0.1, "ttft_p95": 0.2, "ttft_p99": 0.25, "ttft_at_slo": 0.2,
+    "e2e_p50": 1.0, "e2e_p95": 1.4, "e2e_p99": 1.6, "e2e_at_slo": 1.4, "e2e_p99_over_p50": 1.6,
+    "ttft_p99_over_p50": 2.5, "queue_mean": 0.01, "prefill_mean": 0.09, "ttft_queue_share": 0.1,
+    "mean_concurrency": 100, "max_num_seqs": 128, "max_num_batched_tokens": 2048, "batch_occupancy": 0.78,
+    "step_tokens_mean": 900, "step_tokens_share": 0.44, "requests_running": 100, "requests_waiting": 0,
+    "preemptions": 0, "waiting_capacity": 0, "kv_cache_usage": 0.5, "chunked_prefill_enabled": 1,
+    "prefix_caching_enabled": 1, "spec_enabled": 0, "prompt_len_p50": 200, "prompt_len_p95": 400,
+    "prompt_len_p99": 450, "output_len_p50": 100, "output_len_p99": 150,
+}
+
+
+def facts(**overrides: float | None) -> Facts:
+    f: Facts = dict.fromkeys(FACTS)
+    f.update(HEALTHY)
+    f.update(overrides)
+    return f
+
+
+def fired(f: Facts, *, slo: str | None = None, config: VllmConfig | None = CFG, windows: list[Facts] | None = None,
+          only: str | None = None) -> dict[str, dict[str, Any]]:
+    books = [BOOKS[only]] if only else list(BOOKS.values())
+    d = judge(windows or [f], slo=SloSpec.parse(slo) if slo else None, server_config=config, playbooks=books)
+    return {x.playbook: x.to_dict() for x in d.findings}
+
+
+def test_the_healthy_window_fires_nothing() -> None:
+    assert fired(facts()) == {}
+
+
+# (playbook, facts that must make it fire, expected cause)
+FIRES = [
+    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.8}, "queueing"),
+    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.2, "ttft_prefill_share": 0.8}, "prefill"),
+    ("kv_cache_pressure", {"preemptions": 3}, "runtime"),
+    ("kv_cache_pressure", {"waiting_capacity": 2}, "runtime"),
+    ("kv_cache_pressure", {"kv_cache_usage": 0.97}, "runtime"),
+    ("kv_cache_pressure", {"startup_failed": 1, "startup_kv_too_small": 1}, "startup"),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.01}, "none_accepted"),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.3}, "low_acceptance"),
+    ("inconsistent_latency", {"e2e_p50": 0.5, "e2e_p99": 5.0, "e2e_p99_over_p50": 10.0, "output_len_p99_over_p50": 8},
+     "length_spread"),
+    ("inconsistent_latency", {"ttft_p50": 0.1, "ttft_p99": 2.0, "ttft_p99_over_p50": 20.0, "preemptions": 0,
+                              "ttft_queue_share": 0.9}, "queueing"),
+    ("low_gpu_utilization", {"mean_concurrency": 2, "batch_occupancy": 2 / 256, "max_num_seqs": 256},
+     "low_offered_load"),
+    ("low_gpu_utilization", {"batch_occupancy": 1.0, "requests_waiting": 30, "step_tokens_share": 0.1},
+     "batch_limits"),
+    ("low_gpu_utilization", {"nvml_available": 1, "gpu_utilization": 0.4, "mean_concurrency": 3,
+                             "batch_occupancy": 0.02, "client_concurrency": 16, "client_inflight_share": 3 / 16},
+     "client_bottleneck"),
+]
+
+
+@pytest.mark.parametrize(("playbook", "overrides", "cause"), FIRES, ids=[f"{p}-{c}" for p, _, c in FIRES])
+def test_rule_fires_with_cause(playbook: str, overrides: dict[str, float], cause: str) -> None:
+    found = fired(facts(**overrides), only=playbook)
+    assert playbook in found, f"{playbook} did not fire on {overrides}"
+    assert found[playbook]["cause"] == cause
+    crossed = [e for e in found[playbook]["evidence"] if e["op"] is not None]
+    assert crossed and all(e["threshold"] is not None for e in crossed)
+
+
+# Near misses: each must leave its playbook silent.
+MUST_NOT_FIRE = [
+    ("high_ttft", {"ttft_at_slo": 0.5}),  # at the target is meeting it
+    ("high_ttft", {"ttft_at_slo": None}),  # no data is no finding
+    ("kv_cache_pressure", {"kv_cache_usage": 0.85}),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.7}),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 0, "spec_acceptance_rate": None}),
+    ("inconsistent_latency", {"e2e_p50": 0.1, "e2e_p99": 1.0, "e2e_p99_over_p50": 10.0}),  # tail meets the SLO
+    ("inconsistent_latency", {"e2e_p50": 0.5, "e2e_p99": 5.0, "e2e_p99_over_p50": 10.0, "requests_finished": 5}),
+    ("low_gpu_utilization", {"mean_concurrency": 0.9, "batch_occupancy": 0.007}),  # idle, not underused
+    ("low_gpu_utilization", {"mean_concurrency": 2, "batch_occupancy": 0.02, "preemptions": 4}),  # KV-bound
+    ("low_gpu_utilization", {"nvml_available": 1, "gpu_utilization": 0.92, "batch_occupancy": 0.02}),
+]
+
+
+@pytest.mark.parametrize(("playbook", "overrides"), MUST_NOT_FIRE, ids=[p for p, _ in MUST_NOT_FIRE])
+def test_rule_stays_silent(playbook: str, overrides: dict[str, float | None]) -> None:
+    assert playbook not in fired(facts(**overrides), only=playbook)
+
+
+def test_thresholds_follow_the_users_slo() -> None:
+    f = facts(ttft_at_slo=0.9, ttft_p95=0.9)
+    assert "high_ttft" in fired(f)  # default target 500 ms
+    assert "high_ttft" not in fired(f, slo="ttft_p95<=1s")
+    found = fired(facts(ttft_at_slo=0.3, ttft_p95=0.3), slo="ttft_p95<=200ms")["high_ttft"]
+    assert found["evidence"][0] == {**found["evidence"][0], "field": "ttft_at_slo", "value": 0.3, "threshold": 0.2}
+
+
+def test_remedies_are_concrete_flag_changes() -> None:
+    cfg = VllmConfig(model="m", max_num_seqs=64, enable_chunked_prefill=False, enable_prefix_caching=False,
+                     speculative_config=SpeculativeConfig(method="ngram", num_speculative_tokens=5,
+                                                          prompt_lookup_max=4, prompt_lookup_min=2))
+    ttft = fired(facts(ttft_at_slo=2.0, ttft_queue_share=0.2, ttft_prefill_share=0.8, prompt_len_p95=3000,
+                       chunked_prefill_enabled=0, prefix_caching_enabled=0, max_num_seqs=64), config=cfg)
+    deltas = [r["config_delta"] for r in ttft["high_ttft"]["remedies"]]
+    assert {"enable_chunked_prefill": True} in deltas and {"enable_prefix_caching": True} in deltas
+    # Cap the input length at what requests need: p99 prompt + output rounded up to 256.
+    assert {"max_model_len": 768} in deltas
+
+    spec = fired(facts(spec_enabled=1, spec_drafts=9, spec_acceptance_rate=0.3), config=cfg)
+    deltas = [r["config_delta"] for r in spec["spec_decode_no_speedup"]["remedies"]]
+    assert deltas[0] == {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3,
+                                                "prompt_lookup_max": 4, "prompt_lookup_min": 2}}
+    assert {"speculative_config": None} in deltas
+
+    kv = fired(facts(preemptions=5, max_num_seqs=64, kv_cache_tokens=None), config=cfg)
+    assert {"max_num_seqs": 32} in [r["config_delta"] for r in kv["kv_cache_pressure"]["remedies"]]
+
+
+def test_kv_remedy_fits_max_num_seqs_to_the_cache() -> None:
+    # 5120 cached tokens / (p95 prompt 400 + p95 output 240) = 8 sequences fit.
+    kv = fired(facts(preemptions=5, kv_cache_tokens=5120, prompt_len_p95=400, output_len_p95=240))
+    assert kv["kv_cache_pressure"]["remedies"][0]["config_delta"] == {"max_num_seqs": 8}
+
+
+def test_no_remedy_repeats_the_running_config() -> None:
+    # Chunked prefill and prefix caching already on: neither is proposed.
+    found = fired(facts(ttft_at_slo=2.0), config=VllmConfig(model="m", enable_chunked_prefill=True))
+    actions = [r["action"] for r in found["high_ttft"]["remedies"]]
+    assert not any("chunked prefill" in a or "prefix caching" in a for a in actions)
+
+
+def test_for_needs_consecutive_windows() -> None:
+    book = BOOKS["high_ttft"].model_copy(update={"for_": 2})
+    bad, good = facts(ttft_at_slo=2.0), facts()
+    run = lambda ws: judge(ws, playbooks=[book], server_config=CFG).findings
+    assert run([bad]) == ()  # one window is not enough
+    assert run([bad, good]) == ()
+    assert run([good, bad]) == ()
+    (f,) = run([good, bad, bad])
+    assert f.windows == 2
+
+
+def test_insufficient_data_and_healthy() -> None:
+    assert judge([], server_config=CFG).status == "insufficient_data"
+    empty = dict.fromkeys(FACTS)
+    assert judge([empty], server_config=CFG).status == "insufficient_data"
+    d = judge([facts()], server_config=CFG)
+    assert (d.status, d.findings) == ("healthy", ())

@@ -1,7 +1,46 @@
-"""`slotune sidecar`: not yet built."""
+"""`slotune sidecar --config FILE`: the control loop and its API in one process.
+
+The CLI, the API and the sidecar are independent siblings in the import-linter layers (pyproject),
+so this module may import neither statically; it wires them by module name. (A contract with
+`slotune.cli` above `slotune.api | slotune.sidecar` would let it import them directly.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
 
 import click
 
 
 def register(app: click.Group) -> None:
-    pass
+    @app.command()
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                  help="YAML settings file (environment variables SLOTUNE_* override it).")
+    @click.option("--target", default=None, help="vLLM base URL to watch (overrides the file).")
+    @click.option("--host", default=None, help="address the API listens on.")
+    @click.option("--port", type=int, default=None, help="port the API listens on (default 8080).")
+    @click.option("--mode", type=click.Choice(["observe", "recommend", "apply"]), default=None)
+    def sidecar(config_file: Path | None, target: str | None, host: str | None, port: int | None,
+                mode: str | None) -> None:
+        """Watch a vLLM server: scrape, evaluate SLOs, diagnose, notify, recommend or apply configs."""
+        import uvicorn
+
+        config = importlib.import_module("slotune.sidecar.config")
+        runtime = importlib.import_module("slotune.sidecar.runtime")
+        api = importlib.import_module("slotune.api.app")
+        overrides = {k: v for k, v in {"target": target, "host": host, "port": port, "mode": mode}.items()
+                     if v is not None}
+        settings = config.load_settings(config_file, **overrides)
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        service = runtime.Sidecar(settings)
+        service.start()
+        try:
+            server = uvicorn.Server(uvicorn.Config(api.create_app(service), host=settings.host, port=settings.port,
+                                                   log_level=settings.log_level, access_log=False,
+                                                   lifespan="off"))
+            server.run()
+        finally:
+            service.stop()

@@ -1,0 +1,205 @@
+"""Read and write endpoints over the store, plus the Alertmanager webhook."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from slotune.api import schemas
+from slotune.api.auth import require_read, require_write
+from slotune.api.service import SidecarService
+from slotune.errors import ConfigError, SlotuneError
+from slotune.store import ConfigChange, Finding, Recommendation, Snapshot, TrialRecord
+
+reads = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], tags=["read"])
+writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags=["write"])
+alerts = APIRouter(prefix="/api/v1", tags=["alerts"])
+
+M = TypeVar("M")
+Limit = Query(50, ge=1, le=500, description="page size")
+Offset = Query(0, ge=0, le=10_000_000, description="rows to skip")
+FilterStr = Query(None, max_length=500)
+
+
+def service(request: Request) -> SidecarService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+Svc = Annotated[SidecarService, Depends(service)]
+
+
+def _page(session: Session, query: Any, out: type[Any], limit: int, offset: int, order: Any) -> dict[str, Any]:
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(order).limit(limit).offset(offset)).all()
+    return {"items": [out.model_validate(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def _get(session: Session, model: type[M], row_id: int, what: str) -> M:
+    row = session.get(model, row_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {what} with id {row_id}")
+    return row
+
+
+# -- reads ------------------------------------------------------------------------------------------------
+
+@reads.get("/status", summary="What the sidecar watches and how it is doing")
+def get_status(svc: Svc) -> dict[str, Any]:
+    return svc.status()
+
+
+@reads.get("/diagnosis", summary="A fresh diagnosis of the target (one extra scrape)")
+def get_diagnosis(svc: Svc) -> dict[str, Any]:
+    return svc.diagnosis()
+
+
+@reads.get("/snapshots", response_model=schemas.Page[schemas.SnapshotOut])
+def list_snapshots(svc: Svc, target: str | None = FilterStr, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+    q = select(Snapshot)
+    if target:
+        q = q.where(Snapshot.target == target)
+    with svc.store.session() as s:
+        return _page(s, q, schemas.SnapshotOut, limit, offset, Snapshot.id.desc())
+
+
+@reads.get("/snapshots/{snapshot_id}", response_model=schemas.SnapshotOut)
+def get_snapshot(snapshot_id: int, svc: Svc) -> Any:
+    with svc.store.session() as s:
+        return schemas.SnapshotOut.model_validate(_get(s, Snapshot, snapshot_id, "snapshot"))
+
+
+@reads.get("/findings", response_model=schemas.Page[schemas.FindingOut])
+def list_findings(svc: Svc, status_: str | None = Query(None, alias="status", max_length=20),
+                  playbook: str | None = FilterStr, target: str | None = FilterStr, limit: int = Limit,
+                  offset: int = Offset) -> dict[str, Any]:
+    q = select(Finding)
+    if status_:
+        q = q.where(Finding.status == status_)
+    if playbook:
+        q = q.where(Finding.playbook == playbook)
+    if target:
+        q = q.where(Finding.target == target)
+    with svc.store.session() as s:
+        return _page(s, q, schemas.FindingOut, limit, offset, Finding.id.desc())
+
+
+@reads.get("/findings/{finding_id}", response_model=schemas.FindingOut)
+def get_finding(finding_id: int, svc: Svc) -> Any:
+    with svc.store.session() as s:
+        return schemas.FindingOut.model_validate(_get(s, Finding, finding_id, "finding"))
+
+
+@reads.get("/studies", summary="Tuning studies: the ones this sidecar ran and every one with trials stored")
+def list_studies(svc: Svc) -> dict[str, Any]:
+    items = svc.studies.list()
+    return {"items": items, "total": len(items), "limit": len(items), "offset": 0}
+
+
+@reads.get("/trials", response_model=schemas.Page[schemas.TrialOut])
+def list_trials(svc: Svc, study: str | None = FilterStr, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+    q = select(TrialRecord)
+    if study:
+        q = q.where(TrialRecord.study_name == study)
+    with svc.store.session() as s:
+        return _page(s, q, schemas.TrialOut, limit, offset, TrialRecord.id.desc())
+
+
+@reads.get("/recommendations", response_model=schemas.Page[schemas.RecommendationOut])
+def list_recommendations(svc: Svc, status_: str | None = Query(None, alias="status", max_length=20),
+                         limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+    q = select(Recommendation)
+    if status_:
+        q = q.where(Recommendation.status == status_)
+    with svc.store.session() as s:
+        return _page(s, q, schemas.RecommendationOut, limit, offset, Recommendation.id.desc())
+
+
+@reads.get("/recommendations/{recommendation_id}", response_model=schemas.RecommendationOut)
+def get_recommendation(recommendation_id: int, svc: Svc) -> Any:
+    with svc.store.session() as s:
+        return schemas.RecommendationOut.model_validate(_get(s, Recommendation, recommendation_id, "recommendation"))
+
+
+@reads.get("/changes", response_model=schemas.Page[schemas.ChangeOut], summary="Applied configs, with evidence")
+def list_changes(svc: Svc, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+    with svc.store.session() as s:
+        return _page(s, select(ConfigChange), schemas.ChangeOut, limit, offset, ConfigChange.id.desc())
+
+
+# -- writes -----------------------------------------------------------------------------------------------
+
+@writes.post("/findings/{finding_id}/acknowledge", response_model=schemas.FindingOut)
+def acknowledge(finding_id: int, svc: Svc) -> Any:
+    with svc.store.session() as s:
+        row = _get(s, Finding, finding_id, "finding")
+        if row.status == "resolved":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"finding {finding_id} is resolved")
+        row.status = "acknowledged"
+        row.updated_at = datetime.now(timezone.utc)
+        s.flush()
+        return schemas.FindingOut.model_validate(row)
+
+
+@writes.post("/findings/{finding_id}/silence", response_model=schemas.FindingOut)
+def silence(finding_id: int, body: schemas.SilenceIn, svc: Svc) -> Any:
+    with svc.store.session() as s:
+        row = _get(s, Finding, finding_id, "finding")
+        if row.status == "resolved":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"finding {finding_id} is resolved")
+        now = datetime.now(timezone.utc)
+        row.status, row.silenced_until, row.updated_at = "silenced", now + timedelta(seconds=body.seconds), now
+        s.flush()
+        return schemas.FindingOut.model_validate(row)
+
+
+@writes.post("/recommendations", response_model=schemas.RecommendationOut, status_code=201,
+             summary="Propose a config (a delta on the current one); it waits for approval")
+def propose(body: schemas.ProposeIn, svc: Svc) -> Any:
+    try:
+        rec_id = svc.propose(body.config, body.reason)
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc)) from None
+    with svc.store.session() as s:
+        return schemas.RecommendationOut.model_validate(_get(s, Recommendation, rec_id, "recommendation"))
+
+
+@writes.post("/recommendations/{recommendation_id}/approve", summary="Approve; apply mode then applies it")
+def approve(recommendation_id: int, svc: Svc) -> dict[str, Any]:
+    try:
+        out = svc.approve(recommendation_id)
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if out is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no recommendation with id {recommendation_id}")
+    return out
+
+
+@writes.post("/studies", status_code=202, summary="Start a bounded tuning study in the background")
+def start_study(body: schemas.StudyIn, svc: Svc) -> dict[str, Any]:
+    try:
+        return svc.start_study(body.model_dump(exclude_none=True))
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except SlotuneError as exc:  # a study already running
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+
+# -- Alertmanager webhook ------------------------------------------------------------------------------------
+
+@alerts.post("/alerts/alertmanager", response_model=schemas.AlertsAccepted, status_code=202,
+             summary="Alertmanager webhook (payload v4): each alert is forwarded with a fresh diagnosis")
+def alertmanager(payload: schemas.AlertmanagerPayload, svc: Svc) -> dict[str, Any]:
+    firing = [a for a in payload.alerts if a.status == "firing"]
+    diagnosis = svc.diagnosis() if firing else None
+    ids: list[str] = []
+    for alert in payload.alerts:
+        event = {"alert": alert.model_dump(), "group_key": payload.groupKey, "receiver": payload.receiver,
+                 "external_url": payload.externalURL,
+                 "diagnosis": diagnosis if alert.status == "firing" else None}
+        ids += svc.notify("alert", event)
+    return {"accepted": len(payload.alerts), "firing": len(firing), "notifications": ids,
+            "diagnosis_status": None if diagnosis is None else str(diagnosis.get("status"))}

@@ -1,0 +1,35 @@
+"""What the API needs from the running sidecar. `slotune.sidecar.runtime.Sidecar` implements it; the
+API never imports the sidecar (the two are independent layers), the CLI hands one to `create_app`."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from slotune.settings import Settings
+from slotune.store import Store
+
+
+class SidecarService(Protocol):
+    settings: Settings
+    store: Store
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> tuple[bytes, str]: ...
+
+    def diagnosis(self) -> dict[str, Any]:
+        """A fresh diagnosis of the target (never raises; a down target says so)."""
+
+    def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
+        """Queue a notification to every subscribed receiver; returns the message ids."""
+
+    def propose(self, config: dict[str, Any], reason: str) -> int: ...
+
+    def approve(self, recommendation_id: int) -> dict[str, Any] | None: ...
+
+    def start_study(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    @property
+    def studies(self) -> Any: ...

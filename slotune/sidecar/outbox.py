@@ -1,0 +1,206 @@
+"""Notifications through an outbox table: at-least-once delivery that survives a receiver outage
+and a sidecar restart.
+
+`enqueue()` writes one row per subscribed receiver in the caller's transaction, with the message
+body already rendered (generic JSON or Slack-compatible), so what is delivered is exactly what was
+decided. `Deliverer.run_once()` posts the due rows, signed (see `signing`), and either marks them
+delivered or schedules the next attempt with exponential backoff and jitter (tenacity's
+`wait_random_exponential`), persisted in `next_attempt_at`, so a restart resumes the schedule.
+Every message keeps its id across retries (`X-Slotune-Id`, and `id` in JSON bodies): receivers drop
+duplicates by it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from tenacity import RetryCallState, wait_random_exponential
+
+from slotune.settings import ReceiverSettings, Settings
+from slotune.sidecar import signing
+from slotune.sidecar.metrics import SidecarMetrics
+from slotune.store import OutboxMessage, Store
+
+log = logging.getLogger("slotune.sidecar.outbox")
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+
+
+def body_bytes(payload: dict[str, Any]) -> bytes:
+    """The exact bytes posted (and signed)."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+# -- message formats ---------------------------------------------------------------------------------
+
+def render(fmt: str, message_id: str, kind: str, event: dict[str, Any], created: datetime) -> dict[str, Any]:
+    if fmt == "slack":
+        return _slack(message_id, kind, event)
+    return {"id": message_id, "kind": kind, "created_at": created.isoformat(), "source": "slotune",
+            "event": event}
+
+
+def headline(kind: str, event: dict[str, Any]) -> str:
+    if kind == "alert":
+        alert = event.get("alert", {})
+        labels = alert.get("labels", {})
+        summary = alert.get("annotations", {}).get("summary") or labels.get("alertname", "alert")
+        return f"[{alert.get('status', 'firing')}] {labels.get('alertname', 'alert')}: {summary}"
+    if kind == "finding":
+        return (f"[{event.get('status', 'active')}] {event.get('severity', '')} finding "
+                f"{event.get('playbook')} on {event.get('target')}: {event.get('summary', '')}")
+    if kind == "recommendation":
+        return f"recommended config for {event.get('target')} ({event.get('source')}): {event.get('reason', '')}"
+    if kind == "config_change":
+        return f"config change on {event.get('target')}: {event.get('status')}"
+    return f"slotune {kind}"
+
+
+def _slack(message_id: str, kind: str, event: dict[str, Any]) -> dict[str, Any]:
+    text = headline(kind, event)
+    details = _details(kind, event)
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
+    if details:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": details[:2900]}})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"slotune · {kind} · id {message_id}"}]})
+    return {"text": text, "blocks": blocks}
+
+
+def _details(kind: str, event: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if kind == "finding":
+        for ev in event.get("evidence", [])[:5]:
+            lines.append(f"• {ev.get('description') or ev.get('field')}: {ev.get('value')} {ev.get('op', '')} "
+                         f"{ev.get('threshold', '')}")
+        for rem in event.get("remedies", [])[:3]:
+            lines.append(f"→ {rem.get('action')}: {rem.get('why', '')}")
+    if kind == "alert":
+        diag = event.get("diagnosis") or {}
+        lines.append(f"diagnosis: {diag.get('status', 'n/a')}")
+        for f in diag.get("findings", [])[:5]:
+            lines.append(f"• {f.get('playbook')} ({f.get('severity')}): {f.get('summary', '')}")
+    if kind == "recommendation":
+        lines.append(f"config: `{json.dumps(event.get('config', {}), sort_keys=True)}`")
+    return "\n".join(lines)
+
+
+def enqueue(session: Session, settings: Settings, kind: str, event: dict[str, Any], now: float) -> list[str]:
+    """One outbox row per receiver subscribed to `kind`; returns the message ids."""
+    ids = []
+    created = _utc(now)
+    for receiver in settings.receivers:
+        if kind not in receiver.events:
+            continue
+        mid = str(uuid.uuid4())
+        session.add(OutboxMessage(id=mid, receiver=receiver.name, kind=kind,
+                                  payload=render(receiver.format, mid, kind, event, created),
+                                  next_attempt_at=created, created_at=created))
+        ids.append(mid)
+    return ids
+
+
+# -- delivery ------------------------------------------------------------------------------------------
+
+class Deliverer:
+    """Posts due outbox rows. One deliverer per database (it is the only writer of delivery state)."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: SidecarMetrics | None = None, *,
+                 clock: Callable[[], float] | None = None, client: httpx.Client | None = None) -> None:
+        import time
+
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.clock = clock or time.time
+        self.client = client or httpx.Client()
+        self.receivers: dict[str, ReceiverSettings] = {r.name: r for r in settings.receivers}
+        cfg = settings.outbox
+        self._wait = wait_random_exponential(multiplier=cfg.backoff_initial_seconds, max=cfg.backoff_max_seconds)
+
+    def backoff(self, attempts: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempts
+        return max(float(self._wait(state)), self.settings.outbox.backoff_initial_seconds / 2)
+
+    def due(self, session: Session, now: float) -> Sequence[OutboxMessage]:
+        q = (select(OutboxMessage)
+             .where(OutboxMessage.delivered_at.is_(None),
+                    OutboxMessage.attempts < self.settings.outbox.max_attempts,
+                    OutboxMessage.next_attempt_at <= _utc(now))
+             .order_by(OutboxMessage.created_at, OutboxMessage.id)
+             .limit(self.settings.outbox.batch))
+        return session.scalars(q).all()
+
+    def run_once(self) -> int:
+        """Try every due message once; returns how many were delivered."""
+        now = self.clock()
+        with self.store.session() as session:
+            messages = [(m.id, m.receiver, m.payload, m.attempts) for m in self.due(session, now)]
+        delivered = 0
+        for mid, receiver_name, payload, attempts in messages:
+            error = self._post(mid, receiver_name, payload)
+            outcome = "delivered" if error is None else "failed"
+            if self.metrics is not None:
+                self.metrics.notifications.labels(receiver_name, outcome).inc()
+            with self.store.session() as session:
+                row = session.get(OutboxMessage, mid)
+                if row is None:
+                    continue
+                row.attempts = attempts + 1
+                if error is None:
+                    row.delivered_at = _utc(self.clock())
+                    row.last_error = None
+                    delivered += 1
+                else:
+                    row.last_error = error[:2000]
+                    row.next_attempt_at = _utc(self.clock() + self.backoff(row.attempts))
+                    log.warning("notification %s to %s failed (attempt %d): %s", mid, receiver_name,
+                                row.attempts, error)
+        self._gauge()
+        return delivered
+
+    def _post(self, mid: str, receiver_name: str, payload: dict[str, Any]) -> str | None:
+        receiver = self.receivers.get(receiver_name)
+        if receiver is None:
+            return f"receiver {receiver_name!r} is not configured"
+        body = body_bytes(payload)
+        hdrs = signing.headers(mid, self.settings.secret_for(receiver), body, int(self.clock()))
+        try:
+            resp = self.client.post(receiver.url, content=body, headers=hdrs, timeout=receiver.timeout)
+        except httpx.HTTPError as exc:
+            return f"{exc.__class__.__name__}: {exc}"
+        if 200 <= resp.status_code < 300:
+            return None
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+
+    def pending(self) -> int:
+        with self.store.session() as session:
+            return session.scalar(select(func.count()).select_from(OutboxMessage)
+                                  .where(OutboxMessage.delivered_at.is_(None))) or 0
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.outbox_pending.set(self.pending())
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest undelivered message is due (None: nothing waiting)."""
+        with self.store.session() as session:
+            nxt = session.scalar(select(func.min(OutboxMessage.next_attempt_at))
+                                 .where(OutboxMessage.delivered_at.is_(None),
+                                        OutboxMessage.attempts < self.settings.outbox.max_attempts))
+        return None if nxt is None else max(_aware(nxt).timestamp() - self.clock(), 0.0)
+
+    def close(self) -> None:
+        self.client.close()

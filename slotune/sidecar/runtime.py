@@ -1,0 +1,187 @@
+"""The running sidecar: the store, the metrics, the controller, the outbox deliverer, the applier
+(apply mode) and the tuning studies, with the two background threads that drive them. It is what the
+API calls (it satisfies `slotune.api.service.SidecarService`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+
+from collectors.exposition import Scrape
+from slotune.errors import ConfigError, SlotuneError
+from slotune.settings import Settings
+from slotune.sidecar import outbox
+from slotune.sidecar.apply import Applier, ManagedTarget
+from slotune.sidecar.config import data_dir, database_url, managed_config, slo_of
+from slotune.sidecar.loop import Controller, recommendation_event
+from slotune.sidecar.metrics import SidecarMetrics
+from slotune.sidecar.studies import StudyRunner
+from slotune.store import Recommendation, Store, open_store
+from slotune.vllm_config import VllmConfig
+
+log = logging.getLogger("slotune.sidecar")
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, *, store: Store | None = None, clock: Callable[[], float] = time.time,
+                 scrape: Callable[[str], Scrape] | None = None) -> None:
+        self.settings = settings
+        self.slo = slo_of(settings)
+        self.clock = clock
+        self.store = store or open_store(database_url(settings))
+        self.metrics = SidecarMetrics()
+        self.managed: ManagedTarget | None = None
+        if settings.managed is not None:
+            self.managed = ManagedTarget(managed_config(settings), data_dir(settings) / "logs" / "managed",
+                                         settings.managed.startup_timeout)
+        self.controller = Controller(settings, self.store, self.metrics, target=settings.target, clock=clock,
+                                     scrape=scrape, config=lambda: self.managed.config if self.managed else None)
+        self.deliverer = outbox.Deliverer(settings, self.store, self.metrics, clock=clock)
+        self.applier: Applier | None = None
+        self.studies = StudyRunner(self.store, self.metrics, default_target=lambda: self.controller.target)
+        self._stop = threading.Event()
+        self._wake_outbox = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started = False
+        self.startup_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self, *, threads: bool = True) -> None:
+        """Start the managed server (if any), then the loop and outbox threads."""
+        if self.managed is not None:
+            result = self.managed.start()
+            if not result.ok:
+                raise ConfigError(f"the managed vLLM did not start: {result.status.value}: {result.message} "
+                                  f"(log: {result.log_path})")
+            self.controller.target = self.managed.base_url
+            if self.settings.mode == "apply":
+                self.applier = Applier(self.settings, self.store, self.metrics, self.controller, self.managed,
+                                       clock=self.clock)
+        if threads:
+            self._threads = [threading.Thread(target=self._loop, name="slotune-loop", daemon=True),
+                             threading.Thread(target=self._deliver, name="slotune-outbox", daemon=True)]
+            for t in self._threads:
+                t.start()
+        self.started = True
+        log.info("sidecar watching %s every %gs, mode %s, SLO %s", self.controller.target, self.settings.interval,
+                 self.settings.mode, self.slo)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake_outbox.set()
+        for t in self._threads:
+            t.join(30)
+        self.studies.stop()
+        if self.managed is not None:
+            self.managed.stop()
+        self.controller.close()
+        self.deliverer.close()
+        self.store.dispose()
+
+    def step(self) -> None:
+        """One loop iteration: a tick, then the applier. Errors are logged, never raised."""
+        try:
+            self.controller.tick()
+            if self.applier is not None:
+                self.applier.step()
+        except SlotuneError as exc:
+            self.metrics.tick_errors.inc()
+            log.error("loop step failed: %s", exc)
+        except Exception:  # the loop must survive anything; the traceback goes to the log
+            self.metrics.tick_errors.inc()
+            log.exception("loop step failed unexpectedly")
+        self._wake_outbox.set()
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.step()
+            next_at += self.settings.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # a slow tick (a restart): skip the missed ticks rather than burst
+                next_at, delay = time.monotonic(), 0.0
+            self._stop.wait(delay)
+
+    def _deliver(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliverer.run_once()
+                due = self.deliverer.next_due_in()
+            except Exception:
+                log.exception("outbox delivery failed")
+                due = None
+            wait = self.settings.outbox.poll_seconds if due is None else min(max(due, 0.05), 60.0)
+            self._wake_outbox.wait(wait)
+            self._wake_outbox.clear()
+
+    # -- what the API calls ---------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        try:
+            with self.store.session() as s:
+                s.execute(select(1))
+        except SlotuneError as exc:
+            return False, str(exc)
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        c = self.controller
+        return {"target": c.target, "mode": self.settings.mode, "slo": str(self.slo), "interval": self.settings.interval,
+                "ticks": c.ticks, "target_up": c.failures == 0 and c.ticks > 0, "last_error": c.last_error,
+                "windows": len(c.rolling),
+                "managed_config": None if self.managed is None else self.managed.config.model_dump(
+                    mode="json", exclude_none=True)}
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    def diagnosis(self) -> dict[str, Any]:
+        return self.controller.fresh_diagnosis()
+
+    def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
+        with self.store.session() as s:
+            ids = outbox.enqueue(s, self.settings, kind, event, self.clock())
+        self._wake_outbox.set()
+        return ids
+
+    def propose(self, config: dict[str, Any], reason: str) -> int:
+        """A recommendation from outside (an operator, a test): a VllmConfig delta on the current config."""
+        base = self.managed.config if self.managed is not None else None
+        if base is not None:
+            VllmConfig.from_mapping({**base.model_dump(mode="json", exclude_none=True), **config}, source="proposal")
+        else:
+            probe = {"model": "probe", **config}
+            VllmConfig.from_mapping(probe, source="proposal")
+        now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+        with self.store.session() as s:
+            rec = Recommendation(target=self.controller.target, status="pending", source="api", reason=reason,
+                                 config=config, evidence={"proposed": True}, created_at=now, updated_at=now)
+            s.add(rec)
+            s.flush()
+            outbox.enqueue(s, self.settings, "recommendation", recommendation_event(rec), self.clock())
+            self.metrics.recommendations.labels(self.controller.target, "api").inc()
+            return rec.id
+
+    def approve(self, recommendation_id: int) -> dict[str, Any] | None:
+        with self.store.session() as s:
+            rec = s.get(Recommendation, recommendation_id)
+            if rec is None:
+                return None
+            if rec.status not in ("pending", "approved"):
+                raise ConfigError(f"recommendation {recommendation_id} is {rec.status}; only a pending one "
+                                  "can be approved")
+            rec.status = "approved"
+            rec.updated_at = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+            return recommendation_event(rec) | {"will_apply": self.applier is not None}
+
+    def start_study(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.studies.start(request)

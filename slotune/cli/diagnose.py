@@ -1,7 +1,221 @@
-"""`slotune diagnose`: not yet built."""
+"""`slotune diagnose`: why an SLO fails and which flags to change, from the rule-based playbooks.
+
+    slotune diagnose --target URL [--window S | --load WORKLOAD [--concurrency C] [--num-requests N]]
+    slotune diagnose --snapshot FILE           # offline: a window saved by `slotune collect --json`
+    slotune diagnose --launch CONFIG [--load WORKLOAD]   # start a managed server; a failed start is judged
+    common: [--slo SPEC] [--config FILE | --serve-command LINE] [--playbooks FILE|DIR ...] [--json]
+            [--save [--db URL]]
+
+`--json` prints the diagnosis object: `status` (healthy | findings | insufficient_data), `findings`
+(each with `playbook`, `severity`, `summary`, `cause`, `evidence`, `window`, `remedies[].config_delta`),
+`window`, `notes`, `facts`. See docs/playbooks.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
+from slotune.errors import ConfigError
+from slotune.slo import DEFAULT_SLO, SloSpec
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def read_snapshots(path: Path) -> list[Any]:
+    """Windows from a file: one snapshot object, a list of them, or JSON lines (`collect --json`)."""
+    from collectors.snapshot import Snapshot
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+    except ValueError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            raise ConfigError(f"{path}: not JSON (expected a snapshot from 'slotune collect --json')") from None
+    if not items:
+        raise ConfigError(f"{path}: no snapshot in the file")
+    snaps = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "window_start" not in item or "target" not in item:
+            raise ConfigError(f"{path}: item {i}: not a snapshot (needs target, window_start, window_end, ...)")
+        try:
+            snaps.append(Snapshot.from_dict(item))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: item {i}: not a snapshot ({exc})") from None
+    return sorted(snaps, key=lambda s: s.window_start)
+
+
+def read_config(path: Path) -> Any:
+    """A server config (VllmConfig fields) from YAML or JSON."""
+    import yaml
+
+    from slotune.vllm_config import VllmConfig
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML/JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of server settings (model, max_num_seqs, ...)")
+    return VllmConfig.from_mapping(data, source=str(path))
+
+
+def render(d: dict[str, Any]) -> Any:
+    """A rich renderable of a diagnosis (`Diagnosis.to_dict()`)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    win = d.get("window") or {}
+    where = d.get("target") or "server"
+    span = f" · {win['seconds']:.1f} s window" if win.get("seconds") else ""
+    head = {"healthy": "healthy: no playbook fired", "findings": f"{len(d['findings'])} finding(s)",
+            "insufficient_data": "insufficient data: no request finished in the window"}[d["status"]]
+    parts.append(Text(f"{where}{span}: {head}", style="bold"))
+    for f in d["findings"]:
+        parts.append(Text(""))
+        parts.append(Text(f"[{f['severity']}] {f['playbook']}: {f['summary']}", style=SEVERITY_STYLE[f["severity"]]))
+        ev = Table(show_header=True, box=None, padding=(0, 2))
+        for col in ("evidence", "value", "threshold", "meaning"):
+            ev.add_column(col)
+        for e in f["evidence"]:
+            thr = "" if e["op"] is None else f"{e['op']} {_num(e['threshold'])}"
+            ev.add_row(e["field"], _num(e["value"]), thr, e["description"])
+        parts.append(ev)
+        for i, r in enumerate(f["remedies"], 1):
+            delta = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["config_delta"].items())
+            parts.append(Text(f"  {i}. {r['action']}" + (f"  [{delta}]" if delta else "")))
+            parts.append(Text(f"     {r['why']}", style="dim"))
+    for note in d.get("notes") or []:
+        parts.append(Text(f"note: {note}", style="dim"))
+    return Group(*parts)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
 
 def register(app: click.Group) -> None:
-    pass
+    @app.command()
+    @click.option("--target", metavar="URL", help="a running vLLM server, e.g. http://127.0.0.1:8000")
+    @click.option("--snapshot", "snapshot_file", type=click.Path(path_type=Path), metavar="FILE",
+                  help="judge saved windows offline (JSON from 'slotune collect --json')")
+    @click.option("--launch", "launch_file", type=click.Path(path_type=Path), metavar="CONFIG",
+                  help="start a managed server from this config and judge it (a failed start too)")
+    @click.option("--window", type=click.FloatRange(min=1.0), default=30.0, show_default=True, metavar="S",
+                  help="seconds of the server's own traffic to watch (without --load)")
+    @click.option("--load", "load_name", metavar="WORKLOAD",
+                  help="drive a short load during the window: a built-in workload name or a YAML file")
+    @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="with --load")
+    @click.option("--num-requests", type=click.IntRange(min=1), default=20, show_default=True, help="with --load")
+    @click.option("--model", default=None, help="model name for --load (default: the server's first)")
+    @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, help="SLO targets")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
+                  help="the server's flags (YAML/JSON VllmConfig): without them vLLM's defaults are assumed")
+    @click.option("--serve-command", default=None, metavar="LINE", help="the server's 'vllm serve ...' line")
+    @click.option("--playbooks", "playbook_paths", multiple=True, type=click.Path(path_type=Path),
+                  metavar="PATH", help="add or override playbooks (a YAML file or a directory); repeatable")
+    @click.option("--json", "as_json", is_flag=True, help="print the diagnosis as JSON")
+    @click.option("--save", is_flag=True, help="store the window and its findings in slotune's database")
+    @click.option("--db", "db_url", default=None, metavar="URL", help="database URL for --save")
+    def diagnose(target: str | None, snapshot_file: Path | None, launch_file: Path | None, window: float,
+                 load_name: str | None, concurrency: int, num_requests: int, model: str | None, slo_text: str,
+                 config_file: Path | None, serve_command: str | None, playbook_paths: tuple[Path, ...],
+                 as_json: bool, save: bool, db_url: str | None) -> None:
+        """Name what makes an SLO fail, show the evidence and the flag changes that address it."""
+        from playbooks.model import load_playbooks
+
+        sources = [x for x in (target, snapshot_file, launch_file) if x is not None]
+        if len(sources) != 1:
+            raise click.UsageError("give exactly one of --target URL, --snapshot FILE or --launch CONFIG")
+        if config_file is not None and serve_command is not None:
+            raise click.UsageError("give the server's flags once: --config or --serve-command")
+        slo = SloSpec.parse(slo_text)
+        books = load_playbooks(playbook_paths)
+        config = None
+        if launch_file is not None:
+            config = read_config(launch_file)
+        elif config_file is not None:
+            config = read_config(config_file)
+        elif serve_command is not None:
+            from tuner.command import parse_serve_command
+
+            config = parse_serve_command(serve_command)
+        load = _load_plan(load_name, concurrency, num_requests)
+
+        windows: list[Any] = []
+        if snapshot_file is not None:
+            from playbooks.engine import diagnose as judge
+
+            windows = read_snapshots(snapshot_file)
+            result = judge(windows, slo=slo, server_config=config, playbooks=books)
+        elif target is not None:
+            from playbooks.live import diagnose_live
+
+            live = diagnose_live(target, window=window, load=load, model=model, slo=slo, server_config=config,
+                                 playbooks=books)
+            result, windows = live.diagnosis, [live.window]
+        else:
+            result, windows = _launch(config, load, window, slo, books)
+        if save:
+            _save(result, windows, db_url)
+        out = result.to_dict()
+        if as_json:
+            click.echo(json.dumps(out, indent=2))
+        else:
+            from rich.console import Console
+
+            Console().print(render(out))
+
+
+def _load_plan(load_name: str | None, concurrency: int, num_requests: int) -> Any:
+    if load_name is None:
+        return None
+    from loadgen.workload import load_workload
+    from playbooks.live import LoadPlan
+
+    return LoadPlan(load_workload(load_name), concurrency=concurrency, num_requests=num_requests)
+
+
+def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any]) -> tuple[Any, list[Any]]:
+    """Start a managed server; a failed start is diagnosed from its classified log, a started one
+    from a window under `load` (or `window` seconds idle), then it is stopped."""
+    from playbooks.engine import diagnose as judge
+    from playbooks.live import diagnose_live
+    from slotune import paths
+    from slotune.server import ManagedServer
+
+    server = ManagedServer(config, log_dir=paths.logs_dir())
+    try:
+        started = server.start()
+        if not started.ok:
+            return judge([], slo=slo, server_config=config, startup_failure=started, playbooks=books), []
+        live = diagnose_live(server.base_url, window=window, load=load, slo=slo, server_config=config,
+                             playbooks=books)
+        return live.diagnosis, [live.window]
+    finally:
+        server.stop()
+
+
+def _save(result: Any, windows: list[Any], db_url: str | None) -> None:
+    from collectors.persist import save_snapshot
+    from playbooks.persist import save_findings
+    from slotune.store import open_store
+
+    store = open_store(db_url)
+    snapshot_id = None
+    for w in windows:
+        snapshot_id = save_snapshot(store, w)
+    save_findings(store, result, snapshot_id)

@@ -38,6 +38,7 @@ class EchoConfig:
     ttft: float = 0.0  # seconds before the first token
     itl: float = 0.0  # seconds between tokens
     record_arrivals: bool = False
+    serial: bool = False  # one request generates at a time: a server with a capacity, queueing beyond it
 
 
 def _sse(obj: Any) -> bytes:
@@ -48,6 +49,7 @@ def _sse(obj: Any) -> bytes:
 class _Handler:
     def __init__(self, cfg: EchoConfig, stats: Stats) -> None:
         self.cfg, self.stats = cfg, stats
+        self.engine = asyncio.Lock() if cfg.serial else None
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -85,6 +87,17 @@ class _Handler:
                      % (status, len(data), data))
         await writer.drain()
 
+    async def tokens(self, writer: asyncio.StreamWriter, chat: bool, kind: str, n: int) -> None:
+        if self.cfg.ttft:
+            await asyncio.sleep(self.cfg.ttft)
+        for i in range(n):
+            if i and self.cfg.itl:
+                await asyncio.sleep(self.cfg.itl)
+            choice = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
+            choice["finish_reason"] = "length" if i == n - 1 else None
+            writer.write(_sse({"id": "x", "object": kind, "model": self.cfg.model, "choices": [choice]}))
+            await writer.drain()
+
     async def generate(self, chat: bool, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         if req.get("model") != self.cfg.model:
             return await self.json(writer, 404, {"error": {"message": f"The model `{req.get('model')}` does not exist.",
@@ -104,16 +117,12 @@ class _Handler:
                 n = int(req.get("max_tokens") or 16)
             p = len(prompt.split())
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-            if self.cfg.ttft:
-                await asyncio.sleep(self.cfg.ttft)
             kind = "chat.completion.chunk" if chat else "text_completion"
-            for i in range(n):
-                if i and self.cfg.itl:
-                    await asyncio.sleep(self.cfg.itl)
-                choice = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
-                choice["finish_reason"] = "length" if i == n - 1 else None
-                writer.write(_sse({"id": "x", "object": kind, "model": self.cfg.model, "choices": [choice]}))
-                await writer.drain()
+            if self.engine is not None:
+                async with self.engine:
+                    await self.tokens(writer, chat, kind, n)
+            else:
+                await self.tokens(writer, chat, kind, n)
             if (req.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
                 writer.write(_sse({"id": "x", "object": kind, "model": self.cfg.model, "choices": [], "usage": usage}))
@@ -139,8 +148,9 @@ async def serve(cfg: EchoConfig, host: str = "127.0.0.1", port: int = 0,
 class EchoServer:
     """The echo server on 127.0.0.1 in a background thread (its own event loop), as a context manager."""
 
-    def __init__(self, *, model: str = "echo", ttft: float = 0.0, itl: float = 0.0, record_arrivals: bool = False):
-        self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals)
+    def __init__(self, *, model: str = "echo", ttft: float = 0.0, itl: float = 0.0, record_arrivals: bool = False,
+                 serial: bool = False):
+        self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals, serial=serial)
         self.stats = Stats()
         self.port = 0
         self._ready = threading.Event()

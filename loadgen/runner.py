@@ -342,10 +342,12 @@ class _Progress:
         self.bar = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # On stderr, so `--json -` output stays clean.
         self.bar = Progress(TextColumn("load"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                            TimeElapsedColumn(), transient=True)
+                            TimeElapsedColumn(), transient=True, console=Console(stderr=True))
         label = f"(until {duration:g} s)" if total is None and duration else ""
         self.task = self.bar.add_task("load", total=total, info=label)
         self.failed = 0

@@ -1,7 +1,172 @@
-"""`slotune bench`: not yet built."""
+"""`slotune bench`: drive load at a server and report client-side latency, SLO attainment and goodput.
+
+    slotune bench --target URL (--workload NAME|FILE | --input-len N --output-len N)
+                  [--rate R [--burstiness B] | --concurrency C] [--num-requests N] [--duration S]
+                  [--slo SPEC] [--find-max-rate] [--json OUT|-]
+
+The JSON has the collectors' latency keys (`ttft_seconds`, ... each {p50, p90, p95, p99, mean, count})
+measured on the client, plus `completed`, `failed`, `request_throughput`, `goodput` and the SLO results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
+from slotune.errors import TargetError
+from slotune.slo import DEFAULT_SLO, SloSpec
+
+ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"))
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.1f}"
+
+
+def render(d: dict[str, Any], target: str) -> Any:
+    """A rich renderable of one load result (`LoadResult.to_dict()`)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    mode = f"rate {d['rate']:g}/s" if d.get("rate") else "no rate limit"
+    if d.get("concurrency"):
+        mode += f", concurrency {d['concurrency']}"
+    lat = Table(title=f"{target} · {d['workload']} · {mode}", title_justify="left")
+    for col in ("client latency (ms)", "p50", "p90", "p95", "p99", "mean", "count"):
+        lat.add_column(col, justify="left" if col.startswith("client") else "right")
+    for key, label in ROWS:
+        q = d.get(f"{key}_seconds")
+        if q is None:
+            lat.add_row(label, "no data", "", "", "", "", "0")
+        else:
+            lat.add_row(label, *(_ms(q[s]) for s in ("p50", "p90", "p95", "p99", "mean")), f"{q['count']:.0f}")
+    summary = Table(show_header=False, box=None)
+    summary.add_column(style="bold")
+    summary.add_column()
+    goodput = "-" if d.get("goodput") is None else f"{d['goodput']:.2f} req/s ({d['good_requests']} good)"
+    rows = [
+        ("completed / failed", f"{d['completed']} / {d['failed']} (error rate {d['error_rate']:.1%})"),
+        ("duration", f"{d['duration']:.2f} s"),
+        ("request throughput", f"{d['request_throughput']:.2f} req/s"),
+        ("output throughput", f"{d['output_throughput']:.1f} tok/s"),
+        ("tokens in / out", f"{d['total_input_tokens']} / {d['total_output_tokens']}"),
+        ("goodput", goodput),
+    ]
+    for s in d.get("slo") or []:
+        met = {True: "met", False: "MISSED", None: "no data"}[s["met"]]
+        value = "-" if s["value"] is None else (f"{s['value']:.2%}" if s["key"] == "error_rate" else _ms(s["value"]) + " ms")
+        rows.append((f"SLO {s['target']}", f"{met} ({value})"))
+    for err, n in (d.get("errors") or {}).items():
+        rows.append(("error", f"{n} x {err}"))
+    for k, v in rows:
+        summary.add_row(k, v)
+    return Group(lat, summary)
+
+
+def _write_json(obj: dict[str, Any], out: str) -> None:
+    text = json.dumps(obj, indent=2)
+    if out == "-":
+        click.echo(text)
+    else:
+        Path(out).write_text(text + "\n")
+
 
 def register(app: click.Group) -> None:
-    pass
+    @app.command()
+    @click.option("--target", required=True, metavar="URL", help="server, e.g. http://127.0.0.1:8000")
+    @click.option("--model", default=None, metavar="NAME", help="model name to request (default: the server's first)")
+    @click.option("--workload", default=None, metavar="NAME|FILE",
+                  help="built-in (chat, long-context, mixed-tail, shared-prefix) or a workload YAML file")
+    @click.option("--input-len", type=click.IntRange(min=1), default=None, metavar="N", help="fixed prompt tokens")
+    @click.option("--output-len", type=click.IntRange(min=1), default=None, metavar="N", help="fixed output tokens")
+    @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
+                  help="open loop: requests per second (Poisson; gamma with --burstiness)")
+    @click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                  help="gamma shape of inter-arrival gaps: <1 burstier, >1 more even")
+    @click.option("--concurrency", type=click.IntRange(min=1), default=None, metavar="C",
+                  help="closed loop: C requests in flight")
+    @click.option("--num-requests", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="requests to send (default 100 unless --duration)")
+    @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+                  help="stop sending after S seconds")
+    @click.option("--slo", "slo_text", default=None, metavar="SPEC",
+                  help=f"SLO targets for attainment and goodput (default {DEFAULT_SLO!r})")
+    @click.option("--find-max-rate", is_flag=True, help="search the highest rate meeting every SLO target")
+    @click.option("--start-rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                  metavar="R", help="--find-max-rate: the first rate tried (doubled or halved from there)")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+                  show_default=True, metavar="S")
+    @click.option("--json", "json_out", default=None, metavar="OUT", help="write the result as JSON to OUT (- for stdout)")
+    @click.option("--no-progress", is_flag=True, help="no progress bar")
+    def bench(target: str, model: str | None, workload: str | None, input_len: int | None, output_len: int | None,
+              rate: float | None, burstiness: float, concurrency: int | None, num_requests: int | None,
+              duration: float | None, slo_text: str | None, find_max_rate: bool, start_rate: float, seed: int,
+              request_timeout: float, json_out: str | None, no_progress: bool) -> None:
+        """Drive load at an OpenAI-compatible server; client-side TTFT/TPOT/ITL, SLO attainment, goodput."""
+        from rich.console import Console
+
+        from loadgen.runner import normalize_base_url, run_load, served_models
+        from loadgen.workload import Workload, load_workload
+
+        fixed = input_len is not None or output_len is not None
+        if workload is not None and fixed:
+            raise click.UsageError("give --workload or --input-len/--output-len, not both")
+        if workload is None and not fixed:
+            raise click.UsageError("give --workload NAME|FILE or --input-len N --output-len N")
+        if fixed and (input_len is None or output_len is None):
+            raise click.UsageError("--input-len and --output-len go together")
+        if rate is not None and concurrency is not None:
+            raise click.UsageError("give --rate or --concurrency, not both")
+        if find_max_rate and rate is not None:
+            raise click.UsageError("--find-max-rate searches the rate: drop --rate")
+        if duration is not None and rate is None and concurrency is None and not find_max_rate:
+            raise click.UsageError("--duration needs --rate or --concurrency")
+        slo = SloSpec.parse(slo_text or DEFAULT_SLO)
+        url = normalize_base_url(target)
+        wl = Workload.fixed(input_len, output_len) if fixed else load_workload(workload)  # type: ignore[arg-type]
+        if model is None:
+            models = served_models(url)
+            if not models:
+                raise TargetError(f"{url}/v1/models lists no model: pass --model")
+            model = models[0]
+        progress = not no_progress and sys.stderr.isatty()
+        console = Console()
+
+        if find_max_rate:
+            from loadgen.sweep import find_max_rate as sweep
+
+            def show(point: Any) -> None:
+                if json_out != "-":
+                    d = point.result.to_dict()
+                    console.print(f"rate {point.rate:g}/s: {'meets' if point.met else 'misses'} the SLOs "
+                                  f"(goodput {d['goodput']:.2f} req/s, {d['completed']} ok, {d['failed']} failed)")
+
+            found = sweep(url, model, wl, slo, num_requests=num_requests, seed=seed, burstiness=burstiness,
+                          start_rate=start_rate,
+                          concurrency=concurrency, request_timeout=request_timeout, progress=progress, on_point=show)
+            if json_out is not None:
+                _write_json(found.to_dict(), json_out)
+            if json_out != "-":
+                if found.best is None:
+                    console.print(f"no rate tried meets {slo}")
+                else:
+                    console.print(f"highest rate meeting {slo}: {found.max_rate:g} req/s")
+                    console.print(render(found.best.to_dict(), url))
+            return
+
+        result = run_load(url, model, wl, rate=rate, concurrency=concurrency, num_requests=num_requests,
+                          duration=duration, slo=slo, seed=seed, burstiness=burstiness, progress=progress,
+                          request_timeout=request_timeout)
+        d = result.to_dict()
+        if json_out is not None:
+            _write_json(d, json_out)  # written even when every request failed: the errors are in it
+        if json_out != "-":
+            console.print(render(d, url))
+        if d["completed"] == 0 and d["failed"]:
+            first = next(iter(d["errors"]), "unknown error")
+            raise TargetError(f"every request failed ({d['failed']}): {first}")

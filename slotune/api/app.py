@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import FastAPI, Request, Response, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from slotune import __version__
-from slotune.api import routes
+from slotune.api import auth, routes
 from slotune.api.service import SidecarService
 from slotune.errors import SlotuneError
 
@@ -36,6 +36,15 @@ def create_app(service: SidecarService) -> FastAPI:
     def metrics() -> Response:
         body, ctype = service.metrics_text()
         return Response(body, media_type=ctype)
+
+    @app.middleware("http")
+    async def _writes_need_the_token(request: Request, call_next: Any) -> Response:
+        if auth.is_write(request.method, request.url.path):
+            try:
+                auth.check(service.settings, request.headers.get("authorization"))
+            except HTTPException as exc:
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return await call_next(request)  # type: ignore[no-any-return]
 
     app.include_router(routes.reads)
     app.include_router(routes.writes)

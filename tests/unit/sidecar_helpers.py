@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ def page(name: str) -> str:
 
 
 class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
+    """Settable time, starting now (signatures carry it and receivers check it against real time)."""
+
+    def __init__(self, t: float | None = None) -> None:
+        self.t = time.time() if t is None else t
 
     def __call__(self) -> float:
         return self.t

@@ -1,0 +1,174 @@
+"""The sidecar API through FastAPI's TestClient, on a real SQLite store and a sidecar whose scrape
+replays real vLLM 0.32 captures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from slotune.api.app import create_app
+from slotune.sidecar.runtime import Sidecar
+from slotune.store import OutboxMessage
+from tests.unit.sidecar_helpers import AFTER, UNDER, page
+from tests.unit.test_sidecar_loop import make, ticks
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def alert_payload(n: int = 1, status: str = "firing") -> dict[str, object]:
+    alert = {"status": status, "labels": {"alertname": "VllmSloErrorBudgetBurn", "slo": "e2e_p95",
+                                           "severity": "page", "instance": "vllm:8000"},
+             "annotations": {"summary": "burning", "description": "d", "runbook_url": "http://x"},
+             "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+             "generatorURL": "http://prom/graph", "fingerprint": "abc"}
+    return {"version": "4", "groupKey": "{}:{alertname=\"VllmSloErrorBudgetBurn\"}", "truncatedAlerts": 0,
+            "status": status, "receiver": "slotune", "groupLabels": {}, "commonLabels": {},
+            "commonAnnotations": {}, "externalURL": "http://am:9093", "alerts": [alert] * n}
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
+    sc, clock, _ = make(tmp_path, [page(UNDER), page(AFTER)], slo="e2e_p95<=1s", api_token=TOKEN,
+                        receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}])
+    ticks(sc, clock, 2)  # one window: 40 slow requests, an slo_burn finding
+    yield sc
+
+
+@pytest.fixture
+def client(sidecar: Sidecar) -> TestClient:
+    return TestClient(create_app(sidecar))
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    m = client.get("/metrics")
+    assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
+    for name in ("slotune_slo_error_budget_burn_ratio", "slotune_slo_attainment_ratio", "slotune_findings_active",
+                 "slotune_scrape_errors_total", "slotune_tuning_trials_finished", "slotune_applied_config_info"):
+        assert f"# HELP {name}" in m.text
+
+
+def test_not_ready_before_start(tmp_path: Path) -> None:
+    from slotune.sidecar.config import load_settings
+
+    sc = Sidecar(load_settings(None, target="http://127.0.0.1:9", data_dir=tmp_path))
+    r = TestClient(create_app(sc)).get("/readyz")
+    assert r.status_code == 503 and r.json()["reason"] == "starting"
+
+
+def test_reads_are_paginated(client: TestClient) -> None:
+    page1 = client.get("/api/v1/findings", params={"limit": 1}).json()
+    assert page1["limit"] == 1 and page1["total"] >= 1 and len(page1["items"]) == 1
+    assert page1["items"][0]["playbook"]
+    snaps = client.get("/api/v1/snapshots").json()
+    assert snaps["total"] == 1 and snaps["items"][0]["data"]["slo"][0]["key"] == "e2e_p95"
+    one = client.get(f"/api/v1/snapshots/{snaps['items'][0]['id']}")
+    assert one.status_code == 200
+    assert client.get("/api/v1/snapshots/9999").status_code == 404
+    assert client.get("/api/v1/findings", params={"limit": 0}).status_code == 422
+    for path in ("/api/v1/recommendations", "/api/v1/changes", "/api/v1/trials", "/api/v1/studies"):
+        body = client.get(path).json()
+        assert body["total"] == 0 and body["items"] == [], path
+    assert client.get("/api/v1/status").json()["mode"] == "observe"
+
+
+def test_writes_need_the_token(client: TestClient) -> None:
+    fid = client.get("/api/v1/findings").json()["items"][0]["id"]
+    for path, body in ((f"/api/v1/findings/{fid}/acknowledge", None), (f"/api/v1/findings/{fid}/silence", {}),
+                       ("/api/v1/recommendations", {"config": {"max_num_seqs": 8}}),
+                       ("/api/v1/recommendations/1/approve", None),
+                       ("/api/v1/studies", {"model": "m", "slo": "ttft_p95<=1s", "input_len": 8, "output_len": 8})):
+        assert client.post(path, json=body).status_code == 401, path
+        assert client.post(path, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+    r = client.post(f"/api/v1/findings/{fid}/acknowledge", headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "acknowledged"
+    r = client.post(f"/api/v1/findings/{fid}/silence", json={"seconds": 60}, headers=AUTH)
+    assert r.json()["status"] == "silenced" and r.json()["silenced_until"]
+    assert client.post("/api/v1/findings/9999/acknowledge", headers=AUTH).status_code == 404
+
+
+def test_writes_disabled_without_a_configured_token(tmp_path: Path) -> None:
+    sc, _, _ = make(tmp_path, [page(UNDER)])
+    r = TestClient(create_app(sc)).post("/api/v1/findings/1/acknowledge", headers=AUTH)
+    assert r.status_code == 401 and "no api_token" in r.json()["detail"]
+
+
+def test_protected_reads(tmp_path: Path) -> None:
+    sc, _, _ = make(tmp_path, [page(UNDER)], api_token=TOKEN, protect_reads=True)
+    c = TestClient(create_app(sc))
+    assert c.get("/api/v1/findings").status_code == 401
+    assert c.get("/api/v1/findings", headers=AUTH).status_code == 200
+    assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_propose_then_approve(client: TestClient) -> None:
+    bad = client.post("/api/v1/recommendations", json={"config": {"max_num_seqs": "lots"}}, headers=AUTH)
+    assert bad.status_code == 422 and "max_num_seqs" in bad.json()["detail"]
+    unknown = client.post("/api/v1/recommendations", json={"config": {"rm -rf": 1}}, headers=AUTH)
+    assert unknown.status_code == 422
+    rec = client.post("/api/v1/recommendations", json={"config": {"max_num_seqs": 8}, "reason": "test"},
+                      headers=AUTH)
+    assert rec.status_code == 201 and rec.json()["status"] == "pending"
+    rid = rec.json()["id"]
+    ok = client.post(f"/api/v1/recommendations/{rid}/approve", headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["status"] == "approved" and ok.json()["will_apply"] is False
+    assert client.get(f"/api/v1/recommendations/{rid}").json()["status"] == "approved"
+    assert client.post("/api/v1/recommendations/999/approve", headers=AUTH).status_code == 404
+
+
+def test_study_request_is_validated(client: TestClient) -> None:
+    r = client.post("/api/v1/studies", json={"model": "m", "slo": "nonsense", "input_len": 8, "output_len": 8},
+                    headers=AUTH)
+    assert r.status_code == 422 and "slo" in r.json()["detail"].lower()
+    r = client.post("/api/v1/studies", json={"model": "m", "slo": "ttft_p95<=1s", "trials": 1000}, headers=AUTH)
+    assert r.status_code == 422
+
+
+def test_alertmanager_webhook_enriches_firing_alerts(client: TestClient, sidecar: Sidecar) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(2))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 2 and body["firing"] == 2 and len(body["notifications"]) == 2
+    with sidecar.store.session() as s:
+        msgs = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "alert")).all()
+        event = msgs[0].payload["event"]
+    assert event["alert"]["labels"]["alertname"] == "VllmSloErrorBudgetBurn"
+    assert event["diagnosis"]["target"] == sidecar.controller.target and "status" in event["diagnosis"]
+    resolved = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1, "resolved")).json()
+    assert resolved["firing"] == 0 and resolved["diagnosis_status"] is None
+
+
+@pytest.mark.parametrize(("payload", "needle"), [
+    ({"version": "3", **{k: v for k, v in alert_payload().items() if k != "version"}}, "version"),
+    ({k: v for k, v in alert_payload().items() if k != "alerts"}, "alerts"),
+    ({**alert_payload(), "alerts": []}, "alerts"),
+    ({**alert_payload(), "alerts": [{"status": "burning", "labels": {}}]}, "status"),
+    ({**alert_payload(), "alerts": [{"status": "firing", "labels": {"a": 1}}]}, "labels"),
+    ([1, 2, 3], "body"),
+])
+def test_malformed_alertmanager_payloads_get_a_reason(client: TestClient, payload: object, needle: str) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", json=payload)
+    assert r.status_code == 422 and needle in r.json()["detail"], r.text
+
+
+def test_not_json_and_oversized_alert_payloads(client: TestClient) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"]
+    big = client.post("/api/v1/alerts/alertmanager", content=b"x" * 1_100_000,
+                      headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and "limit" in big.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    chunked = client.post("/api/v1/alerts/alertmanager", content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    too_many = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1001))
+    assert too_many.status_code == 422 and "alerts" in too_many.json()["detail"]

@@ -1,0 +1,131 @@
+"""Outbox and signing: real SQLite, a real HTTP receiver on 127.0.0.1; time is injected."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from slotune.settings import Settings
+from slotune.sidecar import outbox, signing
+from slotune.sidecar.config import load_settings
+from slotune.store import OutboxMessage, open_store
+from tests.unit.sidecar_helpers import Clock, receiver
+
+SECRET = "hmac-secret"
+EVENT = {"id": 1, "target": "http://127.0.0.1:8000", "playbook": "high_ttft", "severity": "warning",
+         "status": "active", "summary": "TTFT p95 1.2 s over 500 ms",
+         "evidence": [{"field": "ttft_p95", "value": 1.2, "op": ">", "threshold": 0.5, "description": "slow"}],
+         "remedies": [{"action": "raise max_num_batched_tokens", "why": "prefill is starved",
+                       "config_delta": {"max_num_batched_tokens": 4096}}]}
+
+
+def test_signature_roundtrip_and_refusals() -> None:
+    body = b'{"a":1}'
+    h = signing.headers("id-1", SECRET, body, timestamp=1000)
+    assert h["X-Slotune-Signature"].startswith("sha256=") and h["X-Slotune-Id"] == "id-1"
+    ts, sig = h["X-Slotune-Timestamp"], h["X-Slotune-Signature"]
+    assert signing.verify(SECRET, body, ts, sig, now=1010)
+    assert not signing.verify(SECRET, body + b" ", ts, sig, now=1010)  # body changed
+    assert not signing.verify("other", body, ts, sig, now=1010)  # wrong key
+    assert not signing.verify(SECRET, body, "1001", sig, now=1010)  # timestamp changed
+    assert not signing.verify(SECRET, body, ts, sig, now=1000 + 301)  # replayed later
+    assert not signing.verify(SECRET, body, None, sig) and not signing.verify(SECRET, body, "x", sig)
+
+
+def _settings(tmp_path: Path, url: str, **kw: object) -> Settings:
+    return load_settings(None, target="http://127.0.0.1:1", data_dir=tmp_path, webhook_secret=SECRET,
+                         receivers=[{"name": "json", "url": f"{url}/json"},
+                                    {"name": "slack", "url": f"{url}/slack", "format": "slack",
+                                     "events": ["finding"]}], **kw)
+
+
+def test_delivery_is_signed_in_both_formats(tmp_path: Path) -> None:
+    with receiver() as rcv:
+        settings = _settings(tmp_path, rcv.url)
+        store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        clock = Clock()
+        with store.session() as s:
+            ids = outbox.enqueue(s, settings, "finding", EVENT, clock())
+            only_json = outbox.enqueue(s, settings, "recommendation", {"target": "t", "config": {}}, clock())
+        assert len(ids) == 2 and len(only_json) == 1  # the slack receiver takes findings only
+        d = outbox.Deliverer(settings, store, clock=clock)
+        assert d.run_once() == 3 and d.pending() == 0
+        assert len(rcv.verified(SECRET)) == 3
+        by_path = {p.path: p for p in rcv.posts if p.json.get("kind", "finding") == "finding"}
+        generic = by_path["/json"].json
+        assert generic["id"] == by_path["/json"].headers["X-Slotune-Id"] and generic["event"] == EVENT
+        slack = by_path["/slack"].json
+        assert set(slack) == {"text", "blocks"} and "high_ttft" in slack["text"]
+        assert any("max_num_batched_tokens" in json.dumps(b) or "raise" in json.dumps(b) for b in slack["blocks"])
+        assert by_path["/slack"].headers["X-Slotune-Id"] in json.dumps(slack["blocks"])
+        d.close()
+
+
+def test_receiver_outage_backs_off_and_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    with receiver() as rcv:
+        settings = _settings(tmp_path, rcv.url, outbox={"backoff_initial_seconds": 2, "backoff_max_seconds": 60})
+        db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        store = open_store(db)
+        with store.session() as s:
+            ids = outbox.enqueue(s, settings, "finding", EVENT, clock())
+        rcv.state.fail_with = 503
+        d = outbox.Deliverer(settings, store, clock=clock)
+        assert d.run_once() == 0
+        assert d.run_once() == 0  # not due yet: nothing is posted again right away
+        with store.session() as s:
+            rows = s.scalars(select(OutboxMessage)).all()
+            assert {r.attempts for r in rows} == {1} and all("503" in (r.last_error or "") for r in rows)
+            due = {r.next_attempt_at.replace(tzinfo=timezone.utc).timestamp() - clock() for r in rows}
+        assert all(1 <= x <= 4 for x in due), due  # first backoff, persisted
+        d.close()
+        store.dispose()
+
+        # "restart": a new store and deliverer on the same database, later, with the receiver back.
+        clock.advance(5)
+        rcv.state.fail_with = None
+        store2 = open_store(db)
+        d2 = outbox.Deliverer(settings, store2, clock=clock)
+        assert d2.run_once() == 2 and d2.pending() == 0
+        got = [p.headers["X-Slotune-Id"] for p in rcv.verified(SECRET)]
+        assert sorted(got) == sorted(ids)
+        assert d2.run_once() == 0  # delivered once
+        d2.close()
+
+
+def test_backoff_grows_and_is_capped(tmp_path: Path) -> None:
+    settings = load_settings(None, target="http://127.0.0.1:1", data_dir=tmp_path,
+                             outbox={"backoff_initial_seconds": 1, "backoff_max_seconds": 30})
+    d = outbox.Deliverer(settings, open_store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    upper = [max(d.backoff(n) for _ in range(50)) for n in range(1, 10)]
+    assert upper[0] <= 1 and upper[3] > 2 and max(upper) <= 30
+    d.close()
+
+
+def test_unknown_receiver_is_kept_not_lost(tmp_path: Path) -> None:
+    with receiver() as rcv:
+        settings = _settings(tmp_path, rcv.url)
+        store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        with store.session() as s:
+            s.add(OutboxMessage(id="x", receiver="gone", kind="finding", payload={"a": 1},
+                                next_attempt_at=datetime(2000, 1, 1, tzinfo=timezone.utc)))
+        d = outbox.Deliverer(settings, store, clock=Clock())
+        assert d.run_once() == 0 and d.pending() == 1
+        with store.session() as s:
+            assert "not configured" in (s.get(OutboxMessage, "x").last_error or "")
+        d.close()
+
+
+@pytest.mark.parametrize("kind", ["alert", "finding", "recommendation", "config_change"])
+def test_every_kind_renders_in_both_formats(kind: str) -> None:
+    now = datetime.now(timezone.utc)
+    event = {"alert": {"status": "firing", "labels": {"alertname": "X"}, "annotations": {}},
+             "diagnosis": {"status": "findings", "findings": [EVENT]}} if kind == "alert" else EVENT
+    generic = outbox.render("json", "id", kind, event, now)
+    slack = outbox.render("slack", "id", kind, event, now)
+    assert generic["kind"] == kind and slack["text"] and slack["blocks"]
+    json.dumps(generic), json.dumps(slack)

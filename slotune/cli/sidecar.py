@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 from pathlib import Path
 
 import click
@@ -41,6 +42,10 @@ def register(app: click.Group) -> None:
             server = uvicorn.Server(uvicorn.Config(api.create_app(service), host=settings.host, port=settings.port,
                                                    log_level=settings.log_level, access_log=False,
                                                    lifespan="off"))
+            # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler installed
+            # before it: make that a no-op, so the `finally` below stops the loop and the managed
+            # server, and the exit status is 0.
+            signal.signal(signal.SIGTERM, lambda *_: None)
             server.run()
         finally:
             service.stop()

@@ -1,0 +1,54 @@
+"""The outbox survives: receiver down → sidecar restarted → receiver up → every notification arrives,
+signed, and none twice with the same id. Real sidecar processes (the `slotune sidecar` CLI), a real
+SQLite file, real HTTP; the target is a real vLLM capture served on 127.0.0.1 (no vLLM needed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slotune.server import free_port
+from tests.integration.sidecar_proc import SidecarProcess, wait_for
+from tests.unit.sidecar_helpers import UNDER, page, page_server, receiver
+from tests.unit.test_api_endpoints import alert_payload
+
+pytestmark = pytest.mark.integration
+SECRET = "outbox-secret"
+
+
+def test_notifications_survive_receiver_outage_and_sidecar_restart(tmp_path: Path) -> None:
+    rport = free_port()  # nothing listens here until the receiver comes up
+    with page_server(page(UNDER)) as target:
+        settings = {"target": target.url, "host": "127.0.0.1", "port": free_port(), "interval": 1,
+                    "data_dir": str(tmp_path / "data"),
+                    "receivers": [{"name": "hook", "url": f"http://127.0.0.1:{rport}/hook", "events": ["alert"]}],
+                    "outbox": {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, "poll_seconds": 0.2}}
+        env = {"SLOTUNE_WEBHOOK_SECRET": SECRET}
+        first = SidecarProcess(settings, tmp_path, env).start()
+        ids: list[str] = []
+        try:
+            for n in (1, 2, 3):
+                r = httpx.post(f"{first.url}/api/v1/alerts/alertmanager", json=alert_payload(n), timeout=30)
+                assert r.status_code == 202, r.text
+                ids += r.json()["notifications"]
+            assert len(ids) == 6
+            wait_for(lambda: "failed (attempt 2)" in first.log(), 30, "a second failed delivery attempt")
+        finally:
+            assert first.stop() == 0, first.log()[-2000:]
+
+        second = SidecarProcess(settings, tmp_path, env).start()
+        try:
+            with receiver(rport) as rcv:
+                wait_for(lambda: len(rcv.posts) >= len(ids), 60, "every notification")
+                wait_for(lambda: "slotune_outbox_pending_messages 0.0" in httpx.get(f"{second.url}/metrics").text,
+                         10, "the outbox to drain")
+                got = [p.headers["X-Slotune-Id"] for p in rcv.verified(SECRET)]
+                assert len(got) == len(rcv.posts)  # every one signed
+                assert sorted(got) == sorted(ids)
+                assert max(Counter(got).values()) == 1
+                assert [p.json["id"] for p in rcv.posts] == got  # the id is in the body too
+        finally:
+            second.stop()

@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
-    for expected in ("vLLM ready at", "client side", "server side", "TTFT p50 / p95 / p99", "diagnosis:",
+    for expected in ("vLLM ready at", "client side", "server side", "TTFT p50 / p95 / p99 (mean)", "diagnosis:",
                      "trial 0:", "demo done"):
         assert expected in text, f"{expected!r} missing from:\n{text[-4000:]}"
     assert "Traceback" not in text

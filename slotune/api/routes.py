@@ -20,9 +20,12 @@ writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags
 alerts = APIRouter(prefix="/api/v1", tags=["alerts"])
 
 M = TypeVar("M")
-Limit = Query(50, ge=1, le=500, description="page size")
-Offset = Query(0, ge=0, le=10_000_000, description="rows to skip")
-FilterStr = Query(None, max_length=500)
+# Annotated types, not shared Query() defaults: a Query object shared by two parameters is bound
+# to the first one's name.
+Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
+Filter = Annotated[str | None, Query(max_length=500)]
+StatusFilter = Annotated[str | None, Query(alias="status", max_length=20)]
 
 
 def service(request: Request) -> SidecarService:
@@ -58,7 +61,7 @@ def get_diagnosis(svc: Svc) -> dict[str, Any]:
 
 
 @reads.get("/snapshots", response_model=schemas.Page[schemas.SnapshotOut])
-def list_snapshots(svc: Svc, target: str | None = FilterStr, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+def list_snapshots(svc: Svc, target: Filter = None, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     q = select(Snapshot)
     if target:
         q = q.where(Snapshot.target == target)
@@ -73,9 +76,9 @@ def get_snapshot(snapshot_id: int, svc: Svc) -> Any:
 
 
 @reads.get("/findings", response_model=schemas.Page[schemas.FindingOut])
-def list_findings(svc: Svc, status_: str | None = Query(None, alias="status", max_length=20),
-                  playbook: str | None = FilterStr, target: str | None = FilterStr, limit: int = Limit,
-                  offset: int = Offset) -> dict[str, Any]:
+def list_findings(svc: Svc, status_: StatusFilter = None,
+                  playbook: Filter = None, target: Filter = None, limit: Limit = 50,
+                  offset: Offset = 0) -> dict[str, Any]:
     q = select(Finding)
     if status_:
         q = q.where(Finding.status == status_)
@@ -100,7 +103,7 @@ def list_studies(svc: Svc) -> dict[str, Any]:
 
 
 @reads.get("/trials", response_model=schemas.Page[schemas.TrialOut])
-def list_trials(svc: Svc, study: str | None = FilterStr, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+def list_trials(svc: Svc, study: Filter = None, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     q = select(TrialRecord)
     if study:
         q = q.where(TrialRecord.study_name == study)
@@ -109,8 +112,8 @@ def list_trials(svc: Svc, study: str | None = FilterStr, limit: int = Limit, off
 
 
 @reads.get("/recommendations", response_model=schemas.Page[schemas.RecommendationOut])
-def list_recommendations(svc: Svc, status_: str | None = Query(None, alias="status", max_length=20),
-                         limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+def list_recommendations(svc: Svc, status_: StatusFilter = None,
+                         limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     q = select(Recommendation)
     if status_:
         q = q.where(Recommendation.status == status_)
@@ -125,7 +128,7 @@ def get_recommendation(recommendation_id: int, svc: Svc) -> Any:
 
 
 @reads.get("/changes", response_model=schemas.Page[schemas.ChangeOut], summary="Applied configs, with evidence")
-def list_changes(svc: Svc, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+def list_changes(svc: Svc, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     with svc.store.session() as s:
         return _page(s, select(ConfigChange), schemas.ChangeOut, limit, offset, ConfigChange.id.desc())
 

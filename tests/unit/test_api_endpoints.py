@@ -172,3 +172,15 @@ def test_not_json_and_oversized_alert_payloads(client: TestClient) -> None:
     assert chunked.status_code == 413
     too_many = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1001))
     assert too_many.status_code == 422 and "alerts" in too_many.json()["detail"]
+
+
+def test_filters_apply(client: TestClient, sidecar: Sidecar) -> None:
+    everything = client.get("/api/v1/findings").json()
+    assert {f["playbook"] for f in everything["items"]} >= {"slo_burn"}
+    only = client.get("/api/v1/findings", params={"playbook": "slo_burn"}).json()
+    assert only["total"] == 1 and only["items"][0]["playbook"] == "slo_burn"
+    assert client.get("/api/v1/findings", params={"playbook": "nope"}).json()["total"] == 0
+    assert client.get("/api/v1/findings", params={"status": "resolved"}).json()["total"] == 0
+    target = sidecar.controller.target
+    assert client.get("/api/v1/snapshots", params={"target": target}).json()["total"] == 1
+    assert client.get("/api/v1/snapshots", params={"target": "http://other"}).json()["total"] == 0

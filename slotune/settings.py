@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     receivers: list[ReceiverSettings] = Field(default_factory=list)
     windows: int = Field(default=10, ge=1, le=1000, description="rolling windows kept for the playbooks")
     persist_windows: int = Field(default=3, ge=1, description="windows a finding must last to act on it")
+    playbook_files: list[Path] = Field(default_factory=list,
+                                       description="extra playbook YAML files or directories (same id: replaces)")
     down_after: int = Field(default=2, ge=1, description="failed scrapes in a row that make target_down")
     max_alert_bytes: int = Field(default=1_000_000, ge=1024, description="largest accepted webhook body")
     managed: ManagedSettings | None = None

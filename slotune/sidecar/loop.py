@@ -76,9 +76,21 @@ def scrape_with(client: httpx.Client, url: str, timeout: float) -> Scrape:
     return parse(resp.text, url=target, timestamp=time.time())
 
 
-def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | None) -> dict[str, Any] | None:
+def load_playbooks(files: list[Any]) -> list[Any] | None:
+    """The built-in playbooks plus the settings' files, parsed once (a bad file is a ConfigError at
+    start); None when the playbooks package is not there."""
+    try:
+        from playbooks.model import load_playbooks as load
+    except ImportError as exc:
+        log.warning("playbooks not available: %s", exc)
+        return None
+    return list(load([str(f) for f in files]))
+
+
+def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | None,
+                 playbooks: list[Any] | None) -> dict[str, Any] | None:
     """The playbooks' verdict over the windows; None when the engine is missing or failed (logged)."""
-    if not windows:
+    if not windows or playbooks is None:
         return None
     try:
         from playbooks.engine import diagnose
@@ -86,7 +98,7 @@ def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | Non
         log.warning("playbooks engine not available: %s", exc)
         return None
     try:
-        return diagnose(windows, slo=slo, server_config=config).to_dict()
+        return diagnose(windows, slo=slo, server_config=config, playbooks=playbooks).to_dict()
     except SlotuneError as exc:
         log.warning("diagnosis failed: %s", exc)
         return None
@@ -106,6 +118,7 @@ class Controller:
         self._client = httpx.Client()
         self.scrape = scrape or (lambda url: scrape_with(self._client, url, settings.scrape_timeout))
         self.current_config = config
+        self.playbooks = load_playbooks(list(settings.playbook_files))  # parsed once, not per tick
         self.rolling = Rolling(settings.windows)
         self.previous: Scrape | None = None
         self.failures = 0
@@ -129,10 +142,11 @@ class Controller:
                 return self._scrape_failed(str(exc), now)
             self.metrics.scrape_seconds.labels(self.target).observe(time.perf_counter() - started)
             self.metrics.target_up.labels(self.target).set(1)
-            self.failures, self.last_error = 0, None
             result = TickResult(ok=True)
-            with self.store.session() as s:
-                result.resolved += self._resolve(s, TARGET_DOWN, now)
+            if self.failures or self.ticks == 1:  # a target_down may be open (from before a restart, too)
+                with self.store.session() as s:
+                    result.resolved += self._resolve(s, TARGET_DOWN, now)
+            self.failures, self.last_error = 0, None
             before, self.previous = self.previous, after
             if before is None:
                 return result  # the first scrape only sets the base of the first window
@@ -148,7 +162,7 @@ class Controller:
             self.rolling.append(window)
             result.window = window
             self.metrics.observe_window(self.target, figures)
-            diagnosis = run_diagnose(self.rolling.snapshots(), self.slo, self.current_config())
+            diagnosis = run_diagnose(self.rolling.snapshots(), self.slo, self.current_config(), self.playbooks)
             self.last_diagnosis = diagnosis
             result.diagnosis = diagnosis
             found = list((diagnosis or {}).get("findings", []))
@@ -162,7 +176,7 @@ class Controller:
                 result.resolved += resolved
                 if self.settings.mode in ("recommend", "apply"):
                     result.recommendations += self._recommend(s, now)
-            self._finding_metrics()
+                self._finding_metrics(s)
             return result
 
     def _scrape_failed(self, error: str, now: float) -> TickResult:
@@ -182,8 +196,8 @@ class Controller:
                        "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
             with self.store.session() as s:
                 new, _ = self._reconcile(s, [finding], None, now, only=TARGET_DOWN)
+                self._finding_metrics(s)
             result.new_findings += new
-            self._finding_metrics()
         return result
 
     def _burn_finding(self, window: Window) -> dict[str, Any] | None:
@@ -251,11 +265,11 @@ class Controller:
         self._notify(s, "finding", _finding_event(row), now)
         return [row.playbook]
 
-    def _finding_metrics(self) -> None:
+    def _finding_metrics(self, s: Session) -> None:
         counts: dict[tuple[str, str], int] = {}
-        with self.store.session() as s:
-            for r in s.scalars(select(Finding).where(Finding.target == self.target, Finding.status == "active")):
-                counts[(r.playbook, r.severity)] = counts.get((r.playbook, r.severity), 0) + 1
+        s.flush()
+        for r in s.scalars(select(Finding).where(Finding.target == self.target, Finding.status == "active")):
+            counts[(r.playbook, r.severity)] = counts.get((r.playbook, r.severity), 0) + 1
         self.metrics.set_findings(self.target, counts)
 
     def _notify(self, s: Session, kind: str, event: dict[str, Any], now: float) -> list[str]:
@@ -312,7 +326,8 @@ class Controller:
                     windows = [*windows, derive(self.previous, after, self.target)]
             except SlotuneError as exc:
                 return {"status": "target_down", "target": self.target, "error": str(exc), "findings": []}
-            diagnosis = run_diagnose(windows[-self.settings.windows:], self.slo, self.current_config())
+            diagnosis = run_diagnose(windows[-self.settings.windows:], self.slo, self.current_config(),
+                                     self.playbooks)
             if diagnosis is None:
                 diagnosis = {"status": "insufficient_data" if not windows else "unavailable", "findings": []}
             last = self.rolling.last(1)

@@ -1,0 +1,119 @@
+"""Benchmark the load generator's own overhead (not a CI test; `make bench`). Prints figures; asserts nothing.
+
+Against a trivially fast local endpoint (`loadgen.echo_server` in its own process: SSE chunks shaped
+like vLLM's, no model), with the client pinned to one core and the server to another where the
+machine has two:
+
+1. Send lateness at 200 req/s (Poisson): how late each request leaves against its precomputed
+   schedule. Target: p99 under 2 ms.
+2. The highest open-loop rate the client sustains on one core: rates doubled until the achieved
+   request throughput falls under 95 % of the offered rate or p99 lateness passes 10 ms.
+3. Closed-loop throughput at a high concurrency: requests per second the client completes.
+
+    .venv/bin/python bench/bench_loadgen.py [--output-len 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from loadgen.runner import run_load
+from loadgen.workload import Workload
+
+
+def cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return []
+
+
+def start_echo(server_core: int | None) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "loadgen.echo_server", "--port", "0"]
+    if server_core is not None:
+        cmd = ["taskset", "-c", str(server_core), *cmd]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"echo server did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{int(line.split()[-1])}"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.2f} ms"
+
+
+def run(url: str, workload: Workload, **kw: object) -> tuple[dict, float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    d = run_load(url, "echo", workload, **kw).to_dict()  # type: ignore[arg-type]
+    return d, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output-len", type=int, default=16, help="tokens streamed per request")
+    ap.add_argument("--input-len", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop run")
+    ap.add_argument("--max-rate", type=float, default=6400.0)
+    a = ap.parse_args()
+
+    avail = cores()
+    client_core = server_core = None
+    if len(avail) >= 2:
+        client_core, server_core = avail[-1], avail[0]
+        os.sched_setaffinity(0, {client_core})
+    print(f"cores available {avail}; client on {client_core}, echo server on {server_core}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    proc, url = start_echo(server_core)
+    workload = Workload.fixed(a.input_len, a.output_len)
+    try:
+        run(url, workload, concurrency=8, num_requests=200)  # warm-up: connections, imports
+
+        print(f"\n1. send lateness at 200 req/s (Poisson, {a.output_len} streamed tokens each, {a.seconds:g} s)")
+        n = int(200 * a.seconds)
+        d, cpu, wall = run(url, workload, rate=200, num_requests=n, seed=1)
+        late = d["send_lateness_seconds"]
+        print(f"   lateness p50 {ms(late['p50'])}, p90 {ms(late['p90'])}, p99 {ms(late['p99'])}"
+              f" (target p99 < 2 ms); {d['completed']} ok, {d['failed']} failed; client CPU {cpu / wall:.0%} "
+              f"of one core; TTFT p50 {ms(d['ttft_seconds']['p50'])}")
+        print(f"FIGURE loadgen lateness p99 at 200 req/s: {late['p99'] * 1000:.2f} ms", flush=True)
+
+        print(f"\n2. highest open-loop rate on one core ({a.output_len} tokens each)")
+        rate, sustained = 200.0, None
+        while rate <= a.max_rate:
+            n = int(max(500, rate * a.seconds / 2))
+            d, cpu, wall = run(url, workload, rate=rate, num_requests=n, seed=2)
+            late = d["send_lateness_seconds"]
+            achieved = d["request_throughput"]
+            ok = d["failed"] == 0 and achieved >= 0.95 * rate and late["p99"] <= 0.010
+            print(f"   offered {rate:7.0f}/s: achieved {achieved:7.1f}/s, lateness p99 {ms(late['p99'])}, "
+                  f"client CPU {cpu / wall:.0%}, failed {d['failed']} -> {'sustained' if ok else 'not sustained'}",
+                  flush=True)
+            if not ok:
+                break
+            sustained = rate
+            rate *= 2
+        print(f"FIGURE loadgen highest sustained rate on one core: {sustained or 0:g} req/s "
+              f"(next doubling not sustained)", flush=True)
+
+        print("\n3. closed loop, concurrency 64")
+        d, cpu, wall = run(url, workload, concurrency=64, num_requests=int(max(2000, 300 * a.seconds)))
+        print(f"   {d['request_throughput']:.0f} req/s, {d['output_throughput']:.0f} streamed tokens/s, "
+              f"client CPU {cpu / wall:.0%}, failed {d['failed']}")
+        print(f"FIGURE loadgen closed-loop throughput on one core: {d['request_throughput']:.0f} req/s", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from collectors.snapshot import Snapshot
-from playbooks.facts import FACTS, PERCENT_FACTS, Facts, build_facts, slo_thresholds
+from playbooks.facts import FACTS, PERCENT_FACTS, Facts, add_history, build_facts, slo_thresholds
 from playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
 from playbooks.remedies import COMPUTE
 from slotune.server import StartResult
@@ -237,6 +237,8 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
     if not per_window:
         return Diagnosis("insufficient_data", (), {}, target, notes=("no window to judge",))
     spans = list(spans) if spans is not None else [{} for _ in per_window]
+    per_window = [dict(f) for f in per_window]
+    add_history(per_window)
     newest = per_window[-1]
     failed = bool(newest.get("startup_failed"))
     notes: list[str] = []

@@ -73,6 +73,8 @@ FACTS: dict[str, str] = {
     "ttft_p99_over_p50": "TTFT p99 / p50",
     "prompt_len_p99_over_p50": "prompt length p99 / p50",
     "output_len_p99_over_p50": "output length p99 / p50",
+    "tpot_p50_without_drafting": "p50 TPOT in earlier windows of this target without drafting (s)",
+    "spec_tpot_speedup": "TPOT without drafting / TPOT with drafting (above 1: drafting helps)",
     "client_concurrency": "concurrency the load generator offered",
     "client_inflight_share": "requests in flight / concurrency the client offered",
     "client_error_rate": "share of the client's requests that failed",
@@ -242,6 +244,20 @@ def _client_facts(f: Facts, client: Mapping[str, Any] | None) -> None:
         f["client_inflight_share"] = _div(f["mean_concurrency"], float(conc))
     err = client.get("error_rate")
     f["client_error_rate"] = float(err) if isinstance(err, (int, float)) else None
+
+
+def add_history(per_window: list[Facts]) -> None:
+    """Facts that compare a window with the earlier ones (in place). Speculative decoding: the TPOT
+    of earlier windows without drafting (e.g. before it was turned on) against this window's."""
+    plain: list[float] = []
+    for f in per_window:
+        drafting = bool(f.get("spec_drafts"))
+        if drafting and plain:
+            base = sorted(plain)[len(plain) // 2]
+            f["tpot_p50_without_drafting"] = base
+            f["spec_tpot_speedup"] = _div(base, f.get("tpot_p50"))
+        if not drafting and f.get("requests_finished") and f.get("tpot_p50") is not None:
+            plain.append(float(f["tpot_p50"]))  # type: ignore[arg-type]
 
 
 def slo_thresholds(slo: SloSpec | None) -> dict[str, float]:

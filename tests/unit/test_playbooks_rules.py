@@ -160,3 +160,20 @@ def test_insufficient_data_and_healthy() -> None:
     assert judge([empty], server_config=CFG).status == "insufficient_data"
     d = judge([facts()], server_config=CFG)
     assert (d.status, d.findings) == ("healthy", ())
+
+
+def test_spec_decode_compares_tpot_with_earlier_windows_without_drafting() -> None:
+    cfg = VllmConfig(model="m", speculative_config=SpeculativeConfig(method="ngram", num_speculative_tokens=4))
+    before = facts(tpot_p50=0.010, spec_drafts=None)
+    # Acceptance 70 % looks fine, but TPOT did not improve on the windows without drafting.
+    slower = facts(tpot_p50=0.012, spec_enabled=1, spec_drafts=300, spec_acceptance_rate=0.7)
+    found = judge([before, slower], server_config=cfg, playbooks=[BOOKS["spec_decode_no_speedup"]]).findings
+    (f,) = found
+    assert f.cause == "no_faster"
+    ev = {e.field: e for e in f.evidence}
+    assert ev["spec_tpot_speedup"].op == "<=" and abs(ev["spec_tpot_speedup"].value - 0.010 / 0.012) < 1e-9
+    assert ev["tpot_p50_without_drafting"].value == 0.010
+    assert f.remedies[0].config_delta["speculative_config"]["num_speculative_tokens"] == 2  # K 4 -> 2
+    # Faster with drafting: silent.
+    faster = facts(tpot_p50=0.006, spec_enabled=1, spec_drafts=300, spec_acceptance_rate=0.7)
+    assert judge([before, faster], server_config=cfg, playbooks=[BOOKS["spec_decode_no_speedup"]]).findings == ()

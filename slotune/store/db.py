@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +55,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+def _create_schema(engine: Engine) -> None:
+    """Create missing tables. On PostgreSQL several workers may open the store at once, and two
+    concurrent CREATE TABLEs of one name collide in pg_type: a transaction-scoped advisory lock
+    makes them take turns (the second finds the tables there and creates nothing)."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('slotune-schema'))"))
+        Base.metadata.create_all(conn)
+
+
 def open_store(url: str | None = None) -> Store:
     url = url or paths.default_database_url()
     try:
@@ -64,7 +74,7 @@ def open_store(url: str | None = None) -> Store:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        Base.metadata.create_all(engine)
+        _create_schema(engine)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot create slotune's tables in {engine.url.render_as_string(hide_password=True)}: {exc}"

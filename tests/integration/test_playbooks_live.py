@@ -128,10 +128,10 @@ def test_long_prompts_without_chunked_prefill_or_prefix_caching_have_high_ttft(
 def test_cli_diagnoses_an_underused_server_and_stores_findings(
         start_vllm: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # max_num_seqs 256 against 4 concurrent requests; no NVML here, so engine evidence decides.
-    # 256-token answers keep each request busy long enough for the client to hold 4 in flight.
+    # Long answers keep each request in the engine for most of its life.
     server = start_vllm(max_num_seqs=256)
     workload = tmp_path / "short.yaml"
-    workload.write_text(yaml.safe_dump({"name": "short", "prompt_len": 32, "output_len": 256}))
+    workload.write_text(yaml.safe_dump({"name": "short", "prompt_len": 32, "output_len": 512}))
     db = f"sqlite:///{tmp_path / 'slotune.db'}"
     try:
         rc = main(["diagnose", "--target", server.base_url, "--load", str(workload), "--concurrency", "4",

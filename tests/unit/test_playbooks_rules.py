@@ -69,6 +69,9 @@ FIRES = [
     ("low_gpu_utilization", {"nvml_available": 1, "gpu_utilization": 0.4, "mean_concurrency": 3,
                              "batch_occupancy": 0.02, "client_concurrency": 16, "client_inflight_share": 3 / 16},
      "client_bottleneck"),
+    # The client offered 4 at once, the engine saw 1.2 in flight: the client is the bottleneck.
+    ("low_gpu_utilization", {"mean_concurrency": 1.2, "batch_occupancy": 0.01, "client_concurrency": 4,
+                             "client_inflight_share": 0.3}, "client_bottleneck"),
 ]
 
 
@@ -91,6 +94,8 @@ MUST_NOT_FIRE = [
     ("inconsistent_latency", {"e2e_p50": 0.1, "e2e_p99": 1.0, "e2e_p99_over_p50": 10.0}),  # tail meets the SLO
     ("inconsistent_latency", {"e2e_p50": 0.5, "e2e_p99": 5.0, "e2e_p99_over_p50": 10.0, "requests_finished": 5}),
     ("low_gpu_utilization", {"mean_concurrency": 0.9, "batch_occupancy": 0.007}),  # idle, not underused
+    ("low_gpu_utilization", {"mean_concurrency": 0.9, "batch_occupancy": 0.007, "client_concurrency": 1,
+                             "client_inflight_share": 0.9}),  # one sequential client: lightly loaded
     ("low_gpu_utilization", {"mean_concurrency": 2, "batch_occupancy": 0.02, "preemptions": 4}),  # KV-bound
     ("low_gpu_utilization", {"nvml_available": 1, "gpu_utilization": 0.92, "batch_occupancy": 0.02}),
 ]

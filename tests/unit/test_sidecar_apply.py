@@ -1,0 +1,104 @@
+"""Apply-mode decisions, tick by tick without sleeping: canary timing, too little traffic, a config
+that does not start, cool-down, one change in flight. The vLLM restart is a stand-in here (it records
+the configs it was asked to run): restarts of a real vLLM take ~30 s each, and
+tests/integration/test_sidecar_apply.py does them for real (apply, keep, apply worse, roll back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from slotune.server import StartResult, StartStatus
+from slotune.sidecar.apply import Applier, ManagedTarget
+from slotune.sidecar.runtime import Sidecar
+from slotune.store import ConfigChange, Recommendation
+from slotune.vllm_config import VllmConfig
+from tests.unit.sidecar_helpers import AFTER, UNDER, page
+from tests.unit.test_sidecar_loop import make, ticks
+
+
+class StandInTarget(ManagedTarget):
+    def __init__(self, fail: set[int] | None = None) -> None:
+        super().__init__(VllmConfig(model="tiny"), Path("."), 1.0)
+        self.started: list[VllmConfig] = []
+        self.fail = fail or set()  # max_num_seqs values that "do not start"
+
+    def start(self, config: VllmConfig | None = None) -> StartResult:
+        cfg = config or self.config
+        self.started.append(cfg)
+        if cfg.max_num_seqs in self.fail:
+            return StartResult(StartStatus.KV_CACHE_TOO_SMALL, "no room", Path("x.log"))
+        self.config = cfg
+        return StartResult(StartStatus.READY, "ready", Path("x.log"))
+
+    def stop(self) -> None:
+        pass
+
+
+def setup(tmp_path: Path, target: StandInTarget, **apply: object) -> tuple[Sidecar, Applier, object]:
+    sc, clock, _ = make(tmp_path, [page(UNDER), page(AFTER)], slo="e2e_p95<=1s", mode="recommend",
+                        apply={"canary_seconds": 30, "cooldown_seconds": 100, "min_requests": 5, **apply})
+    ticks(sc, clock, 2)  # one window with 40 requests: the baseline
+    applier = Applier(sc.settings, sc.store, sc.metrics, sc.controller, target, clock=clock)
+    return sc, applier, clock
+
+
+def approve(sc: Sidecar, delta: dict[str, object]) -> int:
+    rid = sc.propose(delta, "test")
+    sc.approve(rid)
+    return rid
+
+
+def change(sc: Sidecar) -> list[tuple[str, int | None]]:
+    with sc.store.session() as s:
+        return [(c.status, c.to_config.get("max_num_seqs")) for c in s.scalars(select(ConfigChange))]
+
+
+def test_canary_waits_for_traffic_then_keeps(tmp_path: Path) -> None:
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target)
+    assert applier.step() is None  # nothing approved
+    approve(sc, {"max_num_seqs": 8})
+    assert applier.step() == "canary" and target.started[-1].max_num_seqs == 8
+    approve(sc, {"max_num_seqs": 4})
+    clock.advance(29)
+    assert applier.step() is None  # canary still running: no second change in flight
+    clock.advance(2)
+    assert applier.step() is None  # canary over, but no traffic seen yet: watch longer
+    clock.advance(60)
+    assert applier.step() == "kept"  # 3x the canary without evidence of harm
+    assert change(sc) == [("kept", 8)]
+    assert applier.step() is None  # cool-down before the approved second change
+    clock.advance(100)
+    assert applier.step() == "canary" and [c[1] for c in change(sc)] == [8, 4]
+
+
+def test_a_config_that_does_not_start_is_rolled_back(tmp_path: Path) -> None:
+    target = StandInTarget(fail={1})
+    sc, applier, _ = setup(tmp_path, target)
+    rid = approve(sc, {"max_num_seqs": 1})
+    assert applier.step() == "failed"
+    assert [c.max_num_seqs for c in target.started] == [1, None]  # tried, then back to the old config
+    with sc.store.session() as s:
+        row = s.scalars(select(ConfigChange)).one()
+        assert row.status == "failed" and row.after["start"] == "kv_cache_too_small"
+        assert s.get(Recommendation, rid).status == "rolled_back"
+    assert 'outcome="failed"' in sc.metrics_text()[0].decode()
+
+
+def test_worse_attainment_rolls_back(tmp_path: Path) -> None:
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target, cooldown_seconds=0)
+    # Make the baseline look perfect, so the canary (40 slow requests again) is clearly worse.
+    approve(sc, {"max_num_seqs": 2})
+    assert applier.step() == "canary"
+    with sc.store.session() as s:
+        s.scalars(select(ConfigChange)).one().before = {"score": 1.0, "requests": 40}
+    sc.controller.scrape = type(sc.controller.scrape)(clock, [page(UNDER), page(AFTER)])
+    ticks(sc, clock, 4)
+    assert applier.step() == "rolled_back"
+    assert target.started[-1].max_num_seqs is None
+    with sc.store.session() as s:
+        row = s.scalars(select(ConfigChange)).one()
+        assert row.status == "rolled_back" and row.after["score"] == 0.0 and "attainment" in row.after["reason"]

@@ -25,6 +25,7 @@ Every file is validated (unknown keys refused); errors read `FILE: field.path: m
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -54,6 +55,10 @@ SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
 _SLO_NAMES = frozenset(
     [*LATENCY_METRICS, *RATIO_METRICS, *(f"{m}_{s}" for m in LATENCY_METRICS for s in STATS)]
 )
+
+
+# What a remedy may change: any server setting but which model it serves and where it listens.
+_CHANGEABLE = frozenset(VllmConfig.model_fields) - {"model", "host", "port"}
 
 
 class _Strict(BaseModel):
@@ -144,8 +149,7 @@ class Remedy(_Strict):
     @field_validator("set")
     @classmethod
     def _fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(v) - set(VllmConfig.model_fields) - {"model", "host", "port"}) or sorted(
-            set(v) & {"model", "host", "port"})
+        unknown = sorted(set(v) - _CHANGEABLE)
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not a server flag slotune may change")
         return v
@@ -235,8 +239,14 @@ def builtin_dir() -> Path:
     return Path(str(resources.files("playbooks") / "rules"))
 
 
+@lru_cache(maxsize=1)
+def _builtins() -> tuple[Playbook, ...]:
+    # Read once per process: the sidecar diagnoses every window, the files do not change under it.
+    return tuple(pb for p in sorted(builtin_dir().glob("*.yaml")) for pb in load_file(p))
+
+
 def builtin_playbooks() -> list[Playbook]:
-    return [pb for p in sorted(builtin_dir().glob("*.yaml")) for pb in load_file(p)]
+    return list(_builtins())
 
 
 def load_playbooks(extra: Sequence[str | Path] = ()) -> list[Playbook]:

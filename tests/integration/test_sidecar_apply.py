@@ -1,5 +1,5 @@
 """Apply mode with a vLLM the sidecar manages (real, tiny model): a recommended config is applied and
-kept; a deliberately worse one (max_num_seqs=1 under 4 concurrent requests: requests queue, so TTFT
+kept; a deliberately worse one (max_num_seqs=1 under 8 concurrent requests: requests queue, so TTFT
 blows through an SLO the others meet) is rolled back automatically. Driven through the API, as an
 operator would: propose, approve. Four vLLM starts: start, apply good, apply worse, roll back."""
 
@@ -22,7 +22,7 @@ from tests.integration.sidecar_proc import Load, wait_for
 pytestmark = pytest.mark.integration
 TOKEN = "apply-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SLO = "ttft_p95<=250ms"
+SLO = "ttft_p95<=100ms"  # met easily by a batching server; not with one sequence at a time
 
 
 def _windows_with_traffic(sc: Sidecar, n: int) -> bool:
@@ -49,12 +49,12 @@ def test_apply_keeps_a_good_config_and_rolls_back_a_worse_one(tiny_model: Path, 
                              managed={"model": str(tiny_model), "flags": {"served_model_name": "tiny"},
                                       "startup_timeout": 240},
                              apply={"canary_seconds": 15, "cooldown_seconds": 0, "baseline_windows": 5,
-                                    "min_requests": 5, "tolerance": 0.2})
+                                    "min_requests": 5, "tolerance": 0.05})
     sc = Sidecar(settings)
     sc.start()  # vLLM start 1
     try:
         client = TestClient(create_app(sc))
-        with Load(sc.controller.target, concurrency=4, max_tokens=64, max_seconds=540) as load:
+        with Load(sc.controller.target, concurrency=8, max_tokens=128, max_seconds=540) as load:
             wait_for(lambda: _windows_with_traffic(sc, 5), 60, "baseline windows with traffic")
 
             good = _propose_and_approve(client, {"max_num_seqs": 8}, "a smaller batch")  # start 2
@@ -67,14 +67,16 @@ def test_apply_keeps_a_good_config_and_rolls_back_a_worse_one(tiny_model: Path, 
             worse = _propose_and_approve(client, {"max_num_seqs": 1}, "deliberately worse")  # starts 3 and 4
             rolled = wait_for(lambda: _change(sc, worse), 240, "the worse change to be judged", interval=1)
             assert rolled.status == "rolled_back", (rolled.before, rolled.after)
-            assert rolled.after["score"] < rolled.before["score"] - 0.2
+            assert rolled.after["score"] < rolled.before["score"] - 0.05
             assert "attainment" in rolled.after["reason"] and rolled.after["rollback_start"] == "ready"
             assert sc.managed is not None and sc.managed.config.max_num_seqs == 8  # back on the good one
             assert load.ok > 0
 
         with sc.store.session() as s:
-            statuses = {r.id: r.status for r in s.scalars(select(Recommendation))}
-        assert statuses == {good: "applied", worse: "rolled_back"}
+            recs = {r.id: r for r in s.scalars(select(Recommendation))}
+        assert recs[good].status == "applied" and recs[worse].status == "rolled_back"
+        # Playbook remedies may have been recommended meanwhile: never applied without approval.
+        assert all(r.status == "pending" and r.source != "api" for i, r in recs.items() if i not in (good, worse))
         changes = client.get("/api/v1/changes").json()
         assert [c["status"] for c in changes["items"]] == ["rolled_back", "kept"]
         metrics = client.get("/metrics").text

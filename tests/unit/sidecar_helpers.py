@@ -132,7 +132,10 @@ class _Metrics(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        body = self.server.text.encode()
+        srv = self.server
+        with srv.lock:
+            body = srv.texts[srv.served % len(srv.texts)].encode()
+            srv.served += 1
         self.send_response(200 if self.path == "/metrics" else 404)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(body)))
@@ -141,12 +144,12 @@ class _Metrics(BaseHTTPRequestHandler):
 
 
 class PageServer(ThreadingHTTPServer):
-    """Serves a fixed /metrics page (a real capture) on 127.0.0.1."""
+    """Serves real captures as /metrics on 127.0.0.1: one page, or several in turn."""
 
     daemon_threads = True
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, *texts: str) -> None:
+        self.texts, self.served, self.lock = texts, 0, threading.Lock()
         super().__init__(("127.0.0.1", 0), _Metrics)
 
     @property
@@ -155,8 +158,8 @@ class PageServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def page_server(text: str) -> Iterator[PageServer]:
-    srv = PageServer(text)
+def page_server(*texts: str) -> Iterator[PageServer]:
+    srv = PageServer(*texts)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield srv

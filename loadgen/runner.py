@@ -93,6 +93,7 @@ class LoadResult:
     concurrency: int | None = None
     burstiness: float = 1.0
     slo: SloSpec | None = None
+    started: float = 0.0  # time.perf_counter() at the start (a system-wide monotonic clock on Linux)
 
     @property
     def completed(self) -> int:
@@ -380,7 +381,7 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(0)
 
 
-async def _run(plan: _Plan) -> tuple[list[RequestRecord], float]:
+async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
     limits = httpx.Limits(max_connections=plan.concurrency or 10_000,
                           max_keepalive_connections=plan.concurrency or 10_000)
     timeout = httpx.Timeout(plan.timeout, connect=min(plan.timeout, PREFLIGHT_TIMEOUT))
@@ -429,7 +430,7 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float]:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             duration = time.perf_counter() - t0
-    return records, duration
+    return records, t0, duration
 
 
 def run_load(base_url: str, model: str, workload: Workload, *, rate: float | None = None,
@@ -464,9 +465,9 @@ def run_load(base_url: str, model: str, workload: Workload, *, rate: float | Non
     arrivals = arrival_times(n, rate, burstiness, seed) if n is not None else None
     plan = _Plan(url=url, model=model, workload=workload, n=n, arrivals=arrivals, concurrency=concurrency,
                  duration=duration, seed=seed, timeout=request_timeout, progress=progress)
-    records, took = asyncio.run(_run(plan))
+    records, started, took = asyncio.run(_run(plan))
     result = LoadResult(records=records, duration=took, workload=workload.name, rate=rate, concurrency=concurrency,
-                        burstiness=burstiness, slo=slo)
+                        burstiness=burstiness, slo=slo, started=started)
     if records and result.completed == 0 and all(r.connect_error for r in records):
         raise TargetError(f"every request failed to connect to {url}: {records[0].error}")
     return result

@@ -9,8 +9,12 @@ machine has two:
 2. The highest open-loop rate the client sustains on one core: rates doubled until the achieved
    request throughput falls under 95 % of the offered rate or p99 lateness passes 10 ms.
 3. Closed-loop throughput at a high concurrency: requests per second the client completes.
+4. With `--vs-vllm`: TTFT and TPOT p50/p95 against vLLM's own generator (`vllm.benchmarks.serve`,
+   random dataset, same lengths, request count and concurrency) on one tiny-model vLLM, in
+   alternating rounds pooled per client. Target: within 15 %. Needs a quiet machine: on 2 cores
+   shared with other work the CPU vLLM's streaming pace drifts by several times within seconds.
 
-    .venv/bin/python bench/bench_loadgen.py [--output-len 16] [--seconds 10]
+    .venv/bin/python bench/bench_loadgen.py [--output-len 16] [--seconds 10] [--vs-vllm [--rounds 4]]
 """
 
 from __future__ import annotations
@@ -58,12 +62,78 @@ def run(url: str, workload: Workload, **kw: object) -> tuple[dict, float, float]
     return d, time.process_time() - cpu, time.perf_counter() - wall
 
 
+VLLM_BENCH = """
+import json, sys
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+p = FlexibleArgumentParser(); add_cli_args(p)
+r = main(p.parse_args(sys.argv[2:]))
+json.dump({k: r[k] for k in ("completed", "ttfts", "latencies", "output_lens")}, open(sys.argv[1], "w"))
+"""
+
+
+def vs_vllm(a: argparse.Namespace) -> None:
+    """Alternating rounds (ours, then vLLM's) on one server; per-request figures pooled per client."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from slotune.model import build_tiny_model
+    from slotune.server import ManagedServer
+    from slotune.vllm_config import VllmConfig
+
+    inp, out, n, conc = a.vs_input_len, a.vs_output_len, a.vs_requests, a.vs_concurrency
+    work = Path(tempfile.mkdtemp(prefix="bench-loadgen-"))
+    model = build_tiny_model(REPO / ".slotune-test" / "models" / "tiny-llama")
+    ours: dict[str, list[float]] = {"ttft": [], "tpot": []}
+    theirs: dict[str, list[float]] = {"ttft": [], "tpot": []}
+    wl = Workload.fixed(inp, out)
+    with ManagedServer(VllmConfig(model=str(model), served_model_name="tiny"), log_dir=work) as srv:
+        url = srv.base_url
+        run_load(url, "tiny", wl, concurrency=conc, num_requests=8, seed=1)  # warm-up
+        for rnd in range(a.rounds):
+            # vLLM's generator starts its timed run after ~10 s of imports and set-up with the server
+            # idle; ours gets the same idle time first, so both start on a server in the same state.
+            time.sleep(a.idle)
+            r = run_load(url, "tiny", wl, concurrency=conc, num_requests=n, seed=100 + rnd)
+            ok = [x for x in r.records if x.ok]
+            ours["ttft"] += [x.ttft for x in ok]  # type: ignore[misc]
+            ours["tpot"] += [x.tpot for x in ok if x.tpot is not None]
+            res = work / f"vllm-{rnd}.json"
+            argv = ["--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", "tiny",
+                    "--tokenizer", str(model), "--dataset-name", "random", "--random-input-len", str(inp),
+                    "--random-output-len", str(out), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts",
+                    str(n), "--max-concurrency", str(conc), "--request-rate", "inf", "--seed", str(100 + rnd),
+                    "--disable-tqdm", "--save-detailed"]
+            subprocess.run([sys.executable, "-c", VLLM_BENCH, str(res), *argv], check=True, capture_output=True)
+            v = json.loads(res.read_text())
+            theirs["ttft"] += v["ttfts"]
+            theirs["tpot"] += [(e - t) / (o - 1) for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"])
+                               if o > 1]
+            print(f"   round {rnd + 1}/{a.rounds}: ours {len(ok)} ok, vllm {v['completed']} ok", flush=True)
+    print(f"   {inp}/{out} tokens, concurrency {conc}, {a.rounds}x{n} requests per client, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for metric in ("ttft", "tpot"):
+        for q in (50, 95):
+            x, y = float(np.percentile(ours[metric], q)), float(np.percentile(theirs[metric], q))
+            print(f"FIGURE loadgen vs vllm {metric}_p{q}: slotune {x * 1000:.2f} ms, vllm {y * 1000:.2f} ms, "
+                  f"diff {(x - y) / y:+.1%} (target within 15 %)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output-len", type=int, default=16, help="tokens streamed per request")
     ap.add_argument("--input-len", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop run")
     ap.add_argument("--max-rate", type=float, default=6400.0)
+    ap.add_argument("--vs-vllm", action="store_true", help="also compare with vllm.benchmarks.serve on a tiny vLLM")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--idle", type=float, default=10.0, help="--vs-vllm: idle seconds before each of our rounds")
+    ap.add_argument("--vs-input-len", type=int, default=256)
+    ap.add_argument("--vs-output-len", type=int, default=64)
+    ap.add_argument("--vs-requests", type=int, default=32)
+    ap.add_argument("--vs-concurrency", type=int, default=4)
     a = ap.parse_args()
 
     avail = cores()
@@ -113,6 +183,11 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+    if a.vs_vllm:
+        if client_core is not None:
+            os.sched_setaffinity(0, set(avail))  # vLLM and both clients: the whole machine
+        print("\n4. against vllm.benchmarks.serve (tiny-model vLLM, alternating rounds)", flush=True)
+        vs_vllm(a)
 
 
 if __name__ == "__main__":

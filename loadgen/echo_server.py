@@ -29,6 +29,7 @@ class Stats:
     max_in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    connections: int = 0  # TCP connections accepted (a client that reuses them keeps this low)
     arrivals: list[float] = field(default_factory=list)  # loop time at which each request arrived
 
 
@@ -52,6 +53,7 @@ class _Handler:
         self.engine = asyncio.Lock() if cfg.serial else None
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
         try:
             while True:  # keep-alive: one request after another on this connection
                 head = await reader.readuntil(b"\r\n\r\n")

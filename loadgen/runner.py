@@ -247,7 +247,7 @@ async def _stream(client: httpx.AsyncClient, url: str, body: bytes, rec: Request
                 continue  # blank separators, SSE comments (pings)
             data = line[5:].strip()
             if data == "[DONE]":
-                break
+                continue  # read on to the end of the body, so the connection goes back to the pool
             chunk = json.loads(data)
             if chunk.get("choices"):
                 ts = time.perf_counter()

@@ -44,6 +44,7 @@ def test_concurrency_never_exceeds_the_limit() -> None:
         r = run_load(srv.url, "echo", Workload.fixed(10, 10), concurrency=3, num_requests=30)
         assert r.completed == 30
         assert srv.stats.max_in_flight == 3  # reached, never exceeded
+        assert srv.stats.connections == 3  # keep-alive: each stream read to its end, its connection reused
 
 
 def test_open_loop_rate_reaches_the_server_on_schedule() -> None:

@@ -1,13 +1,7 @@
-"""`slotune sidecar --config FILE`: the control loop and its API in one process.
-
-The CLI, the API and the sidecar are independent siblings in the import-linter layers (pyproject),
-so this module may import neither statically; it wires them by module name. (A contract with
-`slotune.cli` above `slotune.api | slotune.sidecar` would let it import them directly.)
-"""
+"""`slotune sidecar --config FILE`: the control loop and its API in one process."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 from pathlib import Path
@@ -28,9 +22,8 @@ def register(app: click.Group) -> None:
         """Watch a vLLM server: scrape, evaluate SLOs, diagnose, notify, recommend or apply configs."""
         import uvicorn
 
-        config = importlib.import_module("slotune.sidecar.config")
-        runtime = importlib.import_module("slotune.sidecar.runtime")
-        api = importlib.import_module("slotune.api.app")
+        from slotune.api import app as api
+        from slotune.sidecar import config, runtime
         overrides = {k: v for k, v in {"target": target, "host": host, "port": port, "mode": mode}.items()
                      if v is not None}
         settings = config.load_settings(config_file, **overrides)

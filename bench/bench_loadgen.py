@@ -92,14 +92,19 @@ def vs_vllm(a: argparse.Namespace) -> None:
     with ManagedServer(VllmConfig(model=str(model), served_model_name="tiny"), log_dir=work) as srv:
         url = srv.base_url
         run_load(url, "tiny", wl, concurrency=conc, num_requests=8, seed=1)  # warm-up
-        for rnd in range(a.rounds):
+
+        def ours_round(rnd: int) -> int:
             # vLLM's generator starts its timed run after ~10 s of imports and set-up with the server
-            # idle; ours gets the same idle time first, so both start on a server in the same state.
+            # idle, and one untimed test request; ours gets the same.
             time.sleep(a.idle)
+            run_load(url, "tiny", wl, concurrency=1, num_requests=1, seed=50 + rnd)
             r = run_load(url, "tiny", wl, concurrency=conc, num_requests=n, seed=100 + rnd)
             ok = [x for x in r.records if x.ok]
             ours["ttft"] += [x.ttft for x in ok]  # type: ignore[misc]
             ours["tpot"] += [x.tpot for x in ok if x.tpot is not None]
+            return len(ok)
+
+        def their_round(rnd: int) -> int:
             res = work / f"vllm-{rnd}.json"
             argv = ["--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", "tiny",
                     "--tokenizer", str(model), "--dataset-name", "random", "--random-input-len", str(inp),
@@ -111,7 +116,14 @@ def vs_vllm(a: argparse.Namespace) -> None:
             theirs["ttft"] += v["ttfts"]
             theirs["tpot"] += [(e - t) / (o - 1) for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"])
                                if o > 1]
-            print(f"   round {rnd + 1}/{a.rounds}: ours {len(ok)} ok, vllm {v['completed']} ok", flush=True)
+            return int(v["completed"])
+
+        for rnd in range(a.rounds):  # the order alternates, so neither always follows the other
+            if rnd % 2:
+                theirs_ok, ours_ok = their_round(rnd), ours_round(rnd)
+            else:
+                ours_ok, theirs_ok = ours_round(rnd), their_round(rnd)
+            print(f"   round {rnd + 1}/{a.rounds}: ours {ours_ok} ok, vllm {theirs_ok} ok", flush=True)
     print(f"   {inp}/{out} tokens, concurrency {conc}, {a.rounds}x{n} requests per client, "
           f"load average {os.getloadavg()[0]:.1f}")
     for metric in ("ttft", "tpot"):

@@ -201,8 +201,9 @@ def _describe(exc: BaseException) -> str:
 
 def build_payload(workload: Workload, model: str, shape: RequestShape, prefix: str, text: str) -> bytes:
     """The JSON body of one streaming request, encoded ahead of the run (nothing to do at send time)."""
-    body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-                            "temperature": workload.temperature}
+    body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
+    if workload.temperature is not None:
+        body["temperature"] = workload.temperature
     if workload.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extra body field: exactly max_tokens output tokens
     if workload.endpoint == "chat":

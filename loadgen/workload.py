@@ -138,7 +138,10 @@ class Workload:
     shared_prefix: SharedPrefix = field(default_factory=SharedPrefix)
     long_tail: LongTail | None = None
     ignore_eos: bool = True
-    temperature: float = 0.0
+    # None: the server's default sampling, as `vllm bench serve` sends. Greedy (0) on a random-weight
+    # model can repeat a byte token that never completes a character: the server then streams no text
+    # until the end, and TTFT reads as the whole request.
+    temperature: float | None = None
     # A local tokenizer (a model directory or tokenizer.json) for exact prompt lengths; without one
     # lengths are calibrated against the server's /tokenize, or approximated.
     tokenizer: str | None = None

@@ -5,6 +5,11 @@ mirrors `vllm.benchmarks.lib.endpoint_request_func`: TTFT is the first streamed 
 choice; ITL the gaps between such chunks; end-to-end ends at the last such chunk; TPOT is
 (e2e - TTFT) / (output tokens - 1), output tokens from the server's `usage`.
 
+The transport is aiohttp, as in vLLM's own benchmark client: one `ClientSession` over a pooled,
+keep-alive `TCPConnector`, the body read as it arrives and split into SSE messages. aiohttp parses
+HTTP in C; the earlier httpx/h11 transport spent about five times more client CPU per streamed
+request (bench/bench_loadgen.py), CPU that a small box shares with the server it measures.
+
 Arrivals are open loop (Poisson/gamma at `rate`), closed loop (`concurrency` requests in flight), or
 both (arrivals at `rate`, at most `concurrency` in flight), as in `vllm bench serve`. A run is bounded
 by `num_requests` and/or `duration`; each request by `request_timeout`.
@@ -17,11 +22,12 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -37,6 +43,7 @@ DEFAULT_REQUESTS = 100
 MAX_REQUESTS = 1_000_000
 PREFLIGHT_TIMEOUT = 10.0
 LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
+READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set here so it is one visible fact)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -216,53 +223,70 @@ def build_payload(workload: Workload, model: str, shape: RequestShape, prefix: s
     return json.dumps(body).encode()
 
 
-async def send_request(client: httpx.AsyncClient, url: str, body: bytes, rec: RequestRecord, t0: float,
+async def send_request(session: aiohttp.ClientSession, url: str, body: bytes, rec: RequestRecord, t0: float,
                        timeout: float) -> None:
     """Send one request and fill `rec` with its timings; never raises (except cancellation)."""
     st = time.perf_counter()
     rec.sent = st - t0
     try:
-        await asyncio.wait_for(_stream(client, url, body, rec, st), timeout)
+        await asyncio.wait_for(_stream(session, url, body, rec, st), timeout)
     except asyncio.TimeoutError:
         rec.ok, rec.error = False, f"timed out after {timeout:g} s"
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except aiohttp.ClientConnectorError as exc:  # refused, no route, DNS: the server is not there
         rec.ok, rec.error, rec.connect_error = False, f"cannot connect: {_describe(exc)}", True
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:  # dropped mid-stream, bad HTTP, ...
         rec.ok, rec.error = False, _describe(exc)
-    except ValueError as exc:  # a chunk that is not JSON
+    except ValueError as exc:  # a chunk that is not JSON (or not UTF-8)
         rec.ok, rec.error = False, f"bad stream: {exc}"
 
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
 
-async def _stream(client: httpx.AsyncClient, url: str, body: bytes, rec: RequestRecord, st: float) -> None:
-    async with client.stream("POST", url, content=body, headers=_HEADERS) as resp:
-        if resp.status_code != 200:
-            detail = (await resp.aread()).decode(errors="replace")
-            rec.error = f"HTTP {resp.status_code}: {_error_message(detail)}"
+async def sse_messages(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The SSE messages of a body as they arrive (separated by a blank line; the last may lack it).
+    Split on bytes, so a UTF-8 character cut between two reads is decoded whole."""
+    buf = b""
+    async for data in content.iter_any():
+        buf += data
+        if b"\n\n" not in buf:
+            continue
+        *messages, buf = buf.replace(b"\r\n", b"\n").split(b"\n\n")
+        for message in messages:
+            yield message
+    if buf.strip():
+        yield buf
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, body: bytes, rec: RequestRecord, st: float) -> None:
+    async with session.post(url, data=body, headers=_HEADERS) as resp:
+        if resp.status != 200:
+            detail = (await resp.read()).decode(errors="replace")
+            rec.error = f"HTTP {resp.status}: {_error_message(detail)}"
             return
         first = last = None
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # blank separators, SSE comments (pings)
-            data = line[5:].strip()
-            if data == "[DONE]":
-                continue  # read on to the end of the body, so the connection goes back to the pool
-            chunk = json.loads(data)
-            if chunk.get("choices"):
-                ts = time.perf_counter()
-                if first is None:
-                    first = ts
-                else:
-                    rec.itl.append(ts - last)  # type: ignore[operator]
-                last = ts
-            elif usage := chunk.get("usage"):
-                rec.output_tokens = usage.get("completion_tokens")
-                rec.prompt_tokens = usage.get("prompt_tokens")
-            elif "error" in chunk:
-                rec.error = f"server error in stream: {_error_message(data)}"
-                return
+        # Read on to the end of the body (past [DONE]), so the connection goes back to the pool.
+        async for message in sse_messages(resp.content):
+            for line in message.splitlines():
+                if not line.startswith(b"data:"):
+                    continue  # SSE comments (pings), event/id fields
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                chunk = json.loads(data)
+                if chunk.get("choices"):
+                    ts = time.perf_counter()  # when this message was parsed, as vLLM's client stamps it
+                    if first is None:
+                        first = ts
+                    else:
+                        rec.itl.append(ts - last)  # type: ignore[operator]
+                    last = ts
+                elif usage := chunk.get("usage"):
+                    rec.output_tokens = usage.get("completion_tokens")
+                    rec.prompt_tokens = usage.get("prompt_tokens")
+                elif "error" in chunk:
+                    rec.error = f"server error in stream: {_error_message(data.decode(errors='replace'))}"
+                    return
         if first is None:
             rec.error = "the stream carried no token"
             return
@@ -316,23 +340,27 @@ def _requests(plan: _Plan, builder: PromptBuilder) -> Iterator[tuple[RequestReco
         yield rec, build_payload(w, plan.model, shape, prefix, text)
 
 
-async def _prepare_builder(client: httpx.AsyncClient, plan: _Plan) -> PromptBuilder:
+async def _prepare_builder(session: aiohttp.ClientSession, plan: _Plan) -> PromptBuilder:
     """Check the server answers at all (TargetError if not), then calibrate prompt lengths."""
+    preflight = aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT)
     try:
-        await client.get(f"{plan.url}/v1/models", timeout=PREFLIGHT_TIMEOUT)
-    except httpx.HTTPError as exc:
+        async with session.get(f"{plan.url}/v1/models", timeout=preflight) as resp:
+            await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise TargetError(f"cannot reach {plan.url}: {_describe(exc)}") from None
     tokenizer = load_tokenizer(plan.workload.tokenizer) if plan.workload.tokenizer else None
     ratio = 1.0
     try:  # vLLM's /tokenize: how many tokens our words make with the served tokenizer
         sample = calibration_text()
-        resp = await client.post(f"{plan.url}/tokenize", timeout=PREFLIGHT_TIMEOUT,
-                                 json={"model": plan.model, "prompt": sample, "add_special_tokens": False})
-        if resp.status_code == 200:
-            count = resp.json().get("count")
-            if isinstance(count, int) and count > 0:
-                ratio = count / len(sample.split())
-    except (httpx.HTTPError, ValueError, AttributeError):
+        async with session.post(f"{plan.url}/tokenize", timeout=preflight,
+                                json={"model": plan.model, "prompt": sample, "add_special_tokens": False}) as resp:
+            if resp.status == 200:
+                count = (await resp.json(content_type=None)).get("count")
+                if isinstance(count, int) and count > 0:
+                    ratio = count / len(sample.split())
+            else:
+                await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
         pass  # not vLLM: about one token per word
     return PromptBuilder(tokens_per_word=ratio, tokenizer=tokenizer)
 
@@ -383,14 +411,17 @@ async def _sleep_until(when: float) -> None:
 
 
 async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
-    limits = httpx.Limits(max_connections=plan.concurrency or 10_000,
-                          max_keepalive_connections=plan.concurrency or 10_000)
-    timeout = httpx.Timeout(plan.timeout, connect=min(plan.timeout, PREFLIGHT_TIMEOUT))
+    # As vllm.benchmarks.serve: one connection per request in flight (0: no limit), kept alive.
+    connector = aiohttp.TCPConnector(limit=plan.concurrency or 0, limit_per_host=plan.concurrency or 0,
+                                     ttl_dns_cache=300, use_dns_cache=True, keepalive_timeout=60,
+                                     force_close=False)
+    # The whole request is bounded by `send_request`'s wait_for; aiohttp bounds only the connect.
+    timeout = aiohttp.ClientTimeout(total=None, connect=min(plan.timeout, PREFLIGHT_TIMEOUT))
     endpoint = "/v1/chat/completions" if plan.workload.endpoint == "chat" else "/v1/completions"
     url = plan.url + endpoint
     records: list[RequestRecord] = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        builder = await _prepare_builder(client, plan)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE) as session:
+        builder = await _prepare_builder(session, plan)
         gen = _requests(plan, builder)
         # Open loop: everything is built before the clock starts, so sending costs no prompt work.
         items: Iterator[tuple[RequestRecord, bytes]] = iter(list(gen)) if plan.n is not None else gen
@@ -400,7 +431,7 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
 
             async def one(rec: RequestRecord, body: bytes, t0: float) -> None:
                 try:
-                    await send_request(client, url, body, rec, t0, plan.timeout)
+                    await send_request(session, url, body, rec, t0, plan.timeout)
                 finally:
                     if slots is not None:
                         slots.release()

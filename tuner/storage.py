@@ -12,6 +12,8 @@ same params (`RetryHeartbeatStaleTrialCallback`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -47,7 +49,7 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
         # Several processes (workers, `report`) may touch one SQLite file: wait for locks.
         engine_kwargs["connect_args"] = {"timeout": 30}
     try:
-        with warnings.catch_warnings():
+        with _schema_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,
@@ -59,6 +61,28 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike become one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {first}") from None
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Workers starting together on PostgreSQL would each create Optuna's tables, and concurrent
+    CREATE TABLEs of one name collide in pg_type; a session advisory lock makes them take turns."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext('slotune-optuna-schema'))"))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext('slotune-optuna-schema'))"))
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def _safe(url: str) -> str:

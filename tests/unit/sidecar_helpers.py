@@ -33,7 +33,9 @@ class Clock:
     """Settable time, starting now (signatures carry it and receivers check it against real time)."""
 
     def __init__(self, t: float | None = None) -> None:
-        self.t = time.time() if t is None else t
+        # A whole second: the store keeps datetimes to the microsecond, and a start with a finer
+        # fraction could round a stored instant up, so "exactly the cool-down later" would fall short.
+        self.t = float(int(time.time())) if t is None else t
 
     def __call__(self) -> float:
         return self.t

@@ -38,14 +38,14 @@ def metrics_url(url: str) -> str:
     return url.rstrip("/") + "/metrics" if parts.path in ("", "/") else url
 
 
-def scrape(url: str, client: httpx.Client | None = None) -> Scrape:
+def scrape(url: str, client: httpx.Client | None = None, timeout: float = SCRAPE_TIMEOUT_S) -> Scrape:
     """Read and parse one `/metrics` page. Raises `TargetError` when the target is down or answers garbage."""
     target = metrics_url(url)
     try:
         if client is None:
-            response = httpx.get(target, timeout=SCRAPE_TIMEOUT_S)
+            response = httpx.get(target, timeout=timeout)
         else:
-            response = client.get(target, timeout=SCRAPE_TIMEOUT_S)
+            response = client.get(target, timeout=timeout)
     except httpx.HTTPError as exc:
         raise TargetError(f"cannot scrape {target}: {exc.__class__.__name__}: {exc}") from None
     if response.status_code != 200:

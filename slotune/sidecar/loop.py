@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from collectors.exposition import Scrape
 from collectors.snapshot import Snapshot
-from collectors.vllm_metrics import derive, metrics_url
-from slotune.errors import SlotuneError, TargetError
+from collectors.vllm_metrics import derive
+from collectors.vllm_metrics import scrape as scrape_page
+from slotune.errors import SlotuneError
 from slotune.settings import Settings
 from slotune.sidecar import outbox
 from slotune.sidecar.config import slo_of
@@ -61,19 +62,6 @@ class TickResult:
     resolved: list[str] = field(default_factory=list)
     recommendations: list[int] = field(default_factory=list)
     error: str | None = None
-
-
-def scrape_with(client: httpx.Client, url: str, timeout: float) -> Scrape:
-    from collectors.exposition import parse
-
-    target = metrics_url(url)
-    try:
-        resp = client.get(target, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise TargetError(f"cannot scrape {target}: {exc.__class__.__name__}: {exc}") from None
-    if resp.status_code != 200:
-        raise TargetError(f"cannot scrape {target}: HTTP {resp.status_code}")
-    return parse(resp.text, url=target, timestamp=time.time())
 
 
 def load_playbooks(files: list[Any]) -> list[Any] | None:
@@ -116,7 +104,7 @@ class Controller:
         self.target = target or settings.target or ""
         self.clock = clock
         self._client = httpx.Client()
-        self.scrape = scrape or (lambda url: scrape_with(self._client, url, settings.scrape_timeout))
+        self.scrape = scrape or (lambda url: scrape_page(url, self._client, settings.scrape_timeout))
         self.current_config = config
         self.playbooks = load_playbooks(list(settings.playbook_files))  # parsed once, not per tick
         self.rolling = Rolling(settings.windows)

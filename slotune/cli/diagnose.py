@@ -55,20 +55,11 @@ def read_snapshots(path: Path) -> list[Any]:
 
 
 def read_config(path: Path) -> Any:
-    """A server config (VllmConfig fields) from YAML or JSON."""
-    import yaml
-
+    """A server config (VllmConfig fields) from YAML or JSON (JSON is YAML)."""
+    from slotune.cli.options import load_yaml
     from slotune.vllm_config import VllmConfig
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML/JSON") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of server settings (model, max_num_seqs, ...)")
-    return VllmConfig.from_mapping(data, source=str(path))
+    return VllmConfig.from_mapping(load_yaml(path), source=str(path))
 
 
 def render(d: dict[str, Any]) -> Any:

@@ -45,6 +45,14 @@ PREFLIGHT_TIMEOUT = 10.0
 LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
 READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set here so it is one visible fact)
 
+# Self-checks: a measurement taken while the client itself could not keep up says more about the host
+# than about the server. On a 2-core box running vLLM beside the client, near saturation the client was
+# starved for hundreds of ms: requests left in clumps and whole streams were read in one go (TPOT ~ 0).
+LATE_SEND_P99 = 0.010  # open loop: p99 of how late requests left their schedule
+BURST_STREAM_SHARE = 0.05  # share of streams of >= BURST_MIN_TOKENS tokens that arrived in one burst
+BURST_MIN_TOKENS = 8
+BURST_SPAN = 0.001  # a "burst": every token of the stream read within this span
+
 
 # -- results --------------------------------------------------------------------------------------
 
@@ -126,6 +134,21 @@ class LoadResult:
         """How late each open-loop request was sent against its schedule (seconds)."""
         return [r.sent - r.due for r in self.records if r.due is not None]
 
+    def warnings(self) -> list[str]:
+        """Why these figures may describe the client's host rather than the server (empty when sound)."""
+        out = []
+        late = self.lateness()
+        if late and (p99 := float(np.percentile(late, 99))) > LATE_SEND_P99:
+            out.append(f"requests left up to {p99 * 1000:.0f} ms late (p99) against their schedule: the client "
+                       f"was short of CPU, so the offered load was burstier than asked and latencies include "
+                       f"client delay")
+        long = [r for r in self.records if r.ok and (r.output_tokens or 0) >= BURST_MIN_TOKENS]
+        burst = [r for r in long if r.e2e is not None and r.ttft is not None and r.e2e - r.ttft < BURST_SPAN]
+        if long and len(burst) / len(long) > BURST_STREAM_SHARE:
+            out.append(f"{len(burst)} of {len(long)} streams arrived in one burst (TPOT ~ 0): the server batched "
+                       f"them or the client read them late; TTFT is overstated and TPOT/ITL understated")
+        return out
+
     def errors(self, top: int = 5) -> dict[str, int]:
         return dict(Counter(r.error or "unknown" for r in self.records if not r.ok).most_common(top))
 
@@ -156,6 +179,7 @@ class LoadResult:
             "burstiness": self.burstiness,
             "send_lateness_seconds": quantiles(self.lateness()),
             "errors": self.errors(),
+            "warnings": self.warnings(),
         })
         out["slo"] = [r.to_dict() for r in self.slo.evaluate(out)] if self.slo is not None else []
         return out

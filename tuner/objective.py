@@ -136,4 +136,4 @@ class TrialObjective:
 
 # The client-side figures worth keeping on the Optuna trial (the full JSON is in slotune_trials).
 _CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "completed", "failed",
-                "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput")
+                "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput", "warnings")

@@ -131,6 +131,8 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "tpot_p95": _p95(client, "tpot_seconds"),
         "e2e_p95": _p95(client, "e2e_seconds"),
         "request_throughput": client.get("request_throughput"),
+        # The load generator's self-checks: a trial measured on a starved host is not evidence.
+        "measurement_warnings": client.get("warnings") or [],
         "command": ua.get("command"),
         "flag_file": flag_file,
         "findings": ua.get("findings") or [],

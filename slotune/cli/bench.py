@@ -62,6 +62,8 @@ def render(d: dict[str, Any], target: str) -> Any:
         rows.append((f"SLO {s['target']}", f"{met} ({value})"))
     for err, n in (d.get("errors") or {}).items():
         rows.append(("error", f"{n} x {err}"))
+    for warning in d.get("warnings") or []:
+        rows.append(("[yellow]warning[/]", warning))
     for k, v in rows:
         summary.add_row(k, v)
     return Group(lat, summary)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from loadgen.echo_server import EchoServer
-from loadgen.runner import normalize_base_url, run_load
+from loadgen.runner import LoadResult, RequestRecord, normalize_base_url, run_load
 from loadgen.workload import Workload, load_workload
 from slotune.errors import ConfigError, TargetError
 from slotune.slo import SloSpec
@@ -37,6 +37,7 @@ def test_counts_and_timings(echo: EchoServer) -> None:
     assert ttft["p50"] <= ttft["p95"] <= ttft["p99"]
     assert d["request_throughput"] == pytest.approx(24 / d["duration"])
     assert d["goodput"] is None and d["slo"] == []  # no SLO given
+    assert d["warnings"] == []  # tokens 1 ms apart, nothing late: a sound measurement
 
 
 def test_concurrency_never_exceeds_the_limit() -> None:
@@ -58,6 +59,29 @@ def test_open_loop_rate_reaches_the_server_on_schedule() -> None:
     assert 0.7 < cv < 1.3  # Poisson arrivals: exponential gaps, coefficient of variation ~1
     late = r.to_dict()["send_lateness_seconds"]
     assert late["count"] == 200 and late["p50"] >= 0
+
+
+def test_streams_read_in_one_burst_are_flagged() -> None:
+    # A server that writes every token at once: what a CPU-starved client (or a backed-up server) sees.
+    with EchoServer(ttft=0.002, itl=0.0) as srv:
+        d = run_load(srv.url, "echo", Workload.fixed(5, 16), concurrency=2, num_requests=10).to_dict()
+    assert d["completed"] == 10
+    assert any("of 10 streams arrived in one burst" in w for w in d["warnings"]), d["warnings"]
+
+
+def test_late_sends_are_flagged() -> None:
+    def rec(i: int, late: float) -> RequestRecord:
+        return RequestRecord(index=i, prompt_len=5, output_len=2, due=i * 0.1, sent=i * 0.1 + late, ok=True,
+                             ttft=0.01, e2e=0.02, output_tokens=2)
+
+    on_time = LoadResult(records=[rec(i, 0.0005) for i in range(100)], duration=10.0, workload="w", rate=10)
+    assert on_time.warnings() == []
+    starved = LoadResult(records=[rec(i, 0.0005 if i % 10 else 0.25) for i in range(100)], duration=10.0,
+                         workload="w", rate=10)
+    [warning] = starved.warnings()
+    assert warning.startswith("requests left up to 250 ms late (p99)")
+    closed = LoadResult(records=[RequestRecord(index=0, prompt_len=5, output_len=2)], duration=1.0, workload="w")
+    assert closed.warnings() == []  # no schedule, nothing to be late for
 
 
 def test_duration_bounds_a_closed_loop_run() -> None:

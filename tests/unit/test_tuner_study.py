@@ -123,6 +123,20 @@ def test_clear_winner_beats_the_baseline_by_more_than_noise(tmp_path):
     assert len(result.best["goodput_samples"]) == 2 and len(result.baseline["goodput_samples"]) == 2
 
 
+def test_load_generator_warnings_travel_with_the_trial(tmp_path):
+    def measure(config, progress=None):
+        from tuner_fakes import client
+
+        starved = config.tuned_params() == {}
+        c = {**client(0.1, 2.0), "warnings": ["requests left up to 250 ms late (p99)"] if starved else []}
+        return Measurement(ok=True, goodput=2.0, client=c)
+
+    result = run_study(spec(tmp_path, trials=2, slo="ttft_p95<=2s", max_remedies=0), measure=measure)
+    assert result.baseline["measurement_warnings"] == ["requests left up to 250 ms late (p99)"]
+    again = summarize(f"sqlite:///{tmp_path}/s.db", "s").to_dict()  # stored with the trial, not only in memory
+    assert again["baseline"]["measurement_warnings"] == result.baseline["measurement_warnings"]
+
+
 def test_json_shape_and_report_from_storage(tmp_path):
     s = spec(tmp_path, out_dir=tmp_path / "out", pareto=True)
     result = run_study(s, measure=FakeMeasure())

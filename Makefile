@@ -10,7 +10,7 @@ STAMP := $(VENV)/.slotune-installed
 export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-tune clean
+.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune clean
 
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 
@@ -57,6 +57,9 @@ lint: setup
 
 bench: setup ## parser, load generator and sidecar benchmarks (figures, not assertions)
 	$(PY) bench/run_all.py
+
+bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95, ~5 min)
+	$(PY) bench/bench_loadgen.py --seconds 3 --vs-vllm
 
 bench-tune: setup ## tuned vs default goodput, re-measured with vllm.benchmarks.serve (long)
 	$(PY) bench/bench_tune.py

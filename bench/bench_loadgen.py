@@ -11,10 +11,12 @@ machine has two:
 3. Closed-loop throughput at a high concurrency: requests per second the client completes.
 4. With `--vs-vllm`: TTFT and TPOT p50/p95 against vLLM's own generator (`vllm.benchmarks.serve`,
    random dataset, same lengths, request count and concurrency) on one tiny-model vLLM, in
-   alternating rounds pooled per client. Target: within 15 %. Needs a quiet machine: on 2 cores
-   shared with other work the CPU vLLM's streaming pace drifts by several times within seconds.
+   alternating rounds pooled per client. Target: within 15 %. vLLM runs on the last core and both
+   clients on the others: where they share cores, vLLM's busy-polling processes starve whichever
+   client lands beside them, and the figures measure that seat, not the server (docs/loadgen.md).
 
-    .venv/bin/python bench/bench_loadgen.py [--output-len 16] [--seconds 10] [--vs-vllm [--rounds 4]]
+    .venv/bin/python bench/bench_loadgen.py [--output-len 16] [--seconds 10]
+        [--vs-vllm [--rounds 8] [--vs-concurrency 1] [--vs-shared-cores]]
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def vs_vllm(a: argparse.Namespace) -> None:
     import numpy as np
 
     from slotune.model import build_tiny_model
+    from slotune.platforms import detect, pinned_env
     from slotune.server import ManagedServer
     from slotune.vllm_config import VllmConfig
 
@@ -89,8 +92,19 @@ def vs_vllm(a: argparse.Namespace) -> None:
     ours: dict[str, list[float]] = {"ttft": [], "tpot": []}
     theirs: dict[str, list[float]] = {"ttft": [], "tpot": []}
     wl = Workload.fixed(inp, out)
-    with ManagedServer(VllmConfig(model=str(model), served_model_name="tiny"), log_dir=work) as srv:
+    config = VllmConfig(model=str(model), served_model_name="tiny")
+    split = not a.vs_shared_cores and len(cores()) >= 2
+    server_core, client_cores = -1, set(cores())
+    if split:
+        # vLLM (all its processes) on the last core, both clients on the others: no client competes with
+        # vLLM's polling processes for a core, and neither client gets a better seat than the other.
+        server_core, client_cores = cores()[-1], set(cores()[:-1])
+        config = config.with_changes(env=pinned_env(detect(), [server_core]))
+        os.sched_setaffinity(0, {server_core})  # inherited by the server started next
+    with ManagedServer(config, log_dir=work) as srv:
         url = srv.base_url
+        if split:
+            os.sched_setaffinity(0, client_cores)  # ours, and vLLM's client as our child
         run_load(url, "tiny", wl, concurrency=conc, num_requests=8, seed=1)  # warm-up
 
         def ours_round(rnd: int) -> int:
@@ -118,13 +132,14 @@ def vs_vllm(a: argparse.Namespace) -> None:
                                if o > 1]
             return int(v["completed"])
 
-        for rnd in range(a.rounds):  # the order alternates, so neither always follows the other
-            if rnd % 2:
+        for rnd in range(a.rounds):
+            if rnd % 2:  # the order alternates, so neither always follows the other
                 theirs_ok, ours_ok = their_round(rnd), ours_round(rnd)
             else:
                 ours_ok, theirs_ok = ours_round(rnd), their_round(rnd)
             print(f"   round {rnd + 1}/{a.rounds}: ours {ours_ok} ok, vllm {theirs_ok} ok", flush=True)
-    print(f"   {inp}/{out} tokens, concurrency {conc}, {a.rounds}x{n} requests per client, "
+    where = f"vLLM on core {server_core}, clients on {sorted(client_cores)}" if split else "cores shared"
+    print(f"   {inp}/{out} tokens, concurrency {conc}, {a.rounds}x{n} requests per client, {where}, "
           f"load average {os.getloadavg()[0]:.1f}")
     for metric in ("ttft", "tpot"):
         for q in (50, 95):
@@ -140,12 +155,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each open-loop run")
     ap.add_argument("--max-rate", type=float, default=6400.0)
     ap.add_argument("--vs-vllm", action="store_true", help="also compare with vllm.benchmarks.serve on a tiny vLLM")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--vs-shared-cores", action="store_true",
+                    help="--vs-vllm: let vLLM and the clients share every core (default: vLLM on the last core, "
+                         "clients on the others)")
     ap.add_argument("--idle", type=float, default=10.0, help="--vs-vllm: idle seconds before each of our rounds")
     ap.add_argument("--vs-input-len", type=int, default=256)
     ap.add_argument("--vs-output-len", type=int, default=64)
     ap.add_argument("--vs-requests", type=int, default=32)
-    ap.add_argument("--vs-concurrency", type=int, default=4)
+    ap.add_argument("--vs-concurrency", type=int, default=1)
     a = ap.parse_args()
 
     avail = cores()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from slotune.errors import ConfigError
+
 Backend = Literal["cpu", "gpu", "none"]
 
 
@@ -61,3 +63,17 @@ def detect() -> Platform:
             continue
         return Platform(**{**base.__dict__, "version": version})
     return Platform(backend="none", distribution=None, version=None)
+
+
+def pinned_env(platform: Platform, cores: list[int]) -> dict[str, str]:
+    """Server environment that keeps the CPU backend's compute threads on `cores`, with no core held
+    back for its scheduler (then the whole server can be confined there with CPU affinity). Empty on
+    other backends, whose compute is on the accelerator.
+
+    A contiguous range only: vLLM's list syntax needs `,`, which config values may not carry."""
+    lo, hi = min(cores), max(cores)
+    if sorted(cores) != list(range(lo, hi + 1)):
+        raise ConfigError(f"cores {sorted(cores)} are not one contiguous range")
+    if platform.backend != "cpu":
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": str(lo) if lo == hi else f"{lo}-{hi}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}

@@ -8,6 +8,8 @@ about half the time with eager execution and no compilation (`-O0`).
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -77,3 +79,18 @@ def pinned_env(platform: Platform, cores: list[int]) -> dict[str, str]:
     if platform.backend != "cpu":
         return {}
     return {"VLLM_CPU_OMP_THREADS_BIND": str(lo) if lo == hi else f"{lo}-{hi}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """Cores to confine a server to, written `N` or `A-B`: available here, and not all of them (the load
+    generator needs a core the server's busy-polling processes do not share; docs/loadgen.md)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text or "")
+    if not m or int(m[2] or m[1]) < int(m[1]):
+        raise ConfigError(f"bad core list {text!r}: write one core (3) or a range (2-5)")
+    cpus = tuple(range(int(m[1]), int(m[2] or m[1]) + 1))
+    avail = os.sched_getaffinity(0)
+    if missing := [c for c in cpus if c not in avail]:
+        raise ConfigError(f"cores {missing} are not available here (available: {sorted(avail)})")
+    if set(cpus) >= avail:
+        raise ConfigError(f"cores {text} are all this machine has: leave at least one for the load generator")
+    return cpus

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import enum
+import functools
 import os
 import re
 import signal
@@ -103,6 +104,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup(cpus: tuple[int, ...] | None) -> None:
+    _die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # inherited by the engine core and workers vLLM starts
+
+
 _LIVE: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
 
 
@@ -122,6 +129,9 @@ class ManagedServer:
     stop_timeout: float = 20.0
     apply_platform_defaults: bool = True
     port: int | None = None
+    # Confine every server process to these cores (None: anywhere). On a small host, a load generator
+    # sharing cores with vLLM's busy-polling processes measures its own seat, not the server.
+    cpus: tuple[int, ...] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     log_path: Path | None = field(default=None, init=False)
     effective: VllmConfig | None = field(default=None, init=False)
@@ -136,6 +146,9 @@ class ManagedServer:
             unset = {k: v for k, v in plat.default_flags.items() if getattr(cfg, k) is None}
             env = {**plat.default_env, **cfg.env}
             cfg = cfg.model_copy(update={**unset, "env": env})
+        if self.cpus:  # the compute threads bound inside the same cores; the user's env still wins
+            cfg = cfg.model_copy(update={"env": {**platforms.pinned_env(platforms.detect(), list(self.cpus)),
+                                                 **cfg.env}})
         return cfg
 
     @property
@@ -163,7 +176,7 @@ class ManagedServer:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # own process group, so stop() reaches the engine core too
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_child_setup, self.cpus),
             )
         _LIVE.add(self)
         result = self._wait_healthy(started)

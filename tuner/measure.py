@@ -8,8 +8,10 @@ reason; errors inside slotune propagate.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -71,6 +73,20 @@ class LoadSpec:
     seed: int = 0
 
 
+@contextmanager
+def _client_seat(server_cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Keep this thread, where the load generator runs, off the server's cores for the measurement."""
+    if not server_cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, (before - set(server_cpus)) or before)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 @dataclass
 class ServerMeasure:
     """Measure a config on a real vLLM started for the trial (own port, stopped afterwards)."""
@@ -78,11 +94,13 @@ class ServerMeasure:
     load: LoadSpec
     log_dir: Path
     startup_timeout: float = 240.0
+    server_cpus: tuple[int, ...] | None = None  # vLLM confined here; the load generator on the other cores
 
     def __call__(self, config: VllmConfig, progress: Progress | None = None) -> Measurement:
         say = progress or (lambda _msg: None)
         started = time.monotonic()
-        server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout)
+        server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
+                               cpus=self.server_cpus)
         try:
             say("starting vLLM")
             try:
@@ -91,7 +109,8 @@ class ServerMeasure:
                 return Measurement(ok=False, status="invalid_config", reason=str(exc), seconds=time.monotonic() - started)
             if not result.ok:
                 return self._start_failed(config, result, started)
-            return self._measure_running(server, config, say, started)
+            with _client_seat(self.server_cpus):
+                return self._measure_running(server, config, say, started)
         finally:
             server.stop()
 

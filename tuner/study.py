@@ -75,6 +75,8 @@ class TuneSpec(BaseModel):
     remeasure_repeats: int = Field(default=1, ge=1)
     heartbeat_interval: int = Field(default=30, ge=1)
     startup_timeout: float = Field(default=240.0, gt=0)
+    server_cpus: tuple[int, ...] | None = Field(
+        default=None, description="confine each trial's vLLM to these cores; the load generator uses the rest")
     env: dict[str, str] = Field(default_factory=dict, description="server environment for every trial")
     served_model_name: str | None = None
     # Extra configs queued after the baseline (tests use it for a deliberately infeasible trial).
@@ -265,7 +267,8 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
     if measure is None:
         load = LoadSpec(workload=workload, slo=slo, mode=spec.mode, rate=spec.rate, concurrency=spec.concurrency,
                         num_requests=spec.num_requests, warmup_requests=spec.warmup_requests, seed=spec.seed)
-        measure = ServerMeasure(load, log_dir=paths.logs_dir() / "tune" / name, startup_timeout=spec.startup_timeout)
+        measure = ServerMeasure(load, log_dir=paths.logs_dir() / "tune" / name, startup_timeout=spec.startup_timeout,
+                                server_cpus=spec.server_cpus)
 
     study = open_study(spec, slo, space, name)
     objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events)

@@ -25,6 +25,12 @@ def _spec(**kw: Any) -> Any:
         raise ConfigError(f"{loc}: {msg}" if loc else msg) from None
 
 
+def _cpus(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    from slotune.platforms import parse_cpus
+
+    return None if value is None else parse_cpus(value)
+
+
 class _TrialProgress:
     """One progress line per trial: a spinner and the trial's current stage, then its outcome."""
 
@@ -83,6 +89,8 @@ def register(app: click.Group) -> None:
     @click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=30, show_default=True,
                   help="seconds between heartbeats; a trial silent for twice that is failed and retried")
     @click.option("--startup-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True)
+    @click.option("--server-cpus", callback=_cpus, metavar="N|A-B",
+                  help="confine each trial's vLLM to these cores, the load generator to the rest (small hosts)")
     def tune(json_out: Path | None, remeasure: int, **kw: Any) -> None:
         """Search vLLM's launch flags for the most goodput that meets the SLO targets."""
         from tuner.report import render

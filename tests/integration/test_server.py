@@ -34,11 +34,25 @@ def _live_members(pgid: int) -> list[int]:
     return pids
 
 
+def _allowed_cpus(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
 def test_start_complete_metrics_stop_leaves_no_process(tiny_model, tmp_path):
-    server = ManagedServer(VllmConfig(model=str(tiny_model), served_model_name="tiny"), log_dir=tmp_path)
+    # Confined to the last core (where there are two or more), as the tuner's --server-cpus does.
+    cores = sorted(os.sched_getaffinity(0))
+    cpus = (cores[-1],) if len(cores) > 1 else None
+    server = ManagedServer(VllmConfig(model=str(tiny_model), served_model_name="tiny"), log_dir=tmp_path, cpus=cpus)
     result = server.start()
     assert result.ok, result
     pgid = os.getpgid(server.process.pid)
+    if cpus:
+        assert {_allowed_cpus(pid) for pid in _live_members(pgid)} == {str(cpus[0])}
+        assert f"core ids=[{cpus[0]}]" in result.log_path.read_text()  # vLLM bound its compute threads there
+        assert os.sched_getaffinity(0) == set(cores)  # the caller keeps every core
     try:
         r = httpx.post(
             f"{server.base_url}/v1/completions",

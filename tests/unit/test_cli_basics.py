@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,11 @@ def test_bad_arguments_are_one_line_and_non_zero():
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_tune_refuses_a_bad_server_core_list_before_anything_runs():
+    out = run("tune", "--model", "/nonexistent", "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s",
+              "--server-cpus", "9999")
+    assert out.returncode != 0
+    available = sorted(os.sched_getaffinity(0))
+    assert out.stderr.strip().splitlines() == [f"error: cores [9999] are not available here (available: {available})"]

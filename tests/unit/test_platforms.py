@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from slotune.errors import ConfigError
-from slotune.platforms import CPU, GPU, pinned_env
+from slotune.platforms import CPU, GPU, parse_cpus, pinned_env
 from slotune.vllm_config import VllmConfig
 
 
@@ -24,3 +26,17 @@ def test_pinned_env_is_empty_where_compute_is_on_the_accelerator() -> None:
 def test_pinned_env_refuses_a_scattered_core_list() -> None:
     with pytest.raises(ConfigError, match="not one contiguous range"):
         pinned_env(CPU, [1, 3])
+
+
+def test_parse_cpus_takes_a_core_or_a_range_and_leaves_one_for_the_client() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        assert parse_cpus(f" {cores[-1]} ") == (cores[-1],)
+    with pytest.raises(ConfigError, match="leave at least one for the load generator"):
+        parse_cpus(f"{cores[0]}-{cores[-1]}" if len(cores) > 1 else str(cores[0]))
+    for bad in ("x", "3-1", "1,2", ""):
+        with pytest.raises(ConfigError, match="bad core list"):
+            parse_cpus(bad)
+    with pytest.raises(ConfigError, match=r"cores \[4096\] are not available here"):
+        parse_cpus("4096")
+

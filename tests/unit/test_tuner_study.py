@@ -5,6 +5,7 @@ resume; verdict against noise; every trial in slotune_trials."""
 from __future__ import annotations
 
 import json
+import os
 
 import optuna
 import pytest
@@ -14,7 +15,7 @@ from tuner_fakes import FakeMeasure
 
 from slotune.errors import ConfigError
 from slotune.store import TrialRecord, open_store
-from tuner.measure import Measurement
+from tuner.measure import Measurement, _client_seat
 from tuner.report import summarize
 from tuner.study import TuneSpec, run_study
 
@@ -151,3 +152,15 @@ def test_json_shape_and_report_from_storage(tmp_path):
     out = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"summary.json", "best.yaml", "best.sh", "history.png", "history.html", "pareto.png", "pareto.html"} <= out
     assert (tmp_path / "out" / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_measuring_thread_leaves_the_server_cores_and_gets_them_back() -> None:
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
+        pytest.skip("needs two cores to split")
+    server = (max(cores),)
+    with _client_seat(server):
+        assert os.sched_getaffinity(0) == cores - {max(cores)}
+    assert os.sched_getaffinity(0) == cores
+    with _client_seat(None):
+        assert os.sched_getaffinity(0) == cores

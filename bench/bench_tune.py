@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slotune.model import build_tiny_model
+from slotune.platforms import parse_cpus
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
@@ -64,7 +66,7 @@ def vllm_bench(server: ManagedServer, model_dir: Path, name: str, a: argparse.Na
 
 def measure_with_vllm(config: VllmConfig, model_dir: Path, a: argparse.Namespace, slo: SloSpec, logs: Path) -> dict:
     cfg = config.with_changes(served_model_name="bench")
-    with ManagedServer(cfg, log_dir=logs) as server:
+    with ManagedServer(cfg, log_dir=logs, cpus=a.server_cpus) as server:
         return vllm_bench(server, model_dir, "bench", a, slo)
 
 
@@ -73,6 +75,7 @@ def tuned_vs_default(model: Path, a: argparse.Namespace, work: Path) -> None:
     spec = TuneSpec(model=str(model), input_len=a.input_len, output_len=a.output_len, slo=a.slo, trials=a.trials,
                     rate=a.rate, num_requests=a.requests, storage=f"sqlite:///{work}/bench.db",
                     study_name="bench-tune", out_dir=work / "out", remeasure_top=a.remeasure,
+                    mode=a.mode, server_cpus=a.server_cpus,
                     fixes=["speculative_method=off"] if a.no_spec else [])
     t0 = time.monotonic()
     result = run_study(spec, events=lambda n, s: print(f"  trial {n}: {s}", flush=True))
@@ -138,7 +141,7 @@ def trials_to_near_best(model: Path, a: argparse.Namespace, work: Path) -> None:
 
     workload = load_spec_workload(base)
     real = ServerMeasure(LoadSpec(workload=workload, slo=SloSpec.parse(a.slo), rate=a.rate,
-                                  num_requests=a.requests), log_dir=work / "grid-logs")
+                                  num_requests=a.requests), log_dir=work / "grid-logs", server_cpus=a.server_cpus)
     cached = Cached(real)
     run_study(base.model_copy(update={"study_name": "grid", "trials": len(grid) + 1, "enqueue": grid}),
               measure=cached, workload=workload)
@@ -178,10 +181,24 @@ def main() -> None:
     p.add_argument("--no-spec", action="store_true", help="leave speculative decoding out of the space")
     p.add_argument("--skip-tune", action="store_true")
     p.add_argument("--skip-grid", action="store_true")
+    p.add_argument("--mode", choices=["offered", "capacity"], default="offered")
+    p.add_argument("--server-cpus", default="last",
+                   help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")
     a = p.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if a.server_cpus == "last":
+        a.server_cpus = (cores[-1],) if len(cores) > 1 else None
+    elif a.server_cpus == "none":
+        a.server_cpus = None
+    else:
+        a.server_cpus = parse_cpus(a.server_cpus)
+    if a.server_cpus:
+        # Both load generators (ours in this process, vLLM's as its child) off the server's cores.
+        os.sched_setaffinity(0, set(cores) - set(a.server_cpus))
     model = build_tiny_model(REPO / ".slotune-test" / "models" / "tiny-llama")
     work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
-    print(f"work dir {work}; workload {a.input_len}+{a.output_len} tokens at {a.rate} req/s; SLO {a.slo}")
+    print(f"work dir {work}; workload {a.input_len}+{a.output_len} tokens at {a.rate} req/s; SLO {a.slo}; "
+          f"{a.mode} mode; vLLM on cores {a.server_cpus or 'all (shared with the clients)'}")
     if not a.skip_tune:
         tuned_vs_default(model, a, work)
     if not a.skip_grid:

@@ -33,6 +33,11 @@ def test_backend_choices_only():
     assert "fp8" in SearchSpace.default(plat=platforms.GPU).dimension("kv_cache_dtype").choices
 
 
+def test_vllm_default_kv_dtype_is_not_searched_twice_under_another_name():
+    assert space().dimension("kv_cache_dtype").choices == (None,)
+    assert SearchSpace.default(plat=platforms.GPU).dimension("kv_cache_dtype").choices == (None, "fp8")
+
+
 def test_unsupported_choice_is_infeasible_with_reason():
     s = space().narrowed({"kv_cache_dtype": ["auto", "fp8"]})
     cfg = s.config_for(BASE, {"kv_cache_dtype": "fp8"})
@@ -90,7 +95,7 @@ def test_narrowing_file_fix_and_range(tmp_path):
     assert s.fixed[SPEC_METHOD] is None and SPEC_TOKENS in names  # K stays, but is never asked
     assert s.dimension("max_num_seqs").choices == (16, 32)
     assert s.dimension("max_num_batched_tokens").choices == (1024, 2048, 4096)
-    assert s.size() == 2 * 3 * 7 * 3 * 1 * 2  # seqs, budget, model_len, prefix, quant, kv
+    assert s.size() == 2 * 3 * 7 * 3 * 1 * 1  # seqs, budget, model_len, prefix, quant, kv (default only)
 
 
 @pytest.mark.parametrize("fix,msg", [

@@ -82,7 +82,6 @@ def vs_vllm(a: argparse.Namespace) -> None:
     import numpy as np
 
     from slotune.model import build_tiny_model
-    from slotune.platforms import detect, pinned_env
     from slotune.server import ManagedServer
     from slotune.vllm_config import VllmConfig
 
@@ -92,19 +91,16 @@ def vs_vllm(a: argparse.Namespace) -> None:
     ours: dict[str, list[float]] = {"ttft": [], "tpot": []}
     theirs: dict[str, list[float]] = {"ttft": [], "tpot": []}
     wl = Workload.fixed(inp, out)
-    config = VllmConfig(model=str(model), served_model_name="tiny")
     split = not a.vs_shared_cores and len(cores()) >= 2
     server_core, client_cores = -1, set(cores())
     if split:
         # vLLM (all its processes) on the last core, both clients on the others: no client competes with
         # vLLM's polling processes for a core, and neither client gets a better seat than the other.
         server_core, client_cores = cores()[-1], set(cores()[:-1])
-        config = config.with_changes(env=pinned_env(detect(), [server_core]))
-        os.sched_setaffinity(0, {server_core})  # inherited by the server started next
-    with ManagedServer(config, log_dir=work) as srv:
+        os.sched_setaffinity(0, client_cores)  # ours, and vLLM's client as our child
+    config = VllmConfig(model=str(model), served_model_name="tiny")
+    with ManagedServer(config, log_dir=work, cpus=(server_core,) if split else None) as srv:
         url = srv.base_url
-        if split:
-            os.sched_setaffinity(0, client_cores)  # ours, and vLLM's client as our child
         run_load(url, "tiny", wl, concurrency=conc, num_requests=8, seed=1)  # warm-up
 
         def ours_round(rnd: int) -> int:

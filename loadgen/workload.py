@@ -26,7 +26,7 @@ import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, validation_message
 
 _STRICT = ConfigDict(extra="forbid")
 BUILTINS = ("chat", "long-context", "mixed-tail", "shared-prefix")
@@ -179,13 +179,6 @@ class Workload:
 _ADAPTER = TypeAdapter(Workload)
 
 
-def _field_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-"))
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc or '(top level)'}: {msg}")
-    return "; ".join(parts)
 
 
 def workload_from_mapping(data: Any, source: str) -> Workload:
@@ -194,7 +187,7 @@ def workload_from_mapping(data: Any, source: str) -> Workload:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: bad workload: {_field_errors(exc)}") from None
+        raise ConfigError(f"{source}: bad workload: {validation_message(exc.errors(), limit=3)}") from None
 
 
 def _read_yaml(text: str, source: str) -> Any:

@@ -44,7 +44,7 @@ from pydantic import (
 
 from playbooks.facts import FACTS
 from playbooks.remedies import COMPUTE
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, validation_message
 from slotune.slo import LATENCY_METRICS, RATIO_METRICS, STATS
 from slotune.vllm_config import VllmConfig
 
@@ -201,11 +201,6 @@ class Playbook(_Strict):
         return self
 
 
-def _format_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("check", "group")) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}"
 
 
 def parse_playbook(data: Any, source: str) -> Playbook:
@@ -214,7 +209,7 @@ def parse_playbook(data: Any, source: str) -> Playbook:
     try:
         return Playbook.model_validate({**data, "source": source})
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_format_error(exc)}") from None
+        raise ConfigError(f"{source}: {validation_message(exc.errors(), skip=('check', 'group'))}") from None
 
 
 def load_file(path: Path) -> list[Playbook]:

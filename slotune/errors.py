@@ -1,5 +1,10 @@
 """slotune's own error types. The CLI prints these as one line; the API maps them to 4xx."""
 
+from __future__ import annotations
+
+from collections.abc import Container, Mapping, Sequence
+from typing import Any
+
 
 class SlotuneError(Exception):
     """Base class: an expected failure with a message fit for a user."""
@@ -15,3 +20,16 @@ class StoreError(SlotuneError):
 
 class TargetError(SlotuneError):
     """A target server could not be reached or answered garbage."""
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]], *, limit: int = 1, skip: Container[str] = ()) -> str:
+    """pydantic's errors (`exc.errors()`) as one line for a user: `where: what` for the first `limit`,
+    then how many more. Location parts in `skip` (a tagged union's tag) and pydantic's
+    `function-...` wrappers are left out: they name our validators, not the user's input."""
+    parts = []
+    for err in errors[:limit]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if str(p) not in skip and not str(p).startswith("function-"))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc or '(top level)'}: {msg}")
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

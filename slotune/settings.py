@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, validation_message
 
 Mode = Literal["observe", "recommend", "apply"]
 Event = Literal["finding", "alert", "recommendation", "config_change"]
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(f"bad settings{f' in {file}' if file else ''}: {first_error(exc)}") from None
+            raise ConfigError(f"bad settings{f' in {file}' if file else ''}: {validation_message(exc.errors())}") from None
         finally:
             _YAML_FILE.reset(token)
 
@@ -186,9 +186,3 @@ class _YamlSource(PydanticBaseSettingsSource):
         return data
 
 
-def first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"

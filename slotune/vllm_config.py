@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, validation_message
 
 # A value that may appear on a command line: paths, model ids, dtype names. No spaces, quotes, `;`,
 # `|`, `&`, `$`, backticks or redirections; argv needs no quoting, but the printed `vllm serve` line
@@ -247,12 +247,10 @@ class VllmConfig(BaseModel):
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "value"
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(VllmConfig.model_fields))
-        return f"unknown flag {loc!r} (allowed: {allowed})"
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}"
+        return f"unknown flag {'.'.join(map(str, err['loc']))!r} (allowed: {allowed})"
+    return validation_message(exc.errors())
 
 
 # -- combinations vLLM rejects --------------------------------------------------------------------

@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 from slotune import __version__
 from slotune.api import auth, routes
 from slotune.api.service import SidecarService
-from slotune.errors import SlotuneError
+from slotune.errors import SlotuneError, validation_message
 
 
 def create_app(service: SidecarService) -> FastAPI:
@@ -54,8 +54,7 @@ def create_app(service: SidecarService) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # 422 with a short reason first, then pydantic's details (inputs dropped: they may be huge).
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        reason = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        reason = validation_message(exc.errors())
         return JSONResponse({"detail": reason, "errors": json.loads(json.dumps(errors, default=str))},
                             status_code=422)
 

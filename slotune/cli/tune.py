@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, validation_message
 
 
 def _spec(**kw: Any) -> Any:
@@ -19,10 +19,7 @@ def _spec(**kw: Any) -> Any:
     try:
         return TuneSpec(**kw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{loc}: {msg}" if loc else msg) from None
+        raise ConfigError(validation_message(exc.errors())) from None
 
 
 def _cpus(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from slotune.errors import ConfigError, SlotuneError
+from slotune.errors import ConfigError, SlotuneError, validation_message
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.store import Store, TrialRecord
 
@@ -39,8 +39,7 @@ class StudyRunner:
             try:
                 spec = TuneSpec(**req)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise ConfigError(f"bad study request: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+                raise ConfigError(f"bad study request: {validation_message(exc.errors())}") from None
             if (spec.trials or 0) > MAX_TRIALS:
                 raise ConfigError(f"bad study request: trials: at most {MAX_TRIALS}")
             name = spec.name()

@@ -1,0 +1,41 @@
+"""One-line messages from pydantic's validation errors (every config, spec and request model uses it)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ValidationError, model_validator
+
+from slotune.errors import validation_message
+
+
+class _Spec(BaseModel):
+    rate: float
+    count: int
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Spec:
+        if self.count < self.rate:
+            raise ValueError("count must be at least the rate")
+        return self
+
+
+def _errors(**kw: object) -> list:
+    with pytest.raises(ValidationError) as exc:
+        _Spec(**kw)
+    return exc.value.errors()
+
+
+def test_first_error_where_and_what_then_how_many_more() -> None:
+    errors = _errors(rate="fast", count="many")
+    assert validation_message(errors) == "rate: Input should be a valid number, unable to parse string as a number" \
+        " (and 1 more)"
+    assert validation_message(errors, limit=2).count(";") == 1 and "(and" not in validation_message(errors, limit=2)
+
+
+def test_model_level_error_says_top_level_without_pydantics_prefix() -> None:
+    assert validation_message(_errors(rate=5, count=1)) == "(top level): count must be at least the rate"
+
+
+def test_skipped_location_parts() -> None:
+    errors = [{"loc": ("when", "check", "function-after[x]", "field"), "msg": "Value error, unknown fact"}]
+    assert validation_message(errors, skip=("check",)) == "when.field: unknown fact"

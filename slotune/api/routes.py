@@ -35,10 +35,18 @@ def service(request: Request) -> SidecarService:
 Svc = Annotated[SidecarService, Depends(service)]
 
 
-def _page(session: Session, query: Any, out: type[Any], limit: int, offset: int, order: Any) -> dict[str, Any]:
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(order).limit(limit).offset(offset)).all()
-    return {"items": [out.model_validate(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+def _page(svc: SidecarService, model: Any, out: type[Any], limit: int, offset: int,
+          **filters: str | None) -> dict[str, Any]:
+    """One page of `model`'s rows, newest first; each filter is a column that must equal the value
+    given (None: not filtered)."""
+    query = select(model)
+    for column, value in filters.items():
+        if value:
+            query = query.where(getattr(model, column) == value)
+    with svc.store.session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(model.id.desc()).limit(limit).offset(offset)).all()
+        return {"items": [out.model_validate(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
 
 def _get(session: Session, model: type[M], row_id: int, what: str) -> M:
@@ -62,11 +70,7 @@ def get_diagnosis(svc: Svc) -> dict[str, Any]:
 
 @reads.get("/snapshots", response_model=schemas.Page[schemas.SnapshotOut])
 def list_snapshots(svc: Svc, target: Filter = None, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    q = select(Snapshot)
-    if target:
-        q = q.where(Snapshot.target == target)
-    with svc.store.session() as s:
-        return _page(s, q, schemas.SnapshotOut, limit, offset, Snapshot.id.desc())
+    return _page(svc, Snapshot, schemas.SnapshotOut, limit, offset, target=target)
 
 
 @reads.get("/snapshots/{snapshot_id}", response_model=schemas.SnapshotOut)
@@ -79,15 +83,7 @@ def get_snapshot(snapshot_id: int, svc: Svc) -> Any:
 def list_findings(svc: Svc, status_: StatusFilter = None,
                   playbook: Filter = None, target: Filter = None, limit: Limit = 50,
                   offset: Offset = 0) -> dict[str, Any]:
-    q = select(Finding)
-    if status_:
-        q = q.where(Finding.status == status_)
-    if playbook:
-        q = q.where(Finding.playbook == playbook)
-    if target:
-        q = q.where(Finding.target == target)
-    with svc.store.session() as s:
-        return _page(s, q, schemas.FindingOut, limit, offset, Finding.id.desc())
+    return _page(svc, Finding, schemas.FindingOut, limit, offset, status=status_, playbook=playbook, target=target)
 
 
 @reads.get("/findings/{finding_id}", response_model=schemas.FindingOut)
@@ -104,21 +100,13 @@ def list_studies(svc: Svc) -> dict[str, Any]:
 
 @reads.get("/trials", response_model=schemas.Page[schemas.TrialOut])
 def list_trials(svc: Svc, study: Filter = None, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    q = select(TrialRecord)
-    if study:
-        q = q.where(TrialRecord.study_name == study)
-    with svc.store.session() as s:
-        return _page(s, q, schemas.TrialOut, limit, offset, TrialRecord.id.desc())
+    return _page(svc, TrialRecord, schemas.TrialOut, limit, offset, study_name=study)
 
 
 @reads.get("/recommendations", response_model=schemas.Page[schemas.RecommendationOut])
 def list_recommendations(svc: Svc, status_: StatusFilter = None,
                          limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    q = select(Recommendation)
-    if status_:
-        q = q.where(Recommendation.status == status_)
-    with svc.store.session() as s:
-        return _page(s, q, schemas.RecommendationOut, limit, offset, Recommendation.id.desc())
+    return _page(svc, Recommendation, schemas.RecommendationOut, limit, offset, status=status_)
 
 
 @reads.get("/recommendations/{recommendation_id}", response_model=schemas.RecommendationOut)
@@ -129,8 +117,7 @@ def get_recommendation(recommendation_id: int, svc: Svc) -> Any:
 
 @reads.get("/changes", response_model=schemas.Page[schemas.ChangeOut], summary="Applied configs, with evidence")
 def list_changes(svc: Svc, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
-    with svc.store.session() as s:
-        return _page(s, select(ConfigChange), schemas.ChangeOut, limit, offset, ConfigChange.id.desc())
+    return _page(svc, ConfigChange, schemas.ChangeOut, limit, offset)
 
 
 # -- writes -----------------------------------------------------------------------------------------------

@@ -72,15 +72,16 @@ def sidecar(settings: dict[str, Any], workdir: Path, env: dict[str, str] | None 
 
 
 class Load:
-    """`concurrency` workers each sending completions back to back until stopped (or `max_seconds`);
-    connection errors (a restarting server) are counted and retried after a pause."""
+    """`concurrency` workers each sending completions (`pause` seconds apart) until stopped or
+    `max_seconds` have passed, so short-window rates stay defined; connection errors (a restarting
+    server) are counted and retried after half a second."""
 
     def __init__(self, base_url: str, *, concurrency: int = 4, max_tokens: int = 16, prompt_words: int = 20,
-                 max_seconds: float = 600) -> None:
-        self.base_url, self.max_tokens, self.prompt_words = base_url, max_tokens, prompt_words
+                 pause: float = 0.0, max_seconds: float = 600) -> None:
+        self.base_url, self.max_tokens, self.prompt_words, self.pause = base_url, max_tokens, prompt_words, pause
         self.stop_flag = threading.Event()
         self.deadline = time.monotonic() + max_seconds
-        self.sent = self.ok = self.errors = 0
+        self.sent = self.ok = self.rejected = self.errors = 0  # rejected: an HTTP status other than 200
         self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
 
     def _worker(self) -> None:
@@ -91,9 +92,12 @@ class Load:
                                                              "max_tokens": self.max_tokens, "ignore_eos": True})
                     self.sent += 1
                     self.ok += r.status_code == 200
+                    self.rejected += r.status_code != 200
                 except httpx.HTTPError:
                     self.errors += 1
                     self.stop_flag.wait(0.5)
+                    continue
+                self.stop_flag.wait(self.pause)
 
     def __enter__(self) -> Load:  # noqa: PYI034
         for t in self.threads:

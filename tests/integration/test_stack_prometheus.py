@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from slotune import rules
 from tests.integration import promstack
+from tests.integration.sidecar_proc import Load
 
 pytestmark = [
     pytest.mark.integration,
@@ -60,33 +59,6 @@ class _Recorder(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-class Load:
-    """Keeps a few completions in flight until stopped, so short-window rates stay defined."""
-
-    def __init__(self, base_url: str, concurrency: int = 3) -> None:
-        self.base_url, self.stop_flag, self.sent, self.errors = base_url, threading.Event(), 0, 0
-        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
-
-    def _worker(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=60) as client:
-            while not self.stop_flag.is_set():
-                r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * 20,
-                                                         "max_tokens": 16, "ignore_eos": True})
-                self.sent += 1
-                self.errors += r.status_code != 200
-                time.sleep(0.05)
-
-    def __enter__(self) -> Load:  # noqa: PYI034
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(70)
-
-
 @pytest.fixture(scope="module")
 def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     work: Path = tmp_path_factory.mktemp("promstack")
@@ -100,7 +72,8 @@ def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         prom_cfg = promstack.render_prometheus(
             work, {"vllm": [vllm_addr], "alertmanager": [am.url.split("://", 1)[1]]},
             extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
-        with promstack.prometheus(work, prom_cfg) as prom, Load(vllm_server.base_url) as load:
+        with promstack.prometheus(work, prom_cfg) as prom, \
+                Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900) as load:
             yield {"prom": prom.url, "am": am.url, "receiver": receiver, "load": load, "work": work}
     receiver.shutdown()
     receiver.server_close()
@@ -145,7 +118,8 @@ def test_every_rule_and_panel_query_runs_and_core_panels_have_data(stack: dict[s
             if p["title"] in titles:
                 results = [promstack.query(prom, promstack.substitute(t["expr"]))["result"] for t in p["targets"]]
                 assert any(results), f"{dname} panel {p['title']!r} returned no data"
-    assert stack["load"].errors == 0 and stack["load"].sent > 0
+    load = stack["load"]
+    assert load.errors == load.rejected == 0 and load.ok > 0
 
 
 def test_fast_burn_alert_fires_and_alertmanager_delivers_it(stack: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ import yaml
 
 from slotune import rules
 from tests.integration import promstack
-from tests.integration.test_stack_prometheus import TEST_SLO, TEST_WINDOWS, Load, Receiver
+from tests.integration.sidecar_proc import Load
+from tests.integration.test_stack_prometheus import TEST_SLO, TEST_WINDOWS, Receiver
 
 SIDECAR_YAML = promstack.REPO / "deploy" / "slotune" / "sidecar.yaml"
 pytestmark = [
@@ -59,7 +60,8 @@ def test_alert_reaches_sidecar_and_its_notification_carries_a_diagnosis(vllm_ser
                 tmp_path, {"vllm": [vllm_server.base_url.split("://", 1)[1]], "slotune": [f"127.0.0.1:{port}"],
                            "alertmanager": [am.url.split("://", 1)[1]]},
                 extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
-            with promstack.prometheus(tmp_path, prom_cfg) as prom, Load(vllm_server.base_url):
+            with promstack.prometheus(tmp_path, prom_cfg) as prom, \
+                    Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900):
                 promstack.wait_until(lambda: promstack.query(prom.url, 'up{job="slotune"} == 1')["result"], 30,
                                      what="Prometheus to scrape the sidecar")
 

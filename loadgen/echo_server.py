@@ -31,6 +31,7 @@ class Stats:
     completion_tokens: int = 0
     connections: int = 0  # TCP connections accepted (a client that reuses them keeps this low)
     arrivals: list[float] = field(default_factory=list)  # loop time at which each request arrived
+    prompts: list[str] = field(default_factory=list)  # each request's prompt (messages joined), in arrival order
 
 
 @dataclass
@@ -39,6 +40,7 @@ class EchoConfig:
     ttft: float = 0.0  # seconds before the first token
     itl: float = 0.0  # seconds between tokens
     record_arrivals: bool = False
+    record_prompts: bool = False
     serial: bool = False  # one request generates at a time: a server with a capacity, queueing beyond it
 
 
@@ -117,6 +119,8 @@ class _Handler:
             else:
                 prompt = str(req.get("prompt", ""))
                 n = int(req.get("max_tokens") or 16)
+            if self.cfg.record_prompts:
+                s.prompts.append(prompt)
             p = len(prompt.split())
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             kind = "chat.completion.chunk" if chat else "text_completion"
@@ -151,8 +155,9 @@ class EchoServer:
     """The echo server on 127.0.0.1 in a background thread (its own event loop), as a context manager."""
 
     def __init__(self, *, model: str = "echo", ttft: float = 0.0, itl: float = 0.0, record_arrivals: bool = False,
-                 serial: bool = False):
-        self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals, serial=serial)
+                 record_prompts: bool = False, serial: bool = False):
+        self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals,
+                              record_prompts=record_prompts, serial=serial)
         self.stats = Stats()
         self.port = 0
         self._ready = threading.Event()

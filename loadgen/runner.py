@@ -364,6 +364,18 @@ def _requests(plan: _Plan, builder: PromptBuilder) -> Iterator[tuple[RequestReco
         yield rec, build_payload(w, plan.model, shape, prefix, text)
 
 
+def request_bodies(workload: Workload, model: str, seed: int, n: int) -> list[bytes]:
+    """The bodies a run of `n` requests with this seed sends, in order, so that another client can
+    send the very same prompts (bench/bench_loadgen.py --vs-vllm). Needs the workload's local
+    `tokenizer`: with it the texts do not depend on the calibration against the server."""
+    if not workload.tokenizer:
+        raise ConfigError("request_bodies needs a workload with a local tokenizer")
+    plan = _Plan(url="", model=model, workload=workload, n=n, arrivals=None, concurrency=None, duration=None,
+                 seed=seed, timeout=0.0, progress=False)
+    builder = PromptBuilder(tokenizer=load_tokenizer(workload.tokenizer))
+    return [body for _, body in _requests(plan, builder)]
+
+
 async def _prepare_builder(session: aiohttp.ClientSession, plan: _Plan) -> PromptBuilder:
     """Check the server answers at all (TargetError if not), then calibrate prompt lengths."""
     preflight = aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT)

@@ -3,13 +3,17 @@ shaped like vLLM's; a real socket server, not a fake of vLLM's numbers)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from loadgen.echo_server import EchoServer
-from loadgen.runner import LoadResult, RequestRecord, normalize_base_url, run_load
+from loadgen.prompts import load_tokenizer
+from loadgen.runner import LoadResult, RequestRecord, normalize_base_url, request_bodies, run_load
 from loadgen.workload import Workload, load_workload
 from slotune.errors import ConfigError, TargetError
 from slotune.slo import SloSpec
@@ -102,6 +106,20 @@ def test_chat_endpoint_and_shared_prefix() -> None:
     assert d["total_input_tokens"] == sum(rec.prompt_tokens for rec in r.records)
     with_prefix = [rec for rec in r.records if rec.prompt_tokens > rec.prompt_len]
     assert all(rec.prompt_tokens == rec.prompt_len + 96 for rec in with_prefix) and with_prefix
+
+
+def test_request_bodies_are_the_prompts_a_run_sends(tiny_model: Path) -> None:
+    # What bench_loadgen --vs-vllm hands vLLM's generator, so both clients send the very same prompts.
+    wl = dataclasses.replace(Workload.fixed(40, 4), tokenizer=str(tiny_model))
+    with EchoServer(record_prompts=True) as srv:
+        run_load(srv.url, "echo", wl, concurrency=1, num_requests=6, seed=7)
+    prompts = [json.loads(b)["prompt"] for b in request_bodies(wl, "echo", seed=7, n=6)]
+    assert prompts == srv.stats.prompts and len(set(prompts)) == 6
+    tok = load_tokenizer(str(tiny_model))
+    assert all(len(tok.encode(p, add_special_tokens=False).ids) == 40 for p in prompts)
+    assert prompts != [json.loads(b)["prompt"] for b in request_bodies(wl, "echo", seed=8, n=6)]
+    with pytest.raises(ConfigError, match="local tokenizer"):
+        request_bodies(Workload.fixed(40, 4), "echo", seed=7, n=6)
 
 
 def test_request_errors_are_counted_not_raised(echo: EchoServer) -> None:

@@ -184,3 +184,6 @@ def test_filters_apply(client: TestClient, sidecar: Sidecar) -> None:
     target = sidecar.controller.target
     assert client.get("/api/v1/snapshots", params={"target": target}).json()["total"] == 1
     assert client.get("/api/v1/snapshots", params={"target": "http://other"}).json()["total"] == 0
+    # every list endpoint's filters name real columns (a wrong one would be a 500, not an empty page)
+    assert client.get("/api/v1/trials", params={"study": "nope"}).json()["total"] == 0
+    assert client.get("/api/v1/recommendations", params={"status": "nope"}).json()["total"] == 0

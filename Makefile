@@ -58,7 +58,7 @@ lint: setup
 bench: setup ## parser, load generator and sidecar benchmarks (figures, not assertions)
 	$(PY) bench/run_all.py
 
-bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95, ~5 min)
+bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95 at concurrency 1 and 4, ~12 min)
 	$(PY) bench/bench_loadgen.py --seconds 3 --vs-vllm
 
 bench-tune: setup ## tuned vs default goodput, re-measured with vllm.benchmarks.serve (long)

@@ -179,8 +179,6 @@ class Workload:
 _ADAPTER = TypeAdapter(Workload)
 
 
-
-
 def workload_from_mapping(data: Any, source: str) -> Workload:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a workload file is a mapping of fields (name, prompt_len, output_len, ...)")

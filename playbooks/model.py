@@ -201,8 +201,6 @@ class Playbook(_Strict):
         return self
 
 
-
-
 def parse_playbook(data: Any, source: str) -> Playbook:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping (a playbook), not {type(data).__name__}")

@@ -160,7 +160,8 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(f"bad settings{f' in {file}' if file else ''}: {validation_message(exc.errors())}") from None
+            where = f" in {file}" if file else ""
+            raise ConfigError(f"bad settings{where}: {validation_message(exc.errors())}") from None
         finally:
             _YAML_FILE.reset(token)
 
@@ -184,5 +185,3 @@ class _YamlSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ConfigError(f"settings file {file}: expected a mapping of keys, got {type(data).__name__}")
         return data
-
-

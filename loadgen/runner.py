@@ -349,19 +349,18 @@ class _Plan:
     progress: bool
 
 
-def _requests(plan: _Plan, builder: PromptBuilder) -> Iterator[tuple[RequestRecord, bytes]]:
+def _requests(w: Workload, model: str, seed: int, limit: int, arrivals: np.ndarray | None,
+              builder: PromptBuilder) -> Iterator[tuple[RequestRecord, bytes]]:
     """Records and bodies, built lazily; the same seed gives the same prompts in the same order."""
-    w = plan.workload
-    prefix = builder.text(w.shared_prefix.length, np.random.default_rng([plan.seed, 0xF1])) \
+    prefix = builder.text(w.shared_prefix.length, np.random.default_rng([seed, 0xF1])) \
         if w.shared_prefix.fraction > 0 else ""
-    shapes = w.shapes(plan.seed)
-    limit = plan.n if plan.n is not None else MAX_REQUESTS
+    shapes = w.shapes(seed)
     for i in range(limit):
         shape = next(shapes)
-        text = builder.text(shape.prompt_len, np.random.default_rng([plan.seed, i]))
-        due = float(plan.arrivals[i]) if plan.arrivals is not None else None
+        text = builder.text(shape.prompt_len, np.random.default_rng([seed, i]))
+        due = float(arrivals[i]) if arrivals is not None else None
         rec = RequestRecord(index=i, prompt_len=shape.prompt_len, output_len=shape.output_len, due=due)
-        yield rec, build_payload(w, plan.model, shape, prefix, text)
+        yield rec, build_payload(w, model, shape, prefix, text)
 
 
 def request_bodies(workload: Workload, model: str, seed: int, n: int) -> list[bytes]:
@@ -370,10 +369,8 @@ def request_bodies(workload: Workload, model: str, seed: int, n: int) -> list[by
     `tokenizer`: with it the texts do not depend on the calibration against the server."""
     if not workload.tokenizer:
         raise ConfigError("request_bodies needs a workload with a local tokenizer")
-    plan = _Plan(url="", model=model, workload=workload, n=n, arrivals=None, concurrency=None, duration=None,
-                 seed=seed, timeout=0.0, progress=False)
     builder = PromptBuilder(tokenizer=load_tokenizer(workload.tokenizer))
-    return [body for _, body in _requests(plan, builder)]
+    return [body for _, body in _requests(workload, model, seed, n, None, builder)]
 
 
 async def _prepare_builder(session: aiohttp.ClientSession, plan: _Plan) -> PromptBuilder:
@@ -458,7 +455,8 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
     records: list[RequestRecord] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE) as session:
         builder = await _prepare_builder(session, plan)
-        gen = _requests(plan, builder)
+        gen = _requests(plan.workload, plan.model, plan.seed, plan.n if plan.n is not None else MAX_REQUESTS,
+                        plan.arrivals, builder)
         # Open loop: everything is built before the clock starts, so sending costs no prompt work.
         items: Iterator[tuple[RequestRecord, bytes]] = iter(list(gen)) if plan.n is not None else gen
         slots = asyncio.Semaphore(plan.concurrency) if plan.concurrency else None

@@ -81,7 +81,7 @@ class Load:
         self.base_url, self.max_tokens, self.prompt_words, self.pause = base_url, max_tokens, prompt_words, pause
         self.stop_flag = threading.Event()
         self.deadline = time.monotonic() + max_seconds
-        self.sent = self.ok = self.rejected = self.errors = 0  # rejected: an HTTP status other than 200
+        self.ok = self.rejected = self.errors = 0  # rejected: an HTTP status other than 200
         self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
 
     def _worker(self) -> None:
@@ -90,7 +90,6 @@ class Load:
                 try:
                     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * self.prompt_words,
                                                              "max_tokens": self.max_tokens, "ignore_eos": True})
-                    self.sent += 1
                     self.ok += r.status_code == 200
                     self.rejected += r.status_code != 200
                 except httpx.HTTPError:

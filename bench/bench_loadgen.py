@@ -92,6 +92,7 @@ def vs_vllm(a: argparse.Namespace) -> None:
     import json
     import tempfile
 
+    from collectors.exposition import Scrape
     from collectors.vllm_metrics import derive, scrape
     from slotune.model import build_tiny_model
     from slotune.server import ManagedServer
@@ -116,10 +117,10 @@ def vs_vllm(a: argparse.Namespace) -> None:
         url = srv.base_url
         run_load(url, "tiny", wl, concurrency=4, num_requests=8, seed=1)  # warm-up
 
-        def server_ttft(before: object) -> tuple[float, int]:
+        def server_ttft(before: Scrape) -> tuple[float, int]:
             # vLLM's own TTFT histogram over the round (its _sum/_count: the mean is exact, whatever
             # the buckets); vLLM's rounds include its one untimed test request.
-            q = derive(before, scrape(url), url).ttft  # type: ignore[arg-type]
+            q = derive(before, scrape(url), url).ttft
             return (q.mean, int(q.count)) if q is not None and q.mean is not None else (0.0, 0)
 
         def ours_round(conc: int, rnd: int) -> int:
@@ -200,7 +201,8 @@ def compare(dump: list[dict], conc: int) -> None:
         server = [r["server_ttft"] for r in dump if r["client"] == client and r["concurrency"] == conc]
         count = sum(c for _, c in server)
         mean = sum(m * c for m, c in server) / count if count else None
-        print(f"   {client}: TTFT mean client side {ms(sum(pooled(client, 'ttft')) / len(pooled(client, 'ttft')))}, "
+        ttfts = pooled(client, "ttft")
+        print(f"   {client}: TTFT mean client side {ms(sum(ttfts) / len(ttfts))}, "
               f"server side {ms(mean)} (vLLM's histogram, {count} requests)", flush=True)
 
 

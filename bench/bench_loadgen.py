@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from loadgen.runner import request_bodies, run_load
-from loadgen.workload import Workload
+from slotune.loadgen.runner import request_bodies, run_load
+from slotune.loadgen.workload import Workload
 
 
 def cores() -> list[int]:
@@ -48,7 +47,7 @@ def cores() -> list[int]:
 
 
 def start_echo(server_core: int | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "loadgen.echo_server", "--port", "0"]
+    cmd = [sys.executable, "-m", "slotune.loadgen.echo_server", "--port", "0"]
     if server_core is not None:
         cmd = ["taskset", "-c", str(server_core), *cmd]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -92,8 +91,8 @@ def vs_vllm(a: argparse.Namespace) -> None:
     import json
     import tempfile
 
-    from collectors.exposition import Scrape
-    from collectors.vllm_metrics import derive, scrape
+    from slotune.collectors.exposition import Scrape
+    from slotune.collectors.vllm_metrics import derive, scrape
     from slotune.model import build_tiny_model
     from slotune.server import ManagedServer
     from slotune.vllm_config import VllmConfig

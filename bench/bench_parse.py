@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 FIXTURES = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu"
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.exposition import parse
-from collectors.vllm_metrics import derive
+from slotune.collectors.exposition import parse
+from slotune.collectors.vllm_metrics import derive
 
 
 def timed(fn, repeat: int) -> list[float]:

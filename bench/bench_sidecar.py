@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import httpx
 import yaml
@@ -39,7 +38,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def scrape_rate(target: str, seconds: float) -> tuple[float, float]:
     """(full ticks per second, bare scrape+parse per second) against `target`."""
-    from collectors.exposition import parse
+    from slotune.collectors.exposition import parse
     from slotune.sidecar.config import load_settings
     from slotune.sidecar.runtime import Sidecar
     from slotune.store import open_store

@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from slotune.model import build_tiny_model
 from slotune.platforms import parse_cpus
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
-from tuner.command import parse_serve_command
-from tuner.study import TuneSpec, run_study
+from slotune.tuner.command import parse_serve_command
+from slotune.tuner.study import TuneSpec, run_study
 
 _VLLM_BENCH = """
 import json, sys
@@ -109,8 +108,8 @@ def trials_to_near_best(model: Path, a: argparse.Namespace, work: Path) -> None:
     """Measure a small grid exhaustively, then replay TPE on the measurements (no new servers)."""
     import optuna
 
-    from tuner.measure import Measurement
-    from tuner.study import build_space
+    from slotune.tuner.measure import Measurement
+    from slotune.tuner.study import build_space
 
     grid_space = work / "grid.yaml"
     grid_space.write_text(
@@ -136,8 +135,8 @@ def trials_to_near_best(model: Path, a: argparse.Namespace, work: Path) -> None:
                 measured[key] = self.inner(config, progress)
             return measured[key]
 
-    from tuner.measure import LoadSpec, ServerMeasure
-    from tuner.study import load_spec_workload
+    from slotune.tuner.measure import LoadSpec, ServerMeasure
+    from slotune.tuner.study import load_spec_workload
 
     workload = load_spec_workload(base)
     real = ServerMeasure(LoadSpec(workload=workload, slo=SloSpec.parse(a.slo), rate=a.rate,

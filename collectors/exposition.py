@@ -20,8 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.histogram import Histogram
-from collectors.metric_names import Kind, lookup
+from slotune.collectors.histogram import Histogram
+from slotune.collectors.metric_names import Kind, lookup
 from slotune.errors import TargetError
 
 Labels = tuple[tuple[str, str], ...]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from collectors.snapshot import GpuDevice, GpuSnapshot
+from slotune.collectors.snapshot import GpuDevice, GpuSnapshot
 
 log = logging.getLogger(__name__)
 

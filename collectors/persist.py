@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from collectors.snapshot import Snapshot
+from slotune.collectors.snapshot import Snapshot
 from slotune import store as db
 
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from collectors.exposition import Labels, Scrape, parse
-from collectors.histogram import Histogram, summarize
-from collectors.metric_names import BY_KEY, FINISHED_ERROR_REASONS, Kind
-from collectors.snapshot import Capacity, GpuSnapshot, Snapshot
+from slotune.collectors.exposition import Labels, Scrape, parse
+from slotune.collectors.histogram import Histogram, summarize
+from slotune.collectors.metric_names import BY_KEY, FINISHED_ERROR_REASONS, Kind
+from slotune.collectors.snapshot import Capacity, GpuSnapshot, Snapshot
 from slotune.errors import ConfigError, TargetError
 
 __all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "metrics_url", "scrape"]

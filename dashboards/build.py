@@ -14,11 +14,9 @@ whose rules were generated for another SLO still shows its real targets.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slotune import rules
 from slotune.slo import DEFAULT_SLO, SloSpec

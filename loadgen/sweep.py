@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.runner import LoadResult, run_load
-from loadgen.workload import Workload
+from slotune.loadgen.runner import LoadResult, run_load
+from slotune.loadgen.workload import Workload
 from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 

@@ -205,7 +205,7 @@ def load_workload(name_or_path: str | Path) -> Workload:
     """A built-in by name (chat, long-context, mixed-tail, shared-prefix) or a YAML file."""
     text = str(name_or_path)
     if text in BUILTINS:
-        res = resources.files("loadgen").joinpath("workloads", f"{text}.yaml")
+        res = resources.files("slotune.loadgen").joinpath("workloads", f"{text}.yaml")
         return workload_from_mapping(_read_yaml(res.read_text(), f"built-in workload {text!r}"), f"{text}.yaml")
     path = Path(name_or_path)
     if not path.exists():

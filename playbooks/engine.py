@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from collectors.snapshot import Snapshot
-from playbooks.facts import FACTS, PERCENT_FACTS, Facts, add_history, build_facts, slo_thresholds
-from playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
-from playbooks.remedies import COMPUTE
+from slotune.collectors.snapshot import Snapshot
+from slotune.playbooks.facts import FACTS, PERCENT_FACTS, Facts, add_history, build_facts, slo_thresholds
+from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
+from slotune.playbooks.remedies import COMPUTE
 from slotune.server import StartResult
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig

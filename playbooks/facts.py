@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from collectors.snapshot import Quantiles, Snapshot
+from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune import platforms
 from slotune.server import StartResult, StartStatus
 from slotune.slo import LATENCY_METRICS, SloSpec

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collectors import vllm_metrics
-from collectors.gpu import GpuCollector
-from collectors.snapshot import Snapshot
-from playbooks.engine import Diagnosis, diagnose
-from playbooks.model import Playbook
+from slotune.collectors import vllm_metrics
+from slotune.collectors.gpu import GpuCollector
+from slotune.collectors.snapshot import Snapshot
+from slotune.playbooks.engine import Diagnosis, diagnose
+from slotune.playbooks.model import Playbook
 from slotune.errors import TargetError
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
@@ -48,7 +48,7 @@ def diagnose_live(target: str, *, window: float = 30.0, load: LoadPlan | None = 
     if load is None:
         time.sleep(window)
     else:
-        from loadgen.runner import run_load
+        from slotune.loadgen.runner import run_load
 
         name = model or (server_config.served_model_name if server_config else None) or _first_model(target)
         client = run_load(target, name, load.workload, rate=load.rate, concurrency=load.concurrency,
@@ -61,7 +61,7 @@ def diagnose_live(target: str, *, window: float = 30.0, load: LoadPlan | None = 
 
 
 def _first_model(target: str) -> str:
-    from loadgen.runner import served_models
+    from slotune.loadgen.runner import served_models
 
     names = served_models(target)
     if not names:

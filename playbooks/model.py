@@ -42,8 +42,8 @@ from pydantic import (
     model_validator,
 )
 
-from playbooks.facts import FACTS
-from playbooks.remedies import COMPUTE
+from slotune.playbooks.facts import FACTS
+from slotune.playbooks.remedies import COMPUTE
 from slotune.errors import ConfigError, validation_message
 from slotune.slo import LATENCY_METRICS, RATIO_METRICS, STATS
 from slotune.vllm_config import VllmConfig
@@ -220,8 +220,8 @@ def load_file(path: Path) -> list[Playbook]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if isinstance(data, dict) and set(data) == {"playbooks"}:
-        items = data["playbooks"]
+    if isinstance(data, dict) and set(data) == {"slotune.playbooks"}:
+        items = data["slotune.playbooks"]
         if not isinstance(items, list):
             raise ConfigError(f"{path}: playbooks: expected a list")
         return [parse_playbook(d, f"{path}: playbooks.{i}") for i, d in enumerate(items)]
@@ -229,7 +229,7 @@ def load_file(path: Path) -> list[Playbook]:
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("playbooks") / "rules"))
+    return Path(str(resources.files("slotune.playbooks") / "rules"))
 
 
 @lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from playbooks.engine import Diagnosis
+from slotune.playbooks.engine import Diagnosis
 from slotune import store as db
 
 

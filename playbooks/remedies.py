@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from playbooks.facts import Facts
+from slotune.playbooks.facts import Facts
 from slotune import platforms
 from slotune.vllm_config import VllmConfig
 

@@ -123,9 +123,9 @@ class ServerMeasure:
         )
 
     def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float) -> Measurement:
-        from loadgen.runner import run_load
+        from slotune.loadgen.runner import run_load
 
-        from collectors import vllm_metrics
+        from slotune.collectors import vllm_metrics
 
         load = self.load
         model = config.served_model_name or config.model
@@ -163,7 +163,7 @@ class ServerMeasure:
 
     def _capacity(self, url: str, model: str) -> tuple[dict[str, Any], float | None]:
         """The highest rate that still meets every SLO, and the load result measured at it."""
-        from loadgen.sweep import find_max_rate
+        from slotune.loadgen.sweep import find_max_rate
 
         load = self.load
         found = find_max_rate(url, model, load.workload, load.slo, num_requests=load.num_requests, seed=load.seed)
@@ -177,7 +177,7 @@ class ServerMeasure:
 
 def _diagnose(windows: list[Any], *, slo: SloSpec, config: VllmConfig, startup_failure: StartResult | None,
               client: dict[str, Any] | None) -> list[dict[str, Any]]:
-    from playbooks.engine import diagnose
+    from slotune.playbooks.engine import diagnose
 
     diagnosis = diagnose(windows, slo=slo, server_config=config, startup_failure=startup_failure, client=client)
     return list(diagnosis.to_dict().get("findings") or [])

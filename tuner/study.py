@@ -32,13 +32,13 @@ from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 from slotune.store import open_store
 from slotune.vllm_config import VllmConfig
-from tuner.measure import LoadSpec, Measure, ServerMeasure
-from tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
-from tuner.space import SearchSpace, model_max_len
-from tuner.storage import open_storage, storage_url
+from slotune.tuner.measure import LoadSpec, Measure, ServerMeasure
+from slotune.tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
+from slotune.tuner.space import SearchSpace, model_max_len
+from slotune.tuner.storage import open_storage, storage_url
 
 if TYPE_CHECKING:
-    from tuner.report import StudyResult
+    from slotune.tuner.report import StudyResult
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR = "slotune_spec"
@@ -113,7 +113,7 @@ class TuneSpec(BaseModel):
 
 
 def load_spec_workload(spec: TuneSpec) -> Any:
-    from loadgen.workload import Workload, load_workload
+    from slotune.loadgen.workload import Workload, load_workload
 
     if spec.workload is not None:
         return load_workload(spec.workload)
@@ -253,8 +253,8 @@ def finished_count(study: optuna.Study) -> int:
 def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events | None = None,
               workload: Any = None) -> StudyResult:
     """Run (or resume) a study to its trial budget or timeout; re-measure; write the results."""
-    from tuner.report import summarize, write_outputs
-    from tuner.verdict import remeasure
+    from slotune.tuner.report import summarize, write_outputs
+    from slotune.tuner.verdict import remeasure
 
     slo = SloSpec.parse(spec.slo)
     if measure is None or workload is not None:

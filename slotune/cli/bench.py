@@ -112,8 +112,8 @@ def register(app: click.Group) -> None:
         """Drive load at an OpenAI-compatible server; client-side TTFT/TPOT/ITL, SLO attainment, goodput."""
         from rich.console import Console
 
-        from loadgen.runner import normalize_base_url, run_load, served_models
-        from loadgen.workload import Workload, load_workload
+        from slotune.loadgen.runner import normalize_base_url, run_load, served_models
+        from slotune.loadgen.workload import Workload, load_workload
 
         fixed = input_len is not None or output_len is not None
         if workload is not None and fixed:
@@ -140,7 +140,7 @@ def register(app: click.Group) -> None:
         console = Console()
 
         if find_max_rate:
-            from loadgen.sweep import find_max_rate as sweep
+            from slotune.loadgen.sweep import find_max_rate as sweep
 
             def show(point: Any) -> None:
                 if json_out != "-":

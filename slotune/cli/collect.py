@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from collectors.snapshot import LATENCY_FIELDS, Snapshot
+from slotune.collectors.snapshot import LATENCY_FIELDS, Snapshot
 
 LATENCY_LABELS = {
     "ttft": "TTFT",
@@ -98,8 +98,8 @@ def register(app: click.Group) -> None:
         """Report what a vLLM server's /metrics says: latency quantiles, rates, queue, KV cache."""
         from rich.console import Console
 
-        from collectors.gpu import GpuCollector
-        from collectors.vllm_metrics import VllmCollector
+        from slotune.collectors.gpu import GpuCollector
+        from slotune.collectors.vllm_metrics import VllmCollector
 
         collector = VllmCollector(target, gpu=GpuCollector())
         store = None
@@ -111,7 +111,7 @@ def register(app: click.Group) -> None:
 
         def emit(snap: Snapshot) -> None:
             if store is not None:
-                from collectors.persist import save_snapshot
+                from slotune.collectors.persist import save_snapshot
 
                 save_snapshot(store, snap)
             if as_json:

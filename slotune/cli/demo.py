@@ -54,13 +54,13 @@ def _pct(x: Any) -> str:
 def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, concurrency: int) -> dict[str, Any]:
     """Start vLLM with its defaults, load it, print what the client and the server measured, and
     what the playbooks make of it. Returns the diagnosis as JSON."""
-    from loadgen.runner import run_load
-    from loadgen.workload import load_workload
-    from playbooks.engine import diagnose
-    from playbooks.persist import save_findings
+    from slotune.loadgen.runner import run_load
+    from slotune.loadgen.workload import load_workload
+    from slotune.playbooks.engine import diagnose
+    from slotune.playbooks.persist import save_findings
 
-    from collectors import vllm_metrics
-    from collectors.persist import save_snapshot
+    from slotune.collectors import vllm_metrics
+    from slotune.collectors.persist import save_snapshot
     from slotune.server import ManagedServer, ServerStartError
     from slotune.slo import SloSpec
     from slotune.store import open_store
@@ -128,8 +128,8 @@ def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, conc
 
 
 def short_study(model_dir: Path, slo_text: str, trials: int, num_requests: int, concurrency: int) -> None:
-    from tuner.report import render
-    from tuner.study import TuneSpec, run_study
+    from slotune.tuner.report import render
+    from slotune.tuner.study import TuneSpec, run_study
 
     spec = TuneSpec(model=str(model_dir), workload=DEMO_WORKLOAD, slo=slo_text, trials=trials,
                     concurrency=concurrency, num_requests=num_requests, warmup_requests=2, remeasure_top=0,

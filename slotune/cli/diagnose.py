@@ -27,7 +27,7 @@ SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 def read_snapshots(path: Path) -> list[Any]:
     """Windows from a file: one snapshot object, a list of them, or JSON lines (`collect --json`)."""
-    from collectors.snapshot import Snapshot
+    from slotune.collectors.snapshot import Snapshot
 
     try:
         text = path.read_text()
@@ -126,7 +126,7 @@ def register(app: click.Group) -> None:
                  config_file: Path | None, serve_command: str | None, playbook_paths: tuple[Path, ...],
                  as_json: bool, save: bool, db_url: str | None) -> None:
         """Name what makes an SLO fail, show the evidence and the flag changes that address it."""
-        from playbooks.model import load_playbooks
+        from slotune.playbooks.model import load_playbooks
 
         sources = [x for x in (target, snapshot_file, launch_file) if x is not None]
         if len(sources) != 1:
@@ -141,19 +141,19 @@ def register(app: click.Group) -> None:
         elif config_file is not None:
             config = read_config(config_file)
         elif serve_command is not None:
-            from tuner.command import parse_serve_command
+            from slotune.tuner.command import parse_serve_command
 
             config = parse_serve_command(serve_command)
         load = _load_plan(load_name, concurrency, num_requests)
 
         windows: list[Any] = []
         if snapshot_file is not None:
-            from playbooks.engine import diagnose as judge
+            from slotune.playbooks.engine import diagnose as judge
 
             windows = read_snapshots(snapshot_file)
             result = judge(windows, slo=slo, server_config=config, playbooks=books)
         elif target is not None:
-            from playbooks.live import diagnose_live
+            from slotune.playbooks.live import diagnose_live
 
             live = diagnose_live(target, window=window, load=load, model=model, slo=slo, server_config=config,
                                  playbooks=books)
@@ -174,8 +174,8 @@ def register(app: click.Group) -> None:
 def _load_plan(load_name: str | None, concurrency: int, num_requests: int) -> Any:
     if load_name is None:
         return None
-    from loadgen.workload import load_workload
-    from playbooks.live import LoadPlan
+    from slotune.loadgen.workload import load_workload
+    from slotune.playbooks.live import LoadPlan
 
     return LoadPlan(load_workload(load_name), concurrency=concurrency, num_requests=num_requests)
 
@@ -183,8 +183,8 @@ def _load_plan(load_name: str | None, concurrency: int, num_requests: int) -> An
 def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any]) -> tuple[Any, list[Any]]:
     """Start a managed server; a failed start is diagnosed from its classified log, a started one
     from a window under `load` (or `window` seconds idle), then it is stopped."""
-    from playbooks.engine import diagnose as judge
-    from playbooks.live import diagnose_live
+    from slotune.playbooks.engine import diagnose as judge
+    from slotune.playbooks.live import diagnose_live
     from slotune import paths
     from slotune.server import ManagedServer
 
@@ -201,8 +201,8 @@ def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any
 
 
 def _save(result: Any, windows: list[Any], db_url: str | None) -> None:
-    from collectors.persist import save_snapshot
-    from playbooks.persist import save_findings
+    from slotune.collectors.persist import save_snapshot
+    from slotune.playbooks.persist import save_findings
     from slotune.store import open_store
 
     store = open_store(db_url)

@@ -14,7 +14,7 @@ from slotune.errors import ConfigError, validation_message
 def _spec(**kw: Any) -> Any:
     from pydantic import ValidationError
 
-    from tuner.study import TuneSpec
+    from slotune.tuner.study import TuneSpec
 
     try:
         return TuneSpec(**kw)
@@ -90,8 +90,8 @@ def register(app: click.Group) -> None:
                   help="confine each trial's vLLM to these cores, the load generator to the rest (small hosts)")
     def tune(json_out: Path | None, remeasure: int, **kw: Any) -> None:
         """Search vLLM's launch flags for the most goodput that meets the SLO targets."""
-        from tuner.report import render
-        from tuner.study import run_study
+        from slotune.tuner.report import render
+        from slotune.tuner.study import run_study
 
         kw["fixes"] = list(kw["fixes"])
         spec = _spec(remeasure_top=remeasure, **kw)
@@ -116,7 +116,7 @@ def register(app: click.Group) -> None:
                   help="also write summary.json, best.yaml, best.sh and plots here")
     def report(study_name: str, storage: str | None, as_json: bool, out_dir: Path | None) -> None:
         """Summarize a tuning study: baseline, best config, gain, every trial."""
-        from tuner.report import load, render, summarize, write_outputs
+        from slotune.tuner.report import load, render, summarize, write_outputs
 
         result = summarize(storage, study_name)
         if out_dir is not None:

@@ -22,10 +22,10 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from collectors.exposition import Scrape
-from collectors.snapshot import Snapshot
-from collectors.vllm_metrics import derive
-from collectors.vllm_metrics import scrape as scrape_page
+from slotune.collectors.exposition import Scrape
+from slotune.collectors.snapshot import Snapshot
+from slotune.collectors.vllm_metrics import derive
+from slotune.collectors.vllm_metrics import scrape as scrape_page
 from slotune.errors import SlotuneError
 from slotune.settings import Settings
 from slotune.sidecar import outbox
@@ -68,7 +68,7 @@ def load_playbooks(files: list[Any]) -> list[Any] | None:
     """The built-in playbooks plus the settings' files, parsed once (a bad file is a ConfigError at
     start); None when the playbooks package is not there."""
     try:
-        from playbooks.model import load_playbooks as load
+        from slotune.playbooks.model import load_playbooks as load
     except ImportError as exc:
         log.warning("playbooks not available: %s", exc)
         return None
@@ -81,7 +81,7 @@ def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | Non
     if not windows or playbooks is None:
         return None
     try:
-        from playbooks.engine import diagnose
+        from slotune.playbooks.engine import diagnose
     except ImportError as exc:
         log.warning("playbooks engine not available: %s", exc)
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from collectors.exposition import Scrape
+from slotune.collectors.exposition import Scrape
 from slotune.errors import ConfigError, SlotuneError
 from slotune.settings import Settings
 from slotune.sidecar import outbox

@@ -30,7 +30,7 @@ class StudyRunner:
         self.history: dict[str, dict[str, Any]] = {}
 
     def start(self, request: dict[str, Any]) -> dict[str, Any]:
-        from tuner.study import TuneSpec, run_study
+        from slotune.tuner.study import TuneSpec, run_study
 
         with self.lock:
             if self.thread is not None and self.thread.is_alive():

@@ -20,9 +20,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from collectors.exposition import Scrape
-from collectors.histogram import Histogram
-from collectors.snapshot import Snapshot
+from slotune.collectors.exposition import Scrape
+from slotune.collectors.histogram import Histogram
+from slotune.collectors.snapshot import Snapshot
 from slotune.slo import RATIO_METRICS, SloSpec, SloTarget, lookup
 
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.exposition import parse
-from collectors.vllm_metrics import VllmCollector, derive
+from slotune.collectors.exposition import parse
+from slotune.collectors.vllm_metrics import VllmCollector, derive
 
 pytestmark = pytest.mark.integration
 

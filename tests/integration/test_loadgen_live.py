@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from collectors.vllm_metrics import derive, scrape
-from loadgen.runner import run_load
-from loadgen.workload import Workload, load_workload
+from slotune.collectors.vllm_metrics import derive, scrape
+from slotune.loadgen.runner import run_load
+from slotune.loadgen.workload import Workload, load_workload
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from loadgen.workload import Length, LongTail, Workload
-from playbooks.live import LoadPlan, diagnose_live
+from slotune.loadgen.workload import Length, LongTail, Workload
+from slotune.playbooks.live import LoadPlan, diagnose_live
 from slotune.cli.main import main
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig

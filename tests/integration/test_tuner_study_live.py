@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 
 from slotune.server import ManagedServer
 from slotune.vllm_config import VllmConfig
-from tuner.command import parse_serve_command
-from tuner.study import TuneSpec, run_study
+from slotune.tuner.command import parse_serve_command
+from slotune.tuner.study import TuneSpec, run_study
 
 pytestmark = pytest.mark.integration
 

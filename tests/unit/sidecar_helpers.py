@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from collectors.exposition import Scrape, parse
+from slotune.collectors.exposition import Scrape, parse
 from slotune.errors import TargetError
 from slotune.sidecar import signing
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.echo_server import EchoServer
+from slotune.loadgen.echo_server import EchoServer
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -22,9 +22,9 @@ from collectors_pages import (
 from prometheus_client.parser import text_string_to_metric_families
 from test_collectors_histogram import reference_quantile
 
-from collectors.exposition import parse
-from collectors.snapshot import Snapshot
-from collectors.vllm_metrics import derive, derive_per_engine
+from slotune.collectors.exposition import parse
+from slotune.collectors.snapshot import Snapshot
+from slotune.collectors.vllm_metrics import derive, derive_per_engine
 
 T0, T1 = 1_795_479_000.0, 1_795_479_010.0  # scrape times: a 10 s window, after the captures
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-from collectors.gpu import GpuCollector
+from slotune.collectors.gpu import GpuCollector
 
 
 class FakeNvmlError(Exception):
@@ -63,7 +63,7 @@ def test_reads_every_device():
 def test_no_driver_is_unavailable_and_logged_once(caplog):
     nvml = FakeNvml(fail_init=True)
     gpu = GpuCollector(nvml=nvml)
-    with caplog.at_level(logging.INFO, logger="collectors.gpu"):
+    with caplog.at_level(logging.INFO, logger="slotune.collectors.gpu"):
         first, second = gpu.read(), gpu.read()
     assert not first.available and "Driver Not Loaded" in first.reason and second == first
     assert nvml.inits == 1

@@ -9,8 +9,8 @@ import random
 import pytest
 from collectors_pages import ALL, page
 
-from collectors.exposition import parse
-from collectors.histogram import Histogram, quantile, summarize
+from slotune.collectors.exposition import parse
+from slotune.collectors.histogram import Histogram, quantile, summarize
 
 
 def reference_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

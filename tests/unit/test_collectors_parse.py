@@ -9,9 +9,9 @@ import pytest
 from collectors_pages import AFTER, ALL, SPEC_AFTER, old_generation, page, ray_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors import metric_names
-from collectors.exposition import parse
-from collectors.metric_names import Kind
+from slotune.collectors import metric_names
+from slotune.collectors.exposition import parse
+from slotune.collectors.metric_names import Kind
 from slotune.errors import TargetError
 
 

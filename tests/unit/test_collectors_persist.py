@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collectors_pages import AFTER, UNDER, page
 
-from collectors.exposition import parse
-from collectors.persist import load_snapshot, save_snapshot
-from collectors.snapshot import GpuSnapshot
-from collectors.vllm_metrics import derive
+from slotune.collectors.exposition import parse
+from slotune.collectors.persist import load_snapshot, save_snapshot
+from slotune.collectors.snapshot import GpuSnapshot
+from slotune.collectors.vllm_metrics import derive
 from slotune import store as db
 from slotune.store import open_store
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.runner import LoadResult, RequestRecord
-from loadgen.schedule import arrival_times
+from slotune.loadgen.runner import LoadResult, RequestRecord
+from slotune.loadgen.schedule import arrival_times
 from slotune.slo import SloSpec
 
 # Per metric the highest percentile's threshold applies per request: ttft 100 ms, tpot 20 ms (p99 wins

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from loadgen.echo_server import EchoServer
-from loadgen.sweep import find_max_rate, requests_for
-from loadgen.workload import Workload
+from slotune.loadgen.echo_server import EchoServer
+from slotune.loadgen.sweep import find_max_rate, requests_for
+from slotune.loadgen.workload import Workload
 from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.workload import BUILTINS, Length, Workload, load_workload
+from slotune.loadgen.workload import BUILTINS, Length, Workload, load_workload
 from slotune.errors import ConfigError
 from slotune.model import TinyModelSpec
 

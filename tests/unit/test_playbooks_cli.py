@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.exposition import parse
-from collectors.vllm_metrics import derive
+from slotune.collectors.exposition import parse
+from slotune.collectors.vllm_metrics import derive
 from slotune.cli.main import main
 
 NGRAM = ('vllm serve tiny --max-num-seqs 8 --speculative-config '

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.snapshot import Capacity, GpuDevice, GpuSnapshot, Quantiles, Snapshot
-from playbooks.facts import build_facts, effective_limits, slo_thresholds
+from slotune.collectors.snapshot import Capacity, GpuDevice, GpuSnapshot, Quantiles, Snapshot
+from slotune.playbooks.facts import build_facts, effective_limits, slo_thresholds
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
 

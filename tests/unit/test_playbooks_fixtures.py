@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collectors.exposition import parse
-from collectors.snapshot import Snapshot
-from collectors.vllm_metrics import derive
-from playbooks.engine import diagnose
+from slotune.collectors.exposition import parse
+from slotune.collectors.snapshot import Snapshot
+from slotune.collectors.vllm_metrics import derive
+from slotune.playbooks.engine import diagnose
 from slotune.slo import SloSpec
 from slotune.vllm_config import SpeculativeConfig, VllmConfig
 

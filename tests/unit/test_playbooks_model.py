@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbooks.engine import judge
-from playbooks.facts import FACTS
-from playbooks.model import builtin_playbooks, load_playbooks
+from slotune.playbooks.engine import judge
+from slotune.playbooks.facts import FACTS
+from slotune.playbooks.model import builtin_playbooks, load_playbooks
 from slotune.errors import ConfigError
 
 IDS = {"low_gpu_utilization", "high_ttft", "kv_cache_pressure", "spec_decode_no_speedup", "inconsistent_latency"}
@@ -81,6 +81,6 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("id: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line"):
         load_playbooks([bad])
-    listed = write(tmp_path, {"playbooks": [MINIMAL, {**MINIMAL, "severity": "loud"}]}, "two.yaml")
+    listed = write(tmp_path, {"slotune.playbooks": [MINIMAL, {**MINIMAL, "severity": "loud"}]}, "two.yaml")
     with pytest.raises(ConfigError, match=r"two.yaml: playbooks.1: severity: "):
         load_playbooks([listed])

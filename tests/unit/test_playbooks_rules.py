@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from playbooks.engine import judge
-from playbooks.facts import FACTS, Facts
-from playbooks.model import builtin_playbooks
+from slotune.playbooks.engine import judge
+from slotune.playbooks.facts import FACTS, Facts
+from slotune.playbooks.model import builtin_playbooks
 from slotune.slo import SloSpec
 from slotune.vllm_config import SpeculativeConfig, VllmConfig
 

@@ -3,7 +3,7 @@
 from tuner_fakes import client
 
 from slotune.slo import SloSpec
-from tuner.constraints import LAUNCH, feasible, infeasible_constraints, slo_constraints
+from slotune.tuner.constraints import LAUNCH, feasible, infeasible_constraints, slo_constraints
 
 
 def test_relative_excess_per_target():

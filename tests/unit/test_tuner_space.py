@@ -8,7 +8,7 @@ import pytest
 from slotune import platforms
 from slotune.errors import ConfigError
 from slotune.vllm_config import VllmConfig
-from tuner.space import SPEC_METHOD, SPEC_TOKENS, SearchSpace
+from slotune.tuner.space import SPEC_METHOD, SPEC_TOKENS, SearchSpace
 
 BASE = VllmConfig(model="/models/m")
 
@@ -121,7 +121,7 @@ def test_remedy_delta_snaps_to_choices():
 
 
 def test_serve_line_parses_back_to_the_same_config():
-    from tuner.command import parse_serve_command
+    from slotune.tuner.command import parse_serve_command
 
     s = space()
     cfg = s.config_for(BASE, {"max_num_seqs": 16, "enable_prefix_caching": False, SPEC_METHOD: "ngram",

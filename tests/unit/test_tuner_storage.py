@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from slotune.errors import StoreError
 from slotune.store import Base, TrialRecord, open_store
-from tuner.storage import OPTUNA_TABLES, open_storage
+from slotune.tuner.storage import OPTUNA_TABLES, open_storage
 
 
 def test_both_schemas_in_one_sqlite_file(tmp_path):

@@ -15,9 +15,9 @@ from tuner_fakes import FakeMeasure
 
 from slotune.errors import ConfigError
 from slotune.store import TrialRecord, open_store
-from tuner.measure import Measurement, _client_seat
-from tuner.report import summarize
-from tuner.study import TuneSpec, run_study
+from slotune.tuner.measure import Measurement, _client_seat
+from slotune.tuner.report import summarize
+from slotune.tuner.study import TuneSpec, run_study
 
 MODEL = "/models/tiny"
 

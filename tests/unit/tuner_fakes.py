@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slotune.vllm_config import VllmConfig
-from tuner.measure import Measurement
+from slotune.tuner.measure import Measurement
 
 
 def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slotune.collectors.histogram import Histogram
-from slotune.collectors.metric_names import Kind, lookup
+from slotune.collectors.metric_names import Kind, canonical_name, lookup
 from slotune.errors import TargetError
 
 Labels = tuple[tuple[str, str], ...]
@@ -58,29 +58,45 @@ class Scrape:
         series = self.values.get("process_start")
         return max(series.values()) if series else None
 
-    def engines(self) -> list[str]:
-        """The `engine` label values on the page (data-parallel engines), in numeric order."""
+    def label_values(self, label: str) -> list[str]:
+        """The values of one label on the page (`engine`, `model_name`), numbers in numeric order."""
         seen: set[str] = set()
         for group in (*self.values.values(), *self.histograms.values()):
-            seen.update(v for labels in group for k, v in labels if k == "engine")
+            seen.update(v for labels in group for k, v in labels if k == label)
         for labelsets in self.infos.values():
-            seen.update(d["engine"] for d in labelsets if "engine" in d)
+            seen.update(d[label] for d in labelsets if label in d)
         return sorted(seen, key=lambda e: (not e.isdigit(), int(e) if e.isdigit() else 0, e))
 
-    def for_engine(self, engine: str) -> Scrape:
-        """Only the series of one engine (series without an `engine` label are kept: they are shared)."""
+    def engines(self) -> list[str]:
+        """The `engine` label values on the page (data-parallel engines), in numeric order."""
+        return self.label_values("engine")
+
+    def models(self) -> list[str]:
+        """The `model_name` label values on the page (one per served model)."""
+        return self.label_values("model_name")
+
+    def for_label(self, label: str, value: str) -> Scrape:
+        """Only the series whose `label` is `value` (series without the label are kept: they are shared)."""
 
         def keep(labels: Labels) -> bool:
-            return all(v == engine for k, v in labels if k == "engine")
+            return all(v == value for k, v in labels if k == label)
 
         return Scrape(
             url=self.url,
             timestamp=self.timestamp,
             values={k: {ls: v for ls, v in s.items() if keep(ls)} for k, s in self.values.items()},
             histograms={k: {ls: h for ls, h in s.items() if keep(ls)} for k, s in self.histograms.items()},
-            infos={k: tuple(d for d in s if d.get("engine", engine) == engine) for k, s in self.infos.items()},
+            infos={k: tuple(d for d in s if d.get(label, value) == value) for k, s in self.infos.items()},
             sources=self.sources,
         )
+
+    def for_engine(self, engine: str) -> Scrape:
+        """Only the series of one engine (series without an `engine` label are kept: they are shared)."""
+        return self.for_label("engine", engine)
+
+    def for_model(self, model: str) -> Scrape:
+        """Only the series of one served model (`model_name`)."""
+        return self.for_label("model_name", model)
 
 
 def _labels(body: str | None, lineno: int, line: str, url: str) -> dict[str, str]:
@@ -110,14 +126,18 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
     infos: dict[str, dict[int, list[dict[str, str]]]] = defaultdict(lambda: defaultdict(list))
     names: dict[tuple[str, int], str] = {}
     match = _SAMPLE.fullmatch
+    declared = http = False  # vLLM families declared (HELP/TYPE); HTTP server metrics seen
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line[0] == "#":
+            if not declared and line.startswith(("# TYPE ", "# HELP ")):
+                declared = canonical_name(line[7:].split(" ", 1)[0]).startswith("vllm:")
             continue
         m = match(line)
         if m is None:
             raise TargetError(f"{url}: line {lineno}: not a Prometheus sample: {line[:160]!r}")
         name, body, value_text = m.groups()
+        http = http or name.startswith("http_request")
         try:
             value = float(value_text)
         except ValueError:
@@ -166,8 +186,20 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
             labels: _histogram(names[(key, rank)], parts, url) for labels, parts in by_rank[rank].items()
         }
     if not (set(scrape.sources) - {"process_start"}):
-        raise TargetError(f"{url}: no vLLM metrics on this page (is it a vLLM server's /metrics?)")
+        raise TargetError(f"{url}: {no_vllm_reason(declared, http)}")
     return scrape
+
+
+def no_vllm_reason(declared: bool, http: bool) -> str:
+    """Why a page carries no vLLM sample, from what it does carry (the known causes, named)."""
+    if declared:
+        return ("vLLM's metric families are declared but carry no samples: the server runs with "
+                "--disable-log-stats, or (vLLM V0) it has not served its first request yet")
+    if http:
+        return ("only the HTTP server's metrics, none of vLLM's own: vLLM >= 0.10.2 turns its stats off "
+                "when started with --api-server-count above 1 (data-parallel servers default to one API server "
+                "per local rank), or with --disable-log-stats; start it with one API server to read its engine")
+    return "no vLLM metrics on this page (is it a vLLM server's /metrics?)"
 
 
 def _histogram(name: str, parts: dict[str, Any], url: str) -> Histogram:

@@ -5,8 +5,11 @@ base name: the parser adds `_bucket`, `_sum`, `_count`). `aliases` are older nam
 quantity; when a page carries both (transitional releases exported both), the current name wins so
 nothing is counted twice.
 
-Under Ray (`RayPrometheusStatLogger`) the `:` becomes `_` (`vllm_kv_cache_usage_perc`) and Ray's
-exporter may add `ray_`; `canonical_name()` maps both back. Every series may carry an `engine`
+Deployments rename the families: Ray's stat logger turns the `:` into `_` (`vllm_kv_cache_usage_perc`),
+Ray Serve's exporter adds `ray_` with the colon kept (`ray_vllm:kv_cache_usage_perc`) or not
+(`ray_vllm_...`), and other exporters add their own namespace (`myapp_vllm:...`).
+`canonical_name()` maps every such spelling back: whatever stands before `vllm:`/`vllm_` (a prefix
+ending in `_` or `:`) is a deployment's namespace, not part of the name. Every series may carry an `engine`
 label (one per data-parallel engine) and a `model_name` label; the collector sums across them or
 derives per engine.
 
@@ -15,6 +18,7 @@ Dashboards, playbooks and the sidecar read names from here rather than spelling 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -93,13 +97,14 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 FINISHED_ERROR_REASONS = ("abort", "error")
 
 
+# A deployment's namespace (`ray_`, `ray_serve:`, `myapp_`), then `vllm` and `:` or `_`.
+_PREFIXED = re.compile(r"(?:[a-zA-Z0-9]+[_:])*?vllm[:_]")
+
+
 def canonical_name(name: str) -> str:
-    """`ray_vllm_x` / `vllm_x` (Ray's spelling) → `vllm:x`; anything else unchanged."""
-    if name.startswith("ray_vllm_"):
-        name = name[4:]
-    if name.startswith("vllm_"):
-        return "vllm:" + name[5:]
-    return name
+    """`vllm_x`, `ray_vllm_x`, `ray_vllm:x`, `NS_vllm:x` → `vllm:x`; anything else unchanged."""
+    m = _PREFIXED.match(name)
+    return "vllm:" + name[m.end():] if m else name
 
 
 def _build_index() -> dict[str, tuple[Metric, int, str]]:
@@ -121,6 +126,6 @@ SAMPLE_INDEX = _build_index()
 def lookup(sample_name: str) -> tuple[Metric, int, str] | None:
     """The metric a sample belongs to, or None when slotune does not read it."""
     hit = SAMPLE_INDEX.get(sample_name)
-    if hit is None and "_" in sample_name[:9]:
+    if hit is None and "vllm" in sample_name:
         hit = SAMPLE_INDEX.get(canonical_name(sample_name))
     return hit

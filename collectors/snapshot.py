@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+UNKNOWN = "unknown"  # how a missing figure reads in tables and summaries (never "None" or "?")
+
 LATENCY_FIELDS = ("ttft", "tpot", "itl", "e2e", "queue", "prefill", "decode")
 DISTRIBUTION_FIELDS = ("prompt_tokens", "output_tokens", "iteration_tokens")
 
@@ -119,6 +121,9 @@ class Snapshot:
     gpu: GpuSnapshot | None = None
     counter_reset: bool = False  # the server restarted inside the window
     engines: int = 1
+    models: tuple[str, ...] = ()  # `model_name`s on the page; with two or more, see `per_model`
+    notes: tuple[str, ...] = ()  # what the window could not read (e.g. families not summable)
+    per_model: dict[str, "Snapshot"] = field(default_factory=dict)  # one window per model, when several
 
     @property
     def window_seconds(self) -> float:
@@ -140,6 +145,8 @@ class Snapshot:
                 out[key] = asdict(value)
             elif isinstance(value, tuple):
                 out[key] = list(value)
+            elif f.name == "per_model":
+                out[key] = {m: snap.to_dict() for m, snap in value.items()}
             else:
                 out[key] = value
         if self.gpu is not None and not self.gpu.available:
@@ -167,7 +174,9 @@ class Snapshot:
                 else:
                     devs = tuple(GpuDevice(**x) for x in value.get("devices", ()))
                     value = GpuSnapshot(value.get("available", True), value.get("reason", ""), devs)
-            elif f.name == "spec_decode_per_position":
+            elif f.name in ("spec_decode_per_position", "models", "notes"):
                 value = tuple(value or ())
+            elif f.name == "per_model":
+                value = {m: cls.from_dict(v) for m, v in (value or {}).items()}
             kwargs[f.name] = value
         return cls(**kwargs)

@@ -24,7 +24,7 @@ from slotune.collectors.metric_names import BY_KEY, FINISHED_ERROR_REASONS, Kind
 from slotune.collectors.snapshot import Capacity, GpuSnapshot, Snapshot
 from slotune.errors import ConfigError, TargetError
 
-__all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "metrics_url", "scrape"]
+__all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "derive_per_model", "metrics_url", "scrape"]
 
 SCRAPE_TIMEOUT_S = 10.0
 _RESTART_TOLERANCE_S = 1.0  # process_start_time_seconds is rounded to 10 ms by the client library
@@ -75,6 +75,7 @@ class _Window:
 
     def __init__(self, base: Scrape | None, after: Scrape) -> None:
         self.base, self.after = base, after
+        self.notes: list[str] = []  # what could not be summed, said once per family
 
     def counter(self, key: str) -> float | None:
         parts = self.counter_by(key, None)
@@ -99,12 +100,14 @@ class _Window:
         for labels, hist in series.items():
             delta = hist.minus(old[labels]) if labels in old else hist
             delta = hist if delta is None else delta
-            try:
-                total = delta if total is None else total.plus(delta)
-            except ValueError:
-                raise TargetError(
-                    f"{self.after.url}: {self.after.sources[key]} has different buckets across series"
-                ) from None
+            if total is not None and total.bounds != delta.bounds:
+                # vLLM sizes token-count buckets from each model's max length: series of two models
+                # cannot be added. The total stays empty; the per-model windows carry the figures.
+                models = ", ".join(self.after.models()) or "the series"
+                self.notes.append(f"{self.after.sources[key]}: bucket layouts differ across {models}; "
+                                  "no total, see the per-model figures")
+                return None
+            total = delta if total is None else total.plus(delta)
         return total
 
     def gauge(self, key: str, how: str = "sum") -> float | None:
@@ -169,12 +172,16 @@ def derive(
     target: str,
     gpu: GpuSnapshot | None = None,
     engine: str | None = None,
+    model: str | None = None,
 ) -> Snapshot:
     """The window between two scrapes (before=None: cumulative since the server started), summed
-    over engines, or one engine's with `engine="0"`."""
+    over engines and models, or one engine's with `engine="0"`, or one model's with `model="name"`."""
     if engine is not None:
         before = before.for_engine(engine) if before is not None else None
         after = after.for_engine(engine)
+    if model is not None:
+        before = before.for_model(model) if before is not None else None
+        after = after.for_model(model)
     reset = before is not None and _went_backwards(before, after)
     if before is None:
         start = after.started if after.started is not None else after.timestamp
@@ -236,12 +243,21 @@ def derive(
         gpu=gpu,
         counter_reset=reset,
         engines=1 if engine is not None else max(len(after.engines()), 1),
+        models=tuple(after.models()),
+        notes=tuple(w.notes),
+        per_model=derive_per_model(before, after, target) if engine is None and model is None else {},
     )
 
 
 def derive_per_engine(before: Scrape | None, after: Scrape, target: str) -> dict[str, Snapshot]:
     """One window per data-parallel engine (keyed by the `engine` label)."""
     return {e: derive(before, after, target, engine=e) for e in after.engines()}
+
+
+def derive_per_model(before: Scrape | None, after: Scrape, target: str) -> dict[str, Snapshot]:
+    """One window per served model (keyed by the `model_name` label); empty for a one-model page."""
+    models = after.models()
+    return {m: derive(before, after, target, model=m) for m in models} if len(models) > 1 else {}
 
 
 class VllmCollector:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from slotune.collectors.snapshot import Snapshot
+from slotune.collectors.snapshot import UNKNOWN, Snapshot
 from slotune.playbooks.facts import FACTS, PERCENT_FACTS, Facts, add_history, build_facts, slo_thresholds
 from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
 from slotune.playbooks.remedies import COMPUTE
@@ -131,15 +131,15 @@ def _check(c: Check, facts: Facts, params: Mapping[str, float], slo: Mapping[str
 
 
 class _Fmt(dict):  # type: ignore[type-arg]
-    """Facts for summary templates: numbers shortened, unknown names and missing values shown as '?'."""
+    """Facts for summary templates: numbers shortened, unknown names and missing values shown as "unknown"."""
 
     def __missing__(self, key: str) -> str:
-        return "?"
+        return UNKNOWN
 
 
 def _fmt(v: float | None, percent: bool = False) -> str:
     if v is None:
-        return "?"
+        return UNKNOWN
     if percent:
         return f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.1%}"
     return f"{v:.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}"

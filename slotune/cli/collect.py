@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from slotune.collectors.snapshot import LATENCY_FIELDS, Snapshot
+from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot
 
 LATENCY_LABELS = {
     "ttft": "TTFT",
@@ -29,8 +29,8 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.1f}"
 
 
-def _num(v: float | None, fmt: str = "{:.2f}") -> str:
-    return "no data" if v is None else fmt.format(v)
+def _num(v: float | None, fmt: str = "{:.2f}", missing: str = "no data") -> str:
+    return missing if v is None else fmt.format(v)
 
 
 def render(snap: Snapshot) -> Any:
@@ -71,14 +71,39 @@ def render(snap: Snapshot) -> Any:
     ]
     if snap.capacity is not None:
         c = snap.capacity
-        kv = f"{c.kv_cache_tokens} tokens, block {c.block_size}, max concurrency {c.max_concurrency}"
+        kv = (f"{_num(c.kv_cache_tokens, '{:.0f}', UNKNOWN)} tokens, block {_num(c.block_size, '{:.0f}', UNKNOWN)}, "
+              f"max concurrency {_num(c.max_concurrency, missing=UNKNOWN)}")
         rows.append(("KV capacity", kv))
     gpu = snap.gpu
     rows.append(("GPU", "unavailable" if gpu is None or not gpu.available
                  else ", ".join(f"#{d.index} {_num(d.utilization, pct)}" for d in gpu.devices)))
     for k, v in rows:
         state.add_row(k, v)
-    return Group(lat, state)
+    parts: list[Any] = [lat, state]
+    if snap.per_model:
+        parts.append(_per_model(snap))
+    parts += [f"note: {n}" for n in snap.notes]
+    return Group(*parts)
+
+
+def _per_model(snap: Snapshot) -> Any:
+    """One row per served model: the figures a total cannot carry when bucket layouts differ."""
+    from rich.table import Table
+
+    table = Table(title="per model", title_justify="left")
+    for col in ("model", "finished", "TTFT p50 (ms)", "TTFT p95 (ms)", "ITL p50 (ms)", "prompt len p50",
+                "output len p50", "KV-cache usage"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in snap.per_model.items():
+        table.add_row(
+            name, _num(m.requests_finished, "{:.0f}"),
+            _ms(m.ttft.p50 if m.ttft else None), _ms(m.ttft.p95 if m.ttft else None),
+            _ms(m.itl.p50 if m.itl else None),
+            _num(m.prompt_tokens.p50 if m.prompt_tokens else None, "{:.0f}"),
+            _num(m.output_tokens.p50 if m.output_tokens else None, "{:.0f}"),
+            _num(m.kv_cache_usage, "{:.2%}"),
+        )
+    return table
 
 
 def register(app: click.Group) -> None:

@@ -1,0 +1,136 @@
+"""The field-case pages (`../shared/field-cases/`, see its README): /metrics pages of other
+deployments that slotune once misread or refused. Each test states the right reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slotune.cli.main import main
+from slotune.collectors.exposition import parse
+from slotune.collectors.vllm_metrics import derive
+from slotune.errors import TargetError
+
+FIELD = Path(__file__).resolve().parents[3] / "shared" / "field-cases"
+LLAMA, OPT = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "facebook/opt-125m"
+
+
+def read(name: str):
+    return parse((FIELD / name).read_text(), url=name, timestamp=1.8e9)
+
+
+def test_ray_serve_colon_spelling_reads_like_the_plain_page():
+    """01: Ray Serve keeps vLLM's colon after its own `ray_` (`ray_vllm:NAME`)."""
+    snap = derive(None, read("01-ray-serve-ray_vllm-colon.prom"), "t")
+    assert snap.requests_finished == 1
+    assert snap.ttft is not None and snap.ttft.p50 == pytest.approx(0.375)
+    assert snap.itl is not None and snap.itl.count == 299  # V0's time_per_output_token: per step, i.e. ITL
+    assert snap.kv_cache_usage == pytest.approx(5.9e-05, rel=0.01)
+    assert snap.prompt_tokens_total == 58 and snap.generation_tokens_total == 300
+
+
+def test_any_deployment_namespace_before_vllm_is_read():
+    """The kind, not the file: whatever namespace an exporter puts before `vllm:` or `vllm_`."""
+    text = (FIELD / "01-ray-serve-ray_vllm-colon.prom").read_text()
+    for prefix in ("vllm:", "vllm_", "ray_vllm_", "myapp_vllm:", "team_ray_vllm_"):
+        snap = derive(None, parse(text.replace("ray_vllm:", prefix), url="u"), "t")
+        assert snap.requests_finished == 1 and snap.ttft is not None and snap.ttft.count == 1, prefix
+
+
+def test_two_models_with_different_token_buckets_get_a_per_model_breakdown():
+    """09: two models on one Ray node; vLLM sizes token-count buckets from each model's length."""
+    snap = derive(None, read("09-ray-node-two-models-underscore.prom"), "t")
+    # Sums where the layouts agree ...
+    assert snap.requests_finished == 2
+    assert snap.ttft is not None and snap.ttft.count == 2
+    assert snap.prompt_tokens_total == 63 and snap.generation_tokens_total == 307
+    # ... and the mismatched families left empty for the total, with a note naming them.
+    assert snap.prompt_tokens is None and snap.output_tokens is None
+    assert len(snap.notes) == 2 and all("bucket layouts differ" in n for n in snap.notes)
+    assert snap.models == (OPT, LLAMA)
+    opt, llama = snap.per_model[OPT], snap.per_model[LLAMA]
+    assert opt.requests_finished == 1 and llama.requests_finished == 1
+    assert opt.prompt_tokens is not None and opt.prompt_tokens.mean == 5
+    assert opt.output_tokens is not None and opt.output_tokens.mean == 7
+    assert llama.prompt_tokens is not None and llama.prompt_tokens.mean == 58
+    assert llama.output_tokens is not None and llama.output_tokens.mean == 300
+    assert opt.ttft is not None and opt.ttft.mean == pytest.approx(0.3133, abs=1e-4)
+    assert llama.itl is not None and llama.itl.count == 299 and opt.itl is None
+    assert opt.notes == () and llama.notes == ()
+
+
+def test_two_model_page_round_trips_through_json():
+    snap = derive(None, read("09-ray-node-two-models-underscore.prom"), "t")
+    from slotune.collectors.snapshot import Snapshot
+
+    back = Snapshot.from_dict(snap.to_dict())
+    assert back.per_model[LLAMA].output_tokens == snap.per_model[LLAMA].output_tokens
+    assert back.notes == snap.notes and back.models == snap.models
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("07-v0-0.5.4-disable-log-stats-help-only.prom", "--disable-log-stats"),
+    ("10-api-server-count-4-no-vllm-series.prom", "--api-server-count"),
+])
+def test_pages_without_vllm_samples_name_the_cause(name, cause):
+    with pytest.raises(TargetError) as err:
+        read(name)
+    assert cause in str(err.value) and "is it a vLLM server" not in str(err.value)
+
+
+def test_help_only_page_cause_also_names_an_engine_before_its_first_request():
+    with pytest.raises(TargetError, match="first request"):
+        read("07-v0-0.5.4-disable-log-stats-help-only.prom")
+
+
+def test_a_page_that_is_not_vllm_at_all_still_asks():
+    with pytest.raises(TargetError, match="is it a vLLM server"):
+        parse("# TYPE python_gc_objects_collected_total counter\npython_gc_objects_collected_total 3\n")
+
+
+@pytest.fixture()
+def serve_file():
+    """A loopback HTTP server answering /metrics with one field-case file."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(name: str) -> str:
+        body = (FIELD / name).read_bytes()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_collect_prints_the_per_model_table_and_no_none(serve_file, capsys):
+    url = serve_file("09-ray-node-two-models-underscore.prom")
+    assert main(["collect", "--target", url, "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "per model" in out and "bucket layouts differ" in out
+    assert "None" not in out and "?" not in out.replace(url, "")
+
+
+def test_collect_names_the_cause_for_an_http_only_page(serve_file, capsys):
+    url = serve_file("10-api-server-count-4-no-vllm-series.prom")
+    assert main(["collect", "--target", url, "--once"]) == 1
+    err = capsys.readouterr().err
+    assert "--api-server-count" in err and "Traceback" not in err

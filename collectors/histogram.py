@@ -50,12 +50,20 @@ class Histogram:
 def quantile(q: float, bounds: tuple[float, ...], counts: tuple[float, ...]) -> float | None:
     """Prometheus' `histogram_quantile(q, ...)` over one set of cumulative buckets; None where
     Prometheus gives NaN (no observations, no +Inf bucket, fewer than two buckets)."""
+    located = locate(q, bounds, counts)
+    return None if located is None else located[0]
+
+
+def locate(q: float, bounds: tuple[float, ...], counts: tuple[float, ...]) -> tuple[float, float, float] | None:
+    """`(estimate, lower, upper)`: the `quantile()` figure and the bounds of the bucket it was
+    interpolated in. All the buckets know is that the true quantile lies in (lower, upper]; the
+    estimate inside is a guess (linear spread), upper is +Inf past the last finite bound."""
     if math.isnan(q):
         return None
     if q < 0:
-        return -math.inf
+        return -math.inf, -math.inf, -math.inf
     if q > 1:
-        return math.inf
+        return math.inf, math.inf, math.inf
     if not bounds or not math.isinf(bounds[-1]) or len(bounds) < 2:
         return None
     # ensureMonotonic: a bucket never holds fewer than the one below it (scrape skew in PromQL).
@@ -69,21 +77,23 @@ def quantile(q: float, bounds: tuple[float, ...], counts: tuple[float, ...]) -> 
     last = len(bounds) - 1
     b = next((i for i in range(last) if mono[i] >= rank), last)
     if b == last:
-        return bounds[last - 1]
+        return bounds[last - 1], bounds[last - 1], math.inf
     if b == 0 and bounds[0] <= 0:
-        return bounds[0]
+        return bounds[0], bounds[0], bounds[0]
     start, end, count = 0.0, bounds[b], mono[b]
     if b > 0:
         start = bounds[b - 1]
         count -= mono[b - 1]
         rank -= mono[b - 1]
-    return start + (end - start) * (rank / count)
+    return start + (end - start) * (rank / count), start, end
 
 
 def summarize(hist: Histogram | None) -> Quantiles | None:
     """p50/p90/p95/p99 from the buckets and the exact mean from `_sum / _count`; None without data."""
     if hist is None or hist.count <= 0:
         return None
-    qs = {name: quantile(q, hist.bounds, hist.counts) for name, q in QUANTILES.items()}
+    located = {name: locate(q, hist.bounds, hist.counts) for name, q in QUANTILES.items()}
+    qs = {name: None if loc is None else loc[0] for name, loc in located.items()}
+    buckets = {name: (loc[1], loc[2]) for name, loc in located.items() if loc is not None}
     mean = None if math.isnan(hist.sum) else hist.sum / hist.count
-    return Quantiles(mean=mean, count=hist.count, **qs)
+    return Quantiles(mean=mean, count=hist.count, buckets=buckets, **qs)

@@ -94,7 +94,6 @@ METRICS: tuple[Metric, ...] = (
 BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-FINISHED_ERROR_REASONS = ("abort", "error")
 
 
 # A deployment's namespace (`ray_`, `ray_serve:`, `myapp_`), then `vllm` and `:` or `_`.

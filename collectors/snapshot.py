@@ -14,6 +14,7 @@ JSON keys (stable): `ttft_seconds`, `tpot_seconds`, `itl_seconds`, `e2e_seconds`
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -25,7 +26,12 @@ DISTRIBUTION_FIELDS = ("prompt_tokens", "output_tokens", "iteration_tokens")
 
 @dataclass(frozen=True)
 class Quantiles:
-    """Summary of a distribution over a window. `count` is the number of observations."""
+    """Summary of a distribution over a window. `count` is the number of observations.
+
+    Quantiles from histogram buckets are interpolated inside one bucket; `buckets` keeps, per
+    quantile (`"p95"`), the bounds `(lower, upper)` of that bucket: the true value lies in
+    (lower, upper], the figure itself is an estimate. `upper` is +Inf past the last bound (JSON: null).
+    The mean (`_sum / _count`) is exact."""
 
     p50: float | None
     p95: float | None
@@ -33,14 +39,54 @@ class Quantiles:
     mean: float | None
     count: float = 0.0
     p90: float | None = None
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+    def bucket(self, stat: str) -> tuple[float, float] | None:
+        """The bounds of the bucket the quantile `stat` fell in, or None (mean, or not from buckets)."""
+        return self.buckets.get(stat)
+
+    def coarse(self, stat: str) -> bool:
+        """The figure says less than it seems: it lies in the first bucket (from 0), past the last
+        bound, or in a bucket wider than the figure itself."""
+        b, v = self.buckets.get(stat), getattr(self, stat, None)
+        if b is None or v is None:
+            return False
+        lower, upper = b
+        return lower <= 0 or math.isinf(upper) or (upper - lower) > v
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("p50", "p95", "p99", "mean", "count", "p90")}
+        out["buckets"] = {k: [lo, None if math.isinf(hi) else hi] for k, (lo, hi) in self.buckets.items()}
+        out["coarse"] = sorted(k for k in self.buckets if self.coarse(k))
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Quantiles | None":
-        return None if d is None else cls(**{k: d.get(k) for k in ("p50", "p95", "p99", "mean", "p90")},
-                                          count=d.get("count") or 0.0)
+        if d is None:
+            return None
+        buckets = {k: (float(v[0]), math.inf if v[1] is None else float(v[1]))
+                   for k, v in (d.get("buckets") or {}).items()}
+        return cls(**{k: d.get(k) for k in ("p50", "p95", "p99", "mean", "p90")}, count=d.get("count") or 0.0,
+                   buckets=buckets)
+
+
+def quantile_text(block: Any, stat: str, scale: float = 1000.0, missing: str = UNKNOWN) -> str:
+    """A quantile as a reader should take it (`block`: a `Quantiles` or its JSON), in seconds x `scale`:
+    the figure where its bucket pins it down; else the bucket's bounds: `< 300` (first bucket),
+    `> 7680` (past the last bound), `250-500` (a bucket wider than the figure itself)."""
+    d = block.to_dict() if isinstance(block, Quantiles) else block
+    if not isinstance(d, dict) or d.get(stat) is None:
+        return missing
+    value = d[stat] * scale
+    b = (d.get("buckets") or {}).get(stat)
+    if not b or stat not in (d.get("coarse") or ()):
+        return f"{value:.1f}"
+    lower, upper = b[0] * scale, None if b[1] is None else b[1] * scale
+    if upper is None:
+        return f"> {lower:g}"
+    if lower <= 0:
+        return f"< {upper:g}"
+    return f"{lower:g}-{upper:g}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +152,9 @@ class Snapshot:
 
     requests_running: float | None = None
     requests_waiting: float | None = None
+    # The most requests that can have been in flight on average over the window (see `derive`):
+    # what bounds Little's law when requests outlast the window.
+    in_flight_cap: float | None = None
     waiting_by_reason: dict[str, float] = field(default_factory=dict)
     kv_cache_usage: float | None = None  # 0..1
     preemptions: float | None = None
@@ -115,7 +164,9 @@ class Snapshot:
     spec_decode_acceptance_rate: float | None = None
     spec_decode_mean_acceptance_length: float | None = None
     spec_decode_per_position: tuple[float, ...] = ()
-    spec_decode_drafts: float | None = None
+    spec_decode_drafts: float | None = None  # verification steps; None where the page has no draft counter (V0)
+    spec_decode_draft_tokens: float | None = None  # tokens drafted in the window
+    spec_decode_accepted_tokens: float | None = None  # drafted tokens accepted in the window
 
     capacity: Capacity | None = None
     gpu: GpuSnapshot | None = None

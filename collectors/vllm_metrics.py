@@ -20,9 +20,10 @@ import httpx
 
 from slotune.collectors.exposition import Labels, Scrape, parse
 from slotune.collectors.histogram import Histogram, summarize
-from slotune.collectors.metric_names import BY_KEY, FINISHED_ERROR_REASONS, Kind
+from slotune.collectors.metric_names import BY_KEY, Kind
 from slotune.collectors.snapshot import Capacity, GpuSnapshot, Snapshot
 from slotune.errors import ConfigError, TargetError
+from slotune.slo import ERROR_FINISH_REASONS
 
 __all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "derive_per_model", "metrics_url", "scrape"]
 
@@ -195,16 +196,19 @@ def derive(
 
     by_reason = w.counter_by("request_success", "finished_reason")
     finished = None if by_reason is None else sum(by_reason.values())
-    errors = None if by_reason is None else sum(by_reason.get(r, 0.0) for r in FINISHED_ERROR_REASONS)
+    errors = None if by_reason is None else sum(by_reason.get(r, 0.0) for r in ERROR_FINISH_REASONS)
     prompt_tokens, generation_tokens = w.counter("prompt_tokens"), w.counter("generation_tokens")
     preemptions = w.counter("preemptions")
 
     drafts = w.counter("spec_decode_drafts")
     accepted = w.counter("spec_decode_accepted_tokens")
+    draft_tokens = w.counter("spec_decode_draft_tokens")
     per_pos = w.counter_by("spec_decode_accepted_per_pos", "position") or {}
     positions = sorted(per_pos, key=lambda p: int(p) if p.isdigit() else 0)
 
+    e2e = w.histogram("e2e")
     return Snapshot(
+        in_flight_cap=_in_flight_cap(None if reset else before, after, e2e, seconds),
         target=target,
         window_start=start,
         window_end=after.timestamp,
@@ -212,7 +216,7 @@ def derive(
         ttft=summarize(w.histogram("ttft")),
         tpot=summarize(w.histogram("tpot")),
         itl=summarize(w.histogram("itl")),
-        e2e=summarize(w.histogram("e2e")),
+        e2e=summarize(e2e),
         queue=summarize(w.histogram("queue")),
         prefill=summarize(w.histogram("prefill")),
         decode=summarize(w.histogram("decode")),
@@ -234,11 +238,13 @@ def derive(
         preemptions=preemptions,
         preemptions_per_second=per_s(preemptions),
         prefix_cache_hit_rate=_ratio(w.counter("prefix_cache_hits"), w.counter("prefix_cache_queries")),
-        spec_decode_acceptance_rate=_ratio(accepted, w.counter("spec_decode_draft_tokens")),
+        spec_decode_acceptance_rate=_ratio(accepted, draft_tokens),
         # vLLM's definition: 1 (the bonus token each verified draft yields) + accepted per draft.
         spec_decode_mean_acceptance_length=None if not drafts or accepted is None else 1 + accepted / drafts,
         spec_decode_per_position=tuple(per_pos[p] / drafts for p in positions) if drafts else (),
         spec_decode_drafts=drafts,
+        spec_decode_draft_tokens=draft_tokens,
+        spec_decode_accepted_tokens=accepted,
         capacity=_capacity(after),
         gpu=gpu,
         counter_reset=reset,
@@ -247,6 +253,31 @@ def derive(
         notes=tuple(w.notes),
         per_model=derive_per_model(before, after, target) if engine is None and model is None else {},
     )
+
+
+def _in_flight_cap(before: Scrape | None, after: Scrape, e2e: Histogram | None, seconds: float) -> float | None:
+    """An upper bound on the requests in flight on average over the window. Little's law (e2e mean x
+    finished / window) counts each finished request's whole life, also the part before the window
+    opened; a request spends at most the window inside it, so the e2e buckets bound it by
+    sum(count x min(upper bound, window)) / window. Where the running and waiting gauges read load at
+    both ends of the window (steady state, not drained), in flight is bounded by what they saw."""
+    caps: list[float] = []
+    if e2e is not None and e2e.count > 0 and seconds > 0:
+        prev, total = 0.0, 0.0
+        for bound, cum in zip(e2e.bounds, e2e.counts):
+            total += (cum - prev) * min(bound, seconds)
+            prev = cum
+        caps.append(total / seconds)
+
+    def seen(s: Scrape) -> float | None:
+        parts = [sum(s.values.get(k, {}).values()) for k in ("requests_running", "requests_waiting")
+                 if s.values.get(k)]
+        return sum(parts) if parts else None
+
+    ends = [seen(before), seen(after)] if before is not None else [None]
+    if all(v is not None and v > 0 for v in ends):
+        caps.append(max(ends))  # type: ignore[type-var]
+    return min(caps) if caps else None
 
 
 def derive_per_engine(before: Scrape | None, after: Scrape, target: str) -> dict[str, Snapshot]:

@@ -19,7 +19,7 @@ from typing import Any
 
 
 from slotune import rules
-from slotune.slo import DEFAULT_SLO, SloSpec
+from slotune.slo import DEFAULT_SLO, ERROR_FINISH_REASONS, SloSpec
 
 OUT = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -215,7 +215,7 @@ def engine() -> Json:
         timeseries("Requests by finish reason", [q(
             f"sum by (finished_reason) (rate(vllm:request_success_total{{{SEL}}}[$__rate_interval]))",
             "{{finished_reason}}")], "reqps", "length/stop are normal; error and abort count against the "
-            "error-rate SLO (error) or the client (abort).", None, stack=True),
+            f"error-rate SLO ({', '.join(ERROR_FINISH_REASONS)}) or the client (abort).", None, stack=True),
         timeseries("Queue time", [q(sel(rules.latency_quantile("queue", qq)), f"p{round(qq * 100)}", r)
                                   for qq, r in zip(rules.QUANTILES, "ABC")], "s",
                    "Time requests wait before their first schedule: the queueing part of TTFT.", None),

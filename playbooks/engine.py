@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from slotune.collectors.snapshot import UNKNOWN, Snapshot
-from slotune.playbooks.facts import FACTS, PERCENT_FACTS, Facts, add_history, build_facts, slo_thresholds
+from slotune.playbooks.facts import (FACTS, PERCENT_FACTS, Facts, add_history, build_facts, resolution_notes,
+                                     slo_thresholds)
 from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
 from slotune.playbooks.remedies import COMPUTE
 from slotune.server import StartResult
@@ -222,6 +223,8 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
     diagnosis = judge(per_window, spans, slo=slo, server_config=server_config, playbooks=playbooks,
                       target=snaps[-1].target if snaps else None)
     notes = list(diagnosis.notes)
+    if snaps and not failed:
+        notes += resolution_notes(snaps[-1], slo)  # targets the buckets cannot decide are said, not guessed
     if snaps and not per_window[-1].get("nvml_available") and not failed:
         notes.append("NVML unavailable: utilization judged on engine evidence (batch occupancy, tokens per step)")
     return replace(diagnosis, notes=tuple(notes))

@@ -10,13 +10,15 @@ Booleans are 1.0/0.0. Latencies are seconds, shares and rates are fractions (0..
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune import platforms
 from slotune.server import StartResult, StartStatus
-from slotune.slo import LATENCY_METRICS, SloSpec
+from slotune.slo import INCONCLUSIVE, LATENCY_METRICS, SloSpec, SloTarget, straddles
+from slotune.slo_buckets import flag_for
 from slotune.vllm_config import VllmConfig
 
 Facts = dict[str, float | None]
@@ -53,9 +55,10 @@ FACTS: dict[str, str] = {
     "kv_max_concurrency": "requests of max_model_len the KV cache holds at once",
     "spec_enabled": "speculative decoding configured (1) or not (0)",
     "spec_k": "tokens drafted per step (num_speculative_tokens)",
-    "spec_drafts": "draft steps in the window",
+    "spec_drafts": "draft steps in the window (V0 pages: drafted tokens / K)",
+    "spec_draft_tokens": "tokens drafted in the window",
     "spec_acceptance_rate": "share of drafted tokens accepted (0..1)",
-    "spec_mean_acceptance_length": "mean tokens emitted per draft step (1 = nothing accepted)",
+    "spec_mean_acceptance_length": "mean tokens emitted per verification step (1 = nothing accepted)",
     "spec_first_position_acceptance": "acceptance rate of the first drafted position",
     "gpu_utilization": "NVML GPU utilization (0..1)",
     "nvml_available": "NVML readings available (1) or not (0)",
@@ -64,7 +67,8 @@ FACTS: dict[str, str] = {
     "max_model_len": "max_model_len configured (None: the model's own)",
     "chunked_prefill_enabled": "chunked prefill on (1) or off (0)",
     "prefix_caching_enabled": "prefix caching on (1) or off (0)",
-    "mean_concurrency": "requests in flight on average (Little's law: e2e mean x finished / window)",
+    "mean_concurrency": "requests in flight on average (Little's law: e2e mean x finished / window, "
+                        "bounded by the window's length and the running/waiting gauges)",
     "batch_occupancy": "requests in flight / max_num_seqs",
     "step_tokens_share": "mean tokens per engine step / max_num_batched_tokens",
     "ttft_queue_share": "share of TTFT spent queued (queue / (queue + prefill), means)",
@@ -75,6 +79,9 @@ FACTS: dict[str, str] = {
     "output_len_p99_over_p50": "output length p99 / p50",
     "tpot_p50_without_drafting": "p50 TPOT in earlier windows of this target without drafting (s)",
     "spec_tpot_speedup": "TPOT without drafting / TPOT with drafting (above 1: drafting helps)",
+    "spec_speedup_measured": "a TPOT speedup was measured against windows without drafting (1) or not (0)",
+    "engine_steps": "engine steps in the window (each decodes one token for every running request)",
+    "generation_tokens": "tokens generated in the window",
     "client_concurrency": "concurrency the load generator offered",
     "client_inflight_share": "requests in flight / concurrency the client offered",
     "client_error_rate": "share of the client's requests that failed",
@@ -164,8 +171,11 @@ def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config
             kv_cache_usage=s.kv_cache_usage, preemptions=s.preemptions,
             preemptions_per_second=s.preemptions_per_second, prefix_cache_hit_rate=s.prefix_cache_hit_rate,
             spec_drafts=s.spec_decode_drafts,
+            spec_draft_tokens=s.spec_decode_draft_tokens,
             spec_acceptance_rate=s.spec_decode_acceptance_rate,
             spec_mean_acceptance_length=s.spec_decode_mean_acceptance_length,
+            engine_steps=s.iteration_tokens.count if s.iteration_tokens is not None else None,
+            generation_tokens=s.generation_tokens_total,
             spec_first_position_acceptance=s.spec_decode_per_position[0] if s.spec_decode_per_position else None,
         )
         if s.capacity is not None:
@@ -205,10 +215,24 @@ def _config_facts(f: Facts, s: Snapshot | None, config: VllmConfig | None) -> No
         caching = config.enable_prefix_caching if config and config.enable_prefix_caching is not None else True
     f["prefix_caching_enabled"] = _b(caching)
     spec = config.speculative_config if config else None
-    drafting = spec is not None or bool(s is not None and s.spec_decode_drafts)
-    f["spec_enabled"] = _b(drafting)
+    # vLLM exports its spec-decode counters (zero until something is drafted) only when drafting is
+    # configured: their presence says so even without the server's flags.
+    on_page = s is not None and (s.spec_decode_drafts is not None or s.spec_decode_draft_tokens is not None)
+    f["spec_enabled"] = _b(spec is not None or on_page)
     f["spec_k"] = float(spec.num_speculative_tokens) if spec is not None else (
         float(len(s.spec_decode_per_position)) if s is not None and s.spec_decode_per_position else None)
+    _spec_from_draft_tokens(f, s)
+
+
+def _spec_from_draft_tokens(f: Facts, s: Snapshot | None) -> None:
+    """V0 pages count drafted, accepted and emitted tokens but not drafts: every verification step
+    drafts K tokens, so drafts = drafted tokens / K, and the mean acceptance length follows."""
+    if s is None or f["spec_drafts"] is not None or not f["spec_k"] or s.spec_decode_draft_tokens is None:
+        return
+    drafts = s.spec_decode_draft_tokens / f["spec_k"]
+    f["spec_drafts"] = drafts
+    if drafts > 0 and s.spec_decode_accepted_tokens is not None:
+        f["spec_mean_acceptance_length"] = 1 + s.spec_decode_accepted_tokens / drafts
 
 
 def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
@@ -216,6 +240,8 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     # running/waiting gauges are read at the window's end, after a load has often drained.
     if s is not None and not s.cumulative and s.window_seconds > 0 and f["e2e_mean"] is not None:
         f["mean_concurrency"] = f["e2e_mean"] * (s.requests_finished or 0.0) / s.window_seconds
+        if s.in_flight_cap is not None:  # requests that outlast the window would overstate it
+            f["mean_concurrency"] = min(f["mean_concurrency"], s.in_flight_cap)
     inflight = max((v for v in (f["mean_concurrency"], f["requests_running"]) if v is not None), default=None)
     f["batch_occupancy"] = _div(inflight, f["max_num_seqs"])
     f["step_tokens_share"] = _div(f["step_tokens_mean"], f["max_num_batched_tokens"])
@@ -233,6 +259,31 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
         if target is not None and stat not in _STATS:  # p90: not in the flat table; read it directly
             q90 = getattr(s, metric, None) if s is not None else None
             f[f"{metric}_at_slo"] = getattr(q90, stat, None) if q90 is not None else None
+        if _inconclusive(s, metric, stat, target.threshold if target else DEFAULT_SLO_THRESHOLDS[metric]):
+            f[f"{metric}_at_slo"] = None  # a guess inside the straddling bucket decides nothing
+
+
+def _inconclusive(s: Snapshot | None, metric: str, stat: str, threshold: float) -> tuple[float, float] | None:
+    """The server-side bucket of `metric`'s `stat` when it straddles `threshold`, else None."""
+    q = getattr(s, metric, None) if s is not None else None
+    bucket = q.bucket(stat) if isinstance(q, Quantiles) else None
+    return bucket if straddles(bucket, threshold) else None
+
+
+def resolution_notes(s: Snapshot | None, slo: SloSpec | None) -> list[str]:
+    """One note per SLO target the window's buckets cannot decide (met or missed inside one bucket)."""
+    notes = []
+    for metric in LATENCY_METRICS:
+        target = slo.get(metric) if slo is not None else None
+        stat = target.stat if target is not None and target.stat else DEFAULT_SLO_STAT
+        threshold = target.threshold if target else DEFAULT_SLO_THRESHOLDS[metric]
+        bucket = _inconclusive(s, metric, stat, threshold)
+        if bucket is not None:
+            hi = "+Inf" if math.isinf(bucket[1]) else f"{bucket[1]:g} s"
+            flag = flag_for(SloSpec((SloTarget(metric, stat, threshold),)))
+            notes.append(f"{metric}_{stat} <= {threshold:g} s: {INCONCLUSIVE} (vLLM's bucket {bucket[0]:g} s-{hi} "
+                         f"straddles the target; to make it a bucket bound start vLLM with {flag})")
+    return notes
 
 
 def _client_facts(f: Facts, client: Mapping[str, Any] | None) -> None:
@@ -256,6 +307,7 @@ def add_history(per_window: list[Facts]) -> None:
             base = sorted(plain)[len(plain) // 2]
             f["tpot_p50_without_drafting"] = base
             f["spec_tpot_speedup"] = _div(base, f.get("tpot_p50"))
+        f["spec_speedup_measured"] = _b(f.get("spec_tpot_speedup") is not None)
         if not drafting and f.get("requests_finished") and f.get("tpot_p50") is not None:
             plain.append(float(f["tpot_p50"]))  # type: ignore[arg-type]
 

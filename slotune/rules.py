@@ -17,8 +17,8 @@ The bad fraction comes from the histogram: 1 - rate(bucket{le=B}) / rate(count),
 smallest bucket bound *at or above* the threshold (`pick_bucket`). When the threshold falls between
 bounds the alert is therefore lenient: it counts as slow only requests beyond B. The bounds are
 vLLM 0.32's (see `BUCKETS`; a unit test checks them against a real /metrics capture). The
-error-rate SLO counts `vllm:request_success_total{finished_reason="error"}` against all finished
-requests (aborts are client cancellations, not server errors).
+error-rate SLO counts the finishes `slotune.slo.ERROR_FINISH_REASONS` names (`error`; aborts are
+client cancellations, not server errors) against all finished requests, as the sidecar does.
 
 This module sits in the bottom layers: it may import `slotune.slo` only, so the few vLLM metric
 names it needs are spelled here (the collectors' `metric_names` table holds the same names).
@@ -32,17 +32,15 @@ from dataclasses import dataclass
 import yaml
 
 from slotune.errors import ConfigError
-from slotune.slo import DEFAULT_SLO, RATIO_METRICS, SloSpec, SloTarget
+from slotune.slo import DEFAULT_SLO, RATIO_METRICS, SloSpec, SloTarget, error_reason_selector
+from slotune.slo_buckets import FAMILY, VLLM_DEFAULT_BUCKETS, flag_for
 
 AGG = "job, instance, model_name"
 LEVEL = "instance"
 RUNBOOK_BASE = "https://github.com/slotune/slotune/blob/main/docs/stack.md"
 
-# Latency histograms: SLI short name -> (vLLM histogram, its bucket bounds in vLLM 0.32).
-_FINE = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-         20.0, 40.0, 80.0)
-_LONG = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-         240.0, 480.0, 960.0, 1920.0, 7680.0)
+# Latency histograms: SLI short name -> vLLM histogram; their default bounds (vLLM 0.32) are kept once,
+# in slotune.slo_buckets.
 HISTOGRAMS: dict[str, str] = {
     "ttft": "vllm:time_to_first_token_seconds",
     "tpot": "vllm:request_time_per_output_token_seconds",
@@ -51,12 +49,8 @@ HISTOGRAMS: dict[str, str] = {
     "queue": "vllm:request_queue_time_seconds",
 }
 BUCKETS: dict[str, tuple[float, ...]] = {
-    "ttft": (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-             10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
-    "tpot": _FINE,
-    "itl": _FINE,
-    "e2e": _LONG,
-    "queue": _LONG,
+    **{m: VLLM_DEFAULT_BUCKETS[family] for m, family in FAMILY.items()},
+    "queue": VLLM_DEFAULT_BUCKETS["request_latency"],
 }
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -153,7 +147,7 @@ def recording_rules() -> list[dict[str, object]]:
     rules += [
         {"record": s["requests_rate"], "expr": rate("vllm:request_success_total")},
         {"record": s["error_ratio"],
-         "expr": _ratio(rate("vllm:request_success_total", '{finished_reason="error"}'),
+         "expr": _ratio(rate("vllm:request_success_total", "{" + error_reason_selector() + "}"),
                         rate("vllm:request_success_total"))},
         {"record": s["prompt_tokens_rate"], "expr": rate("vllm:prompt_tokens_total")},
         {"record": s["generation_tokens_rate"], "expr": rate("vllm:generation_tokens_total")},
@@ -216,11 +210,15 @@ def error_budget(target: SloTarget) -> float | None:
 
 def bad_ratio_expr(target: SloTarget, window: str) -> str:
     if target.metric == "error_rate":
-        return _ratio(_sum(f'rate(vllm:request_success_total{{finished_reason="error"}}[{window}])'),
+        return _ratio(_sum(f"rate(vllm:request_success_total{{{error_reason_selector()}}}[{window}])"),
                       _sum(f"rate(vllm:request_success_total[{window}])"))
     hist = HISTOGRAMS[target.metric]
-    le = le_matcher(pick_bucket(target.metric, target.threshold))
-    fast = _sum(f'rate({hist}_bucket{{le=~"{le}"}}[{window}])')
+    bound = pick_bucket(target.metric, target.threshold)
+    fast = _sum(f'rate({hist}_bucket{{le=~"{le_matcher(target.threshold)}"}}[{window}])')
+    if abs(bound - target.threshold) > 1e-12:
+        # Exact where the server has the threshold as a bound (slotune starts vLLM with it, see
+        # slotune.slo_buckets); elsewhere the next default bound at or above, per target (`or`).
+        fast = f"(\n{fast}\nor\n" + _sum(f'rate({hist}_bucket{{le=~"{le_matcher(bound)}"}}[{window}])') + "\n)"
     return "1 - (\n" + _ratio(fast, _sum(f"rate({hist}_count[{window}])")) + "\n)"
 
 
@@ -249,7 +247,9 @@ def slo_rules(spec: SloSpec, windows: tuple[BurnWindow, ...] = SRE_WINDOWS) -> t
             bound = pick_bucket(t.metric, t.threshold)
             record.append({"record": SLO_THRESHOLD, "expr": f"vector({t.threshold:g})", "labels": labels})
             if abs(bound - t.threshold) > 1e-12:
-                notes.append(f"{t}: counted against the {bound:g}s bucket (next bound at or above)")
+                notes.append(f"{t}: {t.threshold:g}s is not a bound of vLLM's default buckets: a server without it "
+                             f"is counted against the {bound:g}s bound (lenient); make it one: start vLLM with "
+                             f"{flag_for(SloSpec((t,)))}")
         for span in spans:
             record.append({"record": SLO_ERRORS + span, "expr": bad_ratio_expr(t, span), "labels": labels})
         for bw in windows:

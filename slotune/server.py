@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from slotune.slo import SloSpec
+from slotune.slo_buckets import with_slo_buckets
 from slotune import platforms
 from slotune.errors import ConfigError
 from slotune.vllm_config import VllmConfig, validate_combination
@@ -132,6 +134,9 @@ class ManagedServer:
     # Confine every server process to these cores (None: anywhere). On a small host, a load generator
     # sharing cores with vLLM's busy-polling processes measures its own seat, not the server.
     cpus: tuple[int, ...] | None = None
+    # The SLO the server is judged by: its latency thresholds become histogram bucket bounds
+    # (`--custom-histogram-buckets`), so attainment read from vLLM's /metrics is exact.
+    slo: SloSpec | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     log_path: Path | None = field(default=None, init=False)
     effective: VllmConfig | None = field(default=None, init=False)
@@ -146,6 +151,7 @@ class ManagedServer:
             unset = {k: v for k, v in plat.default_flags.items() if getattr(cfg, k) is None}
             env = {**plat.default_env, **cfg.env}
             cfg = cfg.model_copy(update={**unset, "env": env})
+        cfg = with_slo_buckets(cfg, self.slo)
         if self.cpus:  # the compute threads bound inside the same cores; the user's env still wins
             cfg = cfg.model_copy(update={"env": {**platforms.pinned_env(platforms.detect(), list(self.cpus)),
                                                  **cfg.env}})

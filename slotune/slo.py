@@ -27,6 +27,19 @@ LATENCY_METRICS: dict[str, str] = {
 STATS = ("p50", "p90", "p95", "p99", "mean")
 RATIO_METRICS = ("error_rate",)
 
+# The error-rate SLO, defined once (sidecar burn, collectors' `error_rate`, Prometheus rules, docs):
+# the share of finished requests vLLM ended with `finished_reason="error"`. An `abort` is the
+# client's doing (a disconnect, a cancel, its own timeout): counting it would let clients spend the
+# server's error budget, and slowness that makes clients give up is what the latency targets catch.
+ERROR_FINISH_REASONS: tuple[str, ...] = ("error",)
+
+
+def error_reason_selector() -> str:
+    """The PromQL label matcher for `ERROR_FINISH_REASONS`, e.g. `finished_reason="error"`."""
+    if len(ERROR_FINISH_REASONS) == 1:
+        return f'finished_reason="{ERROR_FINISH_REASONS[0]}"'
+    return f'finished_reason=~"{"|".join(ERROR_FINISH_REASONS)}"'
+
 DEFAULT_SLO = "ttft_p95<=500ms,e2e_p95<=2s"
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -68,15 +81,37 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+INCONCLUSIVE = "inconclusive at this resolution"
+
+
+def straddles(bucket: tuple[float, float] | None, threshold: float) -> bool:
+    """The histogram bucket a quantile was interpolated in has the threshold strictly inside: the
+    buckets cannot tell whether the true quantile is under or over it (at a bound they can)."""
+    return bucket is not None and bucket[0] < threshold < bucket[1]
+
+
 @dataclass(frozen=True)
 class SloResult:
+    """One target checked: `met` is None when there is no figure or the figure cannot decide
+    (`inconclusive`: a quantile interpolated inside the bucket that straddles the threshold)."""
+
     target: SloTarget
     value: float | None
     met: bool | None
+    bucket: tuple[float, float] | None = None  # the server-side bucket the quantile fell in
+    inconclusive: bool = False
+
+    @property
+    def status(self) -> str:
+        """'met', 'missed', 'no data' or 'inconclusive at this resolution'."""
+        if self.inconclusive:
+            return INCONCLUSIVE
+        return "no data" if self.met is None else ("met" if self.met else "missed")
 
     def to_dict(self) -> dict[str, object]:
+        bucket = None if self.bucket is None else [self.bucket[0], None if math.isinf(self.bucket[1]) else self.bucket[1]]
         return {"target": str(self.target), "key": self.target.key, "value": self.value,
-                "threshold": self.target.threshold, "met": self.met}
+                "threshold": self.target.threshold, "met": self.met, "status": self.status, "bucket": bucket}
 
 
 @dataclass(frozen=True)
@@ -123,11 +158,15 @@ class SloSpec:
 
     def evaluate(self, figures: Mapping[str, object]) -> list[SloResult]:
         """Check each target against figures shaped like the collectors' JSON:
-        `{"ttft_seconds": {"p95": ...}, ..., "error_rate": ...}`."""
+        `{"ttft_seconds": {"p95": ..., "buckets": {"p95": [lower, upper]}}, ..., "error_rate": ...}`.
+        A quantile whose bucket straddles the threshold is inconclusive, never met or missed."""
         results = []
         for t in self.targets:
-            value = lookup(figures, t)
-            results.append(SloResult(t, value, t.met_by(value)))
+            value, bucket = lookup(figures, t), lookup_bucket(figures, t)
+            if straddles(bucket, t.threshold):
+                results.append(SloResult(t, value, None, bucket, inconclusive=True))
+            else:
+                results.append(SloResult(t, value, t.met_by(value), bucket))
         return results
 
 
@@ -140,6 +179,16 @@ def lookup(figures: Mapping[str, object], target: SloTarget) -> float | None:
         v = block.get(target.stat or "mean")
         return float(v) if isinstance(v, (int, float)) else None
     return None
+
+
+def lookup_bucket(figures: Mapping[str, object], target: SloTarget) -> tuple[float, float] | None:
+    """The bucket bounds behind a quantile figure (collectors' JSON `buckets`), when it has them."""
+    block = figures.get(f"{target.metric}_seconds")
+    buckets = block.get("buckets") if isinstance(block, Mapping) else None
+    b = buckets.get(target.stat) if isinstance(buckets, Mapping) and target.stat else None
+    if not isinstance(b, (list, tuple)) or len(b) != 2 or not isinstance(b[0], (int, float)):
+        return None
+    return float(b[0]), math.inf if b[1] is None else float(b[1])
 
 
 def _parse_target(part: str) -> SloTarget:

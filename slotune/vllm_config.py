@@ -12,6 +12,7 @@ launched, with a message that says which rule was broken.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -76,6 +77,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("optimization_level", "--optimization-level", "int"),
     Flag("tensor_parallel_size", "--tensor-parallel-size", "int"),
     Flag("max_logprobs", "--max-logprobs", "int"),
+    Flag("custom_histogram_buckets", "--custom-histogram-buckets", "json", False,
+         "histogram bucket bounds per family (slotune adds the SLO thresholds)"),
 )
 FLAG_BY_FIELD = {f.field: f for f in FLAGS}
 TUNABLE_FIELDS = tuple(f.field for f in FLAGS if f.tunable)
@@ -142,6 +145,8 @@ class VllmConfig(BaseModel):
     optimization_level: int | None = Field(default=None, ge=0, le=3)
     tensor_parallel_size: int | None = Field(default=None, ge=1)
     max_logprobs: int | None = Field(default=None, ge=0)
+    # vLLM 0.32: bucket family -> strictly increasing, positive, finite bounds (slotune.slo_buckets).
+    custom_histogram_buckets: dict[str, list[float]] | None = None
 
     env: dict[str, str] = Field(default_factory=dict, description="environment for the server process")
 
@@ -149,6 +154,20 @@ class VllmConfig(BaseModel):
     @classmethod
     def _safe_strings(cls, v: str | None) -> str | None:
         return _safe(v)
+
+    @field_validator("custom_histogram_buckets")
+    @classmethod
+    def _buckets(cls, v: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
+        if v is None:
+            return v
+        for family, bounds in v.items():
+            if not re.match(r"^[a-z_]+$", family):
+                raise ValueError(f"bucket family {family!r} is not a family name (e.g. time_to_first_token)")
+            if not bounds or any(not math.isfinite(b) or b <= 0 for b in bounds):
+                raise ValueError(f"custom_histogram_buckets[{family!r}]: bounds must be finite and > 0")
+            if any(a >= b for a, b in zip(bounds, bounds[1:])):
+                raise ValueError(f"custom_histogram_buckets[{family!r}]: bounds must be strictly increasing")
+        return v
 
     @field_validator("host")
     @classmethod
@@ -202,7 +221,8 @@ class VllmConfig(BaseModel):
             if f.kind == "bool":
                 args.append(f.flag if value else "--no-" + f.flag[2:])
             elif f.kind == "json":
-                args += [f.flag, json.dumps(value.model_dump(exclude_none=True), separators=(",", ":"))]
+                data = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+                args += [f.flag, json.dumps(data, separators=(",", ":"))]
             else:
                 args += [f.flag, str(value)]
         return args

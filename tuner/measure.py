@@ -100,7 +100,7 @@ class ServerMeasure:
         say = progress or (lambda _msg: None)
         started = time.monotonic()
         server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
-                               cpus=self.server_cpus)
+                               cpus=self.server_cpus, slo=self.load.slo)
         try:
             say("starting vLLM")
             try:

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot
+from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot, quantile_text
+from slotune.slo import SloSpec
 
 LATENCY_LABELS = {
     "ttft": "TTFT",
@@ -48,8 +49,9 @@ def render(snap: Snapshot) -> Any:
         if q is None:
             lat.add_row(LATENCY_LABELS[name], "no data", "", "", "", "", "0")
         else:
-            lat.add_row(LATENCY_LABELS[name], _ms(q.p50), _ms(q.p90), _ms(q.p95), _ms(q.p99), _ms(q.mean),
-                        f"{q.count:.0f}")
+            # A quantile interpolated in a coarse bucket shows the bucket's bounds ("< 300"), not a guess.
+            lat.add_row(LATENCY_LABELS[name], *(quantile_text(q, s, missing="-") for s in ("p50", "p90", "p95", "p99")),
+                        _ms(q.mean), f"{q.count:.0f}")
     state = Table(show_header=False, box=None)
     state.add_column(style="bold")
     state.add_column()
@@ -106,6 +108,18 @@ def _per_model(snap: Snapshot) -> Any:
     return table
 
 
+def bucket_warnings(slo: SloSpec, scrape: Any) -> list[str]:
+    """`slotune.slo_buckets.warnings` for the buckets this page's histograms actually have."""
+    from slotune.slo_buckets import warnings
+
+    observed = {}
+    for metric in ("ttft", "tpot", "itl", "e2e"):
+        series = scrape.histograms.get(metric)
+        if series:
+            observed[metric] = [b for b in next(iter(series.values())).bounds if b != float("inf")]
+    return warnings(slo, observed)
+
+
 def register(app: click.Group) -> None:
     @app.command()
     @click.option("--target", required=True, metavar="URL", help="vLLM server, e.g. http://127.0.0.1:8000")
@@ -118,15 +132,19 @@ def register(app: click.Group) -> None:
     @click.option("--store", "persist", is_flag=True, help="also save each window to slotune's database")
     @click.option("--db", "db_url", default=None, metavar="URL",
                   help="database URL for --store (default: SQLite under $SLOTUNE_DATA_DIR)")
+    @click.option("--slo", "slo_text", default=None, metavar="SPEC",
+                  help="also check SLO targets, e.g. 'ttft_p95<=300ms' (met, missed or inconclusive)")
     def collect(target: str, interval: float, once: bool, as_json: bool, count: int | None,
-                persist: bool, db_url: str | None) -> None:
+                persist: bool, db_url: str | None, slo_text: str | None) -> None:
         """Report what a vLLM server's /metrics says: latency quantiles, rates, queue, KV cache."""
         from rich.console import Console
 
         from slotune.collectors.gpu import GpuCollector
         from slotune.collectors.vllm_metrics import VllmCollector
 
+        slo = SloSpec.parse(slo_text) if slo_text else None
         collector = VllmCollector(target, gpu=GpuCollector())
+        warned = False
         store = None
         if persist:
             from slotune.store import open_store
@@ -135,14 +153,34 @@ def register(app: click.Group) -> None:
         console = Console()
 
         def emit(snap: Snapshot) -> None:
+            nonlocal warned
             if store is not None:
                 from slotune.collectors.persist import save_snapshot
 
                 save_snapshot(store, snap)
+            if slo is not None and not warned and collector.last is not None:
+                warned = True  # once: the page's buckets do not change between windows
+                for line in bucket_warnings(slo, collector.last):
+                    click.echo(f"warning: {line}", err=True)
+            results = slo.evaluate(snap.to_dict()) if slo is not None else []
             if as_json:
-                click.echo(json.dumps(snap.to_dict()))
+                out = snap.to_dict()
+                if slo is not None:
+                    out["slo"] = [r.to_dict() for r in results]
+                click.echo(json.dumps(out))
             else:
                 console.print(render(snap))
+                for r in results:
+                    if r.value is None:
+                        value = ""
+                    elif r.target.metric == "error_rate":
+                        value = f" ({r.value:.2%})"
+                    elif r.bucket is None:
+                        value = f" ({r.value * 1000:.1f} ms)"
+                    else:
+                        hi = "+Inf" if r.bucket[1] == float("inf") else f"{r.bucket[1] * 1000:g}"
+                        value = f" ({r.value * 1000:.1f} ms, in the {r.bucket[0] * 1000:g}-{hi} ms bucket)"
+                    console.print(f"SLO {r.target}: {r.status}{value}")
 
         if once:
             emit(collector.cumulative())

@@ -31,9 +31,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _ms(block: Any, stat: str) -> str:
-    if not isinstance(block, dict) or block.get(stat) is None:
-        return "no data"
-    return f"{block[stat] * 1000:.1f} ms"
+    from slotune.collectors.snapshot import quantile_text
+
+    return quantile_text(block, stat, missing="no data") + ("" if block is None or block.get(stat) is None else " ms")
 
 
 def _latency_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
@@ -69,7 +69,7 @@ def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, conc
     slo = SloSpec.parse(slo_text)
     workload = load_workload(DEMO_WORKLOAD)
     config = VllmConfig(model=str(model_dir), served_model_name="tiny")
-    server = ManagedServer(config, log_dir=paths.logs_dir() / "demo")
+    server = ManagedServer(config, log_dir=paths.logs_dir() / "demo", slo=slo)
     click.echo(f"starting vLLM (default flags): {server.effective_config().serve_command()}")
     try:
         result = server.start()
@@ -94,8 +94,8 @@ def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, conc
         ("goodput", f"{client.get('goodput') or 0:.2f} req/s  (SLO {slo})"),
         *_latency_rows(client),
     ])
-    # Server quantiles are interpolated inside vLLM's buckets (as histogram_quantile does): coarse where
-    # the buckets are (e2e and queue start at 0.3 s); the mean is exact.
+    # Server quantiles are interpolated inside vLLM's buckets (as histogram_quantile does): where the
+    # bucket is coarse (e2e and queue start at 0.3 s) its bounds are shown instead; the mean is exact.
     _table(f"server side (vLLM /metrics, {window.window_seconds:.1f} s window)", [
         ("requests finished", f"{window.requests_finished or 0:.0f}"),
         *_latency_rows(server_fig),
@@ -105,7 +105,7 @@ def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, conc
         ("GPU", "unavailable (no NVML)" if server_fig.get("gpu") is None else _pct(window.gpu.utilization
                                                                                    if window.gpu else None)),
     ])
-    slo_rows = [(str(r.target), "met" if r.met else ("no data" if r.met is None else f"MISSED ({r.value:.3f})"))
+    slo_rows = [(str(r.target), f"MISSED ({r.value:.3f})" if r.met is False else r.status)
                 for r in slo.evaluate(server_fig)]
     _table("SLO (server-side window)", slo_rows)
 

@@ -188,7 +188,7 @@ def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any
     from slotune import paths
     from slotune.server import ManagedServer
 
-    server = ManagedServer(config, log_dir=paths.logs_dir())
+    server = ManagedServer(config, log_dir=paths.logs_dir(), slo=slo)
     try:
         started = server.start()
         if not started.ok:

@@ -31,8 +31,13 @@ def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
     alerts (SRE workbook: 1h/5m 14.4x and 6h/30m 6x page, 1d/2h 3x and 3d/6h 1x ticket)."""
     from slotune import rules as gen
 
+    from slotune.slo_buckets import warnings
+
     spec = SloSpec.parse(slo_text)
     slo_text_out = gen.render_slo(spec)
+    # Said where it is read, not only as a comment in the file: an alert counted against another bound.
+    for line in warnings(spec):
+        click.echo(f"warning: {line}", err=True)
     if write_dir is not None:
         for name, render in gen.RULE_FILES.items():
             text = slo_text_out if render is gen.render_slo else render()

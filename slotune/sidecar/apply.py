@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from slotune.errors import SlotuneError
 from slotune.server import ManagedServer, StartResult
 from slotune.settings import Settings
+from slotune.slo import SloSpec
 from slotune.sidecar import outbox
 from slotune.sidecar.loop import Controller
 from slotune.sidecar.metrics import SidecarMetrics
@@ -45,8 +46,9 @@ def config_dict(cfg: VllmConfig) -> dict[str, Any]:
 class ManagedTarget:
     """The managed vLLM: started from a config, restarted with another on the same port."""
 
-    def __init__(self, config: VllmConfig, log_dir: Path, startup_timeout: float) -> None:
+    def __init__(self, config: VllmConfig, log_dir: Path, startup_timeout: float, slo: SloSpec | None = None) -> None:
         self.config, self.log_dir, self.startup_timeout = config, log_dir, startup_timeout
+        self.slo = slo  # its thresholds become bucket bounds of every server started here
         self.server: ManagedServer | None = None
         self.port: int | None = None
         self.lock = threading.Lock()
@@ -57,7 +59,7 @@ class ManagedTarget:
                 self.server.stop()
             cfg = config or self.config
             self.server = ManagedServer(cfg, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
-                                        port=self.port)
+                                        port=self.port, slo=self.slo)
             result = self.server.start()
             self.port = self.server.port
             self.config = cfg

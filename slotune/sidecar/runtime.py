@@ -39,7 +39,7 @@ class Sidecar:
         self.managed: ManagedTarget | None = None
         if settings.managed is not None:
             self.managed = ManagedTarget(managed_config(settings), data_dir(settings) / "logs" / "managed",
-                                         settings.managed.startup_timeout)
+                                         settings.managed.startup_timeout, slo=self.slo)
         self.controller = Controller(settings, self.store, self.metrics, target=settings.target, clock=clock,
                                      scrape=scrape, config=lambda: self.managed.config if self.managed else None)
         self.deliverer = outbox.Deliverer(settings, self.store, self.metrics, clock=clock)
@@ -72,6 +72,11 @@ class Sidecar:
         self.started = True
         log.info("sidecar watching %s every %gs, mode %s, SLO %s", self.controller.target, self.settings.interval,
                  self.settings.mode, self.slo)
+        if self.managed is None:  # a server slotune started has the thresholds as bounds already
+            from slotune.slo_buckets import warnings
+
+            for line in warnings(self.slo):
+                log.warning("%s", line)
 
     def stop(self) -> None:
         self._stop.set()

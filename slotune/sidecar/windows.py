@@ -5,7 +5,11 @@ Per SLO target, a window gives `bad` and `total` request counts:
   histogram delta between the two scrapes. Like the Prometheus rules (`slotune.rules.pick_bucket`),
   the threshold is rounded up to the next bucket bound, so only requests beyond that bound count
   as bad (lenient when the threshold falls between bounds);
-- `error_rate<=1%` counts errored requests among the finished ones.
+- `error_rate<=1%` counts errored requests among the finished ones (`slotune.slo.ERROR_FINISH_REASONS`:
+  `error`, not `abort`, as the Prometheus rules do).
+
+A window's `met` is None ("inconclusive at this resolution") when the statistic was interpolated
+inside the bucket that straddles the threshold: the buckets cannot tell.
 
 From those: attainment = 1 - bad/total (the share of requests that met the target), and the
 error-budget burn rate = (bad/total) / budget, where the budget is 1 - quantile for a latency target
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass
 from slotune.collectors.exposition import Scrape
 from slotune.collectors.histogram import Histogram
 from slotune.collectors.snapshot import Snapshot
-from slotune.slo import RATIO_METRICS, SloSpec, SloTarget, lookup
+from slotune.slo import RATIO_METRICS, SloSpec, SloTarget, lookup, lookup_bucket, straddles
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class SloFigure:
     bad: float  # requests that missed the per-request threshold
     total: float  # requests judged
     budget: float | None  # allowed bad share (1 - quantile, or the error_rate threshold)
+    inconclusive: bool = False  # the statistic's bucket straddles the threshold: met is None
 
     @property
     def attainment(self) -> float | None:
@@ -86,7 +91,8 @@ def slo_figures(slo: SloSpec, before: Scrape | None, after: Scrape, snapshot: Sn
         value = lookup(data, t)
         bad, total = _counts(t, base, after, snapshot)
         budget = t.threshold if t.metric in RATIO_METRICS else (round(1.0 - t.quantile, 6) if t.quantile else None)
-        out.append(SloFigure(t.key, str(t), value, t.met_by(value), bad, total, budget))
+        unsure = straddles(lookup_bucket(data, t), t.threshold)
+        out.append(SloFigure(t.key, str(t), value, None if unsure else t.met_by(value), bad, total, budget, unsure))
     return out
 
 

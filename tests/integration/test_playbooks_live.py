@@ -88,6 +88,27 @@ def test_ngram_speculation_on_random_weights_gives_no_speedup(start_vllm: Callab
     assert {"speculative_config": {**NGRAM, "num_speculative_tokens": 2}} in deltas(f)
 
 
+def test_ngram_on_text_without_repeats_drafts_nothing(start_vllm: Callable[..., Any]) -> None:
+    # n-gram drafting proposes a continuation only where the last n tokens (here 5) occurred before in
+    # the prompt or output. Prompts of random plain words and outputs sampled at temperature 1 from a
+    # random-weight model over 512 tokens hold no repeated 5-gram: the draft counter stays at 0.
+    never = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 5, "prompt_lookup_min": 5}
+    server = start_vllm(speculative_config=never, max_num_seqs=8, max_num_batched_tokens=512)
+    plain = Workload(name="no-repeats", prompt_len=Length(value=24), output_len=Length(value=48), temperature=1.0)
+    try:
+        d = run(server, plain, concurrency=2, num_requests=8, speculative_config=never,
+                max_num_seqs=8, max_num_batched_tokens=512)
+    finally:
+        server.stop()
+    f = by_id(d).get("spec_decode_no_speedup")
+    assert f is not None, json.dumps(d, indent=1)
+    assert f["cause"] == "never_drafts"
+    assert evidence(f, "spec_drafts")["value"] == 0
+    assert evidence(f, "generation_tokens")["value"] >= 64
+    assert evidence(f, "engine_steps")["value"] > 0
+    assert deltas(f)[0] == {"speculative_config": None}
+
+
 def test_kv_cache_too_small_for_the_load(start_vllm: Callable[..., Any]) -> None:
     # 1000-token requests need 8 blocks of 128; 10 blocks hold one and a bit: 4 concurrent long
     # requests are preempted and wait for capacity. Prefix caching off: the load generator's

@@ -97,11 +97,13 @@ def serve_file():
 
     servers = []
 
-    def start(name: str) -> str:
-        body = (FIELD / name).read_bytes()
+    def start(*names: str) -> str:
+        """Serves the files in turn, the last one from then on (a second scrape sees the next page)."""
+        bodies = [(FIELD / n).read_bytes() for n in names]
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                body = bodies.pop(0) if len(bodies) > 1 else bodies[0]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -134,3 +136,52 @@ def test_collect_names_the_cause_for_an_http_only_page(serve_file, capsys):
     assert main(["collect", "--target", url, "--once"]) == 1
     err = capsys.readouterr().err
     assert "--api-server-count" in err and "Traceback" not in err
+
+
+MEDUSA_A, MEDUSA_B = "04-v0-spec-medusa-k16-zero-accept-A.prom", "04-v0-spec-medusa-k16-zero-accept-B.prom"
+
+
+def medusa_window():
+    before = parse((FIELD / MEDUSA_A).read_text(), url="u", timestamp=1000.0)
+    after = parse((FIELD / MEDUSA_B).read_text(), url="u", timestamp=1030.0)
+    return derive(before, after, "t")
+
+
+def test_v0_medusa_page_without_draft_counter_is_judged_none_accepted():
+    """04: Medusa K=16 on vLLM 0.5: 0 of 8,784 drafted tokens accepted; drafts = 8,784 / 16 = 549."""
+    from slotune.cli.diagnose import read_config
+    from slotune.playbooks.engine import diagnose
+
+    w = medusa_window()
+    assert (w.spec_decode_draft_tokens, w.spec_decode_accepted_tokens) == (8784, 0)
+    assert w.spec_decode_acceptance_rate == 0 and w.spec_decode_drafts is None  # no draft counter on V0
+    d = diagnose([w], server_config=read_config(FIELD / "04-config-medusa.yaml"))
+    f = next(x for x in d.findings if x.playbook == "spec_decode_no_speedup")
+    assert f.cause == "none_accepted"
+    ev = {e.field: e.value for e in f.evidence}
+    assert ev["spec_drafts"] == 549 and ev["spec_k"] == 16
+    assert ev["spec_mean_acceptance_length"] == 1.0 and ev["spec_acceptance_rate"] == 0
+    assert {"speculative_config": None} == f.remedies[0].config_delta
+    assert "None" not in f.summary and "?" not in f.summary
+
+
+def test_v0_medusa_page_without_its_config_still_fires_and_says_unknown():
+    from slotune.playbooks.engine import diagnose
+
+    d = diagnose([medusa_window()])
+    f = next(x for x in d.findings if x.playbook == "spec_decode_no_speedup")
+    assert f.cause == "none_accepted"
+    assert "K=unknown" in f.summary and "None" not in f.summary and "?" not in f.summary
+
+
+def test_diagnose_cli_on_the_medusa_pages(serve_file, capsys):
+    url = serve_file(MEDUSA_A, MEDUSA_B)
+    code = main(["diagnose", "--target", url, "--window", "1", "--json",
+                 "--config", str(FIELD / "04-config-medusa.yaml")])
+    assert code == 0
+    import json
+
+    d = json.loads(capsys.readouterr().out)
+    f = next(x for x in d["findings"] if x["playbook"] == "spec_decode_no_speedup")
+    assert f["cause"] == "none_accepted"
+    assert {e["field"]: e["value"] for e in f["evidence"]}["spec_drafts"] == 549

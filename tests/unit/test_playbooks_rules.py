@@ -57,7 +57,13 @@ FIRES = [
     ("kv_cache_pressure", {"kv_cache_usage": 0.97}, "runtime"),
     ("kv_cache_pressure", {"startup_failed": 1, "startup_kv_too_small": 1}, "startup"),
     ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.01}, "none_accepted"),
-    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.3}, "low_acceptance"),
+    # V0 pages: no draft counter, drafted tokens only (K unknown): nothing accepted still decides.
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_draft_tokens": 8784, "spec_acceptance_rate": 0.0},
+     "none_accepted"),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.1,
+                                "spec_mean_acceptance_length": 1.3}, "few_tokens_per_step"),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 0, "generation_tokens": 2000,
+                                "engine_steps": 700}, "never_drafts"),
     ("inconsistent_latency", {"e2e_p50": 0.5, "e2e_p99": 5.0, "e2e_p99_over_p50": 10.0, "output_len_p99_over_p50": 8},
      "length_spread"),
     ("inconsistent_latency", {"ttft_p50": 0.1, "ttft_p99": 2.0, "ttft_p99_over_p50": 20.0, "preemptions": 0,
@@ -91,6 +97,14 @@ MUST_NOT_FIRE = [
     ("kv_cache_pressure", {"kv_cache_usage": 0.85}),
     ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.7}),
     ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 0, "spec_acceptance_rate": None}),
+    # Long drafts: a quarter of K=12 drafted tokens accepted is still 4 tokens per step: a gain.
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.25,
+                                "spec_mean_acceptance_length": 4.0, "spec_k": 12}),
+    # Measured faster wins over a low acceptance figure.
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 50, "spec_acceptance_rate": 0.2,
+                                "spec_mean_acceptance_length": 1.2, "spec_tpot_speedup": 1.4}),
+    ("spec_decode_no_speedup", {"spec_enabled": 1, "spec_drafts": 0, "generation_tokens": 10}),  # idle
+    ("spec_decode_no_speedup", {"spec_enabled": 0, "spec_drafts": None, "generation_tokens": 2000}),
     ("inconsistent_latency", {"e2e_p50": 0.1, "e2e_p99": 1.0, "e2e_p99_over_p50": 10.0}),  # tail meets the SLO
     ("inconsistent_latency", {"e2e_p50": 0.5, "e2e_p99": 5.0, "e2e_p99_over_p50": 10.0, "requests_finished": 5}),
     ("low_gpu_utilization", {"mean_concurrency": 0.9, "batch_occupancy": 0.007}),  # idle, not underused
@@ -125,7 +139,8 @@ def test_remedies_are_concrete_flag_changes() -> None:
     # Cap the input length at what requests need: p99 prompt + output rounded up to 256.
     assert {"max_model_len": 768} in deltas
 
-    spec = fired(facts(spec_enabled=1, spec_drafts=9, spec_acceptance_rate=0.3), config=cfg)
+    spec = fired(facts(spec_enabled=1, spec_drafts=9, spec_acceptance_rate=0.3, spec_mean_acceptance_length=1.2),
+                 config=cfg)
     deltas = [r["config_delta"] for r in spec["spec_decode_no_speedup"]["remedies"]]
     assert deltas[0] == {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3,
                                                 "prompt_lookup_max": 4, "prompt_lookup_min": 2}}

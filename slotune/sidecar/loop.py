@@ -305,13 +305,17 @@ class Controller:
 
     def fresh_diagnosis(self) -> dict[str, Any]:
         """A diagnosis now: one extra scrape as a partial window on top of the rolling ones (the loop's
-        own base is left alone). Never raises: a down target is reported as such."""
+        own base is left alone). A partial window in which no request finished (an alert that comes
+        just after a tick) is left out when there are full windows: judged alone, its missing latency
+        would read as "healthy". Never raises: a down target is reported as such."""
         with self.lock:
             windows = self.rolling.snapshots()
             try:
                 after = self.scrape(self.target)
                 if self.previous is not None:
-                    windows = [*windows, derive(self.previous, after, self.target)]
+                    partial = derive(self.previous, after, self.target)
+                    if not partial.empty or not windows:
+                        windows = [*windows, partial]
             except SlotuneError as exc:
                 return {"status": "target_down", "target": self.target, "error": str(exc), "findings": []}
             diagnosis = run_diagnose(windows[-self.settings.windows:], self.slo, self.current_config(),

@@ -7,10 +7,18 @@ What a test run changes, and nothing else:
   jobs, discovery and `rule_files`, and the rule files themselves, are the committed ones. A test
   may add extra rule files (e.g. an SLO rendered with short windows).
 * Alertmanager: the sidecar receiver's URL (a loopback port) and the route's timers (1 s).
+
+A missing binary fails the test that needs it (`require_stack`), as a missing PostgreSQL does in
+`pg.py`: an end-to-end test must not turn into a silent skip.
+
+`TEST_SLO` and `TEST_WINDOWS`: an SLO that any real request breaks (`ttft_p95<=1ms`, counted against
+the 0.001 s bucket) with ONE burn tier whose windows are 30 s and 10 s instead of 1 h and 5 m
+(`for: 1s`, factor 14.4, severity page): same generator, same expressions, shorter windows.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -18,11 +26,15 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
+
+from slotune import rules
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -40,8 +52,42 @@ def alertmanager_binary() -> str | None:
     return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
 
 
-def have_stack() -> bool:
-    return bool(shutil.which("prometheus") and alertmanager_binary())
+def require_stack() -> None:
+    """Fail the calling test when Prometheus or Alertmanager is not installed."""
+    missing = [name for name, found in (("prometheus", shutil.which("prometheus")),
+                                        ("alertmanager", alertmanager_binary())) if not found]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not installed (run `make system-packages`)")
+
+
+TEST_SLO = "ttft_p95<=1ms"
+TEST_WINDOWS = (rules.BurnWindow("page", "30s", "10s", 14.4, "1s"),)
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records webhook POSTs (JSON bodies: Alertmanager's v4 payload, the sidecar's notifications) by
+    path. Serve it from a thread: `threading.Thread(target=r.serve_forever, daemon=True).start()`."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
 
 
 def render_prometheus(workdir: Path, targets: dict[str, Iterable[str]], interval: str = "1s",
@@ -162,8 +208,6 @@ GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m
 
 
 def load_dashboards() -> dict[str, dict[str, Any]]:
-    import json
-
     return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
 
 

@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from slotune.errors import ConfigError
-from slotune.server import ManagedServer, StartStatus, group_alive
+from slotune.server import ManagedServer, StartResult, StartStatus, group_alive
 from slotune.vllm_config import VllmConfig
+from tests.integration.procs import live_members
 
 pytestmark = pytest.mark.integration
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Processes of a group that are not zombies (a zombie is gone, just not yet reaped)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 def _allowed_cpus(pid: int) -> str:
@@ -50,7 +40,7 @@ def test_start_complete_metrics_stop_leaves_no_process(tiny_model, tmp_path):
     assert result.ok, result
     pgid = os.getpgid(server.process.pid)
     if cpus:
-        assert {_allowed_cpus(pid) for pid in _live_members(pgid)} == {str(cpus[0])}
+        assert {_allowed_cpus(pid) for pid in live_members(pgid)} == {str(cpus[0])}
         assert f"core ids=[{cpus[0]}]" in result.log_path.read_text()  # vLLM bound its compute threads there
         assert os.sched_getaffinity(0) == set(cores)  # the caller keeps every core
     try:
@@ -64,10 +54,10 @@ def test_start_complete_metrics_stop_leaves_no_process(tiny_model, tmp_path):
         metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
         assert "vllm:time_to_first_token_seconds_bucket" in metrics
         assert "vllm:request_success_total" in metrics
-        assert len(_live_members(pgid)) >= 2  # API server and engine core
+        assert len(live_members(pgid)) >= 2  # API server and engine core
     finally:
         server.stop()
-    assert _live_members(pgid) == []
+    assert live_members(pgid) == []
     assert "Application startup complete" in result.log_path.read_text()
 
 
@@ -104,11 +94,38 @@ def test_invalid_flag_pair_vllm_itself_rejects_is_classified(tiny_model, tmp_pat
     assert any("max_num_batched_tokens" in line for line in result.log_lines)
 
 
+@dataclass(eq=False)
+class _NeverHealthy(ManagedServer):
+    """A vLLM whose health check asks a port held closed (bound, never listening), so its start
+    times out for certain; the timeout runs from when its engine core is up, so there is a whole
+    group to stop."""
+
+    closed_port: int = 0
+    pgid: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.closed_port}"
+
+    def _wait_healthy(self, started: float) -> StartResult:
+        assert self.process is not None
+        self.pgid = os.getpgid(self.process.pid)
+        deadline = time.monotonic() + 120
+        while len(live_members(self.pgid)) < 2 and self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return super()._wait_healthy(time.monotonic())
+
+
 def test_timeout_is_classified_and_stops_the_server(tiny_model, tmp_path):
-    server = ManagedServer(VllmConfig(model=str(tiny_model)), log_dir=tmp_path, startup_timeout=3)
-    result = server.start()
-    assert result.status is StartStatus.TIMED_OUT
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        server = _NeverHealthy(VllmConfig(model=str(tiny_model)), log_dir=tmp_path, startup_timeout=3,
+                               closed_port=closed.getsockname()[1])
+        result = server.start()
+    assert result.status is StartStatus.TIMED_OUT, result
     assert server.process is None
+    # The whole group is gone, the engine core (`VLLM::EngineCore`) as well as the API server.
+    assert server.pgid is not None and live_members(server.pgid) == []
 
 
 def test_crash_is_classified(tmp_path):
@@ -137,13 +154,13 @@ def test_interrupted_parent_leaves_no_orphans(tiny_model, tmp_path):
     """))
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pgid = int(parent.stdout.readline())
-    assert _live_members(pgid)
+    assert live_members(pgid)
     parent.send_signal(signal.SIGINT)
     parent.wait(timeout=60)
     deadline = time.monotonic() + 30
-    while _live_members(pgid) and time.monotonic() < deadline:
+    while live_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _live_members(pgid) == []
+    assert live_members(pgid) == []
 
 
 def test_killed_parent_takes_server_down(tiny_model, tmp_path):
@@ -164,7 +181,7 @@ def test_killed_parent_takes_server_down(tiny_model, tmp_path):
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 40
-    while _live_members(pgid) and time.monotonic() < deadline:
+    while live_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _live_members(pgid) == []
-    assert not group_alive(pgid) or _live_members(pgid) == []
+    assert live_members(pgid) == []
+    assert not group_alive(pgid) or live_members(pgid) == []

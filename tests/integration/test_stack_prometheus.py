@@ -3,18 +3,16 @@ with the project's own config and rule files, scraping a real vLLM under load.
 
 How the test shortens things (see promstack's docstring for what else it changes): scrape and rule
 evaluation every 1 s; Alertmanager's group timers 1 s; and the SLO rule file `slo.yml` is replaced
-by one `slotune.rules.render_slo` makes for a test SLO that any real request breaks
-(`ttft_p95<=1ms`, counted against the 0.001 s bucket) with ONE burn tier whose windows are 30 s
-and 10 s instead of 1 h and 5 m (`for: 1s`, factor 14.4, severity page). Same generator, same
-expressions, shorter windows. The committed SLO rules' expressions are still each run as queries.
+by one `slotune.rules.render_slo` makes for `promstack.TEST_SLO` (any real request breaks it) with
+the short burn windows of `promstack.TEST_WINDOWS`. Same generator, same expressions, shorter
+windows. The committed SLO rules' expressions are still each run as queries. A missing Prometheus
+or Alertmanager fails the tests, it does not skip them.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +23,14 @@ from slotune import rules
 from tests.integration import promstack
 from tests.integration.sidecar_proc import Load
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not promstack.have_stack(), reason="prometheus/alertmanager not installed (make system-packages)"),
-]
-
-TEST_SLO = "ttft_p95<=1ms"
-TEST_WINDOWS = (rules.BurnWindow("page", "30s", "10s", 14.4, "1s"),)
-
-
-class Receiver(ThreadingHTTPServer):
-    """Records webhook POSTs (Alertmanager's v4 payload) by path."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Recorder)
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.posts.append((self.path, json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    promstack.require_stack()
     work: Path = tmp_path_factory.mktemp("promstack")
-    receiver = Receiver()
+    receiver = promstack.Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     vllm_addr = vllm_server.base_url.split("://", 1)[1]
     # The sidecar's webhook path on the recording receiver: stands in for the sidecar in this module
@@ -71,7 +39,7 @@ def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     with promstack.alertmanager(work, am_cfg) as am:
         prom_cfg = promstack.render_prometheus(
             work, {"vllm": [vllm_addr], "alertmanager": [am.url.split("://", 1)[1]]},
-            extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
+            extra_rules={"slo.yml": rules.render_slo(promstack.TEST_SLO, promstack.TEST_WINDOWS)})
         with promstack.prometheus(work, prom_cfg) as prom, \
                 Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900) as load:
             yield {"prom": prom.url, "am": am.url, "receiver": receiver, "load": load, "work": work}

@@ -12,7 +12,9 @@ import time
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tuner_helpers import processes_with_data_dir, spawn, tune_cmd, wait_until
+from tuner_helpers import spawn, tune_cmd, wait_until
+
+from tests.integration.procs import left_behind, live_members, server_groups, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +36,17 @@ def test_killed_study_resumes_without_losing_a_finished_trial(tiny_model, tmp_pa
         # Kill once trial 0 is finished and trial 1's server is up and being loaded.
         wait_until(lambda: len(trials()) >= 2 and trials()[0].state is TrialState.COMPLETE
                    and trials()[1].state is TrialState.RUNNING, 300, what="trial 1 to run")
-        wait_until(lambda: processes_with_data_dir(data, {proc.pid}), 60, what="trial 1's vLLM")
+        wait_until(lambda: any(len(live_members(g)) >= 2 for g in server_groups(data)), 60,
+                   what="trial 1's vLLM and its engine core")
         time.sleep(2)
+        groups = server_groups(data)
         before = trials()[0]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_until(lambda: not processes_with_data_dir(data), 40, what="the orphaned vLLM to exit")
+    wait_gone(lambda: left_behind(data, groups), 40, what="the killed study's vLLM")
     assert trials()[1].state is TrialState.RUNNING  # what the kill left behind
 
     time.sleep(5)  # past the 4 s grace period: the trial is now stale
@@ -57,7 +61,7 @@ def test_killed_study_resumes_without_losing_a_finished_trial(tiny_model, tmp_pa
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retried[0].params == after[1].params
     assert len([t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 2
-    assert not processes_with_data_dir(data)
+    assert left_behind(data, groups) == []
 
     report = spawn([sys.executable, "-m", "slotune.cli.main", "report", "--study", "k", "--json"], data, tmp_path / "r.json")
     assert report.wait(timeout=60) == 0

@@ -8,8 +8,10 @@ import httpx
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy import select
 
 from slotune.server import ManagedServer
+from slotune.store import TrialRecord, open_store
 from slotune.vllm_config import VllmConfig
 from slotune.tuner.command import parse_serve_command
 from slotune.tuner.study import TuneSpec, run_study
@@ -21,15 +23,18 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
     space = tmp_path / "space.yaml"
     # 8192 is beyond the tiny model's 4096 positions: vLLM refuses it at start-up (a real failure).
     space.write_text("max_num_seqs: [null, 4, 16]\nmax_num_batched_tokens: [null, 2048]\n"
-                     "max_model_len: [null, 2048, 8192]\nenable_chunked_prefill: [null, true]\n"
+                     "max_model_len: [null, 2048, 8192]\nenable_chunked_prefill: [null, true, false]\n"
                      "enable_prefix_caching: [null, false]\nspeculative_method: null\n")
     url = f"sqlite:///{tmp_path}/tune.db"
     spec = TuneSpec(
-        model=str(tiny_model), input_len=48, output_len=16, slo="ttft_p95<=5s,e2e_p95<=20s", trials=4,
+        model=str(tiny_model), input_len=48, output_len=16, slo="ttft_p95<=5s,e2e_p95<=20s", trials=5,
         concurrency=4, num_requests=20, warmup_requests=2, storage=url, study_name="live", space_file=space,
         remeasure_top=0, max_remedies=0, out_dir=tmp_path / "out", startup_timeout=180,
         enqueue=[{"max_model_len": 8192, "max_num_seqs": 4, "max_num_batched_tokens": None,
                   "enable_chunked_prefill": None, "enable_prefix_caching": None},
+                 # A 2048-token budget cannot schedule an 8192-token prompt without chunked prefill.
+                 {"max_model_len": 8192, "max_num_batched_tokens": 2048, "enable_chunked_prefill": False,
+                  "enable_prefix_caching": None, "max_num_seqs": None},
                  {"max_model_len": 2048, "max_num_batched_tokens": 2048, "enable_chunked_prefill": None,
                   "enable_prefix_caching": None, "max_num_seqs": 16}],
     )
@@ -38,13 +43,26 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
 
     study = optuna.load_study(study_name="live", storage=url)
     trials = study.get_trials()
-    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    base, too_long, ok = trials[0], trials[1], trials[2]
+    assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    base, too_long, rejected, ok = trials[0], trials[1], trials[2], trials[3]
     assert base.user_attrs["origin"] == "baseline" and base.state is TrialState.COMPLETE
     assert base.user_attrs["params"] == {} and base.user_attrs["goodput"] > 0
     assert base.user_attrs["client"]["completed"] == 20
     assert too_long.state is TrialState.PRUNED and too_long.user_attrs["status"] == "invalid_config"
     assert too_long.user_attrs["log_path"] and too_long.constraints["launch"] > 0
+    # The rejected combination: recorded as infeasible with its reason, never launched (no log, no
+    # start-up stage), in Optuna and in slotune's own table.
+    assert rejected.state is TrialState.PRUNED and rejected.user_attrs["status"] == "invalid_config"
+    assert "chunked prefill disabled" in rejected.user_attrs["reason"] and rejected.constraints["launch"] > 0
+    assert rejected.user_attrs["log_path"] is None
+    assert [s for n, s in stages if n == rejected.number] == ["infeasible (not launched)"]
+    store = open_store(url)
+    with store.session() as sess:
+        rec = sess.scalars(select(TrialRecord).where(TrialRecord.study_name == "live",
+                                                     TrialRecord.trial_number == rejected.number)).one()
+        assert rec.state == "infeasible" and "chunked prefill disabled" in rec.reason and rec.log_path is None
+        assert rec.params["max_num_batched_tokens"] == 2048 and rec.params["enable_chunked_prefill"] is False
+    store.dispose()
     assert ok.state is TrialState.COMPLETE and ok.user_attrs["params"]["max_num_seqs"] == 16
     assert any(s.startswith("running the workload") for _, s in stages)
 

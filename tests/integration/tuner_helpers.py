@@ -1,5 +1,5 @@
 """Helpers for the tuner's integration tests: run `slotune tune` as a subprocess with its own data
-directory, and find the vLLM processes it started (by that directory in their environment)."""
+directory (the vLLM processes it starts are found by that directory: see `procs`)."""
 
 from __future__ import annotations
 
@@ -22,23 +22,6 @@ def spawn(cmd: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SLOTUNE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-
-def processes_with_data_dir(data_dir: Path, exclude: set[int] = frozenset()) -> list[int]:
-    """PIDs whose environment names this data directory (the tune process and the vLLMs it started)."""
-    needle = f"SLOTUNE_DATA_DIR={data_dir}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude or int(entry) == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in env and b"vllm" in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition") -> None:

@@ -102,3 +102,14 @@ def test_delta_and_reset():
     assert after.minus(before) == Histogram((1.0, math.inf), (3.0, 4.0), 6.0, 4.0)
     assert before.minus(after) is None  # went backwards: a restart
     assert after.minus(Histogram((2.0, math.inf), (1.0, 2.0), 3.0, 2.0)) is None  # other buckets
+
+
+def test_buckets_that_dip_are_made_monotonic_first():
+    # Scrape skew can leave a cumulative bucket below the one under it (here 5 < 6). Prometheus'
+    # ensureMonotonic raises it to 6 before anything else: rank 7 (p70 of 10) then falls in (3, 4]
+    # with 2 observations (8 - 6), one of them to go: 3.5. Taken as scraped, the bucket would hold
+    # 3 (8 - 5) with 2 to go: 3.67. (Both figures are what `promtool test rules` 2.42 evaluates.)
+    bounds, counts = (1.0, 2.0, 3.0, 4.0, math.inf), (2.0, 6.0, 5.0, 8.0, 10.0)
+    assert quantile(0.7, bounds, counts) == pytest.approx(3.5)
+    # A dip in the +Inf bucket: the observations are the largest cumulative count, not the last.
+    assert quantile(0.5, (1.0, 2.0, math.inf), (2.0, 6.0, 4.0)) == pytest.approx(1.25)

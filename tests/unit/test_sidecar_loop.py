@@ -150,3 +150,15 @@ def test_loop_step_survives_an_unexpected_error(tmp_path: Path) -> None:
     sidecar.controller.scrape = boom
     sidecar.step()  # logged and counted, not raised
     assert "slotune_loop_errors_total 1.0" in sidecar.metrics_text()[0].decode()
+
+
+def test_fresh_diagnosis_is_not_judged_on_an_empty_sliver(tmp_path: Path) -> None:
+    # The loop's one window (UNDER → AFTER) holds slow requests; the extra scrape a fresh diagnosis
+    # takes (an alert arriving just after a tick) sees none finish. The diagnosis is that of the
+    # evidence there is, not "healthy" because of the empty last moment.
+    sidecar, clock, _ = make(tmp_path, [page(UNDER), page(AFTER), page(AFTER)], slo="ttft_p95<=1ms")
+    _, tick = ticks(sidecar, clock, 2)
+    assert tick.diagnosis["status"] == "findings"
+    fresh = sidecar.controller.fresh_diagnosis()
+    assert fresh["status"] == "findings", fresh
+    assert {f["playbook"] for f in fresh["findings"]} == {f["playbook"] for f in tick.diagnosis["findings"]}

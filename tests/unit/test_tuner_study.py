@@ -124,6 +124,46 @@ def test_clear_winner_beats_the_baseline_by_more_than_noise(tmp_path):
     assert len(result.best["goodput_samples"]) == 2 and len(result.baseline["goodput_samples"]) == 2
 
 
+def _goodputs(base: tuple[float, ...], tuned: tuple[float, ...]):
+    """A measure that hands out these goodputs in turn: `base` for vLLM's default config (its trial,
+    then its re-measurements), `tuned` for any other; every config meets the (loose) SLO."""
+    queues = {True: list(base), False: list(tuned)}
+
+    def measure(config, progress=None):
+        from tuner_fakes import client
+
+        g = queues[config.tuned_params() == {}].pop(0)
+        return Measurement(ok=True, goodput=g, client=client(0.1, g))
+
+    return measure
+
+
+@pytest.mark.parametrize(("base", "tuned", "noise", "use"), [
+    # Re-measured: the noise is the larger spread of the two configs' samples (0.4 req/s, in the
+    # winner or in the baseline); a positive gain inside it keeps the default, one past it wins.
+    ((2.0, 2.0), (2.55, 2.15), 0.4, "baseline"),  # gain +0.35, winner's spread
+    ((2.2, 1.8), (2.35, 2.35), 0.4, "baseline"),  # gain +0.35, baseline's spread
+    ((2.0, 2.0), (2.65, 2.25), 0.4, "tuned"),  # gain +0.45
+    ((2.2, 1.8), (2.45, 2.45), 0.4, "tuned"),  # gain +0.45
+    # Not re-measured: the noise is NOISE_FLOOR (5 %) of the baseline's goodput, 0.1 req/s here.
+    ((2.0,), (2.09,), 0.1, "baseline"),  # gain +0.09
+    ((2.0,), (2.11,), 0.1, "tuned"),  # gain +0.11
+])
+def test_a_positive_gain_wins_only_past_the_noise(tmp_path, base, tuned, noise, use):
+    remeasured = len(base) > 1
+    s = spec(tmp_path, trials=2, max_remedies=0, slo="ttft_p95<=2s", remeasure_top=1 if remeasured else 0)
+    v = run_study(s, measure=_goodputs(base, tuned)).verdict
+    gain = sum(tuned) / len(tuned) - sum(base) / len(base)
+    assert gain > 0 and v.remeasured is remeasured
+    assert v.noise == pytest.approx(noise) and v.gain == pytest.approx(gain)
+    assert v.recommendation == use, v.message
+    assert v.winner == (1 if use == "tuned" else 0) and v.baseline == 0
+    if use == "baseline":
+        assert "within the noise" in v.message
+    if not remeasured:
+        assert "noise taken as 5% of the baseline" in v.message
+
+
 def test_load_generator_warnings_travel_with_the_trial(tmp_path):
     def measure(config, progress=None):
         from tuner_fakes import client
@@ -164,3 +204,42 @@ def test_the_measuring_thread_leaves_the_server_cores_and_gets_them_back() -> No
     assert os.sched_getaffinity(0) == cores
     with _client_seat(None):
         assert os.sched_getaffinity(0) == cores
+
+
+def test_two_workers_on_one_study_never_measure_a_config_twice(tmp_path):
+    # Two workers (threads here; processes in tests/integration/test_tuner_workers.py) share one
+    # study. The sampler's first trials are random draws: were both workers seeded alike, each
+    # would draw the same configs in the same order.
+    import threading
+    import time
+
+    def measure(config, progress=None):
+        from tuner_fakes import client
+
+        time.sleep(0.05)  # long enough for the two workers to take turns
+        g = 1.0 + (config.max_num_seqs or 256) / 256
+        return Measurement(ok=True, goodput=g, client=client(0.1, g))
+
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            run_study(spec(tmp_path, trials=10, max_remedies=0, slo="ttft_p95<=2s", worker=n), measure=measure)
+        except BaseException as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
+            errors.append(exc)
+
+    # The schemas first: two SQLite clients creating tables at once race (PostgreSQL takes a lock).
+    from slotune.tuner.storage import open_storage
+
+    open_storage(f"sqlite:///{tmp_path}/s.db").engine.dispose()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 10 and len(finished) == len(trials)
+    configs = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in finished]
+    assert len(set(configs)) == len(configs), [c for c in configs if configs.count(c) > 1]

@@ -73,7 +73,7 @@ def test_ngram_speculation_on_random_weights_gives_no_speedup(start_vllm: Callab
     # Greedy decoding makes the random-weight model loop, which ngram drafting predicts perfectly;
     # light sampling (temperature 0.2) keeps the loops (many drafts) but breaks the drafts' tails
     # (calibrated here: ~800 drafts, ~3 % accepted).
-    server = start_vllm(speculative_config=NGRAM, max_num_seqs=8, max_num_batched_tokens=512)
+    server = start_vllm(speculative_config=NGRAM, max_num_seqs=8, max_num_batched_tokens=512, startup_timeout=480.0)
     sampled = Workload(name="sampled", prompt_len=Length(value=64), output_len=Length(value=256), temperature=0.2)
     try:
         d = run(server, sampled, concurrency=2, num_requests=8, speculative_config=NGRAM,
@@ -93,7 +93,8 @@ def test_ngram_on_text_without_repeats_drafts_nothing(start_vllm: Callable[..., 
     # the prompt or output. Prompts of random plain words and outputs sampled at temperature 1 from a
     # random-weight model over 512 tokens hold no repeated 5-gram: the draft counter stays at 0.
     never = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 5, "prompt_lookup_min": 5}
-    server = start_vllm(speculative_config=never, max_num_seqs=8, max_num_batched_tokens=512)
+    # Drafting servers start slowly on a busy 2-core host: room beyond the default 240 s.
+    server = start_vllm(speculative_config=never, max_num_seqs=8, max_num_batched_tokens=512, startup_timeout=480.0)
     plain = Workload(name="no-repeats", prompt_len=Length(value=24), output_len=Length(value=48), temperature=1.0)
     try:
         d = run(server, plain, concurrency=2, num_requests=8, speculative_config=never,

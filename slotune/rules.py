@@ -14,8 +14,10 @@ with vLLM's per-engine series summed (data-parallel engines share the `engine` l
 
 A latency SLO `ttft_p95<=500ms` reads as "at most 5 % of requests may have a TTFT over 500 ms".
 The bad fraction comes from the histogram: 1 - rate(bucket{le=B}) / rate(count), where B is the
-smallest bucket bound *at or above* the threshold (`pick_bucket`). When the threshold falls between
-bounds the alert is therefore lenient: it counts as slow only requests beyond B. The bounds are
+threshold itself on a server that has it as a bound (slotune starts vLLM with the SLO's thresholds
+as bounds, `slotune.slo_buckets`), else, per target (`or`), the smallest default bound *at or above*
+the threshold (`pick_bucket`): lenient, counting as slow only requests beyond B, which `slotune
+rules` says on stderr and in the file's header, with the flag that would make the threshold a bound. The bounds are
 vLLM 0.32's (see `BUCKETS`; a unit test checks them against a real /metrics capture). The
 error-rate SLO counts the finishes `slotune.slo.ERROR_FINISH_REASONS` names (`error`; aborts are
 client cancellations, not server errors) against all finished requests, as the sidecar does.

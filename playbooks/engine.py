@@ -4,7 +4,9 @@ with evidence, cause and remedies (config deltas the tuner can try first).
     diagnose(windows, slo=..., server_config=..., startup_failure=..., client=...) -> Diagnosis
 
 `windows` are consecutive windows of one target, oldest first. A playbook fires when its condition
-holds in each of its last `for` windows; its evidence is read from the newest. A start-up failure
+holds in each of its last `for` windows; its evidence is read from the newest. Findings that
+contradict each other are then settled by the table in `relations.yaml` (one excluded, with a note
+saying why, or one qualified). A start-up failure
 is one decisive event: it is judged alone and `for` does not apply. `client` (the load generator's
 result) belongs to the newest window.
 """
@@ -21,6 +23,7 @@ from slotune.collectors.snapshot import UNKNOWN, Snapshot
 from slotune.playbooks.facts import (FACTS, PERCENT_FACTS, Facts, add_history, build_facts, resolution_notes,
                                      slo_thresholds)
 from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
+from slotune.playbooks.relations import decide as relate
 from slotune.playbooks.remedies import COMPUTE
 from slotune.server import StartResult
 from slotune.slo import SloSpec
@@ -266,6 +269,8 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
             cause=cause.id if cause else None, evidence=tuple(evidence), window=_merge(spans[-n:]),
             remedies=_remedies(pb, cause.id if cause else None, newest, server_config, thresholds), windows=n,
         ))
+    findings, excluded = _relate(findings)
+    notes += excluded
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if findings:
         status: Status = "findings"
@@ -275,6 +280,21 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
     else:
         status = "healthy"
     return Diagnosis(status, tuple(findings), _merge(spans), target, newest, tuple(notes))
+
+
+def _relate(findings: list[Finding]) -> tuple[list[Finding], list[str]]:
+    """Apply the relations table: drop the findings it excludes (a note each), extend the summaries
+    of those it qualifies."""
+    kept: list[Finding] = []
+    notes: list[str] = []
+    for f, verdict in zip(findings, relate([(f.playbook, f.cause) for f in findings])):
+        if verdict is None:
+            kept.append(f)
+        elif verdict[0] == "exclude":
+            notes.append(verdict[1])
+        else:
+            kept.append(replace(f, summary=f"{f.summary} {verdict[1]}"))
+    return kept, notes
 
 
 def _merge(spans: Sequence[dict[str, float]]) -> dict[str, float]:

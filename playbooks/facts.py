@@ -17,7 +17,7 @@ from typing import Any
 from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune import platforms
 from slotune.server import StartResult, StartStatus
-from slotune.slo import INCONCLUSIVE, LATENCY_METRICS, SloSpec, SloTarget, straddles
+from slotune.slo import DEFAULT_SLO, INCONCLUSIVE, LATENCY_METRICS, SloSpec, SloTarget, straddles
 from slotune.slo_buckets import flag_for
 from slotune.vllm_config import VllmConfig
 
@@ -82,6 +82,9 @@ FACTS: dict[str, str] = {
     "spec_speedup_measured": "a TPOT speedup was measured against windows without drafting (1) or not (0)",
     "engine_steps": "engine steps in the window (each decodes one token for every running request)",
     "generation_tokens": "tokens generated in the window",
+    "latency_slo_ratio": "worst latency figure at the SLO's statistic / its target (above 1: a target is missed)",
+    "tpot_batch_growth": "p50 TPOT / p50 TPOT of an earlier window with at most half the requests in flight",
+    "cpu_backend": "the server runs on vLLM's CPU backend (1) or an accelerator (0)",
     "client_concurrency": "concurrency the load generator offered",
     "client_inflight_share": "requests in flight / concurrency the client offered",
     "client_error_rate": "share of the client's requests that failed",
@@ -204,7 +207,9 @@ def _config_facts(f: Facts, s: Snapshot | None, config: VllmConfig | None) -> No
     gpu_mem = None
     if s is not None and s.gpu is not None and s.gpu.devices:
         gpu_mem = s.gpu.devices[0].memory_total_bytes
-    seqs, tokens = effective_limits(config, backend_of(s), gpu_mem)
+    backend = backend_of(s)
+    f["cpu_backend"] = _b(backend == "cpu")
+    seqs, tokens = effective_limits(config, backend, gpu_mem)
     f["max_num_seqs"], f["max_num_batched_tokens"] = float(seqs), float(tokens)
     f["max_model_len"] = float(config.max_model_len) if config and config.max_model_len else None
     # vLLM 0.32 turns chunked prefill and prefix caching on by default for generative models.
@@ -261,6 +266,13 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
             f[f"{metric}_at_slo"] = getattr(q90, stat, None) if q90 is not None else None
         if _inconclusive(s, metric, stat, target.threshold if target else DEFAULT_SLO_THRESHOLDS[metric]):
             f[f"{metric}_at_slo"] = None  # a guess inside the straddling bucket decides nothing
+    # The worst latency against its target: the user's latency targets, else the default SLO's (a
+    # figure the buckets cannot decide is left out, as above).
+    thresholds = slo_thresholds(slo)
+    judged = [t.metric for t in (slo or SloSpec.parse(DEFAULT_SLO)).targets if t.metric in LATENCY_METRICS]
+    ratios = [v / thresholds[m] for m in judged
+              if (v := f.get(f"{m}_at_slo")) is not None and thresholds.get(m)]
+    f["latency_slo_ratio"] = max(ratios, default=None)
 
 
 def _inconclusive(s: Snapshot | None, metric: str, stat: str, threshold: float) -> tuple[float, float] | None:
@@ -299,9 +311,18 @@ def _client_facts(f: Facts, client: Mapping[str, Any] | None) -> None:
 
 def add_history(per_window: list[Facts]) -> None:
     """Facts that compare a window with the earlier ones (in place). Speculative decoding: the TPOT
-    of earlier windows without drafting (e.g. before it was turned on) against this window's."""
+    of earlier windows without drafting (e.g. before it was turned on) against this window's. TPOT
+    against the batch: this window's p50 TPOT over the lowest of earlier windows that had at most
+    half as many requests in flight (a step that slows as the batch grows is compute-bound)."""
     plain: list[float] = []
+    lighter: list[tuple[float, float]] = []  # (requests in flight, p50 TPOT) of earlier windows
     for f in per_window:
+        inflight, tpot = f.get("mean_concurrency"), f.get("tpot_p50")
+        if inflight and tpot:
+            base = [t for c, t in lighter if c <= inflight / 2]
+            if base and f.get("tpot_batch_growth") is None:
+                f["tpot_batch_growth"] = tpot / min(base)
+            lighter.append((float(inflight), float(tpot)))
         drafting = bool(f.get("spec_drafts"))
         if drafting and plain:
             base = sorted(plain)[len(plain) // 2]

@@ -63,6 +63,17 @@ def lower_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
     return {"max_num_seqs": new}
 
 
+def cap_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Cap the batch at half the requests in flight now: each step gets shorter (TPOT), the rest
+    queue (TTFT). None when that is no lower than the current limit."""
+    cur = _int(f["max_num_seqs"])
+    inflight = f["mean_concurrency"] or f["requests_running"]
+    if cur is None or not inflight:
+        return None
+    new = max(1, int(inflight // 2))
+    return {"max_num_seqs": new} if new < cur else None
+
+
 def _round_up(v: float, step: int) -> int:
     return int(math.ceil(v / step) * step)
 
@@ -130,5 +141,5 @@ def fp8_weights(f: Facts, config: VllmConfig | None) -> Delta | None:
 COMPUTE: dict[str, Compute] = {
     fn.__name__: fn
     for fn in (raise_max_num_seqs, raise_max_num_batched_tokens, lower_max_num_batched_tokens, lower_max_num_seqs,
-               lower_max_model_len, long_prefill_threshold, lower_spec_k, more_kv_memory, fp8_kv_cache, fp8_weights)
+               cap_max_num_seqs, lower_max_model_len, long_prefill_threshold, lower_spec_k, more_kv_memory, fp8_kv_cache, fp8_weights)
 }

@@ -27,6 +27,7 @@ from slotune.collectors.snapshot import Snapshot
 from slotune.collectors.vllm_metrics import derive
 from slotune.collectors.vllm_metrics import scrape as scrape_page
 from slotune.errors import SlotuneError
+from slotune.playbooks.relations import apply_to_dicts
 from slotune.settings import Settings
 from slotune.sidecar import outbox
 from slotune.sidecar.config import slo_of
@@ -157,6 +158,8 @@ class Controller:
             burn = self._burn_finding(window)
             if burn is not None:
                 found.append(burn)
+                # The engine settled its own findings; the burn may now settle some (underused).
+                found, _ = apply_to_dicts(found)
             with self.store.session() as s:
                 new, resolved = self._reconcile(s, found, window.snapshot_id, now,
                                                 playbooks_ran=diagnosis is not None)

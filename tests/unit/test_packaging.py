@@ -44,7 +44,8 @@ def test_the_wheel_holds_one_top_level_name(wheel: Path) -> None:
     outside = [n for n in names if not n.startswith(("slotune/", "slotune-"))]
     assert not outside, f"files outside slotune/ in the wheel: {outside}"
     for part in ("collectors/snapshot.py", "loadgen/runner.py", "playbooks/engine.py", "tuner/study.py",
-                 "playbooks/rules/high_ttft.yaml", "loadgen/workloads/chat.yaml", "cli/main.py"):
+                 "playbooks/rules/high_ttft.yaml", "playbooks/relations.yaml", "loadgen/workloads/chat.yaml",
+                 "cli/main.py"):
         assert f"slotune/{part}" in names
 
 

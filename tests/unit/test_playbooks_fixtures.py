@@ -64,3 +64,15 @@ def test_cumulative_page_without_traffic_is_insufficient_data(fixtures_dir: Path
     page = parse((fixtures_dir / "vllm-0.32-cpu-specdecode-under-load.prom").read_text(), timestamp=1000.0)
     d = diagnose([derive(None, page, target="x")])
     assert d.status == "insufficient_data" and d.findings == ()
+
+
+def test_same_window_with_a_missed_latency_target_is_a_cpu_limit_not_low_load(fixtures_dir: Path) -> None:
+    # The window above, judged against an e2e target it misses: the small batch is not short of
+    # load (the steps are already too slow for the target), and on this CPU backend the limit named
+    # is the host's CPU; no remedy asks for more load.
+    w = window(fixtures_dir, "vllm-0.32-cpu-under-load.prom", "vllm-0.32-cpu-after-load.prom")
+    d = diagnose([w], slo=SloSpec.parse("ttft_p95<=1s,e2e_p95<=100ms"), server_config=VllmConfig(model="tiny"))
+    f = {x.playbook: x for x in d.findings}["low_gpu_utilization"]
+    assert f.cause == "host_cpu", f.summary
+    assert d.facts["cpu_backend"] == 1 and d.facts["latency_slo_ratio"] > 1
+    assert not any("concurrency" in r.action.lower() for r in f.remedies)

@@ -1,5 +1,6 @@
 """Each built-in rule against hand-written facts, in the spirit of promtool's rule tests: input facts,
-the findings expected, and cases that must not fire."""
+the findings expected, and cases that must not fire; then the relations table (which findings
+exclude or qualify which) and low_gpu_utilization judged with latency (issue 18)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from slotune.playbooks.engine import judge
 from slotune.playbooks.facts import FACTS, Facts
 from slotune.playbooks.model import builtin_playbooks
+from slotune.playbooks.relations import apply_to_dicts, builtin_relations, decide
 from slotune.slo import SloSpec
 from slotune.vllm_config import SpeculativeConfig, VllmConfig
 
@@ -197,3 +199,88 @@ def test_spec_decode_compares_tpot_with_earlier_windows_without_drafting() -> No
     # Faster with drafting: silent.
     faster = facts(tpot_p50=0.006, spec_enabled=1, spec_drafts=300, spec_acceptance_rate=0.7)
     assert judge([before, faster], server_config=cfg, playbooks=[BOOKS["spec_decode_no_speedup"]]).findings == ()
+
+
+# -- relations and utilization judged with latency ------------------------------------------------
+
+SIDECAR_ONLY = {"slo_burn"}  # the sidecar's own finding (slotune.sidecar.loop.SLO_BURN)
+
+
+def test_the_table_names_real_findings_and_causes_and_never_excludes_both_ways() -> None:
+    from slotune.sidecar.loop import SLO_BURN
+
+    assert SIDECAR_ONLY == {SLO_BURN}
+    excludes = set()
+    for r in builtin_relations():
+        assert r.finding in BOOKS, r
+        assert set(r.against) <= set(BOOKS) | SIDECAR_ONLY, r
+        assert set(r.causes or ()) <= {c.id for c in BOOKS[r.finding].causes}, r
+        if r.effect == "exclude":
+            excludes |= {(r.finding, a) for a in r.against}
+    assert not {(a, b) for a, b in excludes if (b, a) in excludes}
+
+
+# Underused by its own rule (2 in flight on 128 slots, no preemptions), and a KV cache 97 % full.
+KV_AND_IDLE = {"mean_concurrency": 2, "batch_occupancy": 2 / 128, "kv_cache_usage": 0.97}
+
+
+def test_the_engine_drops_underused_while_the_kv_cache_limits_the_batch() -> None:
+    f = facts(**KV_AND_IDLE)
+    assert "low_gpu_utilization" in fired(f, only="low_gpu_utilization")  # each rule alone fires
+    assert "kv_cache_pressure" in fired(f, only="kv_cache_pressure")
+    d = judge([f], playbooks=list(BOOKS.values()))
+    assert {x.playbook for x in d.findings} == {"kv_cache_pressure"}
+    assert any(n.startswith("low_gpu_utilization left out while kv_cache_pressure is active") for n in d.notes)
+
+
+def test_queueing_for_ttft_is_qualified_by_kv_pressure() -> None:
+    found = fired(facts(ttft_at_slo=0.9, ttft_queue_share=0.8, kv_cache_usage=0.97))
+    assert found["high_ttft"]["cause"] == "queueing"
+    assert "KV-cache room" in found["high_ttft"]["summary"]
+    assert "KV-cache room" not in fired(facts(ttft_at_slo=0.9, ttft_queue_share=0.8))["high_ttft"]["summary"]
+
+
+@pytest.mark.parametrize(("cause", "kept"), [("low_offered_load", False), ("client_bottleneck", False),
+                                             ("batch_limits", False), ("host_cpu", True), ("compute_per_step", True)])
+def test_the_sidecars_burn_excludes_underused_but_not_a_compute_limit(cause: str, kept: bool) -> None:
+    found: list[dict[str, Any]] = [{"playbook": "slo_burn", "summary": "burning"},
+                                   {"playbook": "low_gpu_utilization", "cause": cause, "summary": "s"}]
+    out, notes = apply_to_dicts(found)
+    assert [f["playbook"] for f in out] == (["slo_burn", "low_gpu_utilization"] if kept else ["slo_burn"])
+    assert bool(notes) is not kept
+    assert decide([("low_gpu_utilization", cause)]) == [None]  # alone, nothing to settle
+
+
+# Issue 18's window: TPOT p95 400 ms against a 50 ms target, 20 requests in flight on 128 slots,
+# 2.56 tokens per step against 2048, on the CPU backend.
+SATURATED_CPU = {"tpot_p95": 0.4, "tpot_at_slo": 0.4, "tpot_p50": 0.3, "latency_slo_ratio": 8.0, "cpu_backend": 1,
+                 "mean_concurrency": 20, "batch_occupancy": 20 / 128, "step_tokens_mean": 2.56,
+                 "step_tokens_share": 2.56 / 2048, "requests_running": 20}
+
+
+def _actions(f: dict[str, Any]) -> list[str]:
+    return [r["action"] for r in f["remedies"]]
+
+
+def test_underused_batch_with_burning_latency_names_the_host_cpu_and_never_asks_for_load() -> None:
+    f = fired(facts(**SATURATED_CPU), slo="ttft_p95<=500ms,tpot_p95<=50ms")["low_gpu_utilization"]
+    assert f["cause"] == "host_cpu"
+    assert "host's CPU" in f["summary"] and "underused" not in f["summary"]
+    assert not any("concurrency" in a.lower() or "load" in a.lower() for a in _actions(f))
+    deltas = [r["config_delta"] for r in f["remedies"]]
+    assert {"max_num_seqs": 10} in deltas  # half the 20 in flight: TPOT protected at TTFT's cost
+    assert "Serve a smaller or quantized model" in _actions(f) and "Add replicas" in _actions(f)
+    assert "Draft tokens at small batch (speculative decoding)" not in _actions(f)  # not on a CPU
+
+
+def test_tpot_growing_with_the_batch_is_a_compute_limit_on_an_accelerator() -> None:
+    light = facts(mean_concurrency=4, batch_occupancy=4 / 128, tpot_p50=0.02, cpu_backend=0)
+    heavy = facts(mean_concurrency=20, batch_occupancy=20 / 128, tpot_p50=0.05, cpu_backend=0)
+    f = fired(heavy, windows=[light, heavy])["low_gpu_utilization"]
+    assert f["cause"] == "compute_per_step"
+    growth = next(e for e in f["evidence"] if e["field"] == "tpot_batch_growth")
+    assert growth["value"] == pytest.approx(2.5)
+    assert "Draft tokens at small batch (speculative decoding)" in _actions(f)
+    assert not any("concurrency" in a.lower() for a in _actions(f))
+    # The same batch without the lighter window to compare with: nothing says the steps slow down.
+    assert fired(heavy)["low_gpu_utilization"]["cause"] == "low_offered_load"

@@ -187,3 +187,11 @@ def test_filters_apply(client: TestClient, sidecar: Sidecar) -> None:
     # every list endpoint's filters name real columns (a wrong one would be a 500, not an empty page)
     assert client.get("/api/v1/trials", params={"study": "nope"}).json()["total"] == 0
     assert client.get("/api/v1/recommendations", params={"status": "nope"}).json()["total"] == 0
+
+
+def test_snapshots_say_how_precise_their_quantiles_are(client: TestClient) -> None:
+    """The API serves the collectors' JSON: each quantile's bucket, and which are coarse."""
+    item = client.get("/api/v1/snapshots").json()["items"][0]
+    queue = item["data"]["queue_seconds"]
+    assert queue["buckets"]["p50"] == [0.0, 0.3] and "p50" in queue["coarse"]  # all queue times in (0, 0.3 s]
+    assert item["data"]["e2e_seconds"]["buckets"]["p95"] == [1.0, 1.5]

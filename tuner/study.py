@@ -79,6 +79,9 @@ class TuneSpec(BaseModel):
         default=None, description="confine each trial's vLLM to these cores; the load generator uses the rest")
     env: dict[str, str] = Field(default_factory=dict, description="server environment for every trial")
     served_model_name: str | None = None
+    # Sampling for every request (None: the workload's own; a workload without one: the server's default).
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     # Extra configs queued after the baseline (tests use it for a deliberately infeasible trial).
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -116,8 +119,13 @@ def load_spec_workload(spec: TuneSpec) -> Any:
     from slotune.loadgen.workload import Workload, load_workload
 
     if spec.workload is not None:
-        return load_workload(spec.workload)
-    return Workload.fixed(spec.input_len, spec.output_len)
+        # Real prompts count their tokens with the served model's tokenizer when it is a local directory.
+        workload = load_workload(spec.workload)
+        if workload.prompts is not None:
+            workload = workload.with_tokenizer(spec.model)
+    else:
+        workload = Workload.fixed(spec.input_len, spec.output_len)
+    return workload.with_sampling(spec.temperature, spec.top_p)
 
 
 def workload_need(workload: Any) -> int | None:

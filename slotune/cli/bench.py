@@ -1,8 +1,10 @@
 """`slotune bench`: drive load at a server and report client-side latency, SLO attainment and goodput.
 
-    slotune bench --target URL (--workload NAME|FILE | --input-len N --output-len N)
+    slotune bench --target URL (--workload NAME|FILE|FILE.jsonl | --input-len N --output-len N)
+                  [--temperature T] [--top-p P] [--tokenizer DIR]
                   [--rate R [--burstiness B] | --concurrency C] [--num-requests N] [--duration S]
                   [--slo SPEC] [--find-max-rate] [--json OUT|-]
+    slotune bench --workload NAME --num-requests N --seed S --write-prompts FILE.jsonl
 
 The JSON has the collectors' latency keys (`ttft_seconds`, ... each {p50, p90, p95, p99, mean, count})
 measured on the client, plus `completed`, `failed`, `request_throughput`, `goodput` and the SLO results.
@@ -10,6 +12,7 @@ measured on the client, plus `completed`, `failed`, `request_throughput`, `goodp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,7 +20,8 @@ from typing import Any
 
 import click
 
-from slotune.errors import TargetError
+from slotune.cli.options import WORKLOAD_HELP, sampling_options
+from slotune.errors import ConfigError, TargetError
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"))
@@ -79,10 +83,15 @@ def _write_json(obj: dict[str, Any], out: str) -> None:
 
 def register(app: click.Group) -> None:
     @app.command()
-    @click.option("--target", required=True, metavar="URL", help="server, e.g. http://127.0.0.1:8000")
+    @click.option("--target", default=None, metavar="URL", help="server, e.g. http://127.0.0.1:8000")
     @click.option("--model", default=None, metavar="NAME", help="model name to request (default: the server's first)")
-    @click.option("--workload", default=None, metavar="NAME|FILE",
-                  help="built-in (chat, long-context, mixed-tail, shared-prefix) or a workload YAML file")
+    @click.option("--workload", default=None, metavar="NAME|FILE", help=WORKLOAD_HELP)
+    @sampling_options
+    @click.option("--tokenizer", default=None, metavar="DIR",
+                  help="the served model's directory (or tokenizer.json): exact prompt lengths and caps")
+    @click.option("--write-prompts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  metavar="FILE.jsonl", help="write the prompts this run would send (vllm bench serve's custom "
+                  "format: --dataset-name custom) and exit without sending; needs no --target")
     @click.option("--input-len", type=click.IntRange(min=1), default=None, metavar="N", help="fixed prompt tokens")
     @click.option("--output-len", type=click.IntRange(min=1), default=None, metavar="N", help="fixed output tokens")
     @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="R",
@@ -105,14 +114,17 @@ def register(app: click.Group) -> None:
                   show_default=True, metavar="S")
     @click.option("--json", "json_out", default=None, metavar="OUT", help="write the result as JSON to OUT (- for stdout)")
     @click.option("--no-progress", is_flag=True, help="no progress bar")
-    def bench(target: str, model: str | None, workload: str | None, input_len: int | None, output_len: int | None,
+    def bench(target: str | None, model: str | None, workload: str | None, temperature: float | None,
+              top_p: float | None, tokenizer: str | None, write_prompts: Path | None,
+              input_len: int | None, output_len: int | None,
               rate: float | None, burstiness: float, concurrency: int | None, num_requests: int | None,
               duration: float | None, slo_text: str | None, find_max_rate: bool, start_rate: float, seed: int,
               request_timeout: float, json_out: str | None, no_progress: bool) -> None:
         """Drive load at an OpenAI-compatible server; client-side TTFT/TPOT/ITL, SLO attainment, goodput."""
         from rich.console import Console
 
-        from slotune.loadgen.runner import normalize_base_url, run_load, served_models
+        from slotune.loadgen.prompts import load_tokenizer
+        from slotune.loadgen.runner import DEFAULT_REQUESTS, normalize_base_url, run_load, served_models
         from slotune.loadgen.workload import Workload, load_workload
 
         fixed = input_len is not None or output_len is not None
@@ -129,8 +141,28 @@ def register(app: click.Group) -> None:
         if duration is not None and rate is None and concurrency is None and not find_max_rate:
             raise click.UsageError("--duration needs --rate or --concurrency")
         slo = SloSpec.parse(slo_text or DEFAULT_SLO)
-        url = normalize_base_url(target)
         wl = Workload.fixed(input_len, output_len) if fixed else load_workload(workload)  # type: ignore[arg-type]
+        wl = wl.with_sampling(temperature, top_p)
+        if tokenizer is not None:
+            load_tokenizer(tokenizer)  # a bad path fails here, in one line
+            wl = dataclasses.replace(wl, tokenizer=tokenizer)
+        if write_prompts is not None:
+            from slotune.loadgen.runner import prompt_lines
+
+            lines = prompt_lines(wl, seed, num_requests or DEFAULT_REQUESTS)
+            try:
+                write_prompts.write_text("".join(lines))
+            except OSError as exc:
+                raise ConfigError(f"{write_prompts}: cannot write ({exc.strerror})") from None
+            click.echo(f"{len(lines)} prompts of workload {wl.name!r} (seed {seed}) written to {write_prompts}: "
+                       f"vllm bench serve --dataset-name custom --dataset-path {write_prompts} --disable-shuffle "
+                       f"--backend {'openai-chat --endpoint /v1/chat/completions' if wl.endpoint == 'chat' else 'vllm'}"
+                       + (" --ignore-eos" if wl.ignore_eos else "")
+                       + (f" --temperature {wl.temperature:g}" if wl.temperature is not None else ""))
+            return
+        if target is None:
+            raise click.UsageError("give --target URL (or --write-prompts FILE to only write the prompts)")
+        url = normalize_base_url(target)
         if model is None:
             models = served_models(url)
             if not models:

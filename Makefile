@@ -10,7 +10,7 @@ STAMP := $(VENV)/.slotune-installed
 export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune clean
+.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune bench-real clean
 
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 
@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import vllm, slotune" >/dev/null
 	touch $(STAMP)
 
-demo: setup ## start a tiny-model vLLM, load it, measure, diagnose, tune a little; stops everything
+demo: setup ## the real model on vLLM: one answer, real load, measure, diagnose, tune a little; stops everything
 	$(VENV)/bin/slotune demo
 
 test: setup ## the whole suite: unit tests, real-server integration tests, promtool rule tests
@@ -65,6 +65,9 @@ bench: setup ## parser, load generator and sidecar benchmarks (figures, not asse
 
 bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95 at concurrency 1 and 4, ~12 min)
 	$(PY) bench/bench_loadgen.py --seconds 3 --vs-vllm
+
+bench-real: setup ## the real model: TPOT, prefill cost, capacity, n-gram speedup (ours and vLLM's client; long)
+	$(PY) bench/bench_realmodel.py
 
 bench-tune: setup ## tuned vs default goodput, re-measured with vllm.benchmarks.serve (long)
 	$(PY) bench/bench_tune.py

@@ -44,6 +44,14 @@ class EchoConfig:
     serial: bool = False  # one request generates at a time: a server with a capacity, queueing beyond it
 
 
+def _text(content: Any) -> str:
+    """A chat message's text: a string, or OpenAI content parts (`[{"type": "text", "text": ...}]`,
+    what `vllm bench serve`'s openai-chat backend sends) joined."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
 def _sse(obj: Any) -> bytes:
     data = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -114,7 +122,7 @@ class _Handler:
         s.max_in_flight = max(s.max_in_flight, s.in_flight)
         try:
             if chat:
-                prompt = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+                prompt = " ".join(_text(m.get("content", "")) for m in req.get("messages", []))
                 n = int(req.get("max_completion_tokens") or req.get("max_tokens") or 16)
             else:
                 prompt = str(req.get("prompt", ""))

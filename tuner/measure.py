@@ -74,7 +74,7 @@ class LoadSpec:
 
 
 @contextmanager
-def _client_seat(server_cpus: tuple[int, ...] | None) -> Iterator[None]:
+def client_seat(server_cpus: tuple[int, ...] | None) -> Iterator[None]:
     """Keep this thread, where the load generator runs, off the server's cores for the measurement."""
     if not server_cpus:
         yield
@@ -109,7 +109,7 @@ class ServerMeasure:
                 return Measurement(ok=False, status="invalid_config", reason=str(exc), seconds=time.monotonic() - started)
             if not result.ok:
                 return self._start_failed(config, result, started)
-            with _client_seat(self.server_cpus):
+            with client_seat(self.server_cpus):
                 return self._measure_running(server, config, say, started)
         finally:
             server.stop()

@@ -156,6 +156,7 @@ def register(app: click.Group) -> None:
                 raise ConfigError(f"{write_prompts}: cannot write ({exc.strerror})") from None
             click.echo(f"{len(lines)} prompts of workload {wl.name!r} (seed {seed}) written to {write_prompts}: "
                        f"vllm bench serve --dataset-name custom --dataset-path {write_prompts} --disable-shuffle "
+                       f"--skip-chat-template "
                        f"--backend {'openai-chat --endpoint /v1/chat/completions' if wl.endpoint == 'chat' else 'vllm'}"
                        + (" --ignore-eos" if wl.ignore_eos else "")
                        + (f" --temperature {wl.temperature:g}" if wl.temperature is not None else ""))

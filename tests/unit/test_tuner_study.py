@@ -15,7 +15,7 @@ from tuner_fakes import FakeMeasure
 
 from slotune.errors import ConfigError
 from slotune.store import TrialRecord, open_store
-from slotune.tuner.measure import Measurement, _client_seat
+from slotune.tuner.measure import Measurement, client_seat
 from slotune.tuner.report import summarize
 from slotune.tuner.study import TuneSpec, run_study
 
@@ -199,10 +199,10 @@ def test_the_measuring_thread_leaves_the_server_cores_and_gets_them_back() -> No
     if len(cores) < 2:
         pytest.skip("needs two cores to split")
     server = (max(cores),)
-    with _client_seat(server):
+    with client_seat(server):
         assert os.sched_getaffinity(0) == cores - {max(cores)}
     assert os.sched_getaffinity(0) == cores
-    with _client_seat(None):
+    with client_seat(None):
         assert os.sched_getaffinity(0) == cores
 
 

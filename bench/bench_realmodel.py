@@ -1,0 +1,228 @@
+"""Figures of the real model (SmolLM2-135M-Instruct, `slotune model smollm2`) on the CPU vLLM: not a CI
+test (`make bench-real`); prints figures with their spread over repeats, asserts nothing.
+
+vLLM runs on the last core, the clients on the others (as `slotune tune --server-cpus`), at vLLM's
+default flags unless said. Parts (`--parts`, default all):
+
+1. `tpot`: per-output-token time, one stream (concurrency 1), 128-token prompts, exactly 128 tokens out.
+2. `prefill`: TTFT of one 1,024- and one 2,048-token prompt at a time (2 tokens out): the prefill cost.
+3. `capacity`: closed-loop throughput (req/s, output tokens/s) and latency at concurrency 4 and 8 on
+   the `sharegpt` and `long-prompt` workloads (real prompts, sampled by seed).
+4. `ngram`: n-gram speculative decoding (`{"method": "ngram", "num_speculative_tokens": 4,
+   "prompt_lookup_max": 4, "prompt_lookup_min": 2}`) against the default on `edit` (greedy) and on
+   `sharegpt` (at `--sharegpt-temperature`, default 0, where little speedup is expected): TPOT at
+   concurrency 1 and the share of drafted tokens accepted (the server's own counters over each run),
+   measured by slotune's load generator and by `vllm.benchmarks.serve` on the same prompts (one JSONL
+   file in vLLM's `custom` format, `runner.prompt_lines`), in alternating rounds.
+
+Each figure is given per repeat and as median [min-max] over the repeats, with the time measured and
+the load average (other work on the host makes figures noisy).
+
+    .venv/bin/python bench/bench_realmodel.py [--repeats 3] [--parts tpot prefill capacity ngram]
+        [--requests 8] [--capacity-requests 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+from slotune.collectors.vllm_metrics import derive, scrape
+from slotune.loadgen.runner import prompt_lines, run_load
+from slotune.loadgen.workload import Workload, load_workload
+
+NAME = "smollm2"
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+
+# vLLM's `custom` dataset reads its JSONL with pandas, which slotune does not install: the same rows,
+# read with json. Prints vLLM's result (the keys used here) as one JSON line.
+VLLM_CLIENT = """
+import json, sys
+from vllm.benchmarks.datasets.datasets import CustomDataset
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+def load_data(self):
+    with open(self.dataset_path) as f:
+        self.data = [json.loads(line) for line in f if line.strip()]
+CustomDataset.load_data = load_data
+p = FlexibleArgumentParser(); add_cli_args(p)
+r = main(p.parse_args(sys.argv[2:]))
+json.dump({k: r.get(k) for k in ("completed", "ttfts", "latencies", "output_lens")}, open(sys.argv[1], "w"))
+"""
+
+
+def spread(xs: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return (f"{statistics.median(xs) * scale:.2f} {unit} [{min(xs) * scale:.2f}-{max(xs) * scale:.2f}] "
+            f"(n={len(xs)}: {', '.join(f'{x * scale:.2f}' for x in xs)})")
+
+
+def p50(d: dict, key: str) -> float | None:
+    block = d.get(key)
+    return None if not block else block.get("p50")
+
+
+def stamp() -> str:
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.1f}"
+
+
+def serve(model: Path, cpus: tuple[int, ...] | None, log_dir: Path, **flags: object):
+    from slotune.server import ManagedServer
+    from slotune.vllm_config import VllmConfig
+
+    cfg = VllmConfig(model=str(model), served_model_name=NAME, **flags)
+    return ManagedServer(cfg, log_dir=log_dir, cpus=cpus, startup_timeout=900)
+
+
+def part_tpot(url: str, model: Path, a: argparse.Namespace) -> None:
+    wl = dataclasses.replace(Workload.fixed(128, 128), tokenizer=str(model), endpoint="completions")
+    tpots = []
+    for rep in range(a.repeats):
+        d = run_load(url, NAME, wl, concurrency=1, num_requests=a.requests, seed=10 + rep).to_dict()
+        tpots.append(p50(d, "tpot_seconds"))
+        print(f"   repeat {rep + 1}: TPOT p50 {tpots[-1] * 1000:.2f} ms ({d['completed']} ok)", flush=True)
+    print(f"FIGURE real tpot c=1 128/128: {spread(tpots)} ({stamp()})", flush=True)
+
+
+def part_prefill(url: str, model: Path, a: argparse.Namespace) -> None:
+    for n in (1024, 2048):
+        wl = dataclasses.replace(Workload.fixed(n, 2), tokenizer=str(model))
+        ttfts = []
+        for rep in range(a.repeats):
+            d = run_load(url, NAME, wl, concurrency=1, num_requests=max(3, a.requests // 2), seed=20 + rep).to_dict()
+            ttfts.append(p50(d, "ttft_seconds"))
+        print(f"FIGURE real prefill {n} tokens (TTFT p50, c=1): {spread(ttfts, 1.0, 's')} ({stamp()})", flush=True)
+
+
+def part_capacity(url: str, model: Path, a: argparse.Namespace) -> None:
+    for name in ("sharegpt", "long-prompt"):
+        wl = load_workload(name).with_tokenizer(model)
+        for conc in (4, 8):
+            thr, out, ttft, tpot = [], [], [], []
+            for rep in range(a.repeats):
+                d = run_load(url, NAME, wl, concurrency=conc, num_requests=a.capacity_requests, seed=30 + rep,
+                             request_timeout=600).to_dict()
+                thr.append(d["request_throughput"])
+                out.append(d["output_throughput"])
+                ttft.append(p50(d, "ttft_seconds"))
+                tpot.append(p50(d, "tpot_seconds"))
+                print(f"   {name} c={conc} repeat {rep + 1}: {d['request_throughput']:.3f} req/s, "
+                      f"{d['output_throughput']:.1f} output tok/s, {d['completed']} ok, {d['failed']} failed",
+                      flush=True)
+            print(f"FIGURE real capacity {name} c={conc}: {spread(thr, 1.0, 'req/s')}; output "
+                  f"{spread(out, 1.0, 'tok/s')}; TTFT p50 {spread(ttft)}; TPOT p50 {spread(tpot)} ({stamp()})",
+                  flush=True)
+
+
+def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int]:
+    r = run_load(url, NAME, wl, concurrency=1, num_requests=n, seed=seed, request_timeout=600)
+    return p50(r.to_dict(), "tpot_seconds"), r.completed
+
+
+def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int]:
+    prompts, res = work / f"{wl.name}-{seed}.jsonl", work / f"{wl.name}-{seed}.json"
+    prompts.write_text("".join(prompt_lines(wl, seed, n)))  # exactly what `ours` sends with this seed
+    argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", url, "--model", NAME,
+            "--tokenizer", str(model), "--dataset-name", "custom", "--dataset-path", str(prompts),
+            "--disable-shuffle", "--skip-chat-template", "--num-prompts", str(n), "--max-concurrency", "1", "--request-rate", "inf",
+            "--disable-tqdm", "--seed", str(seed)]
+    if wl.temperature is not None:
+        argv += ["--temperature", str(wl.temperature)]
+    if wl.ignore_eos:
+        argv.append("--ignore-eos")
+    done = subprocess.run([sys.executable, "-c", VLLM_CLIENT, str(res), *argv], capture_output=True, text=True,
+                          check=False)
+    if done.returncode:
+        sys.exit(f"vllm.benchmarks.serve failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    v = json.loads(res.read_text())
+    tpots = [(e - t) / (o - 1) for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"]) if o and o > 1]
+    return (statistics.median(tpots) if tpots else None), int(v["completed"])
+
+
+def part_ngram(model: Path, cpus: tuple[int, ...] | None, work: Path, a: argparse.Namespace) -> None:
+    workloads = [load_workload("edit").with_tokenizer(model),
+                 load_workload("sharegpt").with_tokenizer(model).with_sampling(temperature=a.sharegpt_temperature)]
+    # The sharegpt replies are capped so a round stays short; the prompts are the real ones.
+    workloads[1] = dataclasses.replace(workloads[1], output_len=dataclasses.replace(workloads[1].output_len, max=256))
+    results: dict[tuple[str, str, str], list[float]] = {}
+    accept: dict[tuple[str, str], list[float]] = {}
+    for label, flags in (("default", {}), ("ngram", {"speculative_config": NGRAM})):
+        with serve(model, cpus, work, **flags) as srv:
+            url = srv.base_url
+            print(f"   {label} server ready at {url}", flush=True)
+            run_load(url, NAME, workloads[0], concurrency=1, num_requests=1, seed=999)  # warm-up
+            for wl in workloads:
+                for rep in range(a.repeats):
+                    seed = 40 + rep
+                    order = ("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")
+                    for client in order:
+                        before = scrape(f"{url}/metrics")
+                        tpot, ok = (ours(url, wl, a.requests, seed) if client == "ours"
+                                    else theirs(url, model, wl, a.requests, seed, work))
+                        win = derive(before, scrape(f"{url}/metrics"), target=url)
+                        results.setdefault((wl.name, label, client), []).append(tpot)  # type: ignore[arg-type]
+                        rate = win.spec_decode_acceptance_rate
+                        if label == "ngram":
+                            accept.setdefault((wl.name, client), []).append(rate or 0.0)
+                        print(f"   {wl.name} {label} {client} repeat {rep + 1}: TPOT p50 "
+                              f"{(tpot or 0) * 1000:.2f} ms, {ok} ok, acceptance "
+                              f"{'-' if rate is None else f'{rate:.1%}'} ({win.spec_decode_drafts or 0:.0f} drafts)",
+                              flush=True)
+    for wl in workloads:
+        for client in ("ours", "vllm"):
+            base, spec = results[(wl.name, "default", client)], results[(wl.name, "ngram", client)]
+            speedups = [b / s for b, s in zip(base, spec) if b and s]
+            print(f"FIGURE real ngram {wl.name} ({client}): TPOT default {spread(base)}, ngram {spread(spec)}, "
+                  f"speedup {spread(speedups, 1.0, 'x')}, acceptance {spread(accept[(wl.name, client)], 100.0, '%')} "
+                  f"({stamp()})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["tpot", "prefill", "capacity", "ngram"],
+                    choices=["tpot", "prefill", "capacity", "ngram"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=8, help="requests per concurrency-1 run")
+    ap.add_argument("--capacity-requests", type=int, default=24)
+    ap.add_argument("--sharegpt-temperature", type=float, default=0.0)
+    ap.add_argument("--shared-cores", action="store_true", help="vLLM and the clients on every core")
+    a = ap.parse_args()
+
+    from slotune.smollm2 import build_smollm2
+
+    model = build_smollm2(REPO / ".slotune-test" / "models" / "smollm2")
+    avail = sorted(os.sched_getaffinity(0))
+    cpus = None if a.shared_cores or len(avail) < 2 else (avail[-1],)
+    if cpus:
+        os.sched_setaffinity(0, set(avail) - set(cpus))  # ours, and vLLM's client as our child
+    print(f"real model {model}; vLLM on {list(cpus) if cpus else 'every core'}, clients on "
+          f"{sorted(os.sched_getaffinity(0))}; {stamp()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-real-"))
+    simple = [p for p in ("tpot", "prefill", "capacity") if p in a.parts]
+    if simple:
+        with serve(model, cpus, work) as srv:
+            url = srv.base_url
+            run_load(url, NAME, Workload.fixed(64, 8), concurrency=1, num_requests=2, seed=1)  # warm-up
+            for part in simple:
+                print(f"\n{part}", flush=True)
+                {"tpot": part_tpot, "prefill": part_prefill, "capacity": part_capacity}[part](url, model, a)
+    if "ngram" in a.parts:
+        print("\nngram", flush=True)
+        part_ngram(model, cpus, work, a)
+    print(f"\ndone ({stamp()})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

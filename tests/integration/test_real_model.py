@@ -85,7 +85,8 @@ def test_ngram_drafts_are_accepted_on_the_edit_workload(real_server, smollm2: Pa
     edit = load_workload("edit").with_tokenizer(smollm2)
     assert edit.temperature == 0
     before = scrape(f"{url}/metrics")
-    result = run_load(url, "smollm2", edit, concurrency=2, num_requests=4, seed=0)
+    # A generous timeout: on a busy 2-core host one 400-token answer took over 120 s.
+    result = run_load(url, "smollm2", edit, concurrency=2, num_requests=4, seed=0, request_timeout=900)
     assert result.completed == 4, result.errors()
     window = derive(before, scrape(f"{url}/metrics"), target=url)
     assert (window.spec_decode_drafts or 0) > 0

@@ -189,7 +189,7 @@ class Workload:
     def with_sampling(self, temperature: float | None = None, top_p: float | None = None,
                       seed: int | None = None) -> Workload:
         """This workload with the sampling parameters that are given (not None) replaced (the CLI's
-        `--temperature`, `--top-p`, `--sampling-seed`)."""
+        `--temperature` and `--top-p`)."""
         import dataclasses
 
         changes = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("sampling_seed", seed))
@@ -291,7 +291,9 @@ def builtin_names() -> tuple[str, ...]:
 
 def jsonl_workload(path: str | Path) -> Workload:
     """A chat workload that sends the prompts of a `vllm bench serve` custom-dataset file, in order.
-    Its length bounds are the file's (prompt tokens estimated at about 4 characters a token)."""
+    Its length bounds are the file's; prompt tokens are estimated at about 4 characters a token, and
+    the upper bound (what max_model_len must hold) is given half again as much room, since code and
+    other languages take more tokens a character. The rows themselves are never filtered."""
     from slotune.loadgen import corpus
 
     rows = corpus.read_jsonl(path)
@@ -299,7 +301,7 @@ def jsonl_workload(path: str | Path) -> Workload:
     plens = [counter.count(text) for text, _ in rows]
     outs = [o for _, o in rows if o is not None] or [256]
     return Workload(name=Path(path).stem, endpoint="chat", ignore_eos=False,
-                    prompt_len=Length(dist="uniform", min=max(1, min(plens)), max=max(plens)),
+                    prompt_len=Length(dist="uniform", min=max(1, min(plens)), max=max(plens) * 3 // 2 + 1),
                     output_len=Length(dist="uniform", min=min(outs), max=max(outs)),
                     prompts=PromptSource(source="jsonl", path=str(Path(path).resolve())),
                     description=f"the {len(rows)} prompts of {Path(path).name}, in file order")

@@ -65,7 +65,7 @@ def test_demo_on_the_real_model_answers_and_measures_real_prompts(tmp_path):
     cmd = [sys.executable, "-m", "slotune.cli.main", "demo", "--num-requests", "8", "--concurrency", "2",
            "--trials", "1"]
     env = {**os.environ, "SLOTUNE_DATA_DIR": str(data), "COLUMNS": "160"}
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=2400)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     answer = next((line for line in text.splitlines() if "smollm2 answers:" in line), "")

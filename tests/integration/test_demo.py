@@ -20,6 +20,9 @@ from tests.integration.procs import left_behind, live_members, server_groups
 pytestmark = pytest.mark.integration
 
 
+# Three vLLM starts (the demo's, one trial, the default re-measured), vLLM confined to one core: a few
+# minutes on an idle 2-core host, over 15 on a busy one.
+@pytest.mark.timeout(2700)
 def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
     data = tmp_path / "data"
     cmd = [sys.executable, "-m", "slotune.cli.main", "demo", "--model", "tiny", "--num-requests", "12",
@@ -55,6 +58,7 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
     assert snapshots >= 1 and sorted(states) == ["complete", "remeasure"], states
 
 
+@pytest.mark.timeout(2700)
 def test_demo_on_the_real_model_answers_and_measures_real_prompts(tmp_path):
     from slotune.smollm2 import build_smollm2
 

@@ -208,26 +208,59 @@ class Snapshot:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Snapshot":
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f"{f.name}_seconds" if f.name in LATENCY_FIELDS else f.name
-            if key not in d:
-                continue
-            value = d[key]
-            if f.name in LATENCY_FIELDS or f.name in DISTRIBUTION_FIELDS:
-                value = Quantiles.from_dict(value)
-            elif f.name == "capacity" and value is not None:
-                value = Capacity(**value)
-            elif f.name == "gpu":
-                if value is None:
-                    reason = d.get("gpu_unavailable_reason")
-                    value = GpuSnapshot(False, reason) if reason else None
-                else:
-                    devs = tuple(GpuDevice(**x) for x in value.get("devices", ()))
-                    value = GpuSnapshot(value.get("available", True), value.get("reason", ""), devs)
-            elif f.name in ("spec_decode_per_position", "models", "notes"):
-                value = tuple(value or ())
-            elif f.name == "per_model":
-                value = {m: cls.from_dict(v) for m, v in (value or {}).items()}
-            kwargs[f.name] = value
-        return cls(**kwargs)
+        """The inverse of `to_dict()`. Raises `ValueError` naming the field when `d` is not a
+        snapshot's shape (a string where a number belongs, a list where an object does), so a bad
+        file is one line, never a TypeError later on."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, not {type(d).__name__}")
+        try:
+            kwargs: dict[str, Any] = {}
+            for f in fields(cls):
+                key = f"{f.name}_seconds" if f.name in LATENCY_FIELDS else f.name
+                if key not in d:
+                    continue
+                value = d[key]
+                if f.name in LATENCY_FIELDS or f.name in DISTRIBUTION_FIELDS:
+                    if value is not None and not isinstance(value, dict):
+                        raise ValueError(f"{key}: expected an object of quantiles, not {value!r}")
+                    value = Quantiles.from_dict(value)
+                elif f.name == "capacity" and value is not None:
+                    value = Capacity(**value)
+                elif f.name == "gpu":
+                    if value is None:
+                        reason = d.get("gpu_unavailable_reason")
+                        value = GpuSnapshot(False, reason) if reason else None
+                    else:
+                        devs = tuple(GpuDevice(**x) for x in value.get("devices", ()))
+                        value = GpuSnapshot(value.get("available", True), value.get("reason", ""), devs)
+                elif f.name in ("spec_decode_per_position", "models", "notes"):
+                    value = tuple(value or ())
+                elif f.name == "per_model":
+                    value = {m: cls.from_dict(v) for m, v in (value or {}).items()}
+                kwargs[f.name] = value
+            snap = cls(**kwargs)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad field ({exc})") from None
+        _check_numbers(snap)
+        return snap
+
+
+def _check_numbers(snap: Snapshot) -> None:
+    """Every number of a snapshot (window bounds, figures, quantiles) is a number or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for name in ("window_start", "window_end"):
+        if not number(getattr(snap, name)):
+            raise ValueError(f"{name}: expected a number, not {getattr(snap, name)!r}")
+    for f in fields(snap):
+        value = getattr(snap, f.name)
+        if f.type in ("float | None", "float") and value is not None and not number(value):
+            raise ValueError(f"{f.name}: expected a number, not {value!r}")
+        if isinstance(value, Quantiles):
+            for k in ("p50", "p90", "p95", "p99", "mean", "count"):
+                q = getattr(value, k)
+                if q is not None and not number(q):
+                    raise ValueError(f"{f.name}.{k}: expected a number, not {q!r}")
+        elif f.name in LATENCY_FIELDS + DISTRIBUTION_FIELDS and value is not None:
+            raise ValueError(f"{f.name}: expected an object of quantiles, not {value!r}")

@@ -33,7 +33,11 @@ _RESTART_TOLERANCE_S = 1.0  # process_start_time_seconds is rounded to 10 ms by 
 
 def metrics_url(url: str) -> str:
     """`http://host:port` → `http://host:port/metrics`; a URL with a path is taken as given."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ConfigError(f"bad target URL {url!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"bad target URL {url!r}: expected http://HOST:PORT[/metrics]")
     return url.rstrip("/") + "/metrics" if parts.path in ("", "/") else url

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from slotune.errors import ConfigError, validation_message
+from slotune.files import parse_yaml, read_text
 
 _STRICT = ConfigDict(extra="forbid")
 BUILTINS = ("chat", "long-context", "mixed-tail", "shared-prefix", "sharegpt", "edit", "long-prompt")
@@ -277,12 +277,7 @@ def workload_from_mapping(data: Any, source: str) -> Workload:
 
 
 def _read_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    return parse_yaml(text, source)
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -319,10 +314,7 @@ def load_workload(name_or_path: str | Path) -> Workload:
     path = Path(name_or_path)
     if not path.exists():
         raise ConfigError(f"unknown workload {text!r}: not a file, and not a built-in ({', '.join(BUILTINS)})")
-    try:
-        body = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    body = read_text(path)
     data = _read_yaml(body, str(path))
     if isinstance(data, dict):
         data.setdefault("name", path.stem)

@@ -30,7 +30,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,6 +44,7 @@ from pydantic import (
 from slotune.playbooks.facts import FACTS
 from slotune.playbooks.remedies import COMPUTE
 from slotune.errors import ConfigError, validation_message
+from slotune.files import load_yaml
 from slotune.slo import LATENCY_METRICS, RATIO_METRICS, STATS
 from slotune.vllm_config import VllmConfig
 
@@ -212,14 +212,7 @@ def parse_playbook(data: Any, source: str) -> Playbook:
 
 def load_file(path: Path) -> list[Playbook]:
     """One YAML file: a playbook, or a list of them under `playbooks:`."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    data = load_yaml(path)
     if isinstance(data, dict) and set(data) == {"slotune.playbooks"}:
         items = data["slotune.playbooks"]
         if not isinstance(items, list):

@@ -13,12 +13,12 @@ directory defaulted, by `slotune.sidecar.config.load_settings`, which every entr
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,9 +28,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from slotune.errors import ConfigError, validation_message
+from slotune.files import load_yaml
 
 Mode = Literal["observe", "recommend", "apply"]
 Event = Literal["finding", "alert", "recommendation", "config_change"]
@@ -162,6 +163,10 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             where = f" in {file}" if file else ""
             raise ConfigError(f"bad settings{where}: {validation_message(exc.errors())}") from None
+        except SettingsError as exc:  # an environment variable of a list or mapping that is not JSON
+            field = re.search(r'field "([^"]+)"', str(exc))
+            name = f"SLOTUNE_{field.group(1).upper()}" if field else "a SLOTUNE_* variable"
+            raise ConfigError(f"bad settings: {name} must be JSON (a list or an object)") from None
         finally:
             _YAML_FILE.reset(token)
 
@@ -176,10 +181,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         file = _YAML_FILE.get()
         if file is None:
             return {}
-        try:
-            data = yaml.safe_load(file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read settings file {file}: {exc}") from None
+        data = load_yaml(file, what="settings file")
         if data is None:
             return {}
         if not isinstance(data, dict):

@@ -3,11 +3,11 @@ recommendation can be checked (and applied) exactly as the user would paste it."
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
 from slotune.errors import ConfigError
+from slotune.files import parse_json
 from slotune.vllm_config import FLAGS, VllmConfig
 
 _BY_FLAG = {f.flag: f for f in FLAGS}
@@ -16,7 +16,10 @@ _NEGATED = {"--no-" + f.flag[2:]: f for f in FLAGS if f.kind == "bool"}
 
 def parse_serve_command(line: str) -> VllmConfig:
     """`[ENV=V ...] vllm serve MODEL [--flag value ...]` → VllmConfig; unknown flags are an error."""
-    words = shlex.split(line)
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:  # an unclosed quote or a trailing backslash
+        raise ConfigError(f"serve line: cannot split into words ({exc}): {line[:160]!r}") from None
     env: dict[str, str] = {}
     while words and "=" in words[0] and not words[0].startswith("-"):
         key, _, value = words.pop(0).partition("=")
@@ -28,6 +31,9 @@ def parse_serve_command(line: str) -> VllmConfig:
     i = 0
     while i < len(rest):
         word = rest[i]
+        if word not in _NEGATED and (word in ("--host", "--port") or (word in _BY_FLAG and _BY_FLAG[word].kind != "bool")) \
+                and i + 1 >= len(rest):
+            raise ConfigError(f"serve line: {word} needs a value")
         if word in ("--host", "--port"):
             data[word[2:]] = rest[i + 1]
             i += 2
@@ -44,6 +50,6 @@ def parse_serve_command(line: str) -> VllmConfig:
             i += 1
             continue
         value = rest[i + 1]
-        data[flag.field] = json.loads(value) if flag.kind == "json" else value
+        data[flag.field] = parse_json(value, f"serve line: {word}") if flag.kind == "json" else value
         i += 2
     return VllmConfig.from_mapping(data, source="serve line")

@@ -23,10 +23,10 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import yaml
 
 from slotune import platforms
 from slotune.errors import ConfigError
+from slotune.files import load_yaml, parse_yaml
 from slotune.vllm_config import FLAG_BY_FIELD, SPEC_METHODS, VllmConfig, validate_combination
 
 Choice = Any  # None | bool | int | str: what Optuna's CategoricalDistribution accepts
@@ -54,7 +54,7 @@ class Dimension:
             text = raw.strip()
             if text.lower() in ("default", "none", "null", "off", "~", ""):
                 return None
-            raw = yaml.safe_load(text)
+            raw = parse_yaml(text, f"search space: {self.name}")
         if raw is None:
             return None
         ok = {
@@ -154,6 +154,9 @@ class SearchSpace:
                 if dim.kind != "int":
                     raise ConfigError(f"{source}: {name} is not numeric; give a list of choices or one value")
                 lo, hi = value.get("min"), value.get("max")
+                for bound, v in (("min", lo), ("max", hi)):
+                    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                        raise ConfigError(f"{source}: {name}: {bound} must be a number, not {v!r}")
                 keep = tuple(c for c in dim.choices if c is not None and (lo is None or c >= lo) and (hi is None or c <= hi))
                 if not keep:
                     raise ConfigError(f"{source}: {name}: no choice of {dim.choices[1:]} lies in [{lo}, {hi}]")
@@ -196,12 +199,7 @@ class SearchSpace:
         return self.narrowed(spec, source="--fix")
 
     def with_file(self, path: Path) -> SearchSpace:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError:
-            raise ConfigError(f"{path}: not valid YAML") from None
+        data = load_yaml(path)
         if data is None:
             return self
         if not isinstance(data, dict):

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from slotune.errors import ConfigError
+from slotune.files import parse_json, read_text
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -29,17 +30,16 @@ def read_snapshots(path: Path) -> list[Any]:
     """Windows from a file: one snapshot object, a list of them, or JSON lines (`collect --json`)."""
     from slotune.collectors.snapshot import Snapshot
 
+    text = read_text(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
+        data = parse_json(text, str(path))
         items = data if isinstance(data, list) else [data]
-    except ValueError:
+    except ConfigError as whole:
+        if "nested too deeply" in str(whole):
+            raise
         try:
-            items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError:
+            items = [parse_json(line, str(path)) for line in text.splitlines() if line.strip()]
+        except ConfigError:
             raise ConfigError(f"{path}: not JSON (expected a snapshot from 'slotune collect --json')") from None
     if not items:
         raise ConfigError(f"{path}: no snapshot in the file")

@@ -7,29 +7,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import yaml
 
 from slotune.errors import ConfigError
+from slotune.files import load_yaml_mapping
 from slotune.vllm_config import VllmConfig
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from a file, with one-line errors naming the file."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of flag names to values")
-    return data
+    return load_yaml_mapping(path, expected="a mapping of flag names to values")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from pathlib import Path
 
 import click
+
+from slotune.errors import ConfigError
 
 
 def register(app: click.Group) -> None:
@@ -29,6 +32,7 @@ def register(app: click.Group) -> None:
         settings = config.load_settings(config_file, **overrides)
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        sock = listen(settings.host, settings.port)  # before the loop starts: a busy port is one line
         service = runtime.Sidecar(settings)
         service.start()
         try:
@@ -39,6 +43,17 @@ def register(app: click.Group) -> None:
             # before it: make that a no-op, so the `finally` below stops the loop and the managed
             # server, and the exit status is 0.
             signal.signal(signal.SIGTERM, lambda *_: None)
-            server.run()
+            server.run(sockets=[sock])
         finally:
             service.stop()
+            sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port. Raises `ConfigError` (one line) when the address cannot
+    be resolved or bound (in use, no permission), instead of uvicorn's log line and exit status 3."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

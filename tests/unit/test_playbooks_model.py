@@ -79,7 +79,7 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         load_playbooks([tmp_path / "missing.yaml"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line"):
         load_playbooks([bad])
     listed = write(tmp_path, {"slotune.playbooks": [MINIMAL, {**MINIMAL, "severity": "loud"}]}, "two.yaml")
     with pytest.raises(ConfigError, match=r"two.yaml: playbooks.1: severity: "):

@@ -1,0 +1,67 @@
+"""Reading user files and text as data: the one place where an unreadable file, bytes that are not
+UTF-8, bad YAML, bad or too deeply nested JSON turn into a `ConfigError` naming the source.
+
+Every command that reads a YAML or JSON file (configs, space files, workloads, playbooks, settings,
+snapshots) goes through here, so a new reader cannot forget a kind of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slotune.errors import ConfigError
+
+
+def read_text(path: Path | str, *, what: str = "") -> str:
+    """A file's text (UTF-8). Raises `ConfigError` when it cannot be read or is not UTF-8 (shape:
+    `PATH: cannot read (reason)` / `PATH: not UTF-8 text (byte N)`)."""
+    label = f"{what} {path}".strip()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text → Python data. Raises `ConfigError("SOURCE: not valid YAML at line N")`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text → Python data. Raises `ConfigError` for bad JSON or nesting too deep to read."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: JSON nested too deeply") from None
+
+
+def load_yaml(path: Path | str, *, what: str = "") -> Any:
+    """A YAML (or JSON) file's data; see `read_text` and `parse_yaml` for the errors."""
+    return parse_yaml(read_text(path, what=what), f"{what} {path}".strip())
+
+
+def load_yaml_mapping(path: Path | str, *, what: str = "", expected: str = "a mapping") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: `{}`). Raises `ConfigError` otherwise."""
+    data = load_yaml(path, what=what)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{f'{what} {path}'.strip()}: expected {expected}")
+    return data

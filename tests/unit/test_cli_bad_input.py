@@ -1,0 +1,99 @@
+"""Every bad input is one line: each input below once ended in a traceback (issue 15, section 5).
+
+Run in-process through `main()`, so a traceback is an exception that fails the test, and the message
+is checked to be a single `error: ...` line naming what was wrong."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from slotune.cli.main import main
+
+NOT_UTF8 = b"model: \xff\xfe\n"
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {
+        "not_utf8.yaml": NOT_UTF8,
+        "not_utf8.json": b'{"target": "\xff"}',
+        "banana_space.yaml": b"max_num_seqs: {min: banana}\n",
+        "deep.json": b"[" * 100_000 + b"]" * 100_000,
+        "mistyped.json": b'[{"target": "x", "window_start": "soon", "window_end": 2}]',
+        "mistyped_quantiles.json": b'[{"target": "x", "window_start": 1, "window_end": 2, "ttft_seconds": 5}]',
+        "a_file": b"x",
+    }
+    for name, data in out.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in out}
+
+
+TUNE = ["--slo", "ttft_p95<=1s", "--trials", "1", "--input-len", "8", "--output-len", "8", "--startup-timeout", "1"]
+
+CASES = {
+    "serve config not UTF-8": (["serve", "--config", "{not_utf8.yaml}", "--print-command"], "not UTF-8"),
+    "diagnose snapshot not UTF-8": (["diagnose", "--snapshot", "{not_utf8.json}"], "not UTF-8"),
+    "diagnose snapshot too deep": (["diagnose", "--snapshot", "{deep.json}"], "nested too deeply"),
+    "diagnose snapshot mistyped": (["diagnose", "--snapshot", "{mistyped.json}"], "window_start"),
+    "diagnose snapshot mistyped quantiles": (["diagnose", "--snapshot", "{mistyped_quantiles.json}"], "ttft"),
+    "diagnose config not UTF-8": (["diagnose", "--snapshot", "{mistyped.json}", "--config", "{not_utf8.yaml}"],
+                                  "not UTF-8"),
+    "diagnose playbooks not UTF-8": (["diagnose", "--snapshot", "{mistyped.json}", "--playbooks",
+                                      "{not_utf8.yaml}"], "not UTF-8"),
+    "serve line unclosed quote": (["diagnose", "--target", "http://127.0.0.1:1", "--serve-command",
+                                   'vllm serve "unclosed'], "No closing quotation"),
+    "serve line flag without value": (["diagnose", "--target", "http://127.0.0.1:1", "--serve-command",
+                                       "vllm serve m --max-num-seqs"], "--max-num-seqs needs a value"),
+    "serve line bad JSON": (["diagnose", "--target", "http://127.0.0.1:1", "--serve-command",
+                             "vllm serve m --speculative-config {"], "not valid JSON"),
+    "collect bad IPv6 target": (["collect", "--target", "http://[::1", "--once"], "bad target URL"),
+    "collect bad port": (["collect", "--target", "http://h:99999", "--once"], "bad target URL"),
+    "tune space min banana": (["tune", "--model", "m", "--space", "{banana_space.yaml}", *TUNE],
+                              "min must be a number"),
+    "tune space not UTF-8": (["tune", "--model", "m", "--space", "{not_utf8.yaml}", *TUNE], "not UTF-8"),
+    "tune fix bad YAML": (["tune", "--model", "m", "--fix", "max_num_seqs=[", *TUNE], "not valid YAML"),
+    "tune workload not UTF-8": (["tune", "--model", "m", "--workload", "{not_utf8.yaml}", "--slo", "ttft_p95<=1s"],
+                                "not UTF-8"),
+    "bench workload not UTF-8": (["bench", "--target", "http://127.0.0.1:1", "--workload", "{not_utf8.yaml}"],
+                                 "not UTF-8"),
+    "sidecar settings not UTF-8": (["sidecar", "--config", "{not_utf8.yaml}"], "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("args,expected", list(CASES.values()), ids=list(CASES))
+def test_bad_input_is_one_error_line(args: list[str], expected: str, files: dict[str, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    argv = [str(files[a[1:-1]]) if a.startswith("{") and a[1:-1] in files else a for a in args]  # {name}: a file
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and expected in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_non_json_receivers_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLOTUNE_RECEIVERS", "not json")
+    assert main(["sidecar", "--target", "http://127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err.strip() == "error: bad settings: SLOTUNE_RECEIVERS must be JSON (a list or an object)"
+
+
+def test_data_directory_that_is_a_file(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(files["a_file"]))
+    assert main(["collect", "--target", "http://127.0.0.1:1", "--once", "--store"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data directory {files['a_file']}: cannot create") and "\n" not in err
+
+
+def test_sidecar_port_in_use_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        rc = main(["sidecar", "--target", "http://127.0.0.1:1", "--host", "127.0.0.1", "--port", str(port)])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "\n" not in err, err

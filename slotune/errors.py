@@ -18,6 +18,11 @@ class StoreError(SlotuneError):
     """The database could not be reached or written."""
 
 
+class RefusedValueError(StoreError):
+    """The database refused a value the caller sent (a NUL byte, a number out of its column's range):
+    the caller's fault, so the API answers 4xx, not 503."""
+
+
 class TargetError(SlotuneError):
     """A target server could not be reached or answered garbage."""
 

@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 from slotune import __version__
 from slotune.api import auth, routes
 from slotune.api.service import SidecarService
-from slotune.errors import SlotuneError, validation_message
+from slotune.errors import RefusedValueError, SlotuneError, validation_message
 
 
 def create_app(service: SidecarService) -> FastAPI:
@@ -57,6 +57,10 @@ def create_app(service: SidecarService) -> FastAPI:
         reason = validation_message(exc.errors())
         return JSONResponse({"detail": reason, "errors": json.loads(json.dumps(errors, default=str))},
                             status_code=422)
+
+    @app.exception_handler(RefusedValueError)
+    async def _refused(request: Request, exc: RefusedValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(SlotuneError)
     async def _slotune(request: Request, exc: SlotuneError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -13,7 +13,7 @@ from slotune.api import schemas
 from slotune.api.auth import require_read, require_write
 from slotune.api.service import SidecarService
 from slotune.errors import ConfigError, SlotuneError
-from slotune.store import ConfigChange, Finding, Recommendation, Snapshot, TrialRecord
+from slotune.store import MAX_ID, ConfigChange, Finding, Recommendation, Snapshot, TrialRecord
 
 reads = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], tags=["read"])
 writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags=["write"])
@@ -24,8 +24,19 @@ M = TypeVar("M")
 # to the first one's name.
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
-Filter = Annotated[str | None, Query(max_length=500)]
-StatusFilter = Annotated[str | None, Query(alias="status", max_length=20)]
+# No NUL byte: PostgreSQL cannot hold one in text, so a filter with one can match nothing.
+NO_NUL = r"^[^\x00]*$"
+Filter = Annotated[str | None, Query(max_length=500, pattern=NO_NUL)]
+StatusFilter = Annotated[str | None, Query(alias="status", max_length=20, pattern=NO_NUL)]
+
+
+def _row_id(what: str) -> Any:
+    return Path(ge=1, le=MAX_ID, description=f"the {what}'s id (1 to {MAX_ID})")
+
+
+SnapshotId = Annotated[int, _row_id("snapshot")]
+FindingId = Annotated[int, _row_id("finding")]
+RecommendationId = Annotated[int, _row_id("recommendation")]
 
 
 def service(request: Request) -> SidecarService:
@@ -74,7 +85,7 @@ def list_snapshots(svc: Svc, target: Filter = None, limit: Limit = 50, offset: O
 
 
 @reads.get("/snapshots/{snapshot_id}", response_model=schemas.SnapshotOut)
-def get_snapshot(snapshot_id: int, svc: Svc) -> Any:
+def get_snapshot(snapshot_id: SnapshotId, svc: Svc) -> Any:
     with svc.store.session() as s:
         return schemas.SnapshotOut.model_validate(_get(s, Snapshot, snapshot_id, "snapshot"))
 
@@ -87,7 +98,7 @@ def list_findings(svc: Svc, status_: StatusFilter = None,
 
 
 @reads.get("/findings/{finding_id}", response_model=schemas.FindingOut)
-def get_finding(finding_id: int, svc: Svc) -> Any:
+def get_finding(finding_id: FindingId, svc: Svc) -> Any:
     with svc.store.session() as s:
         return schemas.FindingOut.model_validate(_get(s, Finding, finding_id, "finding"))
 
@@ -110,7 +121,7 @@ def list_recommendations(svc: Svc, status_: StatusFilter = None,
 
 
 @reads.get("/recommendations/{recommendation_id}", response_model=schemas.RecommendationOut)
-def get_recommendation(recommendation_id: int, svc: Svc) -> Any:
+def get_recommendation(recommendation_id: RecommendationId, svc: Svc) -> Any:
     with svc.store.session() as s:
         return schemas.RecommendationOut.model_validate(_get(s, Recommendation, recommendation_id, "recommendation"))
 
@@ -123,7 +134,7 @@ def list_changes(svc: Svc, limit: Limit = 50, offset: Offset = 0) -> dict[str, A
 # -- writes -----------------------------------------------------------------------------------------------
 
 @writes.post("/findings/{finding_id}/acknowledge", response_model=schemas.FindingOut)
-def acknowledge(finding_id: int, svc: Svc) -> Any:
+def acknowledge(finding_id: FindingId, svc: Svc) -> Any:
     with svc.store.session() as s:
         row = _get(s, Finding, finding_id, "finding")
         if row.status == "resolved":
@@ -135,7 +146,7 @@ def acknowledge(finding_id: int, svc: Svc) -> Any:
 
 
 @writes.post("/findings/{finding_id}/silence", response_model=schemas.FindingOut)
-def silence(finding_id: int, body: schemas.SilenceIn, svc: Svc) -> Any:
+def silence(finding_id: FindingId, body: schemas.SilenceIn, svc: Svc) -> Any:
     with svc.store.session() as s:
         row = _get(s, Finding, finding_id, "finding")
         if row.status == "resolved":
@@ -158,7 +169,7 @@ def propose(body: schemas.ProposeIn, svc: Svc) -> Any:
 
 
 @writes.post("/recommendations/{recommendation_id}/approve", summary="Approve; apply mode then applies it")
-def approve(recommendation_id: int, svc: Svc) -> dict[str, Any]:
+def approve(recommendation_id: RecommendationId, svc: Svc) -> dict[str, Any]:
     try:
         out = svc.approve(recommendation_id)
     except ConfigError as exc:

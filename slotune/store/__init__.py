@@ -2,6 +2,7 @@
 
 from slotune.store.db import Store, open_store
 from slotune.store.models import (
+    MAX_ID,
     Base,
     ConfigChange,
     Finding,
@@ -12,6 +13,7 @@ from slotune.store.models import (
 )
 
 __all__ = [
+    "MAX_ID",
     "Base",
     "ConfigChange",
     "Finding",

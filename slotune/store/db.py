@@ -3,17 +3,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slotune import paths
-from slotune.errors import StoreError
+from slotune.errors import RefusedValueError, StoreError
 from slotune.store.models import Base
+
+log = logging.getLogger("slotune.store")
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own first line, without SQLAlchemy's `[SQL: ...]` and `[parameters: ...]`: an
+    error message may reach an API client, and must not echo statements or values."""
+    orig = getattr(exc, "orig", None)
+    text_ = str(orig if orig is not None else exc).strip()
+    return (text_.splitlines() or [exc.__class__.__name__])[0].split("[SQL:")[0].strip()[:200]
 
 
 @dataclass
@@ -29,9 +40,14 @@ class Store:
         try:
             yield session
             session.commit()
+        except DataError as exc:
+            session.rollback()
+            log.warning("database refused a value: %s", exc)  # the full statement stays in the log
+            raise RefusedValueError(f"the database refused a value: {_reason(exc)}") from exc
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StoreError(f"database error on {self.safe_url}: {exc.__class__.__name__}: {exc}") from exc
+            log.warning("database error: %s", exc)
+            raise StoreError(f"database error on {self.safe_url}: {exc.__class__.__name__}: {_reason(exc)}") from exc
         except BaseException:
             session.rollback()
             raise

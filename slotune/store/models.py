@@ -18,6 +18,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Row ids are INTEGER columns: PostgreSQL's int4 ends here (SQLite's at 2**63 - 1). The API refuses
+# larger ids in its paths with 422 rather than handing the database a number it cannot compare.
+MAX_ID = 2**31 - 1
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 

@@ -16,14 +16,17 @@ import yaml
 from slotune.errors import ConfigError
 
 
-def read_text(path: Path | str, *, what: str = "") -> str:
-    """A file's text (UTF-8). Raises `ConfigError` when it cannot be read or is not UTF-8 (shape:
-    `PATH: cannot read (reason)` / `PATH: not UTF-8 text (byte N)`)."""
+def read_text(path: Path | str, *, what: str = "", max_bytes: int | None = None) -> str:
+    """A file's text (UTF-8). Raises `ConfigError` when it cannot be read, is over `max_bytes` or is
+    not UTF-8 (shape: `PATH: cannot read (reason)` / `PATH: not UTF-8 text (byte N)`)."""
     label = f"{what} {path}".strip()
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ConfigError(f"{label}: over the limit of {max_bytes} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -52,9 +55,9 @@ def parse_json(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: JSON nested too deeply") from None
 
 
-def load_yaml(path: Path | str, *, what: str = "") -> Any:
+def load_yaml(path: Path | str, *, what: str = "", max_bytes: int | None = None) -> Any:
     """A YAML (or JSON) file's data; see `read_text` and `parse_yaml` for the errors."""
-    return parse_yaml(read_text(path, what=what), f"{what} {path}".strip())
+    return parse_yaml(read_text(path, what=what, max_bytes=max_bytes), f"{what} {path}".strip())
 
 
 def load_yaml_mapping(path: Path | str, *, what: str = "", expected: str = "a mapping") -> dict[str, Any]:

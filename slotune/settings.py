@@ -37,6 +37,9 @@ Mode = Literal["observe", "recommend", "apply"]
 Event = Literal["finding", "alert", "recommendation", "config_change"]
 EVENTS: tuple[str, ...] = ("finding", "alert", "recommendation", "config_change")
 
+# A settings file is a page of keys; megabytes of it are a mistake, refused before YAML parses them.
+SETTINGS_MAX_BYTES = 1 << 20
+
 # The YAML file the settings being built read from (a context variable, so `load()` stays reentrant).
 _YAML_FILE: ContextVar[Path | None] = ContextVar("slotune_settings_file", default=None)
 
@@ -181,7 +184,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         file = _YAML_FILE.get()
         if file is None:
             return {}
-        data = load_yaml(file, what="settings file")
+        data = load_yaml(file, what="settings file", max_bytes=SETTINGS_MAX_BYTES)
         if data is None:
             return {}
         if not isinstance(data, dict):

@@ -41,6 +41,9 @@ def error_reason_selector() -> str:
     return f'finished_reason=~"{"|".join(ERROR_FINISH_REASONS)}"'
 
 DEFAULT_SLO = "ttft_p95<=500ms,e2e_p95<=2s"
+# Every distinct target written out (4 latencies x 5 statistics + error_rate) is under 600
+# characters; a longer spec is a mistake or an attack, refused before any parsing.
+MAX_SPEC_CHARS = 2048
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 _TARGET = re.compile(
@@ -120,16 +123,19 @@ class SloSpec:
 
     @classmethod
     def parse(cls, text: str) -> "SloSpec":
+        """`METRIC_STAT<=VALUE[,...]` → SloSpec, in time linear in the text. Raises `ConfigError`
+        for an empty spec, one over `MAX_SPEC_CHARS`, a bad target or a target named twice."""
         if not text or not text.strip():
             raise ConfigError("empty SLO spec: write targets like 'ttft_p95<=500ms,e2e_p95<=2s'")
-        targets: list[SloTarget] = []
+        if len(text) > MAX_SPEC_CHARS:
+            raise ConfigError(f"SLO spec of {len(text)} characters is over the limit of {MAX_SPEC_CHARS}")
+        targets: dict[str, SloTarget] = {}
         for part in text.split(","):
-            targets.append(_parse_target(part))
-        keys = [t.key for t in targets]
-        dup = {k for k in keys if keys.count(k) > 1}
-        if dup:
-            raise ConfigError(f"SLO spec names {sorted(dup)[0]!r} twice")
-        return cls(tuple(targets))
+            target = _parse_target(part)
+            if target.key in targets:
+                raise ConfigError(f"SLO spec names {target.key!r} twice")
+            targets[target.key] = target
+        return cls(tuple(targets.values()))
 
     def __str__(self) -> str:
         return ",".join(str(t) for t in self.targets)

@@ -34,8 +34,33 @@ def test_evaluate_against_collector_json():
         ("ttft_p95<=500", "unit"),
         ("error_rate<=150%", "between"),
         ("ttft_p95<=1s,ttft_p95<=2s", "twice"),
+        (",".join(["ttft_p95<=1s"] * 50_000), "over the limit of 2048"),  # 640 KB: took 11 s once
     ],
 )
 def test_bad_specs_are_clear_errors(text, fragment):
     with pytest.raises(ConfigError, match=fragment):
         SloSpec.parse(text)
+
+
+def test_every_distinct_target_fits_under_the_cap():
+    from slotune.slo import LATENCY_METRICS, MAX_SPEC_CHARS, STATS
+
+    every = ",".join([f"{m}_{s}<=1999.999ms" for m in LATENCY_METRICS for s in STATS] + ["error_rate<=99.999%"])
+    assert len(every) <= MAX_SPEC_CHARS
+    assert len(SloSpec.parse(every).targets) == len(LATENCY_METRICS) * len(STATS) + 1
+
+
+def test_duplicates_are_found_in_one_pass():
+    """Each target is checked against the ones before it by key (a dict), not by counting the list
+    for each key: a spec of N targets costs N look-ups. The first repeat is the one named."""
+    with pytest.raises(ConfigError, match="'e2e_p95' twice"):
+        SloSpec.parse("ttft_p95<=1s,e2e_p95<=1s,e2e_p95<=2s,ttft_p95<=2s")
+
+
+def test_a_huge_settings_file_is_refused_before_parsing(tmp_path):
+    from slotune.settings import SETTINGS_MAX_BYTES, Settings
+
+    big = tmp_path / "settings.yaml"
+    big.write_text("slo: '" + "ttft_p95<=1s," * (SETTINGS_MAX_BYTES // 10) + "'\n")
+    with pytest.raises(ConfigError, match=f"over the limit of {SETTINGS_MAX_BYTES} bytes"):
+        Settings.load(big)

@@ -147,6 +147,15 @@ def build_space(spec: TuneSpec, need: int | None) -> SearchSpace:
     return space
 
 
+def check_spec(spec: TuneSpec) -> None:
+    """Everything about a study that can be checked before a server starts: the workload loads, the
+    search space narrows to something, the base config (model, served name) is a valid config.
+    Raises `ConfigError` (one line); the API calls it so a bad request is a 422, not a failed study."""
+    workload = load_spec_workload(spec)
+    build_space(spec, workload_need(workload))
+    spec.base_config()
+
+
 # -- setup under a lock ---------------------------------------------------------------------------
 
 

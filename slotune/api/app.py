@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.types import Message, Receive, Scope, Send
 
 from slotune import __version__
@@ -49,6 +50,7 @@ def create_app(service: SidecarService) -> FastAPI:
     app.include_router(routes.reads)
     app.include_router(routes.writes)
     app.include_router(routes.alerts)
+    app.openapi = lambda: _openapi(app, protect_reads=service.settings.protect_reads)  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -68,6 +70,52 @@ def create_app(service: SidecarService) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
     return BodyLimit(app, service.settings.max_alert_bytes)  # type: ignore[return-value]
+
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _openapi(app: FastAPI, *, protect_reads: bool) -> dict[str, Any]:
+    """FastAPI's document, corrected to what this app does: every error body is `Error` (a one-line
+    `detail`, and for 422 pydantic's `errors`), reads need the token only with `protect_reads`, and
+    the 401/404/413/503 answers are listed where they happen."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = FastAPI.openapi(app)
+    comps = spec.setdefault("components", {}).setdefault("schemas", {})
+    comps["Error"] = ErrorBody.model_json_schema()
+    comps.pop("HTTPValidationError", None)
+    comps.pop("ValidationError", None)
+
+    def answer(text: str) -> dict[str, Any]:
+        return {"description": text, "content": {"application/json": {"schema": ERROR_REF}}}
+
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = answer("the request does not validate: `detail` says where and why in "
+                                          "one line, `errors` lists pydantic's findings (loc, msg, type)")
+            tags = op.get("tags", [])
+            if "read" in tags:
+                op["security"] = [{"HTTPBearer": []}] if protect_reads else [{}]
+            if op.get("security") and op["security"] != [{}]:
+                responses["401"] = answer("no bearer token, or not the sidecar's api_token")
+            if "_id}" in path:
+                responses["404"] = answer("no row with that id")
+            if path.startswith("/api/"):
+                responses["503"] = answer("the database could not be reached or written now")
+            if "write" in tags or "alerts" in tags:
+                responses["413"] = answer("the body is over the size limit (max_alert_bytes)")
+    return spec
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body."""
+
+    detail: str = Field(description="what was wrong, in one line")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="422 only: pydantic's findings, each {loc, msg, type}; inputs are left out")
 
 
 class BodyLimit:

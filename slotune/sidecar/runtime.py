@@ -159,13 +159,17 @@ class Sidecar:
         return ids
 
     def propose(self, config: dict[str, Any], reason: str) -> int:
-        """A recommendation from outside (an operator, a test): a VllmConfig delta on the current config."""
+        """A recommendation from outside (an operator, a test): a VllmConfig delta on the current config.
+        Stored as validated: `{"max_num_seqs": "64"}` is kept as `{"max_num_seqs": 64}`, so what is
+        shown, compared and applied is the typed value. Raises `ConfigError` for a bad delta."""
         base = self.managed.config if self.managed is not None else None
         if base is not None:
-            VllmConfig.from_mapping({**base.model_dump(mode="json", exclude_none=True), **config}, source="proposal")
+            checked = VllmConfig.from_mapping({**base.model_dump(mode="json", exclude_none=True), **config},
+                                              source="proposal")
         else:
-            probe = {"model": "probe", **config}
-            VllmConfig.from_mapping(probe, source="proposal")
+            checked = VllmConfig.from_mapping({"model": "probe", **config}, source="proposal")
+        typed = checked.model_dump(mode="json")
+        config = {key: typed[key] for key in config}
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         with self.store.session() as s:
             rec = Recommendation(target=self.controller.target, status="pending", source="api", reason=reason,

@@ -30,7 +30,7 @@ class StudyRunner:
         self.history: dict[str, dict[str, Any]] = {}
 
     def start(self, request: dict[str, Any]) -> dict[str, Any]:
-        from slotune.tuner.study import TuneSpec, run_study
+        from slotune.tuner.study import TuneSpec, check_spec, run_study
 
         with self.lock:
             if self.thread is not None and self.thread.is_alive():
@@ -42,6 +42,10 @@ class StudyRunner:
                 raise ConfigError(f"bad study request: {validation_message(exc.errors())}") from None
             if (spec.trials or 0) > MAX_TRIALS:
                 raise ConfigError(f"bad study request: trials: at most {MAX_TRIALS}")
+            try:
+                check_spec(spec)  # now, not in the thread: a bad request is a 422, not a failed study
+            except ConfigError as exc:
+                raise ConfigError(f"bad study request: {exc}") from None
             name = spec.name()
             spec = spec.model_copy(update={"study_name": name})
             info = {"name": name, "status": "running", "trials": spec.trials, "timeout": spec.timeout,

@@ -130,6 +130,22 @@ def test_study_request_is_validated(client: TestClient) -> None:
     assert r.status_code == 422
 
 
+def test_study_request_is_checked_when_submitted(client: TestClient, sidecar: Sidecar) -> None:
+    """A workload that does not exist is a 422 now, not a study that starts and fails in its thread."""
+    r = client.post("/api/v1/studies", json={"model": "m", "slo": "ttft_p95<=1s", "workload": "no-such-workload"},
+                    headers=AUTH)
+    assert r.status_code == 422 and "no-such-workload" in r.json()["detail"], r.text
+    assert sidecar.studies.thread is None  # nothing started
+
+
+def test_proposals_are_stored_as_their_types(client: TestClient) -> None:
+    rec = client.post("/api/v1/recommendations", json={"config": {"max_num_seqs": "64",
+                                                                  "enable_prefix_caching": "true"}}, headers=AUTH)
+    assert rec.status_code == 201, rec.text
+    stored = client.get(f"/api/v1/recommendations/{rec.json()['id']}").json()["config"]
+    assert stored == {"max_num_seqs": 64, "enable_prefix_caching": True}
+
+
 def test_alertmanager_webhook_enriches_firing_alerts(client: TestClient, sidecar: Sidecar) -> None:
     r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(2))
     assert r.status_code == 202, r.text
@@ -195,3 +211,30 @@ def test_snapshots_say_how_precise_their_quantiles_are(client: TestClient) -> No
     queue = item["data"]["queue_seconds"]
     assert queue["buckets"]["p50"] == [0.0, 0.3] and "p50" in queue["coarse"]  # all queue times in (0, 0.3 s]
     assert item["data"]["e2e_seconds"]["buckets"]["p95"] == [1.0, 1.5]
+
+
+def test_openapi_says_what_the_api_does(client: TestClient, tmp_path: Path) -> None:
+    """The document's 422 shape is the body the app sends, and reads' security matches protect_reads
+    (open by default: `security: [{}]`), checked against real answers."""
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    error = spec["components"]["schemas"]["Error"]
+    bad = client.get("/api/v1/findings", params={"limit": "many"})
+    assert bad.status_code == 422
+    jsonschema.validate(bad.json(), error)
+    assert isinstance(bad.json()["detail"], str) and bad.json()["errors"]
+    listed = spec["paths"]["/api/v1/findings"]["get"]
+    assert listed["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert listed["security"] == [{}] and client.get("/api/v1/findings").status_code == 200
+    write = spec["paths"]["/api/v1/findings/{finding_id}/acknowledge"]["post"]
+    assert write["security"] == [{"HTTPBearer": []}] and "401" in write["responses"]
+    assert client.post("/api/v1/findings/1/acknowledge").status_code == 401
+    jsonschema.validate(client.post("/api/v1/findings/1/acknowledge").json(), error)
+
+    (tmp_path / "protected").mkdir()
+    sc, _, _ = make(tmp_path / "protected", [page(UNDER)], api_token=TOKEN, protect_reads=True)
+    protected = TestClient(create_app(sc))
+    read = protected.get("/openapi.json").json()["paths"]["/api/v1/findings"]["get"]
+    assert read["security"] == [{"HTTPBearer": []}] and "401" in read["responses"]
+    assert protected.get("/api/v1/findings").status_code == 401

@@ -33,6 +33,9 @@ _SAMPLE = re.compile(
     r"(?:[ \t]+-?[0-9]+)?[ \t]*"  # optional timestamp
 )
 _LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(?:,|$)')
+# The longest line a page may have: real vLLM lines are under 1 KB (an info gauge with every cache
+# setting as a label is the longest); an 8 MB label once cost 1.4 GB to parse.
+MAX_LINE_CHARS = 64 << 10
 _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _ESCAPE = re.compile(r"\\[\\\"n]")
 
@@ -128,6 +131,9 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
     match = _SAMPLE.fullmatch
     declared = http = False  # vLLM families declared (HELP/TYPE); HTTP server metrics seen
     for lineno, raw in enumerate(text.splitlines(), 1):
+        if len(raw) > MAX_LINE_CHARS:
+            raise TargetError(f"{url}: line {lineno}: {len(raw)} characters, over the limit of {MAX_LINE_CHARS} "
+                              f"(a label that long is not a vLLM metric): {raw[:80]!r}...")
         line = raw.strip()
         if not line or line[0] == "#":
             if not declared and line.startswith(("# TYPE ", "# HELP ")):
@@ -151,6 +157,11 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
             if metric.kind is Kind.GAUGE:
                 continue  # a gauge may be undefined for a moment: "no data"
             raise TargetError(f"{url}: line {lineno}: NaN in {metric.kind.value} {name!r}: {line[:160]!r}")
+        if math.isinf(value) or value < 0:
+            # Every quantity vLLM exports (counts, seconds, ratios, timestamps) is finite and >= 0;
+            # +Inf KV usage once raised "KV usage inf%" and broke JSON output and PostgreSQL writes.
+            what = "infinite" if math.isinf(value) else "negative"
+            raise TargetError(f"{url}: line {lineno}: {what} value in {metric.kind.value} {name!r}: {line[:160]!r}")
         names[(metric.key, rank)] = metric.names[rank]  # canonical spelling, whatever the prefix
         if metric.kind is Kind.INFO:
             infos[metric.key][rank].append(labels)
@@ -165,9 +176,14 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
                 except ValueError:
                     raise TargetError(f"{url}: line {lineno}: bad 'le' {le!r}") from None
             else:
+                if suffix in parts:
+                    raise TargetError(f"{url}: line {lineno}: duplicate series {name!r}{_show(labels)}")
                 parts[suffix] = value
         else:
-            flat[metric.key][rank][tuple(sorted(labels.items()))] = value
+            series, key = flat[metric.key][rank], tuple(sorted(labels.items()))
+            if key in series:  # last-wins once reported 5 requests instead of 48
+                raise TargetError(f"{url}: line {lineno}: duplicate series {name!r}{_show(labels)}")
+            series[key] = value
 
     # Where a page has a quantity under both its current and an older name, read the current one.
     scrape = Scrape(url=url, timestamp=time.time() if timestamp is None else timestamp)
@@ -202,11 +218,20 @@ def no_vllm_reason(declared: bool, http: bool) -> str:
     return "no vLLM metrics on this page (is it a vLLM server's /metrics?)"
 
 
+def _show(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v[:40]}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
 def _histogram(name: str, parts: dict[str, Any], url: str) -> Histogram:
     buckets = sorted(parts["buckets"])
     if not buckets or not math.isinf(buckets[-1][0]):
         raise TargetError(f"{url}: histogram {name!r} has no '+Inf' bucket")
     bounds = tuple(b for b, _ in buckets)
     counts = tuple(c for _, c in buckets)
+    if len(set(bounds)) != len(bounds):
+        raise TargetError(f"{url}: histogram {name!r}: duplicate series (a bucket 'le' given twice)")
     count = parts.get("_count", counts[-1])
+    if count != counts[-1]:  # Prometheus defines _count as the +Inf bucket: a page that disagrees lies
+        raise TargetError(f"{url}: histogram {name!r}: _count {count:g} disagrees with the '+Inf' bucket "
+                          f"{counts[-1]:g}")
     return Histogram(bounds, counts, parts.get("_sum", math.nan), count)

@@ -12,8 +12,10 @@ Rules that keep the numbers honest:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,6 +30,9 @@ from slotune.slo import ERROR_FINISH_REASONS
 __all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "derive_per_model", "metrics_url", "scrape"]
 
 SCRAPE_TIMEOUT_S = 10.0
+# A vLLM page is ~55 KB (a few hundred KB with many engines or LoRA adapters); 16 MiB leaves room
+# for any real one while a hostile target cannot make the process hold more.
+MAX_PAGE_BYTES = 16 << 20
 _RESTART_TOLERANCE_S = 1.0  # process_start_time_seconds is rounded to 10 ms by the client library
 
 
@@ -43,19 +48,69 @@ def metrics_url(url: str) -> str:
     return url.rstrip("/") + "/metrics" if parts.path in ("", "/") else url
 
 
-def scrape(url: str, client: httpx.Client | None = None, timeout: float = SCRAPE_TIMEOUT_S) -> Scrape:
-    """Read and parse one `/metrics` page. Raises `TargetError` when the target is down or answers garbage."""
+def scrape(url: str, client: httpx.Client | None = None, timeout: float = SCRAPE_TIMEOUT_S,
+           max_bytes: int = MAX_PAGE_BYTES) -> Scrape:
+    """Read and parse one `/metrics` page, bounded: the whole scrape (connect, headers, body) ends
+    within `timeout` seconds and reads at most `max_bytes` bytes, however slowly or however much the
+    target sends. Raises `TargetError` when the target is down, too slow, too big or answers garbage."""
     target = metrics_url(url)
+    body = fetch_bounded(target, client, timeout, max_bytes)
+    return parse(body.decode("utf-8", errors="replace"), url=target, timestamp=time.time())
+
+
+def fetch_bounded(target: str, client: httpx.Client | None, timeout: float, max_bytes: int) -> bytes:
+    """GET `target`'s body in a worker thread the caller waits on for `timeout` seconds at most.
+
+    Why a thread: httpx's timeouts bound each read, not the response, so a page sent a line a second
+    never times out. The worker stops reading at the deadline or past `max_bytes` (so an abandoned
+    worker ends by itself, holding at most `max_bytes`), and the caller never waits past the deadline."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["body"] = _read(target, client, timeout, max_bytes, deadline)
+        except TargetError as exc:
+            out["error"] = exc
+        except httpx.HTTPError as exc:
+            late = time.monotonic() >= deadline
+            out["error"] = TargetError(f"cannot scrape {target}: did not finish within {timeout:g} s" if late
+                                       else f"cannot scrape {target}: {exc.__class__.__name__}: {exc}")
+
+    worker = threading.Thread(target=work, name="slotune-scrape", daemon=True)
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0.0))
+    if worker.is_alive():
+        raise TargetError(f"cannot scrape {target}: did not finish within {timeout:g} s")
+    if "error" in out:
+        raise out["error"]
+    return out["body"]  # type: ignore[no-any-return]
+
+
+def _read(target: str, client: httpx.Client | None, timeout: float, max_bytes: int, deadline: float) -> bytes:
+    own = client is None
+    client = client or httpx.Client()
     try:
-        if client is None:
-            response = httpx.get(target, timeout=timeout)
-        else:
-            response = client.get(target, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise TargetError(f"cannot scrape {target}: {exc.__class__.__name__}: {exc}") from None
-    if response.status_code != 200:
-        raise TargetError(f"cannot scrape {target}: HTTP {response.status_code}")
-    return parse(response.text, url=target, timestamp=time.time())
+        # identity: a compressed page could expand past max_bytes inside one chunk before it is counted
+        with client.stream("GET", target, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response:
+            if response.status_code != 200:
+                raise TargetError(f"cannot scrape {target}: HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise TargetError(f"cannot scrape {target}: page of {int(declared)} bytes is over the limit "
+                                  f"of {max_bytes} bytes")
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TargetError(f"cannot scrape {target}: page over the limit of {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise TargetError(f"cannot scrape {target}: did not finish within {timeout:g} s")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    finally:
+        if own:
+            client.close()
 
 
 def _went_backwards(before: Scrape, after: Scrape) -> bool:

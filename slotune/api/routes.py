@@ -74,7 +74,7 @@ def get_status(svc: Svc) -> dict[str, Any]:
     return svc.status()
 
 
-@reads.get("/diagnosis", summary="A fresh diagnosis of the target (one extra scrape)")
+@reads.get("/diagnosis", summary="The last tick's diagnosis of the target (`as_of`: when); never scrapes")
 def get_diagnosis(svc: Svc) -> dict[str, Any]:
     return svc.diagnosis()
 

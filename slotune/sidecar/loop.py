@@ -114,22 +114,35 @@ class Controller:
         self.last_diagnosis: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.ticks = 0
+        self.last_tick_at: float | None = None  # clock time of the last tick
+        self.last_diagnosis_at: float | None = None  # ... and of the last tick that diagnosed
+        self.scrape_started: float | None = None  # monotonic time a scrape in progress began
         self.lock = threading.RLock()
 
     # -- one tick -------------------------------------------------------------------------------------
 
     def tick(self) -> TickResult:
+        # The scrape runs outside the lock: the API's reads (status, the last diagnosis) never wait on
+        # a slow target. It is bounded (scrape_timeout in all, MAX_PAGE_BYTES) by the scrape function.
+        now = self.clock()
+        self.scrape_started = time.monotonic()
+        started = time.perf_counter()
+        try:
+            after: Scrape | None = self.scrape(self.target)
+            error = None
+        except SlotuneError as exc:  # TargetError, or a ConfigError for a garbage page
+            after, error = None, str(exc)
+        finally:
+            self.scrape_started = None
+        seconds = time.perf_counter() - started
         with self.lock:
-            now = self.clock()
             self.ticks += 1
+            self.last_tick_at = now
             self.metrics.last_tick.set(now)
             self.metrics.scrapes.labels(self.target).inc()
-            started = time.perf_counter()
-            try:
-                after = self.scrape(self.target)
-            except SlotuneError as exc:  # TargetError, or a ConfigError for a garbage page
-                return self._scrape_failed(str(exc), now)
-            self.metrics.scrape_seconds.labels(self.target).observe(time.perf_counter() - started)
+            if after is None:
+                return self._scrape_failed(error or "scrape failed", now)
+            self.metrics.scrape_seconds.labels(self.target).observe(seconds)
             self.metrics.target_up.labels(self.target).set(1)
             result = TickResult(ok=True)
             if self.failures or self.ticks == 1:  # a target_down may be open (from before a restart, too)
@@ -152,7 +165,7 @@ class Controller:
             result.window = window
             self.metrics.observe_window(self.target, figures)
             diagnosis = run_diagnose(self.rolling.snapshots(), self.slo, self.current_config(), self.playbooks)
-            self.last_diagnosis = diagnosis
+            self.last_diagnosis, self.last_diagnosis_at = diagnosis, now
             result.diagnosis = diagnosis
             found = list((diagnosis or {}).get("findings", []))
             burn = self._burn_finding(window)
@@ -307,27 +320,20 @@ class Controller:
     # -- API helpers ----------------------------------------------------------------------------------
 
     def fresh_diagnosis(self) -> dict[str, Any]:
-        """A diagnosis now: one extra scrape as a partial window on top of the rolling ones (the loop's
-        own base is left alone). A partial window in which no request finished (an alert that comes
-        just after a tick) is left out when there are full windows: judged alone, its missing latency
-        would read as "healthy". Never raises: a down target is reported as such."""
+        """The last tick's diagnosis, with when it was made (`as_of`, unix seconds). No scrape: an
+        API read (unauthenticated by default) never makes the sidecar scrape vLLM. Never raises: a
+        target down at the last tick is reported as such."""
         with self.lock:
-            windows = self.rolling.snapshots()
-            try:
-                after = self.scrape(self.target)
-                if self.previous is not None:
-                    partial = derive(self.previous, after, self.target)
-                    if not partial.empty or not windows:
-                        windows = [*windows, partial]
-            except SlotuneError as exc:
-                return {"status": "target_down", "target": self.target, "error": str(exc), "findings": []}
-            diagnosis = run_diagnose(windows[-self.settings.windows:], self.slo, self.current_config(),
-                                     self.playbooks)
-            if diagnosis is None:
-                diagnosis = {"status": "insufficient_data" if not windows else "unavailable", "findings": []}
             last = self.rolling.last(1)
             slo = [f.to_dict() for f in last[0].figures] if last else []
-            return {**diagnosis, "target": self.target, "slo": slo}
+            if self.failures:
+                return {"status": "target_down", "target": self.target, "error": self.last_error, "findings": [],
+                        "as_of": self.last_tick_at, "slo": slo}
+            diagnosis = self.last_diagnosis
+            if diagnosis is None:
+                diagnosis = {"status": "insufficient_data" if not len(self.rolling) else "unavailable",
+                             "findings": []}
+            return {**diagnosis, "target": self.target, "slo": slo, "as_of": self.last_diagnosis_at}
 
     def reset_base(self) -> None:
         """After a restart of the target: forget the previous scrape and the old config's windows."""

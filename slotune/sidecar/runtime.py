@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from slotune.collectors.exposition import Scrape
-from slotune.errors import ConfigError, SlotuneError
+from slotune.errors import ConfigError, SlotuneError, StoreError
 from slotune.settings import Settings
 from slotune.sidecar import outbox
 from slotune.sidecar.apply import Applier, ManagedTarget
@@ -50,6 +50,7 @@ class Sidecar:
         self._threads: list[threading.Thread] = []
         self.started = False
         self.startup_error: str | None = None
+        self.store_error: str | None = None  # the last tick's store failure, if it failed to write
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -94,8 +95,13 @@ class Sidecar:
         """One loop iteration: a tick, then the applier. Errors are logged, never raised."""
         try:
             self.controller.tick()
+            self.store_error = None
             if self.applier is not None:
                 self.applier.step()
+        except StoreError as exc:
+            self.store_error = str(exc)
+            self.metrics.tick_errors.inc()
+            log.error("loop step failed: %s", exc)
         except SlotuneError as exc:
             self.metrics.tick_errors.inc()
             log.error("loop step failed: %s", exc)
@@ -129,13 +135,25 @@ class Sidecar:
     # -- what the API calls ---------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
+        """(ready, why). Ready means: started; the store answers and the last tick could write to it;
+        the target answered within its last `down_after` scrapes; no scrape has run past its bound
+        (a stuck loop)."""
         if not self.started:
             return False, "starting"
+        if self.store_error is not None:
+            return False, f"store not writable at the last tick: {self.store_error}"
         try:
             with self.store.session() as s:
                 s.execute(select(1))
         except SlotuneError as exc:
             return False, str(exc)
+        c = self.controller
+        if c.failures >= self.settings.down_after:
+            return False, f"target {c.target} failed {c.failures} scrapes in a row: {c.last_error}"
+        busy = c.scrape_started
+        if busy is not None and time.monotonic() - busy > 2 * self.settings.scrape_timeout + 1:
+            return False, f"a scrape of {c.target} has run {time.monotonic() - busy:.0f} s (bound: " \
+                          f"{self.settings.scrape_timeout:g} s): the loop is stuck"
         return True, "ok"
 
     def status(self) -> dict[str, Any]:

@@ -238,3 +238,15 @@ def test_openapi_says_what_the_api_does(client: TestClient, tmp_path: Path) -> N
     read = protected.get("/openapi.json").json()["paths"]["/api/v1/findings"]["get"]
     assert read["security"] == [{"HTTPBearer": []}] and "401" in read["responses"]
     assert protected.get("/api/v1/findings").status_code == 401
+
+
+def test_diagnosis_serves_the_last_tick_and_never_scrapes(tmp_path: Path) -> None:
+    """200 unauthenticated GETs once meant 200 scrapes of vLLM; now they read the last tick's verdict."""
+    sc, clock, script = make(tmp_path, [page(UNDER), page(AFTER)], slo="e2e_p95<=1s")
+    ticks(sc, clock, 2)
+    c = TestClient(create_app(sc))
+    before = script.calls
+    answers = [c.get("/api/v1/diagnosis").json() for _ in range(20)]
+    assert script.calls == before
+    assert answers[0] == answers[-1] and answers[0]["as_of"] == sc.controller.last_diagnosis_at
+    assert answers[0]["status"] == sc.controller.last_diagnosis["status"]

@@ -82,8 +82,10 @@ def test_older_names_read_as_aliases():
 
 def test_current_name_wins_when_both_generations_are_on_the_page():
     # Transitional releases exported both names; reading both would count everything twice.
-    text = page(AFTER) + page(AFTER).replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc").replace(
-        'kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0', 'x')
+    # (Only the old family is added: a whole second page would repeat every series, which is refused.)
+    old = [ln.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc") for ln in page(AFTER).splitlines()
+           if "vllm:kv_cache_usage_perc" in ln]
+    text = page(AFTER) + "\n".join(old) + "\n"
     both = parse(text.replace('gpu_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0',
                               'gpu_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.9'))
     assert both.sources["kv_cache_usage"] == "vllm:kv_cache_usage_perc"
@@ -164,3 +166,42 @@ def test_kinds_cover_the_table():
     assert len({m.key for m in metric_names.METRICS}) == len(metric_names.METRICS)
     every = [n for m in metric_names.METRICS for n in m.names]
     assert len(every) == len(set(every))
+
+
+KV = 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0'
+GEN = 'vllm:generation_tokens_total{engine="0",model_name="tiny-llama"} 5632.0'
+E2E_COUNT = 'vllm:e2e_request_latency_seconds_count{engine="0",model_name="tiny-llama"} 48.0'
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    (KV, KV.replace("0.0", "+Inf"), "infinite value in gauge 'vllm:kv_cache_usage_perc'"),
+    (KV, KV.replace("0.0", "-Inf"), "infinite value in gauge 'vllm:kv_cache_usage_perc'"),
+    (GEN, GEN.replace("5632.0", "+Inf"), "infinite value in counter 'vllm:generation_tokens_total'"),
+    (KV, KV.replace("0.0", "-0.5"), "negative value in gauge 'vllm:kv_cache_usage_perc'"),
+    (GEN, GEN.replace("5632.0", "-1"), "negative value in counter 'vllm:generation_tokens_total'"),
+    (E2E_COUNT, E2E_COUNT + "\n" + E2E_COUNT.replace("48.0", "5.0"),
+     "duplicate series 'vllm:e2e_request_latency_seconds_count'"),
+    (GEN, GEN + "\n" + GEN.replace("5632.0", "1.0"), "duplicate series 'vllm:generation_tokens_total'"),
+    (E2E_COUNT, E2E_COUNT.replace("48.0", "47.0"), "'vllm:e2e_request_latency_seconds': _count 47 disagrees"),
+])
+def test_impossible_values_are_refused_with_the_family_named(old, new, fragment):
+    text = page(AFTER)
+    assert old in text
+    with pytest.raises(TargetError) as err:
+        parse(text.replace(old, new), url="http://x/metrics")
+    assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_duplicate_bucket_is_refused():
+    text = page(AFTER)
+    line = next(ln for ln in text.splitlines() if ln.startswith("vllm:e2e_request_latency_seconds_bucket"))
+    with pytest.raises(TargetError, match="e2e_request_latency_seconds.*duplicate series"):
+        parse(text.replace(line, line + "\n" + line))
+
+
+def test_a_huge_label_is_refused_before_it_is_parsed():
+    from slotune.collectors.exposition import MAX_LINE_CHARS
+
+    huge = 'vllm:num_requests_running{engine="0",model_name="' + "m" * (MAX_LINE_CHARS + 1) + '"} 1\n'
+    with pytest.raises(TargetError, match="over the limit"):
+        parse(page(AFTER) + huge)

@@ -6,7 +6,9 @@ Rules: one change in flight at a time; a cool-down between changes; every change
 `baseline_windows` windows of the old config) and after (the canary windows). Attainment is
 `windows.attainment(...).score`: per SLO target, the share of the windows' requests that met the
 threshold; the worst target's share. A change is rolled back when the canary's score is lower than
-the baseline's by more than `tolerance`, or when the new config does not start.
+the baseline's by more than `tolerance`, or when the new config does not start, or when the canary
+could not observe the new config serving traffic (its server died or is not the one scraped, its
+scrapes fail, or no request finished on it): a canary keeps only what it saw working.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class ManagedTarget:
     def base_url(self) -> str:
         assert self.server is not None, "managed server not started"
         return self.server.base_url
+
+    def serving(self) -> tuple[str | None, bool]:
+        """(the URL the server listens on, whether its process still runs); (None, True) before a start."""
+        with self.lock:
+            if self.server is None:
+                return None, True
+            return self.server.base_url, self.server.is_running()
 
     def stop(self) -> None:
         with self.lock:
@@ -156,19 +165,35 @@ class Applier:
             if elapsed < cfg.canary_seconds:
                 return None
             after = attainment(self.controller.rolling.last())
-            if after.requests < cfg.min_requests and elapsed < 3 * cfg.canary_seconds:
+            unseen = self._not_observed(after.requests)
+            if unseen is None and after.requests < cfg.min_requests and elapsed < 3 * cfg.canary_seconds:
                 return None  # too little traffic to judge yet: watch longer
             before_score = (change.before or {}).get("score")
             worse = after.score is not None and before_score is not None and after.score < before_score - cfg.tolerance
-            if not worse:
+            if unseen is None and not worse:
                 change.after = after.to_dict()
                 change.status, change.decided_at = "kept", _utc(self.clock())
                 self.canary_started = None
                 self._outcome(s, change, "kept")
                 return "kept"
-        why = f"SLO attainment {after.score:.3f} after < {before_score:.3f} before (tolerance {cfg.tolerance})"
+        why = unseen or f"SLO attainment {after.score:.3f} after < {before_score:.3f} before (tolerance {cfg.tolerance})"
         self._rollback(change_id, why, "rolled_back", after.to_dict())
         return "rolled_back"
+
+    def _not_observed(self, requests: float) -> str | None:
+        """Why the canary could not see the new config serving traffic, or None when it did. A canary
+        keeps only what it saw working: a server that died after its health check, a server the
+        sidecar does not scrape (another port), or no request seen at all is a rollback."""
+        url, running = self.managed.serving()
+        if url is not None and url.rstrip("/") != self.controller.target.rstrip("/"):
+            return f"the sidecar scrapes {self.controller.target}, the new server listens at {url}"
+        if not running:
+            return "the new server's process exited during the canary"
+        if self.controller.failures:
+            return f"the new server stopped answering scrapes: {self.controller.last_error}"
+        if not requests:
+            return f"no request seen on the new config within {self.settings.apply.canary_seconds:g} s of canary"
+        return None
 
     def _rollback(self, change_id: int, why: str, outcome: str, after: dict[str, Any]) -> None:
         with self.store.session() as s:

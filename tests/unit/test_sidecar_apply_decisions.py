@@ -23,6 +23,11 @@ class StandInTarget(ManagedTarget):
         super().__init__(VllmConfig(model="tiny"), Path("."), 1.0)
         self.started: list[VllmConfig] = []
         self.fail = fail or set()  # max_num_seqs values that "do not start"
+        self.url: str | None = None  # where "the server" listens (None: wherever the sidecar scrapes)
+        self.running = True
+
+    def serving(self) -> tuple[str | None, bool]:
+        return self.url, self.running
 
     def start(self, config: VllmConfig | None = None) -> StartResult:
         cfg = config or self.config
@@ -55,23 +60,85 @@ def change(sc: Sidecar) -> list[tuple[str, int | None]]:
         return [(c.status, c.to_config.get("max_num_seqs")) for c in s.scalars(select(ConfigChange))]
 
 
-def test_canary_waits_for_traffic_then_keeps(tmp_path: Path) -> None:
+def traffic(sc: Sidecar, clock: object, *pages: str | None) -> None:
+    """The new server's scrapes: a fresh script of pages (None: down), ticked through."""
+    sc.controller.scrape = type(sc.controller.scrape)(clock, list(pages))
+    ticks(sc, clock, len(pages))
+
+
+def test_canary_keeps_what_it_saw_serving_and_one_change_at_a_time(tmp_path: Path) -> None:
     target = StandInTarget()
     sc, applier, clock = setup(tmp_path, target)
     assert applier.step() is None  # nothing approved
     approve(sc, {"max_num_seqs": 8})
     assert applier.step() == "canary" and target.started[-1].max_num_seqs == 8
     approve(sc, {"max_num_seqs": 4})
-    clock.advance(29)
+    traffic(sc, clock, page(UNDER), page(AFTER))  # the new config serves 40 requests, as before
+    clock.advance(9)
     assert applier.step() is None  # canary still running: no second change in flight
     clock.advance(2)
-    assert applier.step() is None  # canary over, but no traffic seen yet: watch longer
-    clock.advance(60)
-    assert applier.step() == "kept"  # 3x the canary without evidence of harm
+    assert applier.step() == "kept"
     assert change(sc) == [("kept", 8)]
     assert applier.step() is None  # cool-down before the approved second change
     clock.advance(100)
     assert applier.step() == "canary" and [c[1] for c in change(sc)] == [8, 4]
+
+
+def rolled_back_because(sc: Sidecar) -> str:
+    with sc.store.session() as s:
+        row = s.scalars(select(ConfigChange)).one()
+        assert row.status == "rolled_back", row.status
+        return str(row.after["reason"])
+
+
+def test_a_canary_that_saw_no_traffic_rolls_back(tmp_path: Path) -> None:
+    """Once, 3x the canary window without evidence was "kept": no evidence is not evidence of no harm."""
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target)
+    approve(sc, {"max_num_seqs": 8})
+    assert applier.step() == "canary"
+    traffic(sc, clock, page(AFTER), page(AFTER))  # scrapes answer, but no request finishes
+    clock.advance(31)
+    assert applier.step() == "rolled_back"
+    assert "no request seen on the new config" in rolled_back_because(sc)
+    assert target.started[-1].max_num_seqs is None  # the old config runs again
+
+
+def test_a_server_that_dies_after_its_health_check_rolls_back(tmp_path: Path) -> None:
+    """It passed health, served a window, then went down: its scrapes fail at the canary's end."""
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target)
+    approve(sc, {"max_num_seqs": 8})
+    assert applier.step() == "canary"
+    traffic(sc, clock, page(UNDER), page(AFTER), None)
+    clock.advance(31)
+    assert applier.step() == "rolled_back"
+    assert "stopped answering scrapes" in rolled_back_because(sc)
+
+
+def test_a_server_process_that_exited_rolls_back(tmp_path: Path) -> None:
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target)
+    approve(sc, {"max_num_seqs": 8})
+    assert applier.step() == "canary"
+    traffic(sc, clock, page(UNDER), page(AFTER))
+    target.running = False
+    clock.advance(31)
+    assert applier.step() == "rolled_back"
+    assert "process exited" in rolled_back_because(sc)
+
+
+def test_a_server_the_sidecar_does_not_scrape_rolls_back(tmp_path: Path) -> None:
+    """A change of port once was kept while the sidecar scraped the old port."""
+    target = StandInTarget()
+    sc, applier, clock = setup(tmp_path, target)
+    approve(sc, {"max_num_seqs": 8})
+    assert applier.step() == "canary"
+    traffic(sc, clock, page(UNDER), page(AFTER))  # the old port still answers (another server there)
+    target.url = "http://127.0.0.1:9999"
+    clock.advance(31)
+    assert applier.step() == "rolled_back"
+    assert "listens at http://127.0.0.1:9999" in rolled_back_because(sc)
 
 
 def test_a_config_that_does_not_start_is_rolled_back(tmp_path: Path) -> None:

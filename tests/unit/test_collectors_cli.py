@@ -121,3 +121,16 @@ def test_ctrl_c_stops_cleanly(pages_server):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_an_infinite_gauge_is_one_error_line_never_infinity_in_json(capsys):
+    """A +Inf KV gauge once printed `Infinity` (not JSON) from `collect --json`."""
+    from tests.unit.sidecar_helpers import page_server
+
+    kv = 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0'
+    assert kv in page(AFTER)
+    with page_server(page(AFTER).replace(kv, kv.replace("0.0", "+Inf"))) as srv:
+        assert main(["collect", "--target", srv.url, "--once", "--json"]) == 1
+    out = capsys.readouterr()
+    assert "Infinity" not in out.out and out.out == ""
+    assert out.err.strip().startswith("error: ") and "infinite value in gauge 'vllm:kv_cache_usage_perc'" in out.err

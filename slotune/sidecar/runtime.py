@@ -152,8 +152,9 @@ class Sidecar:
             return False, f"target {c.target} failed {c.failures} scrapes in a row: {c.last_error}"
         busy = c.scrape_started
         if busy is not None and time.monotonic() - busy > 2 * self.settings.scrape_timeout + 1:
-            return False, f"a scrape of {c.target} has run {time.monotonic() - busy:.0f} s (bound: " \
-                          f"{self.settings.scrape_timeout:g} s): the loop is stuck"
+            took = time.monotonic() - busy
+            return False, (f"a scrape of {c.target} has run {took:.0f} s (bound: "
+                           f"{self.settings.scrape_timeout:g} s): the loop is stuck")
         return True, "ok"
 
     def status(self) -> dict[str, Any]:

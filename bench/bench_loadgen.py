@@ -91,8 +91,8 @@ def vs_vllm(a: argparse.Namespace) -> None:
     import json
     import tempfile
 
-    from slotune.collectors.exposition import Scrape
-    from slotune.collectors.vllm_metrics import derive, scrape
+    from slotune.collectors.snapshot import Snapshot
+    from slotune.measurement import LoadPlan, measure_window
     from slotune.model import build_tiny_model
     from slotune.server import ManagedServer
     from slotune.vllm_config import VllmConfig
@@ -116,10 +116,10 @@ def vs_vllm(a: argparse.Namespace) -> None:
         url = srv.base_url
         run_load(url, "tiny", wl, concurrency=4, num_requests=8, seed=1)  # warm-up
 
-        def server_ttft(before: Scrape) -> tuple[float, int]:
+        def server_ttft(window: Snapshot) -> tuple[float, int]:
             # vLLM's own TTFT histogram over the round (its _sum/_count: the mean is exact, whatever
             # the buckets); vLLM's rounds include its one untimed test request.
-            q = derive(before, scrape(url), url).ttft
+            q = window.ttft
             return (q.mean, int(q.count)) if q is not None and q.mean is not None else (0.0, 0)
 
         def ours_round(conc: int, rnd: int) -> int:
@@ -127,12 +127,13 @@ def vs_vllm(a: argparse.Namespace) -> None:
             # idle, then one untimed test request (--ready-check-timeout-sec); ours gets the same.
             time.sleep(a.idle)
             run_load(url, "tiny", wl, concurrency=1, num_requests=1, seed=50 + rnd)
-            before = scrape(url)
-            r = run_load(url, "tiny", wl, concurrency=conc, num_requests=n, seed=100 + rnd)
-            ok = [x for x in r.records if x.ok]
+            measured = measure_window(url, LoadPlan(wl, concurrency=conc, num_requests=n, seed=100 + rnd),
+                                      model="tiny", judge=False)
+            assert measured.client is not None
+            ok = [x for x in measured.client.records if x.ok]
             dump.append({"client": "slotune", "concurrency": conc, "round": rnd, "sent": [x.sent for x in ok],
                          "ttft": [x.ttft for x in ok], "tpot": [x.tpot for x in ok],
-                         "server_ttft": server_ttft(before)})
+                         "server_ttft": server_ttft(measured.server)})
             return len(ok)
 
         def their_round(conc: int, rnd: int) -> int:
@@ -149,9 +150,14 @@ def vs_vllm(a: argparse.Namespace) -> None:
                     "--tokenizer", str(model), *dataset, "--ignore-eos", "--num-prompts", str(n),
                     "--max-concurrency", str(conc), "--request-rate", "inf", "--seed", str(100 + rnd),
                     "--disable-tqdm", "--save-detailed", "--ready-check-timeout-sec", "60"]
-            before = scrape(url)
-            done = subprocess.run([sys.executable, "-c", VLLM_BENCH, str(res), *argv], check=False,
-                                  capture_output=True, text=True)
+            runs: list[subprocess.CompletedProcess[str]] = []
+
+            def theirs() -> None:  # vLLM's client drives the window; its figures come back in `res`
+                runs.append(subprocess.run([sys.executable, "-c", VLLM_BENCH, str(res), *argv], check=False,
+                                           capture_output=True, text=True))
+
+            window = measure_window(url, theirs, judge=False).server
+            (done,) = runs
             if done.returncode:
                 sys.exit(f"vllm.benchmarks.serve failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
             v = json.loads(res.read_text())
@@ -160,7 +166,7 @@ def vs_vllm(a: argparse.Namespace) -> None:
                      for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"])]
             dump.append({"client": "vllm", "concurrency": conc, "round": rnd,
                          "sent": [t - t0 for t in v["start_times"]], "ttft": v["ttfts"], "tpot": tpots,
-                         "server_ttft": server_ttft(before)})
+                         "server_ttft": server_ttft(window)})
             return int(v["completed"])
 
         for conc in a.vs_concurrency:

@@ -1,5 +1,10 @@
 """One trial's measurement: launch → warm up → load → measure → diagnose → stop.
 
+Launching and the measured window are the measurement floor's (`slotune.measurement.start_or_explain`,
+`measure_window`); this module adds what a trial needs on top (the client's CPU seat, capacity mode,
+mapping outcomes to a status) and keeps the result as the trial's record, `Measurement`, whose parts
+are JSON because Optuna stores them as trial attributes.
+
 The study only sees the `Measure` protocol (config in, `Measurement` out), so its mechanics (baseline
 first, remedies, constraints, storage, resume) are testable without a server; `ServerMeasure` is
 the real thing. Expected start-up failures come back as a `Measurement` with `ok=False` and a
@@ -17,7 +22,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from slotune.errors import ConfigError, TargetError
-from slotune.server import ManagedServer, StartResult
+from slotune.loadgen.runner import LoadResult
+from slotune.loadgen.sweep import find_max_rate
+from slotune.loadgen.workload import Workload
+from slotune.measurement import Launch, LoadPlan, measure_window, start_or_explain, warm_up
+from slotune.playbooks.engine import Diagnosis
+from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
 
@@ -27,7 +37,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one trial measured. `client` is the load generator's JSON; `server` the collector's window."""
+    """What one trial measured, as stored with the trial: `client` is the load generator's JSON
+    (`LoadResult.to_dict()`), `server` the window's (`Snapshot.to_dict()`), `findings` the diagnosis'."""
 
     ok: bool
     reason: str = ""
@@ -62,7 +73,7 @@ class Measure(Protocol):
 class LoadSpec:
     """How each trial loads its server (the same for every trial, so trials compare)."""
 
-    workload: Any  # loadgen.workload.Workload
+    workload: Workload
     slo: SloSpec
     mode: Mode = "offered"
     rate: float | None = None
@@ -101,50 +112,49 @@ class ServerMeasure:
         started = time.monotonic()
         server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
                                cpus=self.server_cpus, slo=self.load.slo)
+        say("starting vLLM")
+        launched = False
         try:
-            say("starting vLLM")
-            try:
-                result = server.start()
-            except ConfigError as exc:  # refused before launch (platform defaults can add flags)
-                return Measurement(ok=False, status="invalid_config", reason=str(exc), seconds=time.monotonic() - started)
-            if not result.ok:
-                return self._start_failed(config, result, started)
-            with client_seat(self.server_cpus):
-                return self._measure_running(server, config, say, started)
-        finally:
-            server.stop()
+            with start_or_explain(server, slo=self.load.slo) as launch:
+                launched = True
+                if not launch.ok:
+                    return self._start_failed(launch, started)
+                with client_seat(self.server_cpus):
+                    return self._measure_running(server, config, say, started)
+        except ConfigError as exc:
+            if launched:  # a ConfigError under load is slotune's own error, not the trial's
+                raise
+            # refused before launch (platform defaults can add flags)
+            return Measurement(ok=False, status="invalid_config", reason=str(exc), seconds=time.monotonic() - started)
 
-    def _start_failed(self, config: VllmConfig, result: StartResult, started: float) -> Measurement:
+    def _start_failed(self, launch: Launch, started: float) -> Measurement:
+        result = launch.started
         detail = f": {result.log_lines[-1]}" if result.log_lines else ""
-        findings = _diagnose([], slo=self.load.slo, config=config, startup_failure=result, client=None)
+        findings = _findings(launch.diagnosis)
         return Measurement(
             ok=False, status=result.status.value, reason=f"{result.status.value}{detail}",
             findings=findings, log_path=str(result.log_path), seconds=time.monotonic() - started,
         )
 
     def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float) -> Measurement:
-        from slotune.loadgen.runner import run_load
-
-        from slotune.collectors import vllm_metrics
-
         load = self.load
         model = config.served_model_name or config.model
         url = server.base_url
+        plan = LoadPlan(load.workload, concurrency=load.concurrency, num_requests=load.num_requests,
+                        rate=load.rate, duration=load.duration, seed=load.seed,
+                        warmup_requests=load.warmup_requests)
+        rate = load.rate
         try:
-            if load.warmup_requests:
-                say("warming up")
-                run_load(url, model, load.workload, concurrency=min(2, load.warmup_requests),
-                         num_requests=load.warmup_requests, seed=load.seed + 1)
-            before = vllm_metrics.scrape(f"{url}/metrics")
-            say("running the workload")
-            rate = load.rate
             if load.mode == "capacity":
-                client, rate = self._capacity(url, model)
+                if plan.warmup_requests:
+                    say("warming up")
+                    warm_up(url, model, plan)
+                swept: list[float | None] = []
+                measured = measure_window(url, lambda: self._capacity(url, model, swept), model=model,
+                                          slo=load.slo, server_config=config, progress=say)
+                rate = swept[0] if swept else None
             else:
-                client = run_load(url, model, load.workload, rate=load.rate, concurrency=load.concurrency,
-                                  num_requests=load.num_requests, duration=load.duration, slo=load.slo,
-                                  seed=load.seed).to_dict()
-            after = vllm_metrics.scrape(f"{url}/metrics")
+                measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say)
         except TargetError as exc:
             # The server died or stopped answering under load: this config does not serve the workload.
             alive = server.is_running()
@@ -152,32 +162,22 @@ class ServerMeasure:
                 ok=False, status="load_failed", reason=f"server failed under load: {exc}" + ("" if alive else " (exited)"),
                 log_path=str(server.log_path), seconds=time.monotonic() - started,
             )
-        window = vllm_metrics.derive(before, after, target=url)
-        say("diagnosing")
-        findings = _diagnose([window], slo=load.slo, config=config, startup_failure=None, client=client)
+        # Optuna keeps a trial's figures as JSON attributes: the typed parts are serialised here.
+        client = measured.client.to_dict() if measured.client is not None else {"goodput": 0.0, "completed": 0,
+                                                                                  "failed": 0}
         return Measurement(
             ok=True, status="ready", goodput=float(client.get("goodput") or 0.0), rate=rate, client=client,
-            server=window.to_dict(), findings=findings, log_path=str(server.log_path),
+            server=measured.server.to_dict(), findings=_findings(measured.diagnosis), log_path=str(server.log_path),
             seconds=time.monotonic() - started,
         )
 
-    def _capacity(self, url: str, model: str) -> tuple[dict[str, Any], float | None]:
-        """The highest rate that still meets every SLO, and the load result measured at it."""
-        from slotune.loadgen.sweep import find_max_rate
-
+    def _capacity(self, url: str, model: str, swept: list[float | None]) -> LoadResult | None:
+        """The highest rate that still meets every SLO (appended to `swept`) and the load measured at it."""
         load = self.load
         found = find_max_rate(url, model, load.workload, load.slo, num_requests=load.num_requests, seed=load.seed)
-        best = getattr(found, "best", None)
-        rate = getattr(found, "max_rate", None)
-        client = best.to_dict() if best is not None and hasattr(best, "to_dict") else {}
-        if not client:
-            client = {"goodput": 0.0, "completed": 0, "failed": 0}
-        return client, rate
+        swept.append(found.max_rate)
+        return found.best
 
 
-def _diagnose(windows: list[Any], *, slo: SloSpec, config: VllmConfig, startup_failure: StartResult | None,
-              client: dict[str, Any] | None) -> list[dict[str, Any]]:
-    from slotune.playbooks.engine import diagnose
-
-    diagnosis = diagnose(windows, slo=slo, server_config=config, startup_failure=startup_failure, client=client)
-    return list(diagnosis.to_dict().get("findings") or [])
+def _findings(diagnosis: Diagnosis | None) -> list[dict[str, Any]]:
+    return list(diagnosis.to_dict().get("findings") or []) if diagnosis is not None else []

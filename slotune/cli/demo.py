@@ -132,10 +132,8 @@ def _pct(x: Any) -> str:
 def measure_and_diagnose(demo: DemoModel, slo_text: str, num_requests: int, concurrency: int) -> dict[str, Any]:
     """Start vLLM with its defaults, ask it one question, load it, print what the client and the
     server measured, and what the playbooks make of it. Returns the diagnosis as JSON."""
-    from slotune.collectors import vllm_metrics
     from slotune.collectors.persist import save_snapshot
-    from slotune.loadgen.runner import run_load
-    from slotune.playbooks.engine import diagnose
+    from slotune.measurement import LoadPlan, measure_window, start_or_explain
     from slotune.playbooks.persist import save_findings
     from slotune.server import ManagedServer, ServerStartError
     from slotune.slo import SloSpec
@@ -150,25 +148,23 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, num_requests: int, conc
                            startup_timeout=600, slo=slo)
     seat = f" on core(s) {list(demo.server_cpus)}, the load generator on the others" if demo.server_cpus else ""
     click.echo(f"starting vLLM (default flags{seat}): {server.effective_config().serve_command()}")
-    try:
-        result = server.start()
-        if not result.ok:
-            raise ServerStartError(result)
+    # 4 warm-up requests (not measured), then the measured load
+    plan = LoadPlan(workload, concurrency=concurrency, num_requests=num_requests, warmup_requests=4, progress=True)
+    with start_or_explain(server, slo=slo) as launch:
+        if not launch.ok:
+            raise ServerStartError(launch.started)
+        result = launch.started
         click.echo(f"vLLM ready at {server.base_url} in {result.seconds:.0f} s (log: {result.log_path})")
         url = server.base_url
         click.echo(f"asked {QUESTION!r} (greedy), {demo.name} answers: {ask(url, demo.name)!r}")
+        sampling = "server default" if workload.temperature is None else f"temperature {workload.temperature:g}"
+        click.echo(f"load: workload {workload.name!r} ({workload.description or 'synthetic'}; {sampling}), "
+                   f"{num_requests} requests at concurrency {concurrency}")
         with client_seat(demo.server_cpus):
-            run_load(url, demo.name, workload, concurrency=2, num_requests=4, seed=1)  # warm-up, not measured
-            before = vllm_metrics.scrape(f"{url}/metrics")
-            sampling = "server default" if workload.temperature is None else f"temperature {workload.temperature:g}"
-            click.echo(f"load: workload {workload.name!r} ({workload.description or 'synthetic'}; {sampling}), "
-                       f"{num_requests} requests at concurrency {concurrency}")
-            client = run_load(url, demo.name, workload, concurrency=concurrency, num_requests=num_requests, slo=slo,
-                              progress=True).to_dict()
-            after = vllm_metrics.scrape(f"{url}/metrics")
-    finally:
-        server.stop()
-    window = vllm_metrics.derive(before, after, target=url)
+            measured = measure_window(url, plan, model=demo.name, slo=slo, server_config=config)
+    window, diagnosis = measured.server, measured.diagnosis
+    assert measured.client is not None and diagnosis is not None  # a LoadPlan, judged
+    client = measured.client.to_dict()
     server_fig = window.to_dict()
 
     _table("client side (slotune's load generator)", [
@@ -192,7 +188,6 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, num_requests: int, conc
                 for r in slo.evaluate(server_fig)]
     _table("SLO (server-side window)", slo_rows)
 
-    diagnosis = diagnose([window], slo=slo, server_config=config, client=client)
     store = open_store()
     try:
         snapshot_id = save_snapshot(store, window)

@@ -153,11 +153,12 @@ def register(app: click.Group) -> None:
             windows = read_snapshots(snapshot_file)
             result = judge(windows, slo=slo, server_config=config, playbooks=books)
         elif target is not None:
-            from slotune.playbooks.live import diagnose_live
+            from slotune.collectors.gpu import GpuCollector
+            from slotune.measurement import measure_window
 
-            live = diagnose_live(target, window=window, load=load, model=model, slo=slo, server_config=config,
-                                 playbooks=books)
-            result, windows = live.diagnosis, [live.window]
+            measured = measure_window(target, load or window, model=model, slo=slo, server_config=config,
+                                      playbooks=books, gpu=GpuCollector())
+            result, windows = measured.diagnosis, [measured.server]
         else:
             result, windows = _launch(config, load, window, slo, books)
         if save:
@@ -175,7 +176,7 @@ def _load_plan(load_name: str | None, concurrency: int, num_requests: int) -> An
     if load_name is None:
         return None
     from slotune.loadgen.workload import load_workload
-    from slotune.playbooks.live import LoadPlan
+    from slotune.measurement import LoadPlan
 
     return LoadPlan(load_workload(load_name), concurrency=concurrency, num_requests=num_requests)
 
@@ -183,21 +184,18 @@ def _load_plan(load_name: str | None, concurrency: int, num_requests: int) -> An
 def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any]) -> tuple[Any, list[Any]]:
     """Start a managed server; a failed start is diagnosed from its classified log, a started one
     from a window under `load` (or `window` seconds idle), then it is stopped."""
-    from slotune.playbooks.engine import diagnose as judge
-    from slotune.playbooks.live import diagnose_live
     from slotune import paths
+    from slotune.collectors.gpu import GpuCollector
+    from slotune.measurement import measure_window, start_or_explain
     from slotune.server import ManagedServer
 
     server = ManagedServer(config, log_dir=paths.logs_dir(), slo=slo)
-    try:
-        started = server.start()
-        if not started.ok:
-            return judge([], slo=slo, server_config=config, startup_failure=started, playbooks=books), []
-        live = diagnose_live(server.base_url, window=window, load=load, slo=slo, server_config=config,
-                             playbooks=books)
-        return live.diagnosis, [live.window]
-    finally:
-        server.stop()
+    with start_or_explain(server, slo=slo, playbooks=books) as launch:
+        if not launch.ok:
+            return launch.diagnosis, []
+        measured = measure_window(launch.server.base_url, load or window, slo=slo, server_config=config,
+                                  playbooks=books, gpu=GpuCollector())
+        return measured.diagnosis, [measured.server]
 
 
 def _save(result: Any, windows: list[Any], db_url: str | None) -> None:

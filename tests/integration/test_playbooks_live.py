@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from slotune.loadgen.workload import Length, LongTail, Workload
-from slotune.playbooks.live import LoadPlan, diagnose_live
 from slotune.cli.main import main
+from slotune.collectors.gpu import GpuCollector
+from slotune.loadgen.workload import Length, LongTail, Workload
+from slotune.measurement import LoadPlan, measure_window
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
 
@@ -32,10 +33,10 @@ def run(server: Any, workload: Workload, *, concurrency: int, num_requests: int,
         **flags: Any) -> dict[str, Any]:
     config = VllmConfig(model="tiny", served_model_name="tiny", **flags)
     plan = LoadPlan(workload, concurrency=concurrency, num_requests=num_requests, request_timeout=120.0)
-    live = diagnose_live(server.base_url, load=plan, model="tiny", slo=slo, server_config=config)
-    out = live.diagnosis.to_dict()
-    assert live.client is not None and live.client["completed"] == num_requests, live.client
-    return out
+    measured = measure_window(server.base_url, plan, model="tiny", slo=slo, server_config=config, gpu=GpuCollector())
+    assert measured.diagnosis is not None
+    assert measured.client is not None and measured.client.completed == num_requests, measured.client.to_dict()
+    return measured.diagnosis.to_dict()
 
 
 def by_id(d: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,6 +52,22 @@ def _http_url(v: str) -> str:
     return v
 
 
+# Values shipped as placeholders (.env.example and the like): a secret equal to one of them (case and
+# surrounding blanks ignored) is refused, so a copied example never becomes a live credential.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "change_me", "replace-me", "replaceme", "your-token",
+                                 "your-secret", "secret", "password", "token", "xxx", "todo"})
+
+
+def _real_secret(v: SecretStr | None, what: str) -> SecretStr | None:
+    """An empty secret is no secret (compose's `${VAR:-}` sets one); a placeholder is refused."""
+    if v is None or not v.get_secret_value().strip():
+        return None
+    if v.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ValueError(f"{what} is an example placeholder; set a long random value "
+                         "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +83,11 @@ class ReceiverSettings(_Strict):
     timeout: float = Field(default=5.0, gt=0, le=60)
 
     _url = field_validator("url")(_http_url)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        return _real_secret(v, "the receiver's secret")
 
 
 class ManagedSettings(_Strict):
@@ -110,7 +132,10 @@ class Settings(BaseSettings):
     data_dir: Path | None = None
     database_url: str | None = None
     api_token: SecretStr | None = None
+    alert_token: SecretStr | None = Field(
+        default=None, description="what Alertmanager's webhook presents (bearer, or basic-auth password)")
     webhook_secret: SecretStr | None = None
+    unsigned_delivery: bool = Field(default=False, description="send notifications unsigned when no secret is set")
     protect_reads: bool = Field(default=False, description="reads need the bearer token too")
     receivers: list[ReceiverSettings] = Field(default_factory=list)
     windows: int = Field(default=10, ge=1, le=1000, description="rolling windows kept for the playbooks")
@@ -119,6 +144,8 @@ class Settings(BaseSettings):
                                        description="extra playbook YAML files or directories (same id: replaces)")
     down_after: int = Field(default=2, ge=1, description="failed scrapes in a row that make target_down")
     max_alert_bytes: int = Field(default=1_000_000, ge=1024, description="largest accepted webhook body")
+    max_alerts_per_request: int = Field(default=100, ge=1, le=1000,
+                                        description="most alerts one Alertmanager request may carry (413 above)")
     managed: ManagedSettings | None = None
     apply: ApplySettings = Field(default_factory=ApplySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
@@ -129,6 +156,11 @@ class Settings(BaseSettings):
     def _target(cls, v: str | None) -> str | None:
         return None if v is None else _http_url(v)
 
+    @field_validator("api_token", "alert_token", "webhook_secret")
+    @classmethod
+    def _secrets(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return _real_secret(v, info.field_name or "secret")
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.mode == "apply" and self.managed is None:
@@ -138,6 +170,11 @@ class Settings(BaseSettings):
         names = [r.name for r in self.receivers]
         if len(set(names)) != len(names):
             raise ValueError("receiver names must be unique")
+        unsigned = [r.name for r in self.receivers if r.secret is None and self.webhook_secret is None]
+        if unsigned and not self.unsigned_delivery:
+            raise ValueError(f"webhook_secret: not set, and receiver(s) {', '.join(unsigned)} have no secret of "
+                             "their own to sign notifications with: set SLOTUNE_WEBHOOK_SECRET (or the receiver's "
+                             "secret), or unsigned_delivery: true to send them unsigned on purpose")
         return self
 
     @classmethod

@@ -40,9 +40,12 @@ def create_app(service: SidecarService) -> FastAPI:
 
     @app.middleware("http")
     async def _writes_need_the_token(request: Request, call_next: Any) -> Response:
-        if auth.is_write(request.method, request.url.path):
+        path = request.url.path
+        checker = auth.check if auth.is_write(request.method, path) else \
+            auth.check_alert if auth.is_alert(request.method, path) else None
+        if checker is not None:
             try:
-                auth.check(service.settings, request.headers.get("authorization"))
+                checker(service.settings, request.headers.get("authorization"))
             except HTTPException as exc:
                 return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         return await call_next(request)  # type: ignore[no-any-return]

@@ -10,14 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from slotune.api import schemas
-from slotune.api.auth import require_read, require_write
+from slotune.api.auth import require_alert, require_read, require_write
 from slotune.api.service import SidecarService
 from slotune.errors import ConfigError, SlotuneError
 from slotune.store import MAX_ID, ConfigChange, Finding, Recommendation, Snapshot, TrialRecord
 
 reads = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], tags=["read"])
 writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags=["write"])
-alerts = APIRouter(prefix="/api/v1", tags=["alerts"])
+alerts = APIRouter(prefix="/api/v1", dependencies=[Depends(require_alert)], tags=["alerts"])
 
 M = TypeVar("M")
 # Annotated types, not shared Query() defaults: a Query object shared by two parameters is bound
@@ -192,15 +192,25 @@ def start_study(body: schemas.StudyIn, svc: Svc) -> dict[str, Any]:
 # -- Alertmanager webhook ------------------------------------------------------------------------------------
 
 @alerts.post("/alerts/alertmanager", response_model=schemas.AlertsAccepted, status_code=202,
-             summary="Alertmanager webhook (payload v4): each alert is forwarded with a fresh diagnosis")
+             summary="Alertmanager webhook (payload v4): one notification per receiver for the whole group, "
+                     "with a fresh diagnosis when an alert fires",
+             responses={401: {"description": "no or wrong alert_token"},
+                        413: {"description": "more alerts than max_alerts_per_request, or a body over "
+                                             "max_alert_bytes"}})
 def alertmanager(payload: schemas.AlertmanagerPayload, svc: Svc) -> dict[str, Any]:
+    limit = svc.settings.max_alerts_per_request
+    if len(payload.alerts) > limit:
+        raise HTTPException(413,
+                            f"{len(payload.alerts)} alerts in one request, over the limit of {limit} "
+                            "(max_alerts_per_request; set max_alerts in Alertmanager's webhook_config)")
     firing = [a for a in payload.alerts if a.status == "firing"]
     diagnosis = svc.diagnosis() if firing else None
-    ids: list[str] = []
-    for alert in payload.alerts:
-        event = {"alert": alert.model_dump(), "group_key": payload.groupKey, "receiver": payload.receiver,
-                 "external_url": payload.externalURL,
-                 "diagnosis": diagnosis if alert.status == "firing" else None}
-        ids += svc.notify("alert", event)
+    # One notification per receiver for the request, as Alertmanager groups: the group's alerts travel together.
+    event = {"status": payload.status, "group_key": payload.groupKey, "receiver": payload.receiver,
+             "group_labels": payload.groupLabels, "common_labels": payload.commonLabels,
+             "common_annotations": payload.commonAnnotations, "external_url": payload.externalURL,
+             "truncated_alerts": payload.truncatedAlerts,
+             "alerts": [a.model_dump() for a in payload.alerts], "diagnosis": diagnosis}
+    ids = svc.notify("alert", event)
     return {"accepted": len(payload.alerts), "firing": len(firing), "notifications": ids,
             "diagnosis_status": None if diagnosis is None else str(diagnosis.get("status"))}

@@ -54,12 +54,21 @@ def render(fmt: str, message_id: str, kind: str, event: dict[str, Any], created:
             "event": event}
 
 
+def _alert_name(alert: dict[str, Any]) -> str:
+    return str((alert.get("labels") or {}).get("alertname", "alert"))
+
+
 def headline(kind: str, event: dict[str, Any]) -> str:
+    """One line for a human; built from the event as is (the Slack format escapes it)."""
     if kind == "alert":
-        alert = event.get("alert", {})
-        labels = alert.get("labels", {})
-        summary = alert.get("annotations", {}).get("summary") or labels.get("alertname", "alert")
-        return f"[{alert.get('status', 'firing')}] {labels.get('alertname', 'alert')}: {summary}"
+        alerts = event.get("alerts") or []
+        common = event.get("common_labels") or {}
+        name = common.get("alertname") or (_alert_name(alerts[0]) if alerts else "alert")
+        summary = (event.get("common_annotations") or {}).get("summary") or (
+            (alerts[0].get("annotations") or {}).get("summary", "") if len(alerts) == 1 else "")
+        firing = sum(1 for a in alerts if a.get("status") == "firing")
+        count = f"{event.get('status', 'firing')}:{firing if event.get('status') == 'firing' else len(alerts)}"
+        return f"[{count}] {name}" + (f": {summary}" if summary else "")
     if kind == "finding":
         return (f"[{event.get('status', 'active')}] {event.get('severity', '')} finding "
                 f"{event.get('playbook')} on {event.get('target')}: {event.get('summary', '')}")
@@ -70,14 +79,28 @@ def headline(kind: str, event: dict[str, Any]) -> str:
     return f"slotune {kind}"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's control characters as the entities Slack asks for: `<!channel>`, `<@U123>` and
+    `<https://x|label>` then show as typed instead of pinging or hiding a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_SLACK_HEADER_MAX = 150  # Slack's limit on a header block's text
+_SLACK_SECTION_MAX = 2900
+
+
 def _slack(message_id: str, kind: str, event: dict[str, Any]) -> dict[str, Any]:
-    text = headline(kind, event)
-    details = _details(kind, event)
-    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
+    """Everything that comes from outside (alert labels and annotations, summaries, configs) goes in
+    `plain_text` objects, escaped, and the fallback `text` has `mrkdwn: false`: no mention, link or
+    markdown in an alert can act in the channel. Only slotune's own id line is mrkdwn."""
+    text = slack_escape(headline(kind, event))
+    details = slack_escape(_details(kind, event))
+    header = text if len(text) <= _SLACK_HEADER_MAX else text[:_SLACK_HEADER_MAX - 1] + "…"
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": header}}]
     if details:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": details[:2900]}})
+        blocks.append({"type": "section", "text": {"type": "plain_text", "text": details[:_SLACK_SECTION_MAX]}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"slotune · {kind} · id {message_id}"}]})
-    return {"text": text, "blocks": blocks}
+    return {"text": text[:3000], "mrkdwn": False, "blocks": blocks}
 
 
 def _details(kind: str, event: dict[str, Any]) -> str:
@@ -89,12 +112,20 @@ def _details(kind: str, event: dict[str, Any]) -> str:
         for rem in event.get("remedies", [])[:3]:
             lines.append(f"→ {rem.get('action')}: {rem.get('why', '')}")
     if kind == "alert":
+        alerts = event.get("alerts") or []
+        for alert in alerts[:10]:
+            labels = alert.get("labels") or {}
+            where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "alertname")
+            summary = (alert.get("annotations") or {}).get("summary", "")
+            lines.append(f"• [{alert.get('status')}] {_alert_name(alert)} {{{where}}} {summary}"[:300])
+        if len(alerts) > 10:
+            lines.append(f"… and {len(alerts) - 10} more")
         diag = event.get("diagnosis") or {}
         lines.append(f"diagnosis: {diag.get('status', 'n/a')}")
         for f in diag.get("findings", [])[:5]:
             lines.append(f"• {f.get('playbook')} ({f.get('severity')}): {f.get('summary', '')}")
     if kind == "recommendation":
-        lines.append(f"config: `{json.dumps(event.get('config', {}), sort_keys=True)}`")
+        lines.append(f"config: {json.dumps(event.get('config', {}), sort_keys=True)}")
     return "\n".join(lines)
 
 

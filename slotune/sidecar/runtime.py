@@ -71,6 +71,8 @@ class Sidecar:
             for t in self._threads:
                 t.start()
         self.started = True
+        if self.settings.unsigned_delivery and any(self.settings.secret_for(r) == "" for r in self.settings.receivers):
+            log.warning("unsigned_delivery is on: notifications to receivers without a secret go out unsigned")
         log.info("sidecar watching %s every %gs, mode %s, SLO %s", self.controller.target, self.settings.interval,
                  self.settings.mode, self.slo)
         if self.managed is None:  # a server slotune started has the thresholds as bounds already

@@ -6,7 +6,8 @@ What a test run changes, and nothing else:
   `targets/*.yml` files (loopback ports instead of compose service names); `prometheus.yml`'s
   jobs, discovery and `rule_files`, and the rule files themselves, are the committed ones. A test
   may add extra rule files (e.g. an SLO rendered with short windows).
-* Alertmanager: the sidecar receiver's URL (a loopback port) and the route's timers (1 s).
+* Alertmanager: the sidecar receiver's URL (a loopback port), the file its alert token is read
+  from (a file in the work directory instead of compose's secret), and the route's timers (1 s).
 
 A missing binary fails the test that needs it (`require_stack`), as a missing PostgreSQL does in
 `pg.py`: an end-to-end test must not turn into a silent skip.
@@ -110,13 +111,22 @@ def render_prometheus(workdir: Path, targets: dict[str, Iterable[str]], interval
     return path
 
 
-def render_alertmanager(workdir: Path, sidecar_url: str, extra_url: str | None = None) -> Path:
+ALERT_TOKEN = "promstack-alert-token"  # what the rendered Alertmanager presents to the sidecar
+
+
+def render_alertmanager(workdir: Path, sidecar_url: str, extra_url: str | None = None,
+                        alert_token: str = ALERT_TOKEN) -> Path:
     cfg = yaml.safe_load(AM_CONFIG.read_text())
     cfg["route"] |= {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"}
+    token_file = workdir / "slotune_alert_token"
+    token_file.write_text(alert_token + "\n")  # as a compose secret from .env would end
     for receiver in cfg["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             if hook["url"].endswith("/api/v1/alerts/alertmanager"):
                 hook["url"] = sidecar_url.rstrip("/") + "/api/v1/alerts/alertmanager"
+                auth = hook["http_config"]["authorization"]  # the committed config sends the alert token
+                assert auth["credentials_file"].startswith("/run/secrets/"), auth
+                auth["credentials_file"] = str(token_file)
             elif extra_url:
                 hook["url"] = extra_url
     path = workdir / "alertmanager.yml"

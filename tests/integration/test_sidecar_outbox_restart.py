@@ -17,6 +17,7 @@ from tests.unit.test_api_endpoints import alert_payload
 
 pytestmark = pytest.mark.integration
 SECRET = "outbox-secret"
+ALERT_TOKEN = "outbox-alert-token"
 
 
 def test_notifications_survive_receiver_outage_and_sidecar_restart(tmp_path: Path) -> None:
@@ -26,15 +27,16 @@ def test_notifications_survive_receiver_outage_and_sidecar_restart(tmp_path: Pat
                     "data_dir": str(tmp_path / "data"),
                     "receivers": [{"name": "hook", "url": f"http://127.0.0.1:{rport}/hook", "events": ["alert"]}],
                     "outbox": {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 2, "poll_seconds": 0.2}}
-        env = {"SLOTUNE_WEBHOOK_SECRET": SECRET}
+        env = {"SLOTUNE_WEBHOOK_SECRET": SECRET, "SLOTUNE_ALERT_TOKEN": ALERT_TOKEN}
         first = SidecarProcess(settings, tmp_path, env).start()
         ids: list[str] = []
         try:
             for n in (1, 2, 3):
-                r = httpx.post(f"{first.url}/api/v1/alerts/alertmanager", json=alert_payload(n), timeout=30)
+                r = httpx.post(f"{first.url}/api/v1/alerts/alertmanager", json=alert_payload(n), timeout=30,
+                               headers={"Authorization": f"Bearer {ALERT_TOKEN}"})
                 assert r.status_code == 202, r.text
                 ids += r.json()["notifications"]
-            assert len(ids) == 6
+            assert len(ids) == 3  # one notification per request (its alerts grouped), one receiver
             wait_for(lambda: "failed (attempt 2)" in first.log(), 30, "a second failed delivery attempt")
         finally:
             assert first.stop() == 0, first.log()[-2000:]

@@ -24,6 +24,7 @@ from tests.integration import promstack
 from tests.integration.promstack import TEST_SLO, TEST_WINDOWS, Receiver
 from tests.integration.sidecar_proc import Load
 
+WEBHOOK_SECRET = "stack-test-hmac-key"
 SIDECAR_YAML = promstack.REPO / "deploy" / "slotune" / "sidecar.yaml"
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,8 @@ def _sidecar_settings(target: str, port: int, receiver_url: str) -> dict[str, An
     """The committed sidecar settings, pointed at the test's vLLM, port and receiver."""
     cfg = yaml.safe_load(SIDECAR_YAML.read_text()) or {}
     cfg |= {"target": target, "host": "127.0.0.1", "port": port, "slo": TEST_SLO, "interval": 1,
-            "receivers": [{"name": "test", "url": receiver_url, "format": "json"}]}
+            "receivers": [{"name": "test", "url": receiver_url, "format": "json"}],
+            "alert_token": promstack.ALERT_TOKEN, "webhook_secret": WEBHOOK_SECRET}
     return cfg
 
 
@@ -77,8 +79,9 @@ def test_alert_reaches_sidecar_and_its_notification_carries_a_diagnosis(vllm_ser
                 note = notes[0]
                 assert note["kind"] == "alert" and note["source"] == "slotune", note
                 event = note["event"]
-                assert event["alert"]["status"] == "firing", event
-                assert event["alert"]["labels"]["alertname"] == "VllmSloErrorBudgetBurn", event
+                # One notification for Alertmanager's group, its alerts inside.
+                assert event["status"] == "firing" and event["alerts"], event
+                assert {a["labels"]["alertname"] for a in event["alerts"]} == {"VllmSloErrorBudgetBurn"}, event
                 # The diagnosis judged the windows under load: TTFT misses its 1 ms target.
                 diagnosis = event["diagnosis"]
                 assert diagnosis is not None, event
@@ -88,6 +91,9 @@ def test_alert_reaches_sidecar_and_its_notification_carries_a_diagnosis(vllm_ser
                 assert high_ttft, diagnosis["findings"]
                 ttft = next(e for e in high_ttft[0]["evidence"] if e["field"] == "ttft_at_slo")
                 assert ttft["value"] > ttft["threshold"] == 0.001, ttft
+                # Alertmanager got in with the alert token of its http_config; without it, nobody does.
+                anon = httpx.post(f"{sidecar_url}/api/v1/alerts/alertmanager", json={}, timeout=10)
+                assert anon.status_code == 401, anon.text
     finally:
         proc.terminate()
         proc.wait(15)

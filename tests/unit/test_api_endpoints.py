@@ -18,6 +18,8 @@ from tests.unit.test_sidecar_loop import make, ticks
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ALERT_TOKEN = "test-alert-token"
+AM = {"Authorization": f"Bearer {ALERT_TOKEN}"}  # what Alertmanager's http_config sends
 
 
 def alert_payload(n: int = 1, status: str = "firing") -> dict[str, object]:
@@ -34,7 +36,7 @@ def alert_payload(n: int = 1, status: str = "firing") -> dict[str, object]:
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
     sc, clock, _ = make(tmp_path, [page(UNDER), page(AFTER)], slo="e2e_p95<=1s", api_token=TOKEN,
-                        receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}])
+                        receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}], webhook_secret="unit-test-hmac-key", alert_token=ALERT_TOKEN)
     ticks(sc, clock, 2)  # one window: 40 slow requests, an slo_burn finding
     yield sc
 
@@ -146,18 +148,57 @@ def test_proposals_are_stored_as_their_types(client: TestClient) -> None:
     assert stored == {"max_num_seqs": 64, "enable_prefix_caching": True}
 
 
-def test_alertmanager_webhook_enriches_firing_alerts(client: TestClient, sidecar: Sidecar) -> None:
-    r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(2))
+def test_alertmanager_webhook_groups_a_request_into_one_notification(client: TestClient, sidecar: Sidecar) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(2), headers=AM)
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["accepted"] == 2 and body["firing"] == 2 and len(body["notifications"]) == 2
+    # Two alerts, one receiver: one notification carrying both, as Alertmanager grouped them.
+    assert body["accepted"] == 2 and body["firing"] == 2 and len(body["notifications"]) == 1
     with sidecar.store.session() as s:
         msgs = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "alert")).all()
         event = msgs[0].payload["event"]
-    assert event["alert"]["labels"]["alertname"] == "VllmSloErrorBudgetBurn"
+    assert len(msgs) == 1 and len(event["alerts"]) == 2
+    assert event["alerts"][0]["labels"]["alertname"] == "VllmSloErrorBudgetBurn"
     assert event["diagnosis"]["target"] == sidecar.controller.target and "status" in event["diagnosis"]
-    resolved = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1, "resolved")).json()
+    resolved = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1, "resolved"), headers=AM).json()
     assert resolved["firing"] == 0 and resolved["diagnosis_status"] is None
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize(("headers", "code"), [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong"}, 401),
+    ({"Authorization": f"Token {ALERT_TOKEN}"}, 401),
+    (_basic("alertmanager", "wrong"), 401),
+    ({"Authorization": "Basic !!!not-base64"}, 401),
+    (AM, 202),
+    (_basic("alertmanager", ALERT_TOKEN), 202),  # Alertmanager's basic_auth
+    (AUTH, 202),  # the operator's api_token may post too
+])
+def test_alert_intake_needs_credentials(client: TestClient, sidecar: Sidecar, headers: dict[str, str],
+                                        code: int) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1), headers=headers)
+    assert r.status_code == code, r.text
+    with sidecar.store.session() as s:
+        queued = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "alert")).all()
+    assert len(queued) == (1 if code == 202 else 0)  # a refused request queues nothing
+
+
+def test_alert_token_is_not_a_write_token(client: TestClient) -> None:
+    r = client.post("/api/v1/recommendations", json={"config": {"max_num_seqs": 8}}, headers=AM)
+    assert r.status_code == 401
+
+
+def test_alert_intake_without_any_token_is_closed(tmp_path: Path) -> None:
+    sc, _, _ = make(tmp_path, [page(UNDER)])
+    r = TestClient(create_app(sc)).post("/api/v1/alerts/alertmanager", json=alert_payload(1),
+                                        headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 401 and "no alert_token" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(("payload", "needle"), [
@@ -169,25 +210,31 @@ def test_alertmanager_webhook_enriches_firing_alerts(client: TestClient, sidecar
     ([1, 2, 3], "body"),
 ])
 def test_malformed_alertmanager_payloads_get_a_reason(client: TestClient, payload: object, needle: str) -> None:
-    r = client.post("/api/v1/alerts/alertmanager", json=payload)
+    r = client.post("/api/v1/alerts/alertmanager", json=payload, headers=AM)
     assert r.status_code == 422 and needle in r.json()["detail"], r.text
 
 
-def test_not_json_and_oversized_alert_payloads(client: TestClient) -> None:
-    r = client.post("/api/v1/alerts/alertmanager", content=b"{not json", headers={"Content-Type": "application/json"})
+def test_not_json_and_oversized_alert_payloads(client: TestClient, sidecar: Sidecar) -> None:
+    r = client.post("/api/v1/alerts/alertmanager", content=b"{not json",
+                    headers={"Content-Type": "application/json", **AM})
     assert r.status_code == 422 and r.json()["detail"]
     big = client.post("/api/v1/alerts/alertmanager", content=b"x" * 1_100_000,
-                      headers={"Content-Type": "application/json"})
+                      headers={"Content-Type": "application/json", **AM})
     assert big.status_code == 413 and "limit" in big.json()["detail"]
 
     def chunks() -> Iterator[bytes]:
         for _ in range(20):
             yield b"x" * 100_000
 
-    chunked = client.post("/api/v1/alerts/alertmanager", content=chunks(), headers={"Content-Type": "application/json"})
+    chunked = client.post("/api/v1/alerts/alertmanager", content=chunks(),
+                          headers={"Content-Type": "application/json", **AM})
     assert chunked.status_code == 413
-    too_many = client.post("/api/v1/alerts/alertmanager", json=alert_payload(1001))
-    assert too_many.status_code == 422 and "alerts" in too_many.json()["detail"]
+    limit = sidecar.settings.max_alerts_per_request
+    too_many = client.post("/api/v1/alerts/alertmanager", json=alert_payload(limit + 1), headers=AM)
+    assert too_many.status_code == 413 and "max_alerts_per_request" in too_many.json()["detail"]
+    assert client.post("/api/v1/alerts/alertmanager", json=alert_payload(limit), headers=AM).status_code == 202
+    with sidecar.store.session() as s:
+        assert len(s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "alert")).all()) == 1
 
 
 def test_filters_apply(client: TestClient, sidecar: Sidecar) -> None:

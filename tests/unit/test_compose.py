@@ -47,7 +47,7 @@ def test_validation_can_fail(tmp_path: Path) -> None:
 def test_secrets_are_required_not_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    for var in ("SLOTUNE_API_TOKEN", "GRAFANA_ADMIN_PASSWORD"):
+    for var in ("SLOTUNE_API_TOKEN", "SLOTUNE_ALERT_TOKEN", "GRAFANA_ADMIN_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     # Without them compose refuses (which of the two it names first varies) rather than using a default.
     proc = _config("--env-file", str(empty), "--profile", "cpu", "config", "-q")
@@ -86,3 +86,25 @@ def test_every_long_running_service_has_a_healthcheck_and_data_on_named_volumes(
     named = set(yaml.safe_load(COMPOSE.read_text())["volumes"])
     for name in ("slotune", "prometheus", "alertmanager", "grafana"):
         assert any(v.split(":")[0] in named for v in services[name]["volumes"]), name
+
+
+def test_alertmanager_gets_the_alert_token_the_sidecar_checks() -> None:
+    """The token the sidecar requires on its alert intake (SLOTUNE_ALERT_TOKEN) is the one compose
+    hands Alertmanager as a secret, at the path deploy/alertmanager/alertmanager.yml reads."""
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    assert "${SLOTUNE_ALERT_TOKEN:?" in services["slotune"]["environment"]["SLOTUNE_ALERT_TOKEN"]
+    assert doc["secrets"]["slotune_alert_token"] == {"environment": "SLOTUNE_ALERT_TOKEN"}
+    assert "slotune_alert_token" in services["alertmanager"]["secrets"]
+    am = yaml.safe_load((REPO / "deploy/alertmanager/alertmanager.yml").read_text())
+    (hook,) = next(r for r in am["receivers"] if r["name"] == "slotune")["webhook_configs"]
+    assert hook["http_config"]["authorization"]["credentials_file"] == "/run/secrets/slotune_alert_token"
+
+
+def test_sidecar_port_is_published_on_loopback_by_default() -> None:
+    proc = _config("--env-file", str(REPO / ".env.example"), "--profile", "cpu", "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    (port,) = json.loads(proc.stdout)["services"]["slotune"]["ports"]
+    assert port["host_ip"] == "127.0.0.1", port

@@ -36,4 +36,8 @@ def test_routes(labels: list[str], receivers: str) -> None:
 def test_sidecar_receiver_uses_the_webhook_path() -> None:
     cfg = yaml.safe_load(CONFIG.read_text())
     (receiver,) = [r for r in cfg["receivers"] if r["name"] == "slotune"]
-    assert receiver["webhook_configs"][0]["url"].endswith("/api/v1/alerts/alertmanager")
+    hook = receiver["webhook_configs"][0]
+    assert hook["url"].endswith("/api/v1/alerts/alertmanager")
+    # The sidecar's alert intake needs credentials: Alertmanager sends the alert token compose mounts.
+    assert hook["http_config"]["authorization"] == {"type": "Bearer",
+                                                    "credentials_file": "/run/secrets/slotune_alert_token"}

@@ -65,7 +65,7 @@ def test_window_burn_matches_the_histogram(tmp_path: Path) -> None:
 def test_burning_slo_is_a_finding_then_resolves(tmp_path: Path) -> None:
     # Window 1 has 40 slow requests (e2e 1.5 s), window 2 none: the finding opens, then resolves.
     sidecar, clock, _ = make(tmp_path, [page(UNDER), page(AFTER), page(AFTER)], slo="e2e_p95<=1s",
-                             receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}])
+                             receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}], webhook_secret="unit-test-hmac-key")
     _, opened, closed = ticks(sidecar, clock, 3)
     assert SLO_BURN in opened.new_findings and SLO_BURN in closed.resolved
     with sidecar.store.session() as s:
@@ -115,7 +115,7 @@ def test_observe_mode_never_recommends(tmp_path: Path) -> None:
 
 def test_recommend_mode_publishes_the_remedy_once(tmp_path: Path) -> None:
     sidecar, clock, _ = make(tmp_path, [page(SPEC_UNDER), page(SPEC_AFTER)], persist_windows=1, mode="recommend",
-                             slo="ttft_p95<=10ms", receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}])
+                             slo="ttft_p95<=10ms", receivers=[{"name": "r", "url": "http://127.0.0.1:9/x"}], webhook_secret="unit-test-hmac-key")
     results = ticks(sidecar, clock, 2)
     assert results[1].recommendations, results[1].diagnosis
     sidecar.controller.scrape = Script(clock, [page(SPEC_UNDER), page(SPEC_AFTER)])  # the same finding again

@@ -59,7 +59,7 @@ def test_delivery_is_signed_in_both_formats(tmp_path: Path) -> None:
         generic = by_path["/json"].json
         assert generic["id"] == by_path["/json"].headers["X-Slotune-Id"] and generic["event"] == EVENT
         slack = by_path["/slack"].json
-        assert set(slack) == {"text", "blocks"} and "high_ttft" in slack["text"]
+        assert set(slack) == {"text", "mrkdwn", "blocks"} and "high_ttft" in slack["text"]
         assert any("max_num_batched_tokens" in json.dumps(b) or "raise" in json.dumps(b) for b in slack["blocks"])
         assert by_path["/slack"].headers["X-Slotune-Id"] in json.dumps(slack["blocks"])
         d.close()
@@ -123,9 +123,71 @@ def test_unknown_receiver_is_kept_not_lost(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["alert", "finding", "recommendation", "config_change"])
 def test_every_kind_renders_in_both_formats(kind: str) -> None:
     now = datetime.now(timezone.utc)
-    event = {"alert": {"status": "firing", "labels": {"alertname": "X"}, "annotations": {}},
+    event = {"status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "X"}, "annotations": {}}],
              "diagnosis": {"status": "findings", "findings": [EVENT]}} if kind == "alert" else EVENT
     generic = outbox.render("json", "id", kind, event, now)
     slack = outbox.render("slack", "id", kind, event, now)
     assert generic["kind"] == kind and slack["text"] and slack["blocks"]
     json.dumps(generic), json.dumps(slack)
+
+
+HOSTILE = "<!channel> <@U123> <https://evil.example|click here> *bold* _it_ ~s~ `code` &amp;"
+
+
+def test_slack_format_neutralises_what_slack_interprets() -> None:
+    """Labels and annotations come from whoever posted the alert: in the Slack format no mention,
+    disguised link or markdown in them may act. Slack's escapes for & < > are applied, and
+    outside text only ever sits in plain_text objects (the fallback text has mrkdwn off)."""
+    alert = {"status": "firing", "labels": {"alertname": "X", "instance": HOSTILE},
+             "annotations": {"summary": HOSTILE, "description": HOSTILE}}
+    event = {"status": "firing", "alerts": [alert, {**alert, "labels": {"alertname": "Y"}}],
+             "common_annotations": {"summary": HOSTILE},
+             "diagnosis": {"status": "findings", "findings": [{**EVENT, "summary": HOSTILE}]}}
+    for kind, ev in (("alert", event), ("finding", {**EVENT, "summary": HOSTILE}),
+                     ("recommendation", {"target": HOSTILE, "reason": HOSTILE, "config": {"model": HOSTILE}})):
+        msg = outbox.render("slack", "id-1", kind, ev, datetime.now(timezone.utc))
+        dumped = json.dumps(msg)
+        assert "<" not in dumped and ">" not in dumped, kind  # no <!channel>, <@user>, <url|label> left
+        assert "&lt;!channel&gt;" in dumped and "&amp;amp;" in dumped
+        assert msg["mrkdwn"] is False
+        for block in msg["blocks"]:
+            if block["type"] == "context":
+                assert block["elements"] == [{"type": "mrkdwn", "text": f"slotune · {kind} · id id-1"}]
+            else:
+                assert block["text"]["type"] == "plain_text", block
+    # The generic JSON format carries the event as data, untouched.
+    assert outbox.render("json", "id-1", "alert", event, datetime.now(timezone.utc))["event"] == event
+
+
+def test_alert_group_headline_counts_like_alertmanager() -> None:
+    alerts = [{"status": "firing", "labels": {"alertname": "A"}, "annotations": {"summary": "s"}},
+              {"status": "resolved", "labels": {"alertname": "A"}, "annotations": {}}]
+    assert outbox.headline("alert", {"status": "firing", "alerts": alerts, "common_labels": {"alertname": "A"}}) \
+        == "[firing:1] A"
+    assert outbox.headline("alert", {"status": "firing", "alerts": alerts[:1]}) == "[firing:1] A: s"
+
+
+def test_docs_verify_snippet() -> None:
+    """The verification code docs/sidecar.md gives receivers: it accepts what the sidecar signs and
+    refuses a missing header, a malformed one, a forged body and a replay past the window."""
+    import re
+    import time
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sidecar.md").read_text()
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", doc, re.DOTALL) if "def verify(" in c]
+    scope: dict[str, object] = {}
+    exec(code, scope)  # noqa: S102 - the documented snippet itself
+    verify = scope["verify"]
+    body = b'{"a":1}'
+    now = int(time.time())
+    h = signing.headers("id-1", SECRET, body, timestamp=now)
+    ts, sig = h[signing.TIMESTAMP_HEADER], h[signing.SIGNATURE_HEADER]
+    assert verify(SECRET, body, ts, sig)  # type: ignore[operator]
+    for args in ((None, sig), (ts, None), ("", sig), ("12x", sig), ("-1", sig), (ts, "sha256=00")):
+        assert verify(SECRET, body, *args) is False, args  # type: ignore[operator]
+        assert signing.verify(SECRET, body, *args) is False, args
+    assert verify(SECRET, body + b" ", ts, sig) is False  # type: ignore[operator]
+    old = signing.headers("id-1", SECRET, body, timestamp=now - 301)
+    assert verify(SECRET, body, old[signing.TIMESTAMP_HEADER], old[signing.SIGNATURE_HEADER]) is False  # type: ignore[operator]
+    # Unsigned (unsigned_delivery): no signature header at all, and the check fails.
+    assert signing.SIGNATURE_HEADER not in signing.headers("id-1", "", body)

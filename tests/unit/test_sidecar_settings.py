@@ -82,3 +82,46 @@ def test_cli_bad_config_is_one_error_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["sidecar", "--config", str(path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: bad settings") and "port" in err and len(err.splitlines()) == 1
+
+
+def _env_example() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+             if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@pytest.mark.parametrize("key", ["api_token", "alert_token", "webhook_secret"])
+def test_example_placeholders_are_refused(key: str) -> None:
+    examples = {v for k, v in _env_example().items() if k.startswith("SLOTUNE_") and k.endswith(("TOKEN", "SECRET"))}
+    assert examples, "the .env.example placeholders this test guards against"
+    for value in examples | {"CHANGE-ME", " changeme "}:
+        with pytest.raises(ConfigError) as err:
+            load_settings(None, target="http://x:1", **{key: value})
+        assert key in str(err.value) and "placeholder" in str(err.value) and value.strip() not in str(err.value)
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_settings(None, target="http://x:1", unsigned_delivery=True,
+                      receivers=[{"name": "a", "url": "http://h/x", "secret": "change-me"}])
+
+
+def test_receivers_need_a_secret_unless_unsigned_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    receivers = [{"name": "ops", "url": "http://h/x"}, {"name": "own", "url": "http://h/y", "secret": "own-key-1"}]
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, target="http://x:1", receivers=receivers)
+    assert "webhook_secret" in str(err.value) and "ops" in str(err.value) and "own," not in str(err.value)
+    monkeypatch.setenv("SLOTUNE_WEBHOOK_SECRET", "")  # compose's ${SLOTUNE_WEBHOOK_SECRET:-}: still no secret
+    with pytest.raises(ConfigError, match="unsigned_delivery"):
+        load_settings(None, target="http://x:1", receivers=receivers)
+    s = load_settings(None, target="http://x:1", receivers=receivers, unsigned_delivery=True)
+    assert s.webhook_secret is None and s.secret_for(s.receivers[0]) == "" and s.secret_for(s.receivers[1])
+    monkeypatch.setenv("SLOTUNE_WEBHOOK_SECRET", "a-real-hmac-key")
+    assert load_settings(None, target="http://x:1", receivers=receivers).webhook_secret is not None
+    assert load_settings(None, target="http://x:1").receivers == []  # no receivers: nothing to sign
+
+
+def test_cli_refuses_to_start_unsigned(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLOTUNE_WEBHOOK_SECRET", raising=False)
+    path = _write(tmp_path, {"target": "http://127.0.0.1:1", "receivers": [{"name": "ops", "url": "http://h/x"}]})
+    assert main(["sidecar", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bad settings") and "unsigned_delivery" in err and len(err.splitlines()) == 1

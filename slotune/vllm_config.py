@@ -82,6 +82,24 @@ FLAGS: tuple[Flag, ...] = (
 )
 FLAG_BY_FIELD = {f.field: f for f in FLAGS}
 TUNABLE_FIELDS = tuple(f.field for f in FLAGS if f.tunable)
+# What a running server is, where it listens and what it runs with: set by whoever started it, never
+# changed by a proposal or an applied recommendation (those change tuning flags only).
+FIXED_FIELDS = ("model", "served_model_name", "host", "port", "env")
+
+
+def fixed_changes(base: "VllmConfig | None", proposed: dict[str, Any]) -> list[str]:
+    """The fields of `FIXED_FIELDS` that `proposed` (a delta or a whole config, as a mapping) sets to
+    something other than `base` has; with no base, every fixed field it names."""
+    current = base.model_dump(mode="json") if base is not None else {}
+    return [k for k in FIXED_FIELDS if k in proposed and (base is None or proposed[k] != current.get(k))]
+
+
+def check_tuning_only(base: "VllmConfig | None", proposed: dict[str, Any], *, source: str) -> None:
+    """ConfigError (one line) when `proposed` would change an identity, network or environment field."""
+    bad = fixed_changes(base, proposed)
+    if bad:
+        raise ConfigError(f"{source}: may change tuning flags only, not {', '.join(bad)} (model, served name, "
+                          "host, port and environment stay as the server was started)")
 
 
 class SpeculativeConfig(BaseModel):
@@ -109,8 +127,12 @@ class SpeculativeConfig(BaseModel):
 
 
 def _safe(v: str | None) -> str | None:
+    """A value that becomes one command-line argument: safe characters, and no leading `-` (vLLM's
+    argument parser would read `--trust-remote-code` given as a model name as that flag)."""
     if v is not None and not _SAFE_VALUE.match(v):
         raise ValueError(f"value {v!r} has characters not allowed on a command line")
+    if v is not None and v.startswith("-"):
+        raise ValueError(f"value {v!r} starts with '-' and would be read as a flag")
     return v
 
 
@@ -172,7 +194,7 @@ class VllmConfig(BaseModel):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9.:-]+$", v):
+        if not re.match(r"^[A-Za-z0-9.:][A-Za-z0-9.:-]*$", v):
             raise ValueError(f"host {v!r} is not a host name or address")
         return v
 
@@ -182,7 +204,8 @@ class VllmConfig(BaseModel):
         for key, value in v.items():
             if key not in ALLOWED_ENV:
                 raise ValueError(f"environment variable {key!r} is not allowed (allowed: {sorted(ALLOWED_ENV)})")
-            _safe(str(value))
+            if not _SAFE_VALUE.match(str(value)):  # an environment value, not an argument: "-1" is fine
+                raise ValueError(f"value {value!r} of {key} has characters not allowed")
         return v
 
     # -- construction ---------------------------------------------------------------------------

@@ -91,6 +91,16 @@ class TuneSpec(BaseModel):
         return str(SloSpec.parse(v))  # a bad spec raises ConfigError: one line, before anything runs
 
     @model_validator(mode="after")
+    def _launchable(self) -> TuneSpec:
+        # The model, environment and served name become the server's command line: checked now,
+        # when the study is asked for, by the one model that guards command-line values.
+        try:
+            self.base_config()
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("tune: ")) from None
+        return self
+
+    @model_validator(mode="after")
     def _one_workload(self) -> TuneSpec:
         fixed = self.input_len is not None or self.output_len is not None
         if (self.workload is None) == (not fixed):

@@ -32,7 +32,7 @@ from slotune.sidecar.loop import Controller
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.windows import attainment
 from slotune.store import ConfigChange, Recommendation, Store
-from slotune.vllm_config import VllmConfig
+from slotune.vllm_config import VllmConfig, check_tuning_only
 
 log = logging.getLogger("slotune.sidecar.apply")
 
@@ -127,6 +127,7 @@ class Applier:
             rec = s.get(Recommendation, rec_id)
             assert rec is not None
             try:
+                check_tuning_only(old, rec.config, source=f"recommendation {rec.id}")
                 new = VllmConfig.from_mapping({**config_dict(old), **rec.config}, source=f"recommendation {rec.id}")
             except SlotuneError as exc:
                 rec.status, rec.reason = "rejected", f"{rec.reason} [rejected: {exc}]"

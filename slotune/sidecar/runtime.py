@@ -23,7 +23,7 @@ from slotune.sidecar.loop import Controller, recommendation_event
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.studies import StudyRunner
 from slotune.store import Recommendation, Store, open_store
-from slotune.vllm_config import VllmConfig
+from slotune.vllm_config import VllmConfig, check_tuning_only
 
 log = logging.getLogger("slotune.sidecar")
 
@@ -184,6 +184,7 @@ class Sidecar:
         Stored as validated: `{"max_num_seqs": "64"}` is kept as `{"max_num_seqs": 64}`, so what is
         shown, compared and applied is the typed value. Raises `ConfigError` for a bad delta."""
         base = self.managed.config if self.managed is not None else None
+        check_tuning_only(base, config, source="proposal")
         if base is not None:
             checked = VllmConfig.from_mapping({**base.model_dump(mode="json", exclude_none=True), **config},
                                               source="proposal")
@@ -209,6 +210,8 @@ class Sidecar:
             if rec.status not in ("pending", "approved"):
                 raise ConfigError(f"recommendation {recommendation_id} is {rec.status}; only a pending one "
                                   "can be approved")
+            if self.managed is not None:
+                check_tuning_only(self.managed.config, rec.config, source=f"recommendation {recommendation_id}")
             rec.status = "approved"
             rec.updated_at = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
             return recommendation_event(rec) | {"will_apply": self.applier is not None}

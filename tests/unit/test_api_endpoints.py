@@ -297,3 +297,18 @@ def test_diagnosis_serves_the_last_tick_and_never_scrapes(tmp_path: Path) -> Non
     assert script.calls == before
     assert answers[0] == answers[-1] and answers[0]["as_of"] == sc.controller.last_diagnosis_at
     assert answers[0]["status"] == sc.controller.last_diagnosis["status"]
+
+
+@pytest.mark.parametrize("config", [{"model": "other"}, {"host": "0.0.0.0"}, {"port": 1},
+                                    {"served_model_name": "x"}, {"env": {"CUDA_VISIBLE_DEVICES": "1"}}])
+def test_proposals_change_tuning_flags_only(client: TestClient, config: dict[str, object]) -> None:
+    r = client.post("/api/v1/recommendations", json={"config": {"max_num_seqs": 8, **config}}, headers=AUTH)
+    assert r.status_code == 422 and "tuning flags only" in r.json()["detail"], r.text
+    assert client.get("/api/v1/recommendations").json()["total"] == 0
+
+
+def test_a_study_model_that_looks_like_a_flag_is_refused(client: TestClient) -> None:
+    for body in ({"model": "--trust-remote-code"}, {"model": "m", "served_model_name": "--api-key=x"}):
+        r = client.post("/api/v1/studies", json={"slo": "ttft_p95<=1s", "input_len": 8, "output_len": 8, **body},
+                        headers=AUTH)
+        assert r.status_code == 422 and "starts with '-'" in r.json()["detail"], r.text

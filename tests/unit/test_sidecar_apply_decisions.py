@@ -169,3 +169,34 @@ def test_worse_attainment_rolls_back(tmp_path: Path) -> None:
     with sc.store.session() as s:
         row = s.scalars(select(ConfigChange)).one()
         assert row.status == "rolled_back" and row.after["score"] == 0.0 and "attainment" in row.after["reason"]
+
+
+def test_only_tuning_flags_are_applied(tmp_path: Path) -> None:
+    """A recommendation that would relaunch with another model, address or environment is refused
+    when approved and, stored anyway (by a study or an older version), is rejected, never run."""
+    import pytest
+
+    from slotune.errors import ConfigError
+
+    target = StandInTarget()
+    sc, applier, _ = setup(tmp_path, target)
+    sc.managed = target  # approve() checks against the managed server's config
+    for bad in ({"model": "other"}, {"host": "0.0.0.0"}, {"port": 9999}, {"served_model_name": "x"},
+                {"env": {"CUDA_VISIBLE_DEVICES": "1"}}):
+        with pytest.raises(ConfigError, match="tuning flags only"):
+            sc.propose({"max_num_seqs": 8, **bad}, "test")
+        with sc.store.session() as s:
+            rec = Recommendation(target=sc.controller.target, status="pending", source="study", reason="", evidence={},
+                                 config={"model": "tiny", "max_num_seqs": 8, **bad})
+            s.add(rec)
+            s.flush()
+            rid = rec.id
+        with pytest.raises(ConfigError, match="tuning flags only"):
+            sc.approve(rid)
+        with sc.store.session() as s:
+            s.get(Recommendation, rid).status = "approved"  # approved before the check existed
+        assert applier.step() == "rejected"
+        with sc.store.session() as s:
+            assert "tuning flags only" in s.get(Recommendation, rid).reason
+    assert target.started == [] and change(sc) == []
+    assert sc.propose({"max_num_seqs": 8, "model": "tiny"}, "same model: no change") > 0

@@ -50,6 +50,16 @@ def test_baseline_sets_no_tunable_flag():
         ({"model": "/m", "env": {"LD_PRELOAD": "/x.so"}}, "LD_PRELOAD"),
         ({"model": "/m", "max_num_seqs": 0}, "max_num_seqs"),
         ({"model": "/m", "speculative_config": {"method": "bogus", "num_speculative_tokens": 3}}, "bogus"),
+        # A value that becomes a command-line argument may not start with '-': vLLM would read it as a flag.
+        ({"model": "--trust-remote-code"}, "starts with '-'"),
+        ({"model": "-m"}, "starts with '-'"),
+        ({"model": "/m", "served_model_name": "--api-key=x"}, "starts with '-'"),
+        ({"model": "/m", "dtype": "--enforce-eager"}, "starts with '-'"),
+        ({"model": "/m", "quantization": "-q"}, "starts with '-'"),
+        ({"model": "/m", "kv_cache_dtype": "--x"}, "starts with '-'"),
+        ({"model": "/m", "host": "--port=1"}, "host"),
+        ({"model": "/m", "speculative_config": {"method": "eagle", "num_speculative_tokens": 2,
+                                                "model": "--trust-remote-code"}}, "starts with '-'"),
     ],
 )
 def test_bad_configs_are_refused_with_one_line(data, fragment):
@@ -85,3 +95,23 @@ def test_flag_file_round_trips_through_yaml():
     cfg = VllmConfig(model="/m", max_num_seqs=4, enable_prefix_caching=False)
     data = yaml.safe_load(cfg.flag_file())
     assert data == {"model": "/m", "max-num-seqs": 4, "enable-prefix-caching": False}
+
+
+def test_environment_values_are_not_arguments():
+    # CUDA_VISIBLE_DEVICES=-1 hides every GPU: a value, never parsed as a flag.
+    assert VllmConfig(model="/m", env={"CUDA_VISIBLE_DEVICES": "-1"}).env == {"CUDA_VISIBLE_DEVICES": "-1"}
+
+
+def test_tuning_only_refuses_identity_network_and_environment_changes():
+    from slotune.vllm_config import FIXED_FIELDS, check_tuning_only, fixed_changes
+
+    base = VllmConfig(model="/m", port=8001, env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert set(FIXED_FIELDS) == {"model", "served_model_name", "host", "port", "env"}
+    assert fixed_changes(base, {"max_num_seqs": 8}) == []
+    assert fixed_changes(base, base.model_dump(mode="json", exclude_none=True) | {"max_num_seqs": 8}) == []
+    assert fixed_changes(base, {"model": "/other", "host": "0.0.0.0", "port": 9, "served_model_name": "x",
+                                "env": {"CUDA_VISIBLE_DEVICES": "1"}}) == list(FIXED_FIELDS)
+    assert fixed_changes(None, {"model": "/m"}) == ["model"]
+    with pytest.raises(ConfigError) as err:
+        check_tuning_only(base, {"host": "0.0.0.0"}, source="proposal")
+    assert str(err.value).startswith("proposal: may change tuning flags only, not host")

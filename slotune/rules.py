@@ -317,6 +317,11 @@ def static_alerts() -> list[dict[str, object]]:
         _alert("SlotuneTargetUnreachable", "slotune_target_up == 0", str(th["target_down_for"]), "page",
                "slotune cannot reach {{ $labels.target }}",
                "The sidecar's scrapes of its vLLM target fail (see slotune_scrape_errors_total)."),
+        _alert("SlotuneNotificationsDeadLettered", "slotune_outbox_dead_letters > 0", "1m", "ticket",
+               "slotune gave up delivering {{ $value }} notification(s) to {{ $labels.receiver }}",
+               "Notifications failed outbox.max_attempts times and are kept as dead letters "
+               "(GET /api/v1/outbox/dead); they are retried when the receiver answers again, or on "
+               "POST /api/v1/outbox/retry."),
     ]
     return [{"name": "vllm-engine.alerts", "rules": rules}]
 

@@ -13,7 +13,7 @@ from slotune.api import schemas
 from slotune.api.auth import require_alert, require_read, require_write
 from slotune.api.service import SidecarService
 from slotune.errors import ConfigError, SlotuneError
-from slotune.store import MAX_ID, ConfigChange, Finding, Recommendation, Snapshot, TrialRecord
+from slotune.store import MAX_ID, ConfigChange, Finding, OutboxMessage, Recommendation, Snapshot, TrialRecord
 
 reads = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], tags=["read"])
 writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags=["write"])
@@ -131,6 +131,20 @@ def list_changes(svc: Svc, limit: Limit = 50, offset: Offset = 0) -> dict[str, A
     return _page(svc, ConfigChange, schemas.ChangeOut, limit, offset)
 
 
+@reads.get("/outbox/dead", response_model=schemas.Page[schemas.OutboxOut],
+           summary="Dead letters: notifications given up after outbox.max_attempts, kept for a retry")
+def list_dead_letters(svc: Svc, receiver: Filter = None, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+    query = select(OutboxMessage).where(OutboxMessage.delivered_at.is_(None),
+                                        OutboxMessage.attempts >= svc.settings.outbox.max_attempts)
+    if receiver:
+        query = query.where(OutboxMessage.receiver == receiver)
+    with svc.store.session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(OutboxMessage.created_at.desc()).limit(limit).offset(offset)).all()
+        return {"items": [schemas.OutboxOut.model_validate(r) for r in rows], "total": total, "limit": limit,
+                "offset": offset}
+
+
 # -- writes -----------------------------------------------------------------------------------------------
 
 @writes.post("/findings/{finding_id}/acknowledge", response_model=schemas.FindingOut)
@@ -177,6 +191,12 @@ def approve(recommendation_id: RecommendationId, svc: Svc) -> dict[str, Any]:
     if out is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no recommendation with id {recommendation_id}")
     return out
+
+
+@writes.post("/outbox/retry", response_model=schemas.RetryOut,
+             summary="Queue dead letters again (of one receiver, or all), due now")
+def retry_dead_letters(svc: Svc, body: schemas.RetryIn | None = None) -> dict[str, Any]:
+    return {"requeued": svc.retry_dead(body.receiver if body else None)}
 
 
 @writes.post("/studies", status_code=202, summary="Start a bounded tuning study in the background")

@@ -88,6 +88,28 @@ class ChangeOut(_Row):
     decided_at: datetime | None
 
 
+class OutboxOut(_Row):
+    """A notification in the outbox (its rendered payload left out: ask the receiver)."""
+
+    id: str
+    receiver: str
+    kind: str
+    attempts: int
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+
+class RetryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    receiver: str | None = Field(default=None, max_length=200, description="only this receiver's (default: all)")
+
+
+class RetryOut(BaseModel):
+    requeued: int
+
+
 class SilenceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = Field(default=3600, gt=0, le=90 * 86400, description="how long to silence the finding")

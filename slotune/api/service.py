@@ -25,6 +25,9 @@ class SidecarService(Protocol):
     def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
         """Queue a notification to every subscribed receiver; returns the message ids."""
 
+    def retry_dead(self, receiver: str | None = None) -> int:
+        """Dead letters (of one receiver, or all) queued again; returns how many."""
+
     def propose(self, config: dict[str, Any], reason: str) -> int: ...
 
     def approve(self, recommendation_id: int) -> dict[str, Any] | None: ...

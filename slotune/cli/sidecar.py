@@ -38,7 +38,7 @@ def register(app: click.Group) -> None:
         try:
             server = uvicorn.Server(uvicorn.Config(api.create_app(service), host=settings.host, port=settings.port,
                                                    log_level=settings.log_level, access_log=False,
-                                                   lifespan="off"))
+                                                   lifespan="off", timeout_graceful_shutdown=5))
             # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler installed
             # before it: make that a no-op, so the `finally` below stops the loop and the managed
             # server, and the exit status is 0.

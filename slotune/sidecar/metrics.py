@@ -63,6 +63,9 @@ class SidecarMetrics:
                                      ["receiver", "outcome"], registry=r)
         self.outbox_pending = Gauge("slotune_outbox_pending_messages", "Notifications not delivered yet.",
                                     registry=r)
+        self.outbox_dead = Gauge("slotune_outbox_dead_letters",
+                                 "Notifications given up after outbox.max_attempts, kept for a retry.",
+                                 ["receiver"], registry=r)
 
     def observe_window(self, target: str, figures: Iterable[SloFigure]) -> None:
         for f in figures:

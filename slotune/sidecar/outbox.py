@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_random_exponential
 
@@ -165,21 +165,36 @@ class Deliverer:
         state.attempt_number = attempts
         return max(float(self._wait(state)), self.settings.outbox.backoff_initial_seconds / 2)
 
-    def due(self, session: Session, now: float) -> Sequence[OutboxMessage]:
+    def _undelivered(self, receiver: str | None, others: bool) -> Any:
+        """Undelivered rows of one receiver; with `others`, of every receiver not configured here."""
+        cond = [OutboxMessage.delivered_at.is_(None)]
+        if others:
+            cond.append(OutboxMessage.receiver.notin_(list(self.receivers)))
+        elif receiver is not None:
+            cond.append(OutboxMessage.receiver == receiver)
+        return cond
+
+    def due(self, session: Session, now: float, receiver: str | None = None,
+            others: bool = False) -> Sequence[OutboxMessage]:
         q = (select(OutboxMessage)
-             .where(OutboxMessage.delivered_at.is_(None),
+             .where(*self._undelivered(receiver, others),
                     OutboxMessage.attempts < self.settings.outbox.max_attempts,
                     OutboxMessage.next_attempt_at <= _utc(now))
              .order_by(OutboxMessage.created_at, OutboxMessage.id)
              .limit(self.settings.outbox.batch))
         return session.scalars(q).all()
 
-    def run_once(self) -> int:
-        """Try every due message once; returns how many were delivered."""
+    def run_once(self, receiver: str | None = None, *, others: bool = False) -> int:
+        """Try every due message (of `receiver`, of the unconfigured ones with `others`, or of all)
+        once; returns how many were delivered. A message that fails its `max_attempts`-th attempt is
+        kept as a dead letter (logged, counted in `slotune_outbox_dead_letters`); a receiver that
+        answers again gets its dead letters retried."""
         now = self.clock()
         with self.store.session() as session:
-            messages = [(m.id, m.receiver, m.payload, m.attempts) for m in self.due(session, now)]
+            messages = [(m.id, m.receiver, m.payload, m.attempts) for m in self.due(session, now, receiver, others)]
         delivered = 0
+        answered: set[str] = set()
+        max_attempts = self.settings.outbox.max_attempts
         for mid, receiver_name, payload, attempts in messages:
             error = self._post(mid, receiver_name, payload)
             outcome = "delivered" if error is None else "failed"
@@ -194,13 +209,44 @@ class Deliverer:
                     row.delivered_at = _utc(self.clock())
                     row.last_error = None
                     delivered += 1
+                    answered.add(receiver_name)
                 else:
                     row.last_error = error[:2000]
                     row.next_attempt_at = _utc(self.clock() + self.backoff(row.attempts))
-                    log.warning("notification %s to %s failed (attempt %d): %s", mid, receiver_name,
-                                row.attempts, error)
+                    if row.attempts >= max_attempts:
+                        log.error("notification %s (%s) to %s given up after %d attempts, kept as a dead letter "
+                                  "(retried when %s answers again, or POST /api/v1/outbox/retry): %s", mid,
+                                  row.kind, receiver_name, row.attempts, receiver_name, error)
+                    else:
+                        log.warning("notification %s to %s failed (attempt %d): %s", mid, receiver_name,
+                                    row.attempts, error)
+        for name in sorted(answered):
+            self.retry_dead(name, why=f"{name} answers again")
         self._gauge()
         return delivered
+
+    def retry_dead(self, receiver: str | None = None, *, why: str = "asked") -> int:
+        """Put dead letters (of `receiver`, or all) back in the queue, due now, with a fresh attempt
+        budget; returns how many."""
+        with self.store.session() as session:
+            q = (update(OutboxMessage)
+                 .where(*self._undelivered(receiver, False),
+                        OutboxMessage.attempts >= self.settings.outbox.max_attempts)
+                 .values(attempts=0, next_attempt_at=_utc(self.clock())))
+            n = session.execute(q).rowcount or 0
+        if n:
+            log.warning("%d dead letter(s)%s queued again: %s", n, f" to {receiver}" if receiver else "", why)
+            self._gauge()
+        return n
+
+    def dead(self) -> dict[str, int]:
+        """Dead letters by receiver."""
+        with self.store.session() as session:
+            rows = session.execute(select(OutboxMessage.receiver, func.count())
+                                   .where(OutboxMessage.delivered_at.is_(None),
+                                          OutboxMessage.attempts >= self.settings.outbox.max_attempts)
+                                   .group_by(OutboxMessage.receiver)).all()
+        return {r: int(n) for r, n in rows}
 
     def _post(self, mid: str, receiver_name: str, payload: dict[str, Any]) -> str | None:
         receiver = self.receivers.get(receiver_name)
@@ -224,12 +270,16 @@ class Deliverer:
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.outbox_pending.set(self.pending())
+            dead = self.dead()
+            for name in set(self.receivers) | set(dead):
+                self.metrics.outbox_dead.labels(name).set(dead.get(name, 0))
 
-    def next_due_in(self) -> float | None:
-        """Seconds until the earliest undelivered message is due (None: nothing waiting)."""
+    def next_due_in(self, receiver: str | None = None, *, others: bool = False) -> float | None:
+        """Seconds until the earliest undelivered message (of `receiver` / the others) is due (None:
+        nothing waiting)."""
         with self.store.session() as session:
             nxt = session.scalar(select(func.min(OutboxMessage.next_attempt_at))
-                                 .where(OutboxMessage.delivered_at.is_(None),
+                                 .where(*self._undelivered(receiver, others),
                                         OutboxMessage.attempts < self.settings.outbox.max_attempts))
         return None if nxt is None else max(_aware(nxt).timestamp() - self.clock(), 0.0)
 

@@ -46,7 +46,7 @@ class Sidecar:
         self.applier: Applier | None = None
         self.studies = StudyRunner(self.store, self.metrics, default_target=lambda: self.controller.target)
         self._stop = threading.Event()
-        self._wake_outbox = threading.Event()
+        self._wake_outbox = _Wake()
         self._threads: list[threading.Thread] = []
         self.started = False
         self.startup_error: str | None = None
@@ -66,8 +66,13 @@ class Sidecar:
                 self.applier = Applier(self.settings, self.store, self.metrics, self.controller, self.managed,
                                        clock=self.clock)
         if threads:
-            self._threads = [threading.Thread(target=self._loop, name="slotune-loop", daemon=True),
-                             threading.Thread(target=self._deliver, name="slotune-outbox", daemon=True)]
+            # One delivery thread per receiver (and one for rows of receivers no longer configured),
+            # so a hung or slow receiver delays nobody else.
+            lanes: list[tuple[str | None, bool]] = [(r.name, False) for r in self.settings.receivers] + [(None, True)]
+            self._threads = [threading.Thread(target=self._loop, name="slotune-loop", daemon=True)] + [
+                threading.Thread(target=self._deliver, args=(name, others, self._wake_outbox.new()),
+                                 name=f"slotune-outbox-{name or 'others'}", daemon=True)
+                for name, others in lanes]
             for t in self._threads:
                 t.start()
         self.started = True
@@ -81,11 +86,18 @@ class Sidecar:
             for line in warnings(self.slo):
                 log.warning("%s", line)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop within about `grace` seconds: threads still busy then (a receiver that does not
+        answer) are daemons and end with the process; their messages stay queued (at least once)."""
         self._stop.set()
         self._wake_outbox.set()
+        deadline = time.monotonic() + grace
         for t in self._threads:
-            t.join(30)
+            t.join(max(deadline - time.monotonic(), 0.0))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.warning("stopping without waiting for %s (in flight: delivered again after restart)",
+                        ", ".join(stuck))
         self.studies.stop()
         if self.managed is not None:
             self.managed.stop()
@@ -122,17 +134,24 @@ class Sidecar:
                 next_at, delay = time.monotonic(), 0.0
             self._stop.wait(delay)
 
-    def _deliver(self) -> None:
+    def _deliver(self, receiver: str | None, others: bool, wake: threading.Event) -> None:
+        errors = 0
         while not self._stop.is_set():
             try:
-                self.deliverer.run_once()
-                due = self.deliverer.next_due_in()
-            except Exception:
-                log.exception("outbox delivery failed")
-                due = None
+                self.deliverer.run_once(receiver, others=others)
+                due = self.deliverer.next_due_in(receiver, others=others)
+                errors = 0
+            except Exception as exc:  # a database error: back off, never spin re-posting
+                errors += 1
+                (log.error if isinstance(exc, SlotuneError) else log.exception)(
+                    "outbox delivery to %s failed (%d in a row): %s", receiver or "others", errors, exc)
+                due = min(self.settings.outbox.poll_seconds * 2 ** errors, 60.0)
             wait = self.settings.outbox.poll_seconds if due is None else min(max(due, 0.05), 60.0)
-            self._wake_outbox.wait(wait)
-            self._wake_outbox.clear()
+            if errors:
+                self._stop.wait(wait)  # while failing, a wake-up does not shorten the back-off
+            else:
+                wake.wait(wait)
+            wake.clear()
 
     # -- what the API calls ---------------------------------------------------------------------------
 
@@ -172,6 +191,14 @@ class Sidecar:
 
     def diagnosis(self) -> dict[str, Any]:
         return self.controller.fresh_diagnosis()
+
+    def retry_dead(self, receiver: str | None = None) -> int:
+        n = self.deliverer.retry_dead(receiver, why="an operator asked through the API")
+        self._wake_outbox.set()
+        return n
+
+    def dead_letters(self) -> dict[str, int]:
+        return self.deliverer.dead()
 
     def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
         with self.store.session() as s:
@@ -218,3 +245,19 @@ class Sidecar:
 
     def start_study(self, request: dict[str, Any]) -> dict[str, Any]:
         return self.studies.start(request)
+
+
+class _Wake:
+    """Wakes every delivery thread at once (a new message may be for any receiver)."""
+
+    def __init__(self) -> None:
+        self.events: list[threading.Event] = []
+
+    def new(self) -> threading.Event:
+        event = threading.Event()
+        self.events.append(event)
+        return event
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()

@@ -168,3 +168,14 @@ def page_server(*texts: str) -> Iterator[PageServer]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until truthy (returns its value) or fail after `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -312,3 +312,24 @@ def test_a_study_model_that_looks_like_a_flag_is_refused(client: TestClient) -> 
         r = client.post("/api/v1/studies", json={"slo": "ttft_p95<=1s", "input_len": 8, "output_len": 8, **body},
                         headers=AUTH)
         assert r.status_code == 422 and "starts with '-'" in r.json()["detail"], r.text
+
+
+def test_dead_letters_are_listed_and_retried_on_request(client: TestClient, sidecar: Sidecar) -> None:
+    from datetime import datetime, timezone
+
+    budget = sidecar.settings.outbox.max_attempts
+    with sidecar.store.session() as s:
+        s.add(OutboxMessage(id="dead-1", receiver="r", kind="alert", payload={}, attempts=budget,
+                            last_error="HTTP 503", next_attempt_at=datetime.now(timezone.utc)))
+        s.add(OutboxMessage(id="live-1", receiver="r", kind="alert", payload={}, attempts=1,
+                            next_attempt_at=datetime.now(timezone.utc)))
+    dead = client.get("/api/v1/outbox/dead").json()
+    assert dead["total"] == 1 and dead["items"][0]["id"] == "dead-1" and dead["items"][0]["last_error"] == "HTTP 503"
+    assert "payload" not in dead["items"][0]
+    assert client.post("/api/v1/outbox/retry", json={}).status_code == 401
+    assert client.post("/api/v1/outbox/retry", json={"receiver": "nope"}, headers=AUTH).json() == {"requeued": 0}
+    assert client.post("/api/v1/outbox/retry", json={"receiver": "r"}, headers=AUTH).json() == {"requeued": 1}
+    assert client.get("/api/v1/outbox/dead").json()["total"] == 0
+    with sidecar.store.session() as s:
+        assert s.get(OutboxMessage, "dead-1").attempts == 0  # a fresh budget, due now
+    assert "slotune_outbox_dead_letters" in client.get("/metrics").text

@@ -191,3 +191,102 @@ def test_docs_verify_snippet() -> None:
     assert verify(SECRET, body, old[signing.TIMESTAMP_HEADER], old[signing.SIGNATURE_HEADER]) is False  # type: ignore[operator]
     # Unsigned (unsigned_delivery): no signature header at all, and the check fails.
     assert signing.SIGNATURE_HEADER not in signing.headers("id-1", "", body)
+
+
+def test_dead_letters_are_kept_counted_logged_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After max_attempts a message is a dead letter: kept, in the metric and the log, never posted
+    again on its own; the receiver answering again (a newer message gets through) or an operator's
+    retry puts it back in the queue, and it is delivered."""
+    import logging
+
+    from slotune.sidecar.metrics import SidecarMetrics
+
+    clock = Clock()
+    with receiver() as rcv:
+        settings = _settings(tmp_path, rcv.url, outbox={"max_attempts": 2, "backoff_initial_seconds": 1,
+                                                         "backoff_max_seconds": 2})
+        store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        metrics = SidecarMetrics()
+        d = outbox.Deliverer(settings, store, metrics, clock=clock)
+        with store.session() as s:
+            (first,) = outbox.enqueue(s, settings, "recommendation", {"target": "t", "config": {}}, clock())
+        rcv.state.fail_with = 503
+        with caplog.at_level(logging.WARNING, logger="slotune.sidecar.outbox"):
+            for _ in range(4):
+                d.run_once()
+                clock.advance(5)
+        assert d.dead() == {"json": 1} and d.pending() == 1  # kept, not dropped
+        assert sum(1 for r in caplog.records if "dead letter" in r.getMessage() and first in r.getMessage()) == 1
+        assert metrics.outbox_dead.labels("json")._value.get() == 1
+        with store.session() as s:
+            assert s.get(OutboxMessage, first).attempts == 2  # no third attempt on its own
+
+        # The receiver answers again: a newer message gets through, and the dead letter follows.
+        rcv.state.fail_with = None
+        with store.session() as s:
+            (second,) = outbox.enqueue(s, settings, "recommendation", {"target": "t", "config": {}}, clock())
+        assert d.run_once() == 1 and d.dead() == {}
+        assert d.run_once() == 1 and d.pending() == 0
+        assert [p.headers["X-Slotune-Id"] for p in rcv.posts] == [second, first]
+        assert metrics.outbox_dead.labels("json")._value.get() == 0
+
+        # An operator's retry.
+        rcv.state.fail_with = 500
+        with store.session() as s:
+            (third,) = outbox.enqueue(s, settings, "recommendation", {"target": "t", "config": {}}, clock())
+        for _ in range(3):
+            d.run_once()
+            clock.advance(5)
+        assert d.dead() == {"json": 1}
+        rcv.state.fail_with = None
+        assert d.retry_dead("other") == 0 and d.retry_dead() == 1
+        assert d.run_once() == 1 and rcv.posts[-1].headers["X-Slotune-Id"] == third
+        d.close()
+
+
+class _Hung:
+    """A receiver that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_hung_receiver_delays_no_other_and_shutdown_is_bounded(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Each receiver has its own delivery thread: with one receiver hanging for its whole timeout,
+    the other gets its notifications, and stop() returns after its grace, leaving the hung message
+    queued (delivered again after a restart: at least once)."""
+    import logging
+
+    from slotune.sidecar.runtime import Sidecar
+    from tests.unit.sidecar_helpers import wait_until
+
+    hung = _Hung()
+    try:
+        with receiver() as rcv:
+            settings = load_settings(None, target="http://127.0.0.1:9", data_dir=tmp_path, webhook_secret=SECRET,
+                                     interval=3600,
+                                     receivers=[{"name": "hung", "url": f"{hung.url}/x", "timeout": 60},
+                                                {"name": "ok", "url": f"{rcv.url}/ok"}])
+            sc = Sidecar(settings, store=open_store(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+            sc.start()
+            try:
+                for n in range(3):
+                    sc.notify("recommendation", {"target": "t", "config": {"n": n}})
+                # Sequential delivery would hold every one of these behind 60 s per hung post.
+                wait_until(lambda: len(rcv.posts) == 3, 30, "the healthy receiver's notifications")
+                wait_until(lambda: sc.deliverer.pending() == 3, 10, "only the hung receiver's to be left queued")
+            finally:
+                with caplog.at_level(logging.WARNING, logger="slotune.sidecar"):
+                    sc.stop(grace=1)
+            assert any("slotune-outbox-hung" in r.getMessage() for r in caplog.records)
+    finally:
+        hung.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, TypeVar
 
@@ -231,6 +232,10 @@ def alertmanager(payload: schemas.AlertmanagerPayload, svc: Svc) -> dict[str, An
              "common_annotations": payload.commonAnnotations, "external_url": payload.externalURL,
              "truncated_alerts": payload.truncatedAlerts,
              "alerts": [a.model_dump() for a in payload.alerts], "diagnosis": diagnosis}
-    ids = svc.notify("alert", event)
-    return {"accepted": len(payload.alerts), "firing": len(firing), "notifications": ids,
+    # An alert already notified (same fingerprint, start and status: Alertmanager retrying a post, or
+    # repeating a group) is not sent again; the receipts and the notification commit together.
+    keys = [hashlib.sha256(f"{a.fingerprint}|{a.startsAt}|{a.status}".encode()).hexdigest() if a.fingerprint
+            else None for a in payload.alerts]
+    ids, duplicates = svc.notify_alerts(event, keys)
+    return {"accepted": len(payload.alerts), "firing": len(firing), "notifications": ids, "duplicates": duplicates,
             "diagnosis_status": None if diagnosis is None else str(diagnosis.get("status"))}

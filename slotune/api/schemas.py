@@ -171,4 +171,5 @@ class AlertsAccepted(BaseModel):
     accepted: int
     firing: int
     notifications: list[str]
+    duplicates: int = Field(description="alerts already notified (same fingerprint, startsAt and status)")
     diagnosis_status: str | None

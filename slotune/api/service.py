@@ -25,6 +25,11 @@ class SidecarService(Protocol):
     def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
         """Queue a notification to every subscribed receiver; returns the message ids."""
 
+    def notify_alerts(self, event: dict[str, Any], keys: list[str | None]) -> tuple[list[str], int]:
+        """Queue one `alert` notification per receiver for the alerts of `event` not seen before
+        (`keys[i]` identifies `event["alerts"][i]`; None: cannot tell, always sent), in one
+        transaction. Returns the message ids and how many alerts were duplicates."""
+
     def retry_dead(self, receiver: str | None = None) -> int:
         """Dead letters (of one receiver, or all) queued again; returns how many."""
 

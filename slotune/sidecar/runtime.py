@@ -22,7 +22,7 @@ from slotune.sidecar.config import data_dir, database_url, managed_config, slo_o
 from slotune.sidecar.loop import Controller, recommendation_event
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.studies import StudyRunner
-from slotune.store import Recommendation, Store, open_store
+from slotune.store import AlertReceipt, Recommendation, Store, open_store
 from slotune.vllm_config import VllmConfig, check_tuning_only
 
 log = logging.getLogger("slotune.sidecar")
@@ -199,6 +199,27 @@ class Sidecar:
 
     def dead_letters(self) -> dict[str, int]:
         return self.deliverer.dead()
+
+    def notify_alerts(self, event: dict[str, Any], keys: list[str | None]) -> tuple[list[str], int]:
+        alerts = list(event.get("alerts") or [])
+        with self.store.session() as s:
+            known = {k for k in keys if k}
+            seen = set(s.scalars(select(AlertReceipt.key).where(AlertReceipt.key.in_(known)))) if known else set()
+            keep, new = [], []
+            for alert, key in zip(alerts, keys, strict=True):
+                if key is None:
+                    keep.append(alert)
+                elif key not in seen:
+                    seen.add(key)
+                    new.append(key)
+                    keep.append(alert)
+            if not keep:
+                return [], len(alerts)
+            now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+            s.add_all(AlertReceipt(key=k, created_at=now) for k in new)
+            ids = outbox.enqueue(s, self.settings, "alert", {**event, "alerts": keep}, self.clock())
+        self._wake_outbox.set()
+        return ids, len(alerts) - len(keep)
 
     def notify(self, kind: str, event: dict[str, Any]) -> list[str]:
         with self.store.session() as s:

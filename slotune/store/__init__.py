@@ -3,6 +3,7 @@
 from slotune.store.db import Store, open_store
 from slotune.store.models import (
     MAX_ID,
+    AlertReceipt,
     Base,
     ConfigChange,
     Finding,
@@ -14,6 +15,7 @@ from slotune.store.models import (
 
 __all__ = [
     "MAX_ID",
+    "AlertReceipt",
     "Base",
     "ConfigChange",
     "Finding",

@@ -125,3 +125,14 @@ class OutboxMessage(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertReceipt(Base):
+    """An Alertmanager alert already turned into a notification: its fingerprint, start time and
+    status, hashed. A retried or repeated post of the same alert finds its receipt and is not sent
+    again."""
+
+    __tablename__ = "slotune_alert_receipts"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -30,7 +30,9 @@ def alert_payload(n: int = 1, status: str = "firing") -> dict[str, object]:
              "generatorURL": "http://prom/graph", "fingerprint": "abc"}
     return {"version": "4", "groupKey": "{}:{alertname=\"VllmSloErrorBudgetBurn\"}", "truncatedAlerts": 0,
             "status": status, "receiver": "slotune", "groupLabels": {}, "commonLabels": {},
-            "commonAnnotations": {}, "externalURL": "http://am:9093", "alerts": [alert] * n}
+            "commonAnnotations": {}, "externalURL": "http://am:9093",
+            "alerts": [alert | {"fingerprint": f"abc{i}", "labels": alert["labels"] | {"n": str(i)}}
+                       for i in range(n)]}
 
 
 @pytest.fixture
@@ -333,3 +335,54 @@ def test_dead_letters_are_listed_and_retried_on_request(client: TestClient, side
     with sidecar.store.session() as s:
         assert s.get(OutboxMessage, "dead-1").attempts == 0  # a fresh budget, due now
     assert "slotune_outbox_dead_letters" in client.get("/metrics").text
+
+
+def test_alert_intake_deduplicates_on_fingerprint_start_and_status(client: TestClient, sidecar: Sidecar) -> None:
+    """Alertmanager retrying a post (or repeating a group) does not notify twice: an alert with the
+    fingerprint, startsAt and status already notified is dropped, and the request's receipts and
+    notification commit together."""
+    def alert_rows() -> list[OutboxMessage]:
+        with sidecar.store.session() as s:
+            return list(s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "alert")).all())
+
+    first = client.post("/api/v1/alerts/alertmanager", json=alert_payload(3), headers=AM).json()
+    assert first["duplicates"] == 0 and len(first["notifications"]) == 1
+    again = client.post("/api/v1/alerts/alertmanager", json=alert_payload(3), headers=AM).json()
+    assert again["duplicates"] == 3 and again["notifications"] == [] and len(alert_rows()) == 1
+    more = client.post("/api/v1/alerts/alertmanager", json=alert_payload(4), headers=AM).json()
+    assert more["duplicates"] == 3 and len(more["notifications"]) == 1
+    assert [a["fingerprint"] for a in alert_rows()[-1].payload["event"]["alerts"]] == ["abc3"]
+    # The same alerts resolved, or firing again from a new start, are news.
+    assert client.post("/api/v1/alerts/alertmanager", json=alert_payload(1, "resolved"), headers=AM
+                       ).json()["duplicates"] == 0
+    restarted = alert_payload(1)
+    restarted["alerts"][0]["startsAt"] = "2026-01-02T00:00:00Z"
+    assert client.post("/api/v1/alerts/alertmanager", json=restarted, headers=AM).json()["duplicates"] == 0
+    # Twice in one request: once.
+    twice = alert_payload(1)
+    twice["alerts"] = twice["alerts"] * 2
+    twice["alerts"][0]["fingerprint"] = twice["alerts"][1]["fingerprint"] = "new"
+    out = client.post("/api/v1/alerts/alertmanager", json=twice, headers=AM).json()
+    assert out["duplicates"] == 1 and len(alert_rows()[-1].payload["event"]["alerts"]) == 1
+
+
+def test_alert_intake_commits_a_request_whole(client: TestClient, sidecar: Sidecar,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store error part-way through a request leaves nothing behind (no receipts, no message), so
+    Alertmanager's retry of it is notified in full."""
+    from slotune.errors import StoreError
+    from slotune.sidecar import outbox
+
+    real = outbox.enqueue
+
+    def failing(session, *args, **kw):  # type: ignore[no-untyped-def]
+        real(session, *args, **kw)
+        session.flush()
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(outbox, "enqueue", failing)
+    r = client.post("/api/v1/alerts/alertmanager", json=alert_payload(5), headers=AM)
+    assert r.status_code == 503 and r.json()["detail"] == "disk full"
+    monkeypatch.setattr(outbox, "enqueue", real)
+    retry = client.post("/api/v1/alerts/alertmanager", json=alert_payload(5), headers=AM).json()
+    assert retry["duplicates"] == 0 and len(retry["notifications"]) == 1

@@ -19,6 +19,7 @@ from slotune.settings import Settings
 from slotune.sidecar import outbox
 from slotune.sidecar.apply import Applier, ManagedTarget
 from slotune.sidecar.config import data_dir, database_url, managed_config, slo_of
+from slotune.sidecar.lease import Lease
 from slotune.sidecar.loop import Controller, recommendation_event
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.studies import StudyRunner
@@ -48,6 +49,7 @@ class Sidecar:
         self._stop = threading.Event()
         self._wake_outbox = _Wake()
         self._threads: list[threading.Thread] = []
+        self.lease = Lease(self.store)
         self.started = False
         self.startup_error: str | None = None
         self.store_error: str | None = None  # the last tick's store failure, if it failed to write
@@ -55,7 +57,11 @@ class Sidecar:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self, *, threads: bool = True) -> None:
-        """Start the managed server (if any), then the loop and outbox threads."""
+        """Start the managed server (if any), then the loop and outbox threads. With the threads
+        (the sidecar's writers), take the database's writer lease first: ConfigError when another
+        sidecar holds it."""
+        if threads:
+            self.lease.acquire()
         if self.managed is not None:
             result = self.managed.start()
             if not result.ok:
@@ -103,6 +109,7 @@ class Sidecar:
             self.managed.stop()
         self.controller.close()
         self.deliverer.close()
+        self.lease.release()
         self.store.dispose()
 
     def step(self) -> None:

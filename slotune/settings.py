@@ -115,6 +115,17 @@ class OutboxSettings(_Strict):
     batch: int = Field(default=20, ge=1)
 
 
+class RetentionSettings(_Strict):
+    """How long rows are kept; older ones are deleted every `every_seconds`. Findings, recommendations,
+    config changes, trials, undelivered messages (dead letters included) and the snapshots findings
+    point to are kept."""
+
+    snapshot_days: float = Field(default=14.0, gt=0, description="server snapshots (one per window)")
+    delivered_days: float = Field(default=7.0, gt=0, description="delivered notifications")
+    alert_receipt_days: float = Field(default=7.0, gt=0, description="alerts remembered for de-duplication")
+    every_seconds: float = Field(default=3600.0, gt=0, description="how often to prune")
+
+
 class Settings(BaseSettings):
     """Everything `slotune sidecar` reads. See docs/sidecar.md for each key."""
 
@@ -149,6 +160,7 @@ class Settings(BaseSettings):
     managed: ManagedSettings | None = None
     apply: ApplySettings = Field(default_factory=ApplySettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("target")

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from slotune.collectors.exposition import Scrape
 from slotune.errors import ConfigError, SlotuneError, StoreError
 from slotune.settings import Settings
-from slotune.sidecar import outbox
+from slotune.sidecar import outbox, retention
 from slotune.sidecar.apply import Applier, ManagedTarget
 from slotune.sidecar.config import data_dir, database_url, managed_config, slo_of
 from slotune.sidecar.lease import Lease
@@ -50,6 +50,7 @@ class Sidecar:
         self._wake_outbox = _Wake()
         self._threads: list[threading.Thread] = []
         self.lease = Lease(self.store)
+        self._next_prune = 0.0
         self.started = False
         self.startup_error: str | None = None
         self.store_error: str | None = None  # the last tick's store failure, if it failed to write
@@ -113,12 +114,16 @@ class Sidecar:
         self.store.dispose()
 
     def step(self) -> None:
-        """One loop iteration: a tick, then the applier. Errors are logged, never raised."""
+        """One loop iteration: a tick, then the applier, then (every `retention.every_seconds`)
+        retention. Errors are logged, never raised."""
         try:
             self.controller.tick()
             self.store_error = None
             if self.applier is not None:
                 self.applier.step()
+            if self.clock() >= self._next_prune:
+                self._next_prune = self.clock() + self.settings.retention.every_seconds
+                retention.prune(self.store, self.settings.retention, self.clock())
         except StoreError as exc:
             self.store_error = str(exc)
             self.metrics.tick_errors.inc()

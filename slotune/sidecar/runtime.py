@@ -157,8 +157,8 @@ class Sidecar:
                 errors += 1
                 (log.error if isinstance(exc, SlotuneError) else log.exception)(
                     "outbox delivery to %s failed (%d in a row): %s", receiver or "others", errors, exc)
-                due = min(self.settings.outbox.poll_seconds * 2 ** errors, 60.0)
-            wait = self.settings.outbox.poll_seconds if due is None else min(max(due, 0.05), 60.0)
+                due = None
+            wait = delivery_wait(self.settings.outbox.poll_seconds, due, errors)
             if errors:
                 self._stop.wait(wait)  # while failing, a wake-up does not shorten the back-off
             else:
@@ -278,6 +278,15 @@ class Sidecar:
 
     def start_study(self, request: dict[str, Any]) -> dict[str, Any]:
         return self.studies.start(request)
+
+
+def delivery_wait(poll: float, due: float | None, errors: int) -> float:
+    """Seconds a delivery thread sleeps: until its next message is due (at least 50 ms, at most a
+    minute), `poll` when none waits, and after `errors` store failures in a row `poll · 2^errors`
+    (at most a minute), so a database outage is not met with a burst of re-posts."""
+    if errors:
+        return min(poll * 2 ** min(errors, 16), 60.0)
+    return poll if due is None else min(max(due, 0.05), 60.0)
 
 
 class _Wake:

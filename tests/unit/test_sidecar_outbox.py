@@ -290,3 +290,12 @@ def test_a_hung_receiver_delays_no_other_and_shutdown_is_bounded(tmp_path: Path,
             assert any("slotune-outbox-hung" in r.getMessage() for r in caplog.records)
     finally:
         hung.close()
+
+
+def test_delivery_backs_off_on_database_errors() -> None:
+    from slotune.sidecar.runtime import delivery_wait
+
+    assert delivery_wait(1.0, None, 0) == 1.0 and delivery_wait(1.0, 0.0, 0) == 0.05
+    waits = [delivery_wait(1.0, 0.0, n) for n in range(1, 10)]  # a message is due, but the store fails
+    assert waits[:3] == [2.0, 4.0, 8.0] and max(waits) == 60.0 and waits == sorted(waits)
+    assert delivery_wait(1.0, 0.0, 10**6) == 60.0

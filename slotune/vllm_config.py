@@ -87,14 +87,14 @@ TUNABLE_FIELDS = tuple(f.field for f in FLAGS if f.tunable)
 FIXED_FIELDS = ("model", "served_model_name", "host", "port", "env")
 
 
-def fixed_changes(base: "VllmConfig | None", proposed: dict[str, Any]) -> list[str]:
+def fixed_changes(base: VllmConfig | None, proposed: dict[str, Any]) -> list[str]:
     """The fields of `FIXED_FIELDS` that `proposed` (a delta or a whole config, as a mapping) sets to
     something other than `base` has; with no base, every fixed field it names."""
     current = base.model_dump(mode="json") if base is not None else {}
     return [k for k in FIXED_FIELDS if k in proposed and (base is None or proposed[k] != current.get(k))]
 
 
-def check_tuning_only(base: "VllmConfig | None", proposed: dict[str, Any], *, source: str) -> None:
+def check_tuning_only(base: VllmConfig | None, proposed: dict[str, Any], *, source: str) -> None:
     """ConfigError (one line) when `proposed` would change an identity, network or environment field."""
     bad = fixed_changes(base, proposed)
     if bad:

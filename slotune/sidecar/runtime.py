@@ -153,10 +153,13 @@ class Sidecar:
                 self.deliverer.run_once(receiver, others=others)
                 due = self.deliverer.next_due_in(receiver, others=others)
                 errors = 0
-            except Exception as exc:  # a database error: back off, never spin re-posting
+            except SlotuneError as exc:  # a database error: back off, never spin re-posting
                 errors += 1
-                (log.error if isinstance(exc, SlotuneError) else log.exception)(
-                    "outbox delivery to %s failed (%d in a row): %s", receiver or "others", errors, exc)
+                log.error("outbox delivery to %s failed (%d in a row): %s", receiver or "others", errors, exc)
+                due = None
+            except Exception:
+                errors += 1
+                log.exception("outbox delivery to %s failed unexpectedly (%d in a row)", receiver or "others", errors)
                 due = None
             wait = delivery_wait(self.settings.outbox.poll_seconds, due, errors)
             if errors:

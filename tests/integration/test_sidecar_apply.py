@@ -90,3 +90,41 @@ def test_apply_keeps_a_good_config_and_rolls_back_a_worse_one(tiny_model: Path, 
         started = time.monotonic()
         sc.stop()
         assert time.monotonic() - started < 60
+
+
+def test_a_new_server_that_dies_after_its_health_check_is_rolled_back(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 15, section 4: a new server that passed its health check and died 2 s later was once
+    "kept" (score null) while target_down was open. A canary keeps only what it saw serving: this one
+    is rolled back, and the old config runs again. Three vLLM starts: start, apply, roll back."""
+    import os
+    import signal
+
+    settings = load_settings(None, mode="apply", interval=1, slo=SLO, data_dir=tmp_path, api_token=TOKEN,
+                             managed={"model": str(tiny_model), "flags": {"served_model_name": "tiny"},
+                                      "startup_timeout": 240},
+                             apply={"canary_seconds": 10, "cooldown_seconds": 0, "baseline_windows": 3,
+                                    "min_requests": 5, "tolerance": 0.05})
+    sc = Sidecar(settings)
+    sc.start()  # vLLM start 1
+    try:
+        client = TestClient(create_app(sc))
+        assert sc.managed is not None and sc.applier is not None
+        with Load(sc.controller.target, concurrency=4, max_tokens=64, max_seconds=400):
+            wait_for(lambda: _windows_with_traffic(sc, 3), 60, "baseline windows with traffic")
+            first = sc.managed.server.process.pid  # type: ignore[union-attr]
+            rid = _propose_and_approve(client, {"max_num_seqs": 8}, "a change whose server will die")  # start 2
+            wait_for(lambda: sc.applier.canary_started is not None and sc.managed.server is not None  # type: ignore[union-attr]
+                     and sc.managed.server.process is not None and sc.managed.server.process.pid != first
+                     and sc.managed.server.is_running(), 240, "the new server to pass its health check", interval=0.2)
+            time.sleep(2)
+            new = sc.managed.server.process  # type: ignore[union-attr]
+            assert new is not None
+            os.killpg(os.getpgid(new.pid), signal.SIGKILL)
+            judged = wait_for(lambda: _change(sc, rid), 240, "the change to be judged", interval=1)  # start 3
+        assert judged.status == "rolled_back", (judged.status, judged.after)
+        reason = judged.after["reason"]
+        assert "process exited" in reason or "stopped answering scrapes" in reason, reason
+        assert judged.after["rollback_start"] == "ready"
+        assert sc.managed.config.max_num_seqs is None and sc.managed.server.is_running()  # type: ignore[union-attr]
+    finally:
+        sc.stop()

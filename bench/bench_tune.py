@@ -33,9 +33,9 @@ from slotune.model import build_tiny_model
 from slotune.platforms import parse_cpus
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.command import parse_serve_command
 from slotune.tuner.study import TuneSpec, run_study
+from slotune.vllm_config import VllmConfig
 
 _VLLM_BENCH = """
 import json, sys

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from slotune.collectors.snapshot import Snapshot
 from slotune import store as db
+from slotune.collectors.snapshot import Snapshot
 
 
 def _utc(ts: float) -> datetime:

@@ -61,7 +61,7 @@ class Quantiles:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Quantiles | None":
+    def from_dict(cls, d: dict[str, Any] | None) -> Quantiles | None:
         if d is None:
             return None
         buckets = {k: (float(v[0]), math.inf if v[1] is None else float(v[1]))
@@ -174,7 +174,7 @@ class Snapshot:
     engines: int = 1
     models: tuple[str, ...] = ()  # `model_name`s on the page; with two or more, see `per_model`
     notes: tuple[str, ...] = ()  # what the window could not read (e.g. families not summable)
-    per_model: dict[str, "Snapshot"] = field(default_factory=dict)  # one window per model, when several
+    per_model: dict[str, Snapshot] = field(default_factory=dict)  # one window per model, when several
 
     @property
     def window_seconds(self) -> float:
@@ -207,7 +207,7 @@ class Snapshot:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Snapshot":
+    def from_dict(cls, d: dict[str, Any]) -> Snapshot:
         """The inverse of `to_dict()`. Raises `ValueError` naming the field when `d` is not a
         snapshot's shape (a string where a number belongs, a list where an object does), so a bad
         file is one line, never a TypeError later on."""

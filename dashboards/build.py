@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from slotune import rules
 from slotune.slo import DEFAULT_SLO, ERROR_FINISH_REASONS, SloSpec
 

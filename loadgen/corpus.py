@@ -28,9 +28,9 @@ import json
 import sysconfig
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import pairwise
 from functools import cache, lru_cache
 from importlib import metadata
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 

@@ -31,11 +31,11 @@ import aiohttp
 import httpx
 import numpy as np
 
+from slotune.errors import ConfigError, TargetError
 from slotune.loadgen.goodput import RequestLatencies, count_good
 from slotune.loadgen.prompts import PromptBuilder, calibration_text, load_tokenizer
 from slotune.loadgen.schedule import arrival_times
 from slotune.loadgen.workload import RequestShape, Workload
-from slotune.errors import ConfigError, TargetError
 from slotune.slo import SloSpec
 
 DEFAULT_REQUESTS = 100

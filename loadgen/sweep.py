@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slotune.errors import ConfigError
 from slotune.loadgen.runner import LoadResult, run_load
 from slotune.loadgen.workload import Workload
-from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 
 

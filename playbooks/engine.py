@@ -20,8 +20,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from slotune.collectors.snapshot import UNKNOWN, Snapshot
-from slotune.playbooks.facts import (FACTS, PERCENT_FACTS, Facts, add_history, build_facts, resolution_notes,
-                                     slo_thresholds)
+from slotune.playbooks.facts import (
+    FACTS,
+    PERCENT_FACTS,
+    Facts,
+    add_history,
+    build_facts,
+    resolution_notes,
+    slo_thresholds,
+)
 from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
 from slotune.playbooks.relations import decide as relate
 from slotune.playbooks.remedies import COMPUTE

@@ -14,8 +14,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune import platforms
+from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune.server import StartResult, StartStatus
 from slotune.slo import DEFAULT_SLO, INCONCLUSIVE, LATENCY_METRICS, SloSpec, SloTarget, straddles
 from slotune.slo_buckets import flag_for

@@ -41,10 +41,10 @@ from pydantic import (
     model_validator,
 )
 
-from slotune.playbooks.facts import FACTS
-from slotune.playbooks.remedies import COMPUTE
 from slotune.errors import ConfigError, validation_message
 from slotune.files import load_yaml
+from slotune.playbooks.facts import FACTS
+from slotune.playbooks.remedies import COMPUTE
 from slotune.slo import LATENCY_METRICS, RATIO_METRICS, STATS
 from slotune.vllm_config import VllmConfig
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slotune.playbooks.engine import Diagnosis
 from slotune import store as db
+from slotune.playbooks.engine import Diagnosis
 
 
 def save_findings(store: db.Store, diagnosis: Diagnosis, snapshot_id: int | None,

@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from slotune.playbooks.facts import Facts
 from slotune import platforms
+from slotune.playbooks.facts import Facts
 from slotune.vllm_config import VllmConfig
 
 Delta = dict[str, Any]

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+
 # Head size (hidden / heads) must be 32 or 64: vLLM's CPU attention has no kernels for 16.
 @dataclass(frozen=True)
 class TinyModelSpec:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from slotune.slo import SloSpec
-from slotune.slo_buckets import with_slo_buckets
 from slotune import platforms
 from slotune.errors import ConfigError
+from slotune.slo import SloSpec
+from slotune.slo_buckets import with_slo_buckets
 from slotune.vllm_config import VllmConfig, validate_combination
 
 
@@ -112,7 +112,7 @@ def _child_setup(cpus: tuple[int, ...] | None) -> None:
         os.sched_setaffinity(0, cpus)  # inherited by the engine core and workers vLLM starts
 
 
-_LIVE: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[ManagedServer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -254,7 +254,7 @@ class ManagedServer:
         self.process = None
         _LIVE.discard(self)
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> ManagedServer:
         result = self.start()
         if not result.ok:
             raise ServerStartError(result)

@@ -122,7 +122,7 @@ class SloSpec:
     targets: tuple[SloTarget, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "SloSpec":
+    def parse(cls, text: str) -> SloSpec:
         """`METRIC_STAT<=VALUE[,...]` → SloSpec, in time linear in the text. Raises `ConfigError`
         for an empty spec, one over `MAX_SPEC_CHARS`, a bad target or a target named twice."""
         if not text or not text.strip():

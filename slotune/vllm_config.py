@@ -211,14 +211,14 @@ class VllmConfig(BaseModel):
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> "VllmConfig":
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> VllmConfig:
         """Validate user data (a config file, an API body) with a one-line error on failure."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_first_error(exc)}") from None
 
-    def with_changes(self, **changes: Any) -> "VllmConfig":
+    def with_changes(self, **changes: Any) -> VllmConfig:
         """A copy with some fields changed, validated like user input."""
         data = self.model_dump(exclude_none=False)
         data.update(changes)

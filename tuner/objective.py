@@ -22,10 +22,10 @@ import optuna
 
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
 from slotune.tuner.measure import Measure, Measurement
 from slotune.tuner.space import SearchSpace
+from slotune.vllm_config import VllmConfig
 
 ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler
 BASELINE = "baseline"

@@ -17,10 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.objective import BASELINE, ORIGIN, ttft_p95
 from slotune.tuner.storage import _safe, open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
+from slotune.vllm_config import VllmConfig
 
 
 @dataclass

@@ -23,7 +23,6 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-
 from slotune import platforms
 from slotune.errors import ConfigError
 from slotune.files import load_yaml, parse_yaml

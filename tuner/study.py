@@ -31,11 +31,11 @@ from slotune import paths
 from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 from slotune.store import open_store
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.measure import LoadSpec, Measure, ServerMeasure
 from slotune.tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
 from slotune.tuner.space import SearchSpace, model_max_len
 from slotune.tuner.storage import open_storage, storage_url
+from slotune.vllm_config import VllmConfig
 
 if TYPE_CHECKING:
     from slotune.tuner.report import StudyResult

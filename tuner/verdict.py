@@ -19,11 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.constraints import slo_constraints
 from slotune.tuner.measure import Measure
 from slotune.tuner.objective import BASELINE, ORIGIN, Events, jsonable_params
 from slotune.tuner.space import SearchSpace
+from slotune.vllm_config import VllmConfig
 
 NOISE_FLOOR = 0.05  # relative, when nothing was re-measured
 ATTR = "remeasure:"

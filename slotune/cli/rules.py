@@ -30,7 +30,6 @@ def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
     """Generate Prometheus rules: per-SLO bad-request ratios and multi-window, multi-burn-rate
     alerts (SRE workbook: 1h/5m 14.4x and 6h/30m 6x page, 1d/2h 3x and 3d/6h 1x ticket)."""
     from slotune import rules as gen
-
     from slotune.slo_buckets import warnings
 
     spec = SloSpec.parse(slo_text)

@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 from slotune.errors import SlotuneError
 from slotune.server import ManagedServer, StartResult
 from slotune.settings import Settings
-from slotune.slo import SloSpec
 from slotune.sidecar import outbox
 from slotune.sidecar.loop import Controller
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.windows import attainment
+from slotune.slo import SloSpec
 from slotune.store import ConfigChange, Recommendation, Store
 from slotune.vllm_config import VllmConfig, check_tuning_only
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from slotune.server import ManagedServer
 from slotune.store import TrialRecord, open_store
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.command import parse_serve_command
 from slotune.tuner.study import TuneSpec, run_study
+from slotune.vllm_config import VllmConfig
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slotune.errors import ConfigError, TargetError
 from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.prompts import load_tokenizer
 from slotune.loadgen.runner import LoadResult, RequestRecord, normalize_base_url, request_bodies, run_load
 from slotune.loadgen.workload import Workload, load_workload
-from slotune.errors import ConfigError, TargetError
 from slotune.slo import SloSpec
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from slotune.errors import ConfigError
 from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.sweep import find_max_rate, requests_for
 from slotune.loadgen.workload import Workload
-from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 
 

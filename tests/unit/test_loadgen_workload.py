@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slotune.loadgen.workload import BUILTINS, Length, Workload, load_workload
 from slotune.errors import ConfigError
+from slotune.loadgen.workload import BUILTINS, Length, Workload, load_workload
 from slotune.model import TinyModelSpec
 
 

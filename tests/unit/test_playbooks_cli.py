@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from slotune.cli.main import main
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import derive
-from slotune.cli.main import main
 
 NGRAM = ('vllm serve tiny --max-num-seqs 8 --speculative-config '
          '\'{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_max":4,"prompt_lookup_min":2}\'')

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slotune import platforms
+from slotune import store as db
 from slotune.collectors.exposition import parse
 from slotune.collectors.persist import load_snapshot, save_snapshot
 from slotune.collectors.snapshot import Snapshot
 from slotune.collectors.vllm_metrics import derive
 from slotune.playbooks.engine import diagnose
 from slotune.playbooks.persist import save_findings
-from slotune import platforms
-from slotune import store as db
 from slotune.server import StartResult, StartStatus
-from slotune.vllm_config import SpeculativeConfig, VllmConfig
 from slotune.tuner.space import SPEC_METHOD, SPEC_TOKENS, SearchSpace
+from slotune.vllm_config import SpeculativeConfig, VllmConfig
 
 IDS = {"low_gpu_utilization", "high_ttft", "kv_cache_pressure", "spec_decode_no_speedup", "inconsistent_latency"}
 NGRAM5 = SpeculativeConfig(method="ngram", num_speculative_tokens=5, prompt_lookup_max=5, prompt_lookup_min=2)

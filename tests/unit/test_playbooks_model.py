@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slotune.errors import ConfigError
 from slotune.playbooks.engine import judge
 from slotune.playbooks.facts import FACTS
 from slotune.playbooks.model import builtin_playbooks, load_playbooks
-from slotune.errors import ConfigError
 
 IDS = {"low_gpu_utilization", "high_ttft", "kv_cache_pressure", "spec_decode_no_speedup", "inconsistent_latency"}
 

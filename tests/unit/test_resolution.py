@@ -18,7 +18,14 @@ from slotune.collectors.vllm_metrics import derive
 from slotune.playbooks.engine import diagnose
 from slotune.playbooks.facts import build_facts
 from slotune.slo import ERROR_FINISH_REASONS, INCONCLUSIVE, SloSpec
-from slotune.slo_buckets import VLLM_DEFAULT_BUCKETS, flag_for, slo_buckets, unbounded_targets, warnings, with_slo_buckets
+from slotune.slo_buckets import (
+    VLLM_DEFAULT_BUCKETS,
+    flag_for,
+    slo_buckets,
+    unbounded_targets,
+    warnings,
+    with_slo_buckets,
+)
 from slotune.vllm_config import VllmConfig
 
 INF = math.inf
@@ -64,8 +71,9 @@ def test_a_figure_in_a_bucket_wider_than_itself_shows_the_bounds():
 
 
 def test_collect_table_shows_bucket_bounds_not_invented_figures(capsys):
-    from slotune.cli.collect import render
     from rich.console import Console
+
+    from slotune.cli.collect import render
 
     snap = derive(parse(page(UNDER), timestamp=1000.0), parse(page(AFTER), timestamp=1010.0), "t")
     console = Console(width=200, record=True)

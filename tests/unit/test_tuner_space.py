@@ -7,8 +7,8 @@ import pytest
 
 from slotune import platforms
 from slotune.errors import ConfigError
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.space import SPEC_METHOD, SPEC_TOKENS, SearchSpace
+from slotune.vllm_config import VllmConfig
 
 BASE = VllmConfig(model="/models/m")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slotune.vllm_config import VllmConfig
 from slotune.tuner.measure import Measurement
+from slotune.vllm_config import VllmConfig
 
 
 def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:

@@ -91,7 +91,15 @@ def fixed_changes(base: VllmConfig | None, proposed: dict[str, Any]) -> list[str
     """The fields of `FIXED_FIELDS` that `proposed` (a delta or a whole config, as a mapping) sets to
     something other than `base` has; with no base, every fixed field it names."""
     current = base.model_dump(mode="json") if base is not None else {}
-    return [k for k in FIXED_FIELDS if k in proposed and (base is None or proposed[k] != current.get(k))]
+    bad = [k for k in FIXED_FIELDS if k in proposed and (base is None or proposed[k] != current.get(k))]
+    # A draft model is a path on the server like `model`: a proposal may switch drafting off, or change
+    # K or the n-gram window, but not point vLLM at other weights.
+    spec = proposed.get("speculative_config")
+    if isinstance(spec, dict) and spec.get("model") is not None:
+        had = (current.get("speculative_config") or {}).get("model")
+        if spec["model"] != had:
+            bad.append("speculative_config.model")
+    return bad
 
 
 def check_tuning_only(base: VllmConfig | None, proposed: dict[str, Any], *, source: str) -> None:
@@ -99,7 +107,7 @@ def check_tuning_only(base: VllmConfig | None, proposed: dict[str, Any], *, sour
     bad = fixed_changes(base, proposed)
     if bad:
         raise ConfigError(f"{source}: may change tuning flags only, not {', '.join(bad)} (model, served name, "
-                          "host, port and environment stay as the server was started)")
+                          "host, port, environment and draft model stay as the server was started)")
 
 
 class SpeculativeConfig(BaseModel):

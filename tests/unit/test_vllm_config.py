@@ -111,6 +111,10 @@ def test_tuning_only_refuses_identity_network_and_environment_changes():
     assert fixed_changes(base, base.model_dump(mode="json", exclude_none=True) | {"max_num_seqs": 8}) == []
     assert fixed_changes(base, {"model": "/other", "host": "0.0.0.0", "port": 9, "served_model_name": "x",
                                 "env": {"CUDA_VISIBLE_DEVICES": "1"}}) == list(FIXED_FIELDS)
+    # the draft model is a path like the model: K may change, the weights may not
+    assert fixed_changes(base, {"speculative_config": {"method": "ngram", "num_speculative_tokens": 2}}) == []
+    assert fixed_changes(base, {"speculative_config": {"method": "eagle", "model": "/evil",
+                                                       "num_speculative_tokens": 2}}) == ["speculative_config.model"]
     assert fixed_changes(None, {"model": "/m"}) == ["model"]
     with pytest.raises(ConfigError) as err:
         check_tuning_only(base, {"host": "0.0.0.0"}, source="proposal")

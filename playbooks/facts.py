@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from slotune import platforms
 from slotune.collectors.snapshot import Quantiles, Snapshot
@@ -148,11 +149,21 @@ def _client_figure(client: Mapping[str, Any] | None, metric: str, stat: str) -> 
 
 
 def backend_of(snapshot: Snapshot | None) -> str:
-    """GPU when the window carries NVML readings, else what this machine's vLLM build is."""
+    """GPU when the window carries NVML readings. Otherwise this machine's vLLM build, but only for a
+    server on this machine (a start-up failure, a loopback target, a page with no URL): the build
+    installed beside slotune says nothing about a remote server, which is taken to be vLLM's usual
+    accelerator deployment."""
     if snapshot is not None and snapshot.gpu is not None and snapshot.gpu.available and snapshot.gpu.devices:
+        return "gpu"
+    if snapshot is not None and not _on_this_host(snapshot.target):
         return "gpu"
     backend = platforms.detect().backend
     return "gpu" if backend == "none" else backend
+
+
+def _on_this_host(target: str) -> bool:
+    host = urlsplit(target).hostname if "//" in target else None
+    return not target or host is None or host in {"localhost", "::1"} or host.startswith("127.")
 
 
 def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config: VllmConfig | None = None,

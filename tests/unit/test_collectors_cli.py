@@ -93,6 +93,10 @@ def free_port() -> int:
 @pytest.mark.parametrize("target, fragment", [
     (f"http://127.0.0.1:{free_port()}", "cannot scrape"),
     ("not-a-url", "bad target URL"),
+    # an address no resolver takes (idna fails inside the scrape thread): one line, not a thread traceback
+    ("http://256.256.256.256:80", "cannot scrape"),
+    # credentials in the URL never reach the error line
+    (f"http://user:hunter2@127.0.0.1:{free_port()}/", "cannot scrape http://***@127.0.0.1"),
 ])
 def test_unreachable_or_bad_target_is_one_line_exit_1(target, fragment):
     out = subprocess.run([sys.executable, "-m", "slotune.cli.main", "collect", "--target", target, "--once"],
@@ -100,6 +104,15 @@ def test_unreachable_or_bad_target_is_one_line_exit_1(target, fragment):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+    assert "hunter2" not in out.stderr
+
+
+def test_metrics_path_goes_before_a_query_string():
+    from slotune.collectors.vllm_metrics import metrics_url
+
+    assert metrics_url("http://h:8000?x=1") == "http://h:8000/metrics?x=1"
+    assert metrics_url("http://h:8000/") == "http://h:8000/metrics"
+    assert metrics_url("http://h:8000/custom/metrics") == "http://h:8000/custom/metrics"
 
 
 def test_not_a_vllm_page(pages_server, capsys):

@@ -8,6 +8,7 @@ snapshots) goes through here, so a new reader cannot forget a kind of bad input.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,37 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: nested too deeply") from None
 
 
+def _not_a_json_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def parse_json(text: str, source: str) -> Any:
-    """JSON text → Python data. Raises `ConfigError` for bad JSON or nesting too deep to read."""
+    """JSON text → Python data. Raises `ConfigError` for bad JSON (`NaN` and `Infinity` included: RFC 8259
+    has no such numbers, and a figure that is one would pass every threshold check) or nesting too deep."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(text, parse_constant=_not_a_json_number)
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            raise ConfigError(f"{source}: {exc}") from None
         raise ConfigError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ConfigError(f"{source}: JSON nested too deeply") from None
+
+
+def to_json(data: Any, **kwargs: Any) -> str:
+    """`json.dumps` for what slotune prints or writes: a figure that is not finite (a sum of huge counters
+    that overflowed, say) becomes `null` ("unknown"), so the output is always RFC 8259 JSON."""
+    return json.dumps(_finite(data), allow_nan=False, **kwargs)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def load_yaml(path: Path | str, *, what: str = "", max_bytes: int | None = None) -> Any:

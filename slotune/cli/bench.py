@@ -13,7 +13,6 @@ measured on the client, plus `completed`, `failed`, `request_throughput`, `goodp
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import click
 
 from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.errors import ConfigError, TargetError
+from slotune.files import to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"))
@@ -74,7 +74,7 @@ def render(d: dict[str, Any], target: str) -> Any:
 
 
 def _write_json(obj: dict[str, Any], out: str) -> None:
-    text = json.dumps(obj, indent=2)
+    text = to_json(obj, indent=2)
     if out == "-":
         click.echo(text)
     else:

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import click
 
 from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot, quantile_text
+from slotune.files import to_json
 from slotune.slo import SloSpec
 
 LATENCY_LABELS = {
@@ -167,7 +167,7 @@ def register(app: click.Group) -> None:
                 out = snap.to_dict()
                 if slo is not None:
                     out["slo"] = [r.to_dict() for r in results]
-                click.echo(json.dumps(out))
+                click.echo(to_json(out))
             else:
                 console.print(render(snap))
                 for r in results:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from slotune.errors import ConfigError
-from slotune.files import parse_json, read_text
+from slotune.files import parse_json, read_text, to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -165,7 +165,7 @@ def register(app: click.Group) -> None:
             _save(result, windows, db_url)
         out = result.to_dict()
         if as_json:
-            click.echo(json.dumps(out, indent=2))
+            click.echo(to_json(out, indent=2))
         else:
             from rich.console import Console
 

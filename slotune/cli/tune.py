@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import click
 
 from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.errors import ConfigError, validation_message
+from slotune.files import to_json
 
 
 def _spec(**kw: Any) -> Any:
@@ -124,7 +124,7 @@ def register(app: click.Group) -> None:
         if out_dir is not None:
             write_outputs(result, load(storage, study_name), out_dir)
         if as_json:
-            click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+            click.echo(to_json(result.to_dict(), indent=2, default=str))
         else:
             render(result)
 
@@ -132,7 +132,7 @@ def register(app: click.Group) -> None:
 def _emit_json(data: dict[str, Any], out: Path | None) -> None:
     if out is None:
         return
-    text = json.dumps(data, indent=2, default=str)
+    text = to_json(data, indent=2, default=str)
     if str(out) == "-":
         click.echo(text)
     else:

@@ -25,6 +25,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "mistyped.json": b'[{"target": "x", "window_start": "soon", "window_end": 2}]',
         "mistyped_quantiles.json": b'[{"target": "x", "window_start": 1, "window_end": 2, "ttft_seconds": 5}]',
         "a_file": b"x",
+        "infinite.json": b'[{"target": "x", "window_start": 1, "window_end": 2, "kv_cache_usage": Infinity}]',
     }
     for name, data in out.items():
         (tmp_path / name).write_bytes(data)
@@ -38,6 +39,7 @@ CASES = {
     "diagnose snapshot not UTF-8": (["diagnose", "--snapshot", "{not_utf8.json}"], "not UTF-8"),
     "diagnose snapshot too deep": (["diagnose", "--snapshot", "{deep.json}"], "nested too deeply"),
     "diagnose snapshot mistyped": (["diagnose", "--snapshot", "{mistyped.json}"], "window_start"),
+    "diagnose snapshot with Infinity": (["diagnose", "--snapshot", "{infinite.json}"], "not JSON"),
     "diagnose snapshot mistyped quantiles": (["diagnose", "--snapshot", "{mistyped_quantiles.json}"], "ttft"),
     "diagnose config not UTF-8": (["diagnose", "--snapshot", "{mistyped.json}", "--config", "{not_utf8.yaml}"],
                                   "not UTF-8"),

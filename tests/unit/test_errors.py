@@ -39,3 +39,15 @@ def test_model_level_error_says_top_level_without_pydantics_prefix() -> None:
 def test_skipped_location_parts() -> None:
     errors = [{"loc": ("when", "check", "function-after[x]", "field"), "msg": "Value error, unknown fact"}]
     assert validation_message(errors, skip=("check",)) == "when.field: unknown fact"
+
+
+def test_json_output_is_always_rfc_json():
+    """A figure that overflowed (two engines' counters near 1.7e308 summed) prints as null, not Infinity."""
+    import json
+    import math
+
+    from slotune.files import to_json
+
+    text = to_json({"prompt_tokens_per_second": 1.7e308 * 2, "nested": [math.nan, 1.5], "n": 3})
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(name)) == {
+        "prompt_tokens_per_second": None, "nested": [None, 1.5], "n": 3}

@@ -52,18 +52,25 @@ def _http_url(v: str) -> str:
     return v
 
 
-# Values shipped as placeholders (.env.example and the like): a secret equal to one of them (case and
-# surrounding blanks ignored) is refused, so a copied example never becomes a live credential.
-PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "change_me", "replace-me", "replaceme", "your-token",
-                                 "your-secret", "secret", "password", "token", "xxx", "todo"})
+# Values shipped as placeholders (.env.example and the like): a secret that is one of them once case,
+# blanks and punctuation are dropped ("Change Me", "REPLACE_ME", "<your-token>"), or that still holds an
+# unexpanded `${VAR}`, is refused, so a copied example never becomes a live credential.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "changeit", "replaceme", "yourtoken", "yoursecret", "secret",
+                                 "password", "token", "xxx", "todo", "example", "placeholder"})
+
+
+def _is_placeholder(value: str) -> bool:
+    if "${" in value:
+        return True
+    return "".join(ch for ch in value.lower() if ch.isalnum()) in PLACEHOLDER_SECRETS
 
 
 def _real_secret(v: SecretStr | None, what: str) -> SecretStr | None:
     """An empty secret is no secret (compose's `${VAR:-}` sets one); a placeholder is refused."""
     if v is None or not v.get_secret_value().strip():
         return None
-    if v.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
-        raise ValueError(f"{what} is an example placeholder; set a long random value "
+    if _is_placeholder(v.get_secret_value()):
+        raise ValueError(f"{what} is an example placeholder or an unexpanded ${{VAR}}; set a long random value "
                          "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
     return v
 

@@ -94,7 +94,9 @@ def _env_example() -> dict[str, str]:
 def test_example_placeholders_are_refused(key: str) -> None:
     examples = {v for k, v in _env_example().items() if k.startswith("SLOTUNE_") and k.endswith(("TOKEN", "SECRET"))}
     assert examples, "the .env.example placeholders this test guards against"
-    for value in examples | {"CHANGE-ME", " changeme "}:
+    # the kind, not a list: any case, blanks or punctuation, and a ${VAR} compose never expanded
+    for value in examples | {"CHANGE-ME", " changeme ", "REPLACE_ME", "<your-token>", "Change Me", "changeit",
+                             "${SLOTUNE_WEBHOOK_SECRET}", "${SLOTUNE_API_TOKEN:-}"}:
         with pytest.raises(ConfigError) as err:
             load_settings(None, target="http://x:1", **{key: value})
         assert key in str(err.value) and "placeholder" in str(err.value) and value.strip() not in str(err.value)

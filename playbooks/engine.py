@@ -213,7 +213,8 @@ def _judge(pb: Playbook, per_window: Sequence[Facts], slo: Mapping[str, float]) 
         ok, evidence = evaluate(pb.when, facts, pb.params, slo)
         if not ok:
             return False, []
-    return True, evidence  # the newest window's
+    # the newest window's; a condition written under two branches of the rule is cited once
+    return True, list(dict.fromkeys(evidence))
 
 
 def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_config: VllmConfig | None = None,

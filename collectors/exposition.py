@@ -162,6 +162,9 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
             # +Inf KV usage once raised "KV usage inf%" and broke JSON output and PostgreSQL writes.
             what = "infinite" if math.isinf(value) else "negative"
             raise TargetError(f"{url}: line {lineno}: {what} value in {metric.kind.value} {name!r}: {line[:160]!r}")
+        if metric.fraction and value > 1:
+            raise TargetError(f"{url}: line {lineno}: {name!r} is a share from 0 to 1, not {value_text}: "
+                              f"{line[:160]!r}")
         names[(metric.key, rank)] = metric.names[rank]  # canonical spelling, whatever the prefix
         if metric.kind is Kind.INFO:
             infos[metric.key][rank].append(labels)

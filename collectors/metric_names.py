@@ -38,6 +38,7 @@ class Metric:
     help: str
     aliases: tuple[str, ...] = ()
     label: str | None = None  # the label that splits it into parts worth keeping apart
+    fraction: bool = False  # a share, 0..1: a larger sample is a broken exporter, not 500 % usage
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -85,7 +86,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("requests_waiting_by_reason", "vllm:num_requests_waiting_by_reason", G,
            "waiting requests by reason", label="reason"),
     Metric("kv_cache_usage", "vllm:kv_cache_usage_perc", G, "KV-cache usage, 0..1",
-           aliases=("vllm:gpu_cache_usage_perc",)),
+           aliases=("vllm:gpu_cache_usage_perc",), fraction=True),
     Metric("cache_config", "vllm:cache_config_info", I, "KV-cache configuration in labels"),
     # Not vLLM's own, but on every page: tells a restart apart from a quiet window.
     Metric("process_start", "process_start_time_seconds", G, "server process start (unix seconds)"),

@@ -178,6 +178,7 @@ E2E_COUNT = 'vllm:e2e_request_latency_seconds_count{engine="0",model_name="tiny-
     (KV, KV.replace("0.0", "-Inf"), "infinite value in gauge 'vllm:kv_cache_usage_perc'"),
     (GEN, GEN.replace("5632.0", "+Inf"), "infinite value in counter 'vllm:generation_tokens_total'"),
     (KV, KV.replace("0.0", "-0.5"), "negative value in gauge 'vllm:kv_cache_usage_perc'"),
+    (KV, KV.replace("0.0", "5.0"), "'vllm:kv_cache_usage_perc' is a share from 0 to 1, not 5.0"),
     (GEN, GEN.replace("5632.0", "-1"), "negative value in counter 'vllm:generation_tokens_total'"),
     (E2E_COUNT, E2E_COUNT + "\n" + E2E_COUNT.replace("48.0", "5.0"),
      "duplicate series 'vllm:e2e_request_latency_seconds_count'"),

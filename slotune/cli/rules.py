@@ -37,6 +37,12 @@ def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
     # Said where it is read, not only as a comment in the file: an alert counted against another bound.
     for line in warnings(spec):
         click.echo(f"warning: {line}", err=True)
+    groups, notes = gen.slo_rules(spec)
+    for note in notes:
+        if "no burn-rate alert" in note or note.endswith("omitted"):
+            click.echo(f"warning: {note}", err=True)
+    if not any(g["rules"] for g in groups if g["name"] == "slo-burn.alerts"):
+        click.echo(f"warning: no burn-rate alert for {spec}: no target of it can be alerted on", err=True)
     if write_dir is not None:
         for name, render in gen.RULE_FILES.items():
             text = slo_text_out if render is gen.render_slo else render()

@@ -183,6 +183,16 @@ def test_rules_say_the_threshold_is_no_bound_and_count_exactly_where_it_is(tmp_p
     assert "not a bucket bound" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spec, fragment", [
+    ("e2e_mean<=1s", "no burn-rate alert for e2e_mean<=1s"),
+    ("error_rate<=0%", "a zero error budget cannot burn"),
+    ("itl_p50<=1s", "the 1h/5m tier (14.4x) would need more than 100 % bad requests; omitted"),
+])
+def test_rules_say_on_stderr_what_they_cannot_alert_on(spec: str, fragment: str, tmp_path: Path, capsys):
+    assert main(["rules", "--slo", spec, "--out", str(tmp_path / "slo.yml")]) == 0
+    assert fragment in capsys.readouterr().err
+
+
 # -- one definition per fact -----------------------------------------------------------------------
 
 def test_error_rate_is_one_definition_in_collectors_rules_and_sidecar():

@@ -42,6 +42,7 @@ class EchoConfig:
     record_arrivals: bool = False
     record_prompts: bool = False
     serial: bool = False  # one request generates at a time: a server with a capacity, queueing beyond it
+    burst: bool = False  # every token of a stream in one write: what a backed-up server or a starved client shows
 
 
 def _text(content: Any) -> str:
@@ -102,13 +103,20 @@ class _Handler:
     async def tokens(self, writer: asyncio.StreamWriter, chat: bool, kind: str, n: int) -> None:
         if self.cfg.ttft:
             await asyncio.sleep(self.cfg.ttft)
+        if self.cfg.burst:  # one write (one send), so the client reads the whole stream at once
+            chunks = [self.chunk(chat, kind, i, n) for i in range(n)]
+            writer.write(b"".join(chunks))
+            return await writer.drain()
         for i in range(n):
             if i and self.cfg.itl:
                 await asyncio.sleep(self.cfg.itl)
-            choice = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
-            choice["finish_reason"] = "length" if i == n - 1 else None
-            writer.write(_sse({"id": "x", "object": kind, "model": self.cfg.model, "choices": [choice]}))
+            writer.write(self.chunk(chat, kind, i, n))
             await writer.drain()
+
+    def chunk(self, chat: bool, kind: str, i: int, n: int) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": " tok"}} if chat else {"index": 0, "text": " tok"}
+        choice["finish_reason"] = "length" if i == n - 1 else None
+        return _sse({"id": "x", "object": kind, "model": self.cfg.model, "choices": [choice]})
 
     async def generate(self, chat: bool, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         if req.get("model") != self.cfg.model:
@@ -163,9 +171,9 @@ class EchoServer:
     """The echo server on 127.0.0.1 in a background thread (its own event loop), as a context manager."""
 
     def __init__(self, *, model: str = "echo", ttft: float = 0.0, itl: float = 0.0, record_arrivals: bool = False,
-                 record_prompts: bool = False, serial: bool = False):
+                 record_prompts: bool = False, serial: bool = False, burst: bool = False):
         self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals,
-                              record_prompts=record_prompts, serial=serial)
+                              record_prompts=record_prompts, serial=serial, burst=burst)
         self.stats = Stats()
         self.port = 0
         self._ready = threading.Event()

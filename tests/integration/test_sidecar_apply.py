@@ -22,7 +22,10 @@ from tests.integration.sidecar_proc import Load, wait_for
 pytestmark = pytest.mark.integration
 TOKEN = "apply-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SLO = "ttft_p95<=100ms"  # met easily by a batching server; not with one sequence at a time
+# Met easily by a batching server (tens of ms here); not with one sequence at a time (8 clients x 128 tokens
+# queue ~1.5 s). 100 ms was too close: on a busy CI host the batching server met it in only 40 % of windows,
+# and a neutral change was rolled back on that noise.
+SLO = "ttft_p95<=500ms"
 
 
 def _windows_with_traffic(sc: Sidecar, n: int) -> bool:

@@ -14,7 +14,16 @@ from slotune.api import schemas
 from slotune.api.auth import require_alert, require_read, require_write
 from slotune.api.service import SidecarService
 from slotune.errors import ConfigError, SlotuneError
-from slotune.store import MAX_ID, ConfigChange, Finding, OutboxMessage, Recommendation, Snapshot, TrialRecord
+from slotune.store import (
+    MAX_ID,
+    ConfigChange,
+    Finding,
+    FindingStatus,
+    OutboxMessage,
+    Recommendation,
+    Snapshot,
+    TrialRecord,
+)
 
 reads = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], tags=["read"])
 writes = APIRouter(prefix="/api/v1", dependencies=[Depends(require_write)], tags=["write"])
@@ -152,9 +161,9 @@ def list_dead_letters(svc: Svc, receiver: Filter = None, limit: Limit = 50, offs
 def acknowledge(finding_id: FindingId, svc: Svc) -> Any:
     with svc.store.session() as s:
         row = _get(s, Finding, finding_id, "finding")
-        if row.status == "resolved":
+        if row.status == FindingStatus.RESOLVED:
             raise HTTPException(status.HTTP_409_CONFLICT, f"finding {finding_id} is resolved")
-        row.status = "acknowledged"
+        row.status = FindingStatus.ACKNOWLEDGED
         row.updated_at = datetime.now(timezone.utc)
         s.flush()
         return schemas.FindingOut.model_validate(row)
@@ -164,10 +173,10 @@ def acknowledge(finding_id: FindingId, svc: Svc) -> Any:
 def silence(finding_id: FindingId, body: schemas.SilenceIn, svc: Svc) -> Any:
     with svc.store.session() as s:
         row = _get(s, Finding, finding_id, "finding")
-        if row.status == "resolved":
+        if row.status == FindingStatus.RESOLVED:
             raise HTTPException(status.HTTP_409_CONFLICT, f"finding {finding_id} is resolved")
         now = datetime.now(timezone.utc)
-        row.status, row.silenced_until, row.updated_at = "silenced", now + timedelta(seconds=body.seconds), now
+        row.status, row.silenced_until, row.updated_at = FindingStatus.SILENCED, now + timedelta(seconds=body.seconds), now
         s.flush()
         return schemas.FindingOut.model_validate(row)
 

@@ -31,7 +31,7 @@ from slotune.sidecar.loop import Controller
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.windows import attainment
 from slotune.slo import SloSpec
-from slotune.store import ConfigChange, Recommendation, Store
+from slotune.store import ChangeStatus, ConfigChange, Recommendation, RecommendationStatus, Store
 from slotune.vllm_config import VllmConfig, check_tuning_only
 
 log = logging.getLogger("slotune.sidecar.apply")
@@ -100,11 +100,12 @@ class Applier:
         now = self.clock()
         with self.store.session() as s:
             change_id = s.scalar(select(ConfigChange.id).where(ConfigChange.target == self.controller.target,
-                                                               ConfigChange.status == "canary"))
+                                                               ConfigChange.status == ChangeStatus.CANARY))
             if change_id is None:
                 if not self._cooled_down(s, now):
                     return None
-                statuses = ("approved", "pending") if self.settings.apply.auto else ("approved",)
+                statuses = ((RecommendationStatus.APPROVED, RecommendationStatus.PENDING) if self.settings.apply.auto
+                            else (RecommendationStatus.APPROVED,))
                 rec_id = s.scalar(select(Recommendation.id).where(Recommendation.target == self.controller.target,
                                                                   Recommendation.status.in_(statuses))
                                   .order_by(Recommendation.updated_at, Recommendation.id))
@@ -130,14 +131,14 @@ class Applier:
                 check_tuning_only(old, rec.config, source=f"recommendation {rec.id}")
                 new = VllmConfig.from_mapping({**config_dict(old), **rec.config}, source=f"recommendation {rec.id}")
             except SlotuneError as exc:
-                rec.status, rec.reason = "rejected", f"{rec.reason} [rejected: {exc}]"
-                return "rejected"
+                rec.status, rec.reason = RecommendationStatus.REJECTED, f"{rec.reason} [rejected: {exc}]"
+                return RecommendationStatus.REJECTED
             before = attainment(self.controller.rolling.last(self.settings.apply.baseline_windows))
-            change = ConfigChange(target=self.controller.target, recommendation_id=rec.id, status="canary",
+            change = ConfigChange(target=self.controller.target, recommendation_id=rec.id, status=ChangeStatus.CANARY,
                                   from_config=config_dict(old), to_config=config_dict(new),
                                   before=before.to_dict(), after={}, created_at=_utc(now))
             s.add(change)
-            rec.status = "applied"
+            rec.status = RecommendationStatus.APPLIED
             s.flush()
             change_id = change.id
         log.info("applying recommendation %d to %s: %s", rec_id, self.controller.target, new.serve_command())
@@ -145,15 +146,15 @@ class Applier:
         self.controller.reset_base()
         if not result.ok:
             failed = {"start": result.status.value, "message": result.message, "log_lines": list(result.log_lines)}
-            self._rollback(change_id, f"new config did not start: {result.status.value}", "failed", failed)
-            return "failed"
+            self._rollback(change_id, f"new config did not start: {result.status.value}", ChangeStatus.FAILED, failed)
+            return ChangeStatus.FAILED
         self.canary_started = self.clock()
         with self.store.session() as s:
             change = s.get(ConfigChange, change_id)
             assert change is not None
             self.metrics.set_applied(self.controller.target, change.id, change.to_config, self.clock())
             outbox.enqueue(s, self.settings, "config_change", change_event(change), self.clock())
-        return "canary"
+        return ChangeStatus.CANARY
 
     def _judge(self, change_id: int, now: float) -> str | None:
         cfg = self.settings.apply
@@ -173,13 +174,13 @@ class Applier:
             worse = after.score is not None and before_score is not None and after.score < before_score - cfg.tolerance
             if unseen is None and not worse:
                 change.after = after.to_dict()
-                change.status, change.decided_at = "kept", _utc(self.clock())
+                change.status, change.decided_at = ChangeStatus.KEPT, _utc(self.clock())
                 self.canary_started = None
-                self._outcome(s, change, "kept")
-                return "kept"
+                self._outcome(s, change, ChangeStatus.KEPT)
+                return ChangeStatus.KEPT
         why = unseen or f"SLO attainment {after.score:.3f} after < {before_score:.3f} before (tolerance {cfg.tolerance})"
-        self._rollback(change_id, why, "rolled_back", after.to_dict())
-        return "rolled_back"
+        self._rollback(change_id, why, ChangeStatus.ROLLED_BACK, after.to_dict())
+        return ChangeStatus.ROLLED_BACK
 
     def _not_observed(self, requests: float) -> str | None:
         """Why the canary could not see the new config serving traffic, or None when it did. A canary
@@ -196,7 +197,7 @@ class Applier:
             return f"no request seen on the new config within {self.settings.apply.canary_seconds:g} s of canary"
         return None
 
-    def _rollback(self, change_id: int, why: str, outcome: str, after: dict[str, Any]) -> None:
+    def _rollback(self, change_id: int, why: str, outcome: ChangeStatus, after: dict[str, Any]) -> None:
         with self.store.session() as s:
             change = s.get(ConfigChange, change_id)
             assert change is not None
@@ -213,7 +214,7 @@ class Applier:
             if change.recommendation_id is not None:
                 rec = s.get(Recommendation, change.recommendation_id)
                 if rec is not None:
-                    rec.status = "rolled_back"
+                    rec.status = RecommendationStatus.ROLLED_BACK
             self.metrics.set_applied(change.target, change.id, change.from_config, self.clock())
             self._outcome(s, change, outcome)
         if not result.ok:

@@ -34,7 +34,7 @@ from slotune.sidecar.config import slo_of
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.windows import Rolling, SloFigure, Window, slo_figures
 from slotune.slo import SloSpec
-from slotune.store import Finding, Recommendation, Store
+from slotune.store import OPEN_FINDING, Finding, FindingStatus, Recommendation, RecommendationStatus, Store
 from slotune.store import Snapshot as SnapshotRow
 from slotune.vllm_config import VllmConfig
 
@@ -42,7 +42,6 @@ log = logging.getLogger("slotune.sidecar")
 
 TARGET_DOWN = "target_down"
 SLO_BURN = "slo_burn"
-OPEN = ("active", "acknowledged", "silenced")
 FAST_BURN = 14.4  # SRE workbook's page threshold; above it an slo_burn finding is critical
 
 
@@ -221,7 +220,7 @@ class Controller:
     # -- findings -------------------------------------------------------------------------------------
 
     def _open(self, s: Session) -> dict[str, Finding]:
-        rows = s.scalars(select(Finding).where(Finding.target == self.target, Finding.status.in_(OPEN))).all()
+        rows = s.scalars(select(Finding).where(Finding.target == self.target, Finding.status.in_(OPEN_FINDING))).all()
         return {r.playbook: r for r in rows}
 
     def _reconcile(self, s: Session, found: list[dict[str, Any]], snapshot_id: int | None, now: float, *,
@@ -237,7 +236,7 @@ class Controller:
             row = open_rows.get(pb)
             if row is None:
                 row = Finding(target=self.target, playbook=pb, severity=str(f.get("severity", "warning")),
-                              status="active", summary=str(f.get("summary", "")), snapshot_id=snapshot_id,
+                              status=FindingStatus.ACTIVE, summary=str(f.get("summary", "")), snapshot_id=snapshot_id,
                               created_at=_utc(now), updated_at=_utc(now), data={**f, "windows_seen": 1})
                 s.add(row)
                 s.flush()
@@ -249,8 +248,8 @@ class Controller:
                 f.get("summary", row.summary)), _utc(now)
             row.snapshot_id = snapshot_id or row.snapshot_id
             until = _aware(row.silenced_until)
-            if row.status == "silenced" and until is not None and until.timestamp() <= now:
-                row.status = "active"
+            if row.status == FindingStatus.SILENCED and until is not None and until.timestamp() <= now:
+                row.status = FindingStatus.ACTIVE
         resolved: list[str] = []
         for pb, row in open_rows.items():
             if pb in seen or (only is not None and pb != only):
@@ -265,14 +264,14 @@ class Controller:
         return [] if row is None else self._resolve_row(s, row, now)
 
     def _resolve_row(self, s: Session, row: Finding, now: float) -> list[str]:
-        row.status, row.updated_at = "resolved", _utc(now)
+        row.status, row.updated_at = FindingStatus.RESOLVED, _utc(now)
         self._notify(s, "finding", _finding_event(row), now)
         return [row.playbook]
 
     def _finding_metrics(self, s: Session) -> None:
         counts: dict[tuple[str, str], int] = {}
         s.flush()
-        for r in s.scalars(select(Finding).where(Finding.target == self.target, Finding.status == "active")):
+        for r in s.scalars(select(Finding).where(Finding.target == self.target, Finding.status == FindingStatus.ACTIVE)):
             counts[(r.playbook, r.severity)] = counts.get((r.playbook, r.severity), 0) + 1
         self.metrics.set_findings(self.target, counts)
 
@@ -287,14 +286,14 @@ class Controller:
         out = []
         current = self.current_config()
         for pb, row in self._open(s).items():
-            if row.status != "active" or int(row.data.get("windows_seen", 1)) < self.settings.persist_windows:
+            if row.status != FindingStatus.ACTIVE or int(row.data.get("windows_seen", 1)) < self.settings.persist_windows:
                 continue
             remedy = next((r for r in row.data.get("remedies", []) if r.get("config_delta")), None)
             if remedy is None:
                 continue
             exists = s.scalar(select(Recommendation.id).where(
                 Recommendation.target == self.target, Recommendation.source == pb,
-                Recommendation.status.in_(("pending", "approved"))))
+                Recommendation.status.in_((RecommendationStatus.PENDING, RecommendationStatus.APPROVED))))
             if exists is not None:
                 continue
             delta = dict(remedy["config_delta"])
@@ -304,7 +303,7 @@ class Controller:
             except SlotuneError as exc:
                 log.warning("remedy %s of %s does not apply to the current config: %s", remedy, pb, exc)
                 continue
-            rec = Recommendation(target=self.target, status="pending", source=pb,
+            rec = Recommendation(target=self.target, status=RecommendationStatus.PENDING, source=pb,
                                  reason=f"{remedy.get('action')}: {remedy.get('why', '')}", config=config,
                                  evidence={"finding_id": row.id, "finding": row.data, "config_delta": delta,
                                            "base_config": None if current is None else

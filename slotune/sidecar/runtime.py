@@ -23,7 +23,7 @@ from slotune.sidecar.lease import Lease
 from slotune.sidecar.loop import Controller, recommendation_event
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.studies import StudyRunner
-from slotune.store import AlertReceipt, Recommendation, Store, open_store
+from slotune.store import AlertReceipt, Recommendation, RecommendationStatus, Store, open_store
 from slotune.vllm_config import VllmConfig, check_tuning_only
 
 log = logging.getLogger("slotune.sidecar")
@@ -257,7 +257,7 @@ class Sidecar:
         config = {key: typed[key] for key in config}
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         with self.store.session() as s:
-            rec = Recommendation(target=self.controller.target, status="pending", source="api", reason=reason,
+            rec = Recommendation(target=self.controller.target, status=RecommendationStatus.PENDING, source="api", reason=reason,
                                  config=config, evidence={"proposed": True}, created_at=now, updated_at=now)
             s.add(rec)
             s.flush()
@@ -270,12 +270,12 @@ class Sidecar:
             rec = s.get(Recommendation, recommendation_id)
             if rec is None:
                 return None
-            if rec.status not in ("pending", "approved"):
+            if rec.status not in (RecommendationStatus.PENDING, RecommendationStatus.APPROVED):
                 raise ConfigError(f"recommendation {recommendation_id} is {rec.status}; only a pending one "
                                   "can be approved")
             if self.managed is not None:
                 check_tuning_only(self.managed.config, rec.config, source=f"recommendation {recommendation_id}")
-            rec.status = "approved"
+            rec.status = RecommendationStatus.APPROVED
             rec.updated_at = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
             return recommendation_event(rec) | {"will_apply": self.applier is not None}
 

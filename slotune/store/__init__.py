@@ -3,24 +3,32 @@
 from slotune.store.db import Store, open_store
 from slotune.store.models import (
     MAX_ID,
+    OPEN_FINDING,
     AlertReceipt,
     Base,
+    ChangeStatus,
     ConfigChange,
     Finding,
+    FindingStatus,
     OutboxMessage,
     Recommendation,
+    RecommendationStatus,
     Snapshot,
     TrialRecord,
 )
 
 __all__ = [
     "MAX_ID",
+    "OPEN_FINDING",
     "AlertReceipt",
     "Base",
+    "ChangeStatus",
     "ConfigChange",
     "Finding",
+    "FindingStatus",
     "OutboxMessage",
     "Recommendation",
+    "RecommendationStatus",
     "Snapshot",
     "Store",
     "TrialRecord",

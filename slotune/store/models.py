@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
@@ -21,6 +22,46 @@ def utcnow() -> datetime:
 # Row ids are INTEGER columns: PostgreSQL's int4 ends here (SQLite's at 2**63 - 1). The API refuses
 # larger ids in its paths with 422 rather than handing the database a number it cannot compare.
 MAX_ID = 2**31 - 1
+
+
+class _State(str, Enum):
+    """A row's state: stored as its plain text value (a String column), compared equal to that text."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class FindingStatus(_State):
+    """active -> acknowledged | silenced (by an operator) -> resolved (when the condition clears);
+    a silence that expires makes the finding active again."""
+
+    ACTIVE = "active"
+    ACKNOWLEDGED = "acknowledged"
+    SILENCED = "silenced"
+    RESOLVED = "resolved"
+
+
+OPEN_FINDING = (FindingStatus.ACTIVE, FindingStatus.ACKNOWLEDGED, FindingStatus.SILENCED)
+
+
+class RecommendationStatus(_State):
+    """pending -> approved (an operator, or apply.auto) -> applied -> rolled_back (its canary failed);
+    pending | approved -> rejected (it could not be applied)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    APPLIED = "applied"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+
+
+class ChangeStatus(_State):
+    """canary (the new config runs and is being judged) -> kept | rolled_back | failed (did not start)."""
+
+    CANARY = "canary"
+    KEPT = "kept"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -51,7 +92,7 @@ class Finding(Base):
     target: Mapped[str] = mapped_column(String(500), index=True)
     playbook: Mapped[str] = mapped_column(String(100), index=True)
     severity: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="active", index=True)  # active|acknowledged|silenced|resolved
+    status: Mapped[str] = mapped_column(String(20), default=FindingStatus.ACTIVE.value, index=True)  # FindingStatus
     summary: Mapped[str] = mapped_column(Text, default="")
     snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("slotune_snapshots.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -85,7 +126,7 @@ class Recommendation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     target: Mapped[str] = mapped_column(String(500), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|approved|applied|rolled_back|rejected
+    status: Mapped[str] = mapped_column(String(20), default=RecommendationStatus.PENDING.value)  # RecommendationStatus
     source: Mapped[str] = mapped_column(String(200), default="")  # study name or playbook id
     reason: Mapped[str] = mapped_column(Text, default="")
     config: Mapped[dict[str, Any]]
@@ -102,7 +143,7 @@ class ConfigChange(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     target: Mapped[str] = mapped_column(String(500), index=True)
     recommendation_id: Mapped[int | None] = mapped_column(ForeignKey("slotune_recommendations.id"))
-    status: Mapped[str] = mapped_column(String(20))  # canary | kept | rolled_back | failed
+    status: Mapped[str] = mapped_column(String(20))  # ChangeStatus
     from_config: Mapped[dict[str, Any]]
     to_config: Mapped[dict[str, Any]]
     before: Mapped[dict[str, Any]]

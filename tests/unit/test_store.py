@@ -42,3 +42,21 @@ def test_default_url_lives_in_the_data_dir(tmp_path, monkeypatch):
 def test_unreachable_database_is_a_store_error():
     with pytest.raises(StoreError, match="cannot"):
         open_store("postgresql+psycopg://u:secret@127.0.0.1:1/x?connect_timeout=1")
+
+
+def test_states_are_stored_as_their_text_and_compare_equal_to_it(tmp_path):
+    # The state enums are str subclasses: the database must hold "approved", never "APPROVED" or
+    # "RecommendationStatus.APPROVED", so rows written before the enums (and SQL by hand) still match.
+    from sqlalchemy import text
+
+    from slotune.store import Recommendation, RecommendationStatus
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    with store.session() as s:
+        s.add(Recommendation(target="http://t", status=RecommendationStatus.APPROVED, config={}, evidence={}))
+    with store.session() as s:
+        assert s.scalar(text("SELECT status FROM slotune_recommendations")) == "approved"
+        row = s.scalar(select(Recommendation).where(Recommendation.status == RecommendationStatus.APPROVED))
+        assert row is not None and row.status == RecommendationStatus.APPROVED == "approved"
+        assert f"{RecommendationStatus.APPROVED}" == "approved"
+    store.dispose()

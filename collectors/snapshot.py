@@ -155,6 +155,9 @@ class Snapshot:
     # The most requests that can have been in flight on average over the window (see `derive`):
     # what bounds Little's law when requests outlast the window.
     in_flight_cap: float | None = None
+    # CPU time of every process of a server slotune started (API server and engine core) / window /
+    # cores allowed, 0..1; None for a server slotune only scrapes (see `collectors.process_cpu`).
+    engine_cpu_utilization: float | None = None
     waiting_by_reason: dict[str, float] = field(default_factory=dict)
     kv_cache_usage: float | None = None  # 0..1
     preemptions: float | None = None

@@ -23,11 +23,14 @@ from slotune.collectors.snapshot import UNKNOWN, Snapshot
 from slotune.playbooks.facts import (
     FACTS,
     PERCENT_FACTS,
+    FactBounds,
     Facts,
     add_history,
     build_facts,
+    fact_bounds,
     resolution_notes,
     slo_thresholds,
+    wide,
 )
 from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
 from slotune.playbooks.relations import decide as relate
@@ -50,9 +53,16 @@ class Evidence:
     op: str | None  # None for a fact cited as context, not compared
     threshold: float | None
     description: str
+    # (lower, upper] of the histogram bucket `value` was interpolated in (None: an exact figure).
+    # JSON: [lower, upper], upper null for +Inf; `value` stays the number.
+    bounds: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            out["bounds"] = [lo, None if math.isinf(hi) else hi]
+        return out
 
 
 @dataclass(frozen=True)
@@ -152,13 +162,40 @@ def _fmt(v: float | None, percent: bool = False) -> str:
     if v is None:
         return UNKNOWN
     if percent:
-        return f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.1%}"
+        text = f"{v:.0%}" if 0.01 <= v <= 0.99 or v in (0, 1) else f"{v:.1%}"
+        # a share is never rounded onto a whole or onto nothing: 99.96 % is not "100 %"
+        if v < 1 and text.startswith("100"):
+            return "> 99.9%"
+        if v > 0 and text.startswith("0.0"):
+            return "< 0.1%"
+        return text
     return f"{v:.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}"
 
 
-def _render(template: str, facts: Facts, thresholds: Mapping[str, float]) -> str:
-    """Fill a summary template: facts by name, SLO targets as `slo_<name>` (seconds)."""
+def _fmt_bounds(lower: float, upper: float, percent: bool = False) -> str:
+    """A figure known only to lie in (lower, upper]: `1000-2000`, `≤ 20` (the first bucket), `> 2000`."""
+    if math.isinf(upper):
+        return f"> {_fmt(lower, percent)}"
+    if lower <= 0:
+        return f"≤ {_fmt(upper, percent)}"
+    return f"{_fmt(lower, percent)}-{_fmt(upper, percent)}"
+
+
+RANGE_NOTE = ("a figure printed as a range (1000-2000, ≤ 20, > 2000) is a quantile from vLLM's histogram: "
+              "it lies in that bucket, and interpolation inside the bucket cannot place it")
+
+
+def _render(template: str, facts: Facts, thresholds: Mapping[str, float], bounds: FactBounds | None = None,
+            ranged: set[str] | None = None) -> str:
+    """Fill a summary template: facts by name, SLO targets as `slo_<name>` (seconds). A fact that is
+    a quantile interpolated in a wide histogram bucket (`bounds`) is printed as the bucket's bounds,
+    never as the interpolated figure; its name is added to `ranged` when the template cites it."""
     values = {k: _fmt(v, k in PERCENT_FACTS) for k, v in facts.items()}
+    for k, b in (bounds or {}).items():
+        if facts.get(k) is not None and wide(b):
+            values[k] = _fmt_bounds(*b, percent=k in PERCENT_FACTS)
+            if ranged is not None and "{" + k + "}" in template:
+                ranged.add(k)
     values.update({f"slo_{k}": _fmt(v) for k, v in thresholds.items()})
     try:
         return template.format_map(_Fmt(values))
@@ -167,7 +204,8 @@ def _render(template: str, facts: Facts, thresholds: Mapping[str, float]) -> str
 
 
 def _remedies(pb: Playbook, cause: str | None, facts: Facts, config: VllmConfig | None,
-              slo: Mapping[str, float]) -> tuple[RemedyOut, ...]:
+              slo: Mapping[str, float], bounds: FactBounds | None = None,
+              ranged: set[str] | None = None) -> tuple[RemedyOut, ...]:
     out = []
     seen: list[dict[str, Any]] = []
     for r in pb.remedies:
@@ -181,7 +219,7 @@ def _remedies(pb: Playbook, cause: str | None, facts: Facts, config: VllmConfig 
         if delta and delta in seen:
             continue
         seen.append(delta)
-        out.append(RemedyOut(r.action, _render(r.why, facts, slo), delta))
+        out.append(RemedyOut(r.action, _render(r.why, facts, slo, bounds, ranged), delta))
     return tuple(out)
 
 
@@ -231,8 +269,9 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
     else:
         return Diagnosis("insufficient_data", (), {}, notes=("no window to judge",))
     spans = [{} for _ in per_window] if failed else [_window([s]) for s in snaps]
+    bounds = fact_bounds(snaps[-1], per_window[-1], slo) if snaps and not failed else None
     diagnosis = judge(per_window, spans, slo=slo, server_config=server_config, playbooks=playbooks,
-                      target=snaps[-1].target if snaps else None)
+                      target=snaps[-1].target if snaps else None, bounds=bounds)
     notes = list(diagnosis.notes)
     if snaps and not failed:
         notes += resolution_notes(snaps[-1], slo)  # targets the buckets cannot decide are said, not guessed
@@ -243,9 +282,14 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
 
 def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None = None, *,
           slo: SloSpec | None = None, server_config: VllmConfig | None = None,
-          playbooks: Sequence[Playbook] | None = None, target: str | None = None) -> Diagnosis:
+          playbooks: Sequence[Playbook] | None = None, target: str | None = None,
+          bounds: FactBounds | None = None) -> Diagnosis:
     """The evaluator proper, on facts (one dict per window, oldest first): what `diagnose` runs after
-    building the facts, and what rule tests call with hand-written facts."""
+    building the facts, and what rule tests call with hand-written facts. `bounds`: the newest
+    window's bucket bounds of its estimated facts (`facts.fact_bounds`); evidence carries them and
+    summaries print a wide one as its bounds."""
+    bounds = bounds or {}
+    ranged: set[str] = set()
     books = list(playbooks) if playbooks is not None else load_playbooks()
     thresholds = slo_thresholds(slo)
     if not per_window:
@@ -263,22 +307,26 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
         fired, evidence = _judge(pb, per_window, thresholds)
         if not fired:
             continue
+        evidence = [replace(e, bounds=bounds.get(e.field)) for e in evidence]
         cause = next((c for c in pb.causes if c.when is None or evaluate(c.when, newest, pb.params, thresholds)[0]),
                      None)
         cited = {e.field for e in evidence}
-        evidence += [Evidence(name, newest.get(name), None, None, FACTS[name]) for name in pb.evidence
-                     if name not in cited and newest.get(name) is not None]
-        summary = _render(pb.summary, newest, thresholds)
+        evidence += [Evidence(name, newest.get(name), None, None, FACTS[name], bounds.get(name))
+                     for name in pb.evidence if name not in cited and newest.get(name) is not None]
+        summary = _render(pb.summary, newest, thresholds, bounds, ranged)
         if cause is not None:
-            summary += " " + _render(cause.summary, newest, thresholds)
+            summary += " " + _render(cause.summary, newest, thresholds, bounds, ranged)
         n = 1 if failed else pb.for_
         findings.append(Finding(
             playbook=pb.id, title=pb.title, severity=pb.severity, summary=summary,
             cause=cause.id if cause else None, evidence=tuple(evidence), window=_merge(spans[-n:]),
-            remedies=_remedies(pb, cause.id if cause else None, newest, server_config, thresholds), windows=n,
+            remedies=_remedies(pb, cause.id if cause else None, newest, server_config, thresholds, bounds, ranged),
+            windows=n,
         ))
     findings, excluded = _relate(findings)
     notes += excluded
+    if ranged and findings:
+        notes.append(RANGE_NOTE)
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if findings:
         status: Status = "findings"

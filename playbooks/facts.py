@@ -70,10 +70,15 @@ FACTS: dict[str, str] = {
     "prefix_caching_enabled": "prefix caching on (1) or off (0)",
     "mean_concurrency": "requests in flight on average (Little's law: e2e mean x finished / window, "
                         "bounded by the window's length and the running/waiting gauges)",
+    "batch_requests": "requests in the engine's batch on average (Little's law on prefill + decode time, "
+                      "at most requests in flight and at most the mean tokens per engine step)",
+    "batch_share_of_inflight": "requests in the engine's batch / requests in flight",
     "batch_occupancy": "requests in flight / max_num_seqs",
     "step_tokens_share": "mean tokens per engine step / max_num_batched_tokens",
-    "ttft_queue_share": "share of TTFT spent queued (queue / (queue + prefill), means)",
-    "ttft_prefill_share": "share of TTFT spent in prefill (prefill / (queue + prefill), means)",
+    "ttft_queue_share": "share of TTFT spent queued (queue / (queue + prefill); exact means from _sum/_count)",
+    "ttft_prefill_share": "share of TTFT spent in prefill (prefill / (queue + prefill); exact means from _sum/_count)",
+    "engine_cpu_utilization": "CPU time of every process of the server slotune started / window / cores allowed "
+                              "(0..1; None where slotune did not start the server)",
     "e2e_p99_over_p50": "e2e p99 / p50",
     "ttft_p99_over_p50": "TTFT p99 / p50",
     "prompt_len_p99_over_p50": "prompt length p99 / p50",
@@ -97,8 +102,16 @@ FACTS: dict[str, str] = {
 PERCENT_FACTS = frozenset({
     "error_rate", "kv_cache_usage", "prefix_cache_hit_rate", "spec_acceptance_rate", "spec_first_position_acceptance",
     "gpu_utilization", "batch_occupancy", "step_tokens_share", "ttft_queue_share", "ttft_prefill_share",
-    "client_inflight_share", "client_error_rate",
+    "client_inflight_share", "client_error_rate", "engine_cpu_utilization", "batch_share_of_inflight",
 })
+
+# A quantile interpolated inside a histogram bucket is an estimate: the true value lies in (lower,
+# upper]. Where the bucket is wider than this share of its upper bound, summaries print the bounds
+# (`1000-2000`), not the interpolated figure. vLLM's buckets step 1-2-5 (or 1-2.5-5-7.5), so in
+# practice every bucket quantile is printed with its bounds; a user's own fine buckets are not.
+WIDE_BUCKET = 0.1
+
+FactBounds = dict[str, tuple[float, float]]
 
 
 def _b(v: bool | None) -> float | None:
@@ -195,6 +208,7 @@ def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config
         if s.capacity is not None:
             f["kv_cache_tokens"] = s.capacity.kv_cache_tokens
             f["kv_max_concurrency"] = s.capacity.max_concurrency
+        f["engine_cpu_utilization"] = s.engine_cpu_utilization
         gpu = s.gpu
         f["nvml_available"] = 1.0 if gpu is not None and gpu.available and gpu.devices else 0.0
         f["gpu_utilization"] = gpu.utilization if gpu is not None and gpu.available else None
@@ -258,6 +272,10 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
         f["mean_concurrency"] = f["e2e_mean"] * (s.requests_finished or 0.0) / s.window_seconds
         if s.in_flight_cap is not None:  # requests that outlast the window would overstate it
             f["mean_concurrency"] = min(f["mean_concurrency"], s.in_flight_cap)
+    f["batch_requests"] = _batch_requests(f, s)
+    f["batch_share_of_inflight"] = _div(f["batch_requests"], f["mean_concurrency"])
+    # Occupancy counts every request in flight (queued, in the API server, in the batch): the rule
+    # asks whether the server has room for more load; `batch_requests` says how much reaches a step.
     inflight = max((v for v in (f["mean_concurrency"], f["requests_running"]) if v is not None), default=None)
     f["batch_occupancy"] = _div(inflight, f["max_num_seqs"])
     f["step_tokens_share"] = _div(f["step_tokens_mean"], f["max_num_batched_tokens"])
@@ -284,6 +302,76 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     ratios = [v / thresholds[m] for m in judged
               if (v := f.get(f"{m}_at_slo")) is not None and thresholds.get(m)]
     f["latency_slo_ratio"] = max(ratios, default=None)
+
+
+def _batch_requests(f: Facts, s: Snapshot | None) -> float | None:
+    """Requests in the engine's batch on average, from the same window as requests in flight and
+    tokens per step. Little's law on the time a request is scheduled (prefill + decode means) counts
+    the batch without the queue and the API server; and since every request the engine schedules
+    adds at least one token to a step, the batch is at most the mean tokens per step (a window's
+    Little's law overstates when requests outlast it: the step count is exact)."""
+    if s is None or s.cumulative or s.window_seconds <= 0:
+        return None
+    estimates = [v for v in (f["mean_concurrency"],) if v is not None]
+    p, d = f["prefill_mean"], f["decode_mean"]
+    if p is not None and d is not None:
+        estimates.append((p + d) * (s.requests_finished or 0.0) / s.window_seconds)
+    if not estimates:
+        return None  # the step count alone bounds the batch, it does not measure it
+    batch = min(estimates)
+    return batch if f["step_tokens_mean"] is None else min(batch, f["step_tokens_mean"])
+
+
+def fact_bounds(s: Snapshot | None, f: Facts, slo: SloSpec | None = None) -> FactBounds:
+    """The bounds `(lower, upper]` of every fact of window `s` that is a quantile interpolated in a
+    histogram bucket (`prompt_len_p95`, `ttft_at_slo`, ...) or a ratio of such quantiles (the true
+    ratio lies between the bounds' ratios; `upper` may be +Inf). Exact facts (counts, means from
+    _sum/_count, gauges, shares of means) have none. `f`: the window's facts from `build_facts`."""
+    out: FactBounds = {}
+    if s is None:
+        return out
+    for prefix, q in [*((m, getattr(s, m)) for m in _LATENCY), ("prompt_len", s.prompt_tokens),
+                      ("output_len", s.output_tokens), ("step_tokens", s.iteration_tokens)]:
+        for st in ("p50", "p95", "p99"):
+            b = q.bucket(st) if isinstance(q, Quantiles) else None
+            if b is not None and f.get(f"{prefix}_{st}") == getattr(q, st):
+                out[f"{prefix}_{st}"] = b
+    for metric in LATENCY_METRICS:
+        target = slo.get(metric) if slo is not None else None
+        stat = target.stat if target is not None and target.stat else DEFAULT_SLO_STAT
+        q = getattr(s, metric, None)
+        b = q.bucket(stat) if isinstance(q, Quantiles) else None
+        if b is not None and f.get(f"{metric}_at_slo") is not None and f[f"{metric}_at_slo"] == getattr(q, stat, None):
+            out[f"{metric}_at_slo"] = b
+    for name, top, bottom in (("e2e_p99_over_p50", "e2e_p99", "e2e_p50"), ("ttft_p99_over_p50", "ttft_p99", "ttft_p50"),
+                              ("prompt_len_p99_over_p50", "prompt_len_p99", "prompt_len_p50"),
+                              ("output_len_p99_over_p50", "output_len_p99", "output_len_p50")):
+        if f.get(name) is not None and (top in out or bottom in out):
+            hi_t = out.get(top, (f[top], f[top]))  # type: ignore[arg-type]
+            lo_b = out.get(bottom, (f[bottom], f[bottom]))  # type: ignore[arg-type]
+            lower = hi_t[0] / lo_b[1] if not math.isinf(lo_b[1]) else 0.0
+            upper = hi_t[1] / lo_b[0] if lo_b[0] > 0 else math.inf
+            out[name] = (lower, upper)
+    # The worst latency against its target: the max of intervals is the interval of the maxes.
+    thresholds = slo_thresholds(slo)
+    judged = [t.metric for t in (slo or SloSpec.parse(DEFAULT_SLO)).targets if t.metric in LATENCY_METRICS]
+    spans = []
+    for m in judged:
+        v, t = f.get(f"{m}_at_slo"), thresholds.get(m)
+        if v is not None and t:
+            lo, hi = out.get(f"{m}_at_slo", (v, v))
+            spans.append((lo / t, hi / t))
+    if f.get("latency_slo_ratio") is not None and spans and any(lo != hi for lo, hi in spans):
+        out["latency_slo_ratio"] = (max(lo for lo, _ in spans), max(hi for _, hi in spans))
+    return out
+
+
+def wide(bounds: tuple[float, float] | None) -> bool:
+    """Whether a bucket says too little to print its interpolated figure (see `WIDE_BUCKET`)."""
+    if bounds is None:
+        return False
+    lower, upper = bounds
+    return lower <= 0 or math.isinf(upper) or (upper - lower) > WIDE_BUCKET * upper
 
 
 def _inconclusive(s: Snapshot | None, metric: str, stat: str, threshold: float) -> tuple[float, float] | None:

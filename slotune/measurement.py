@@ -21,9 +21,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from slotune.collectors import vllm_metrics
+from slotune.collectors import process_cpu, vllm_metrics
 from slotune.collectors.gpu import GpuCollector
 from slotune.collectors.snapshot import Snapshot
 from slotune.errors import TargetError
@@ -81,41 +81,55 @@ def warm_up(target: str, model: str, plan: LoadPlan) -> None:
 def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | None = None,
                    slo: SloSpec | None = None, server_config: VllmConfig | None = None,
                    playbooks: Sequence[Playbook] | None = None, gpu: GpuCollector | None = None,
-                   judge: bool = True, progress: Progress | None = None) -> Measurement:
+                   judge: bool = True, progress: Progress | None = None,
+                   process_group: int | None = None) -> Measurement:
     """Measure one window of the vLLM server at `target` (its base URL).
 
     `load`: a `LoadPlan` (warm-up, then slotune's generator; `model` defaults to the config's served
     name, else the server's first model), a callable (the caller's own load), or a number of seconds
     to watch the server's own traffic. `gpu`: read the GPUs at the window's end (None: not read).
-    `judge=False` skips the playbooks. Raises `TargetError` when the server cannot be scraped or
+    `judge=False` skips the playbooks. `process_group`: the group of a server slotune started
+    (`ManagedServer.process_group`): its processes' CPU time over the window becomes the snapshot's
+    `engine_cpu_utilization` (vLLM's own page covers only the API server process). Raises `TargetError` when the server cannot be scraped or
     stops answering under the load."""
     say = progress or (lambda _msg: None)
     client: LoadResult | None = None
+    cpu_before = None
     if isinstance(load, LoadPlan):
         name = model or (server_config.served_model_name if server_config else None) or first_model(target)
         if load.warmup_requests:
             say("warming up")
             warm_up(target, name, load)
         before = vllm_metrics.scrape(target)
+        cpu_before = _group_cpu(process_group)
         say("running the workload")
         client = run_load(target, name, load.workload, rate=load.rate, concurrency=load.concurrency,
                           num_requests=load.num_requests, duration=load.duration, slo=slo, seed=load.seed,
                           progress=load.progress, request_timeout=load.request_timeout)
     elif callable(load):
         before = vllm_metrics.scrape(target)
+        cpu_before = _group_cpu(process_group)
         say("running the workload")
         client = load()
     else:
         before = vllm_metrics.scrape(target)
+        cpu_before = _group_cpu(process_group)
         time.sleep(float(load))
     after = vllm_metrics.scrape(target)
+    cpu = process_cpu.utilization(cpu_before, _group_cpu(process_group))
     window = vllm_metrics.derive(before, after, target=target, gpu=gpu.read() if gpu is not None else None)
+    if cpu is not None:
+        window = replace(window, engine_cpu_utilization=cpu)
     if not judge:
         return Measurement(window, client)
     say("diagnosing")
     figures = client.to_dict() if client is not None else None
     return Measurement(window, client, diagnose([window], slo=slo, server_config=server_config, client=figures,
                                                 playbooks=playbooks))
+
+
+def _group_cpu(pgid: int | None) -> process_cpu.GroupCpu | None:
+    return process_cpu.read_group_cpu(pgid) if pgid is not None else None
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,12 @@ class ManagedServer:
         except OSError:
             return ""
 
+    @property
+    def process_group(self) -> int | None:
+        """The id of the process group every process of this server runs in (it starts in a session
+        of its own: the group id is the leader's pid), or None when not started."""
+        return self.process.pid if self.process is not None else None
+
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

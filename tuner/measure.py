@@ -151,10 +151,12 @@ class ServerMeasure:
                     warm_up(url, model, plan)
                 swept: list[float | None] = []
                 measured = measure_window(url, lambda: self._capacity(url, model, swept), model=model,
-                                          slo=load.slo, server_config=config, progress=say)
+                                          slo=load.slo, server_config=config, progress=say,
+                                          process_group=server.process_group)
                 rate = swept[0] if swept else None
             else:
-                measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say)
+                measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say,
+                                          process_group=server.process_group)
         except TargetError as exc:
             # The server died or stopped answering under load: this config does not serve the workload.
             alive = server.is_running()

@@ -161,7 +161,8 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, num_requests: int, conc
         click.echo(f"load: workload {workload.name!r} ({workload.description or 'synthetic'}; {sampling}), "
                    f"{num_requests} requests at concurrency {concurrency}")
         with client_seat(demo.server_cpus):
-            measured = measure_window(url, plan, model=demo.name, slo=slo, server_config=config)
+            measured = measure_window(url, plan, model=demo.name, slo=slo, server_config=config,
+                                      process_group=server.process_group)
     window, diagnosis = measured.server, measured.diagnosis
     assert measured.client is not None and diagnosis is not None  # a LoadPlan, judged
     client = measured.client.to_dict()

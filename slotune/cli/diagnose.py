@@ -194,7 +194,7 @@ def _launch(config: Any, load: Any, window: float, slo: SloSpec, books: list[Any
         if not launch.ok:
             return launch.diagnosis, []
         measured = measure_window(launch.server.base_url, load or window, slo=slo, server_config=config,
-                                  playbooks=books, gpu=GpuCollector())
+                                  playbooks=books, gpu=GpuCollector(), process_group=launch.server.process_group)
         return measured.diagnosis, [measured.server]
 
 

@@ -38,7 +38,9 @@ def test_json_contract(fixtures_dir: Path) -> None:
         assert isinstance(f["summary"], str) and f["summary"]
         assert {"start", "end", "seconds"} <= set(f["window"])
         for e in f["evidence"]:
-            assert set(e) == {"field", "value", "op", "threshold", "description"}
+            assert set(e) == {"field", "value", "op", "threshold", "description", "bounds"}
+            assert e["value"] is None or isinstance(e["value"], (int, float))  # numbers stay numbers
+            assert e["bounds"] is None or (len(e["bounds"]) == 2 and isinstance(e["bounds"][0], (int, float)))
         for r in f["remedies"]:
             assert set(r) == {"action", "why", "config_delta"} and isinstance(r["config_delta"], dict)
     severities = [f["severity"] for f in out["findings"]]

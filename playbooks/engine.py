@@ -181,6 +181,16 @@ def _fmt_bounds(lower: float, upper: float, percent: bool = False) -> str:
     return f"{_fmt(lower, percent)}-{_fmt(upper, percent)}"
 
 
+def figure_text(value: float | None, bounds: Sequence[float | None] | None, percent: bool = False) -> str:
+    """A cited figure as a reader should take it: its bucket's bounds when the figure was interpolated
+    in a wide bucket (`bounds` as in the JSON: `[lower, upper]`, upper None for +Inf), else the figure."""
+    if value is not None and bounds is not None and len(bounds) == 2 and bounds[0] is not None:
+        b = (float(bounds[0]), math.inf if bounds[1] is None else float(bounds[1]))
+        if wide(b):
+            return _fmt_bounds(*b, percent=percent)
+    return _fmt(value, percent)
+
+
 RANGE_NOTE = ("a figure printed as a range (1000-2000, ≤ 20, > 2000) is a quantile from vLLM's histogram: "
               "it lies in that bucket, and interpolation inside the bucket cannot place it")
 

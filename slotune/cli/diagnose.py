@@ -68,6 +68,8 @@ def render(d: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from slotune.playbooks.engine import figure_text
+
     parts: list[Any] = []
     win = d.get("window") or {}
     where = d.get("target") or "server"
@@ -83,7 +85,8 @@ def render(d: dict[str, Any]) -> Any:
             ev.add_column(col)
         for e in f["evidence"]:
             thr = "" if e["op"] is None else f"{e['op']} {_num(e['threshold'])}"
-            ev.add_row(e["field"], _num(e["value"]), thr, e["description"])
+            value = figure_text(e["value"], e["bounds"]) if e.get("bounds") else _num(e["value"])
+            ev.add_row(e["field"], value, thr, e["description"])
         parts.append(ev)
         for i, r in enumerate(f["remedies"], 1):
             delta = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["config_delta"].items())

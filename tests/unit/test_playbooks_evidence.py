@@ -175,3 +175,16 @@ def test_requests_held_outside_the_batch_are_not_called_low_load() -> None:
     assert not any("concurrency" in r.action.lower() for r in f.remedies)
     spread = burning(latency_slo_ratio=0.5, tpot_at_slo=0.02, batch_requests=18, batch_share_of_inflight=0.9)
     assert judge([spread], playbooks=books).findings[0].cause == "low_offered_load"
+
+
+def test_the_cli_table_prints_a_bucket_quantile_as_its_bucket() -> None:
+    from rich.console import Console
+
+    from slotune.cli.diagnose import render
+
+    d = diagnose([long_prompt_window()], slo=SloSpec.parse("ttft_p95<=500ms"), server_config=VllmConfig(model="m"))
+    console = Console(width=200, record=True)
+    console.print(render(d.to_dict()))
+    rows = {line.split()[0]: line for line in console.export_text().splitlines() if line.strip()}
+    assert rows["prompt_len_p95"].split()[1] == "1000-2000", rows["prompt_len_p95"]
+    assert rows["prompt_len_mean"].split()[1] == "975"  # exact: plain

@@ -57,6 +57,35 @@ def test_healthy_lightly_loaded_server_has_no_finding(vllm_server: Any) -> None:
     assert (d["status"], d["findings"]) == ("healthy", []), json.dumps(d, indent=1)
 
 
+def test_a_server_slotune_started_reports_its_engine_processes_cpu(vllm_server: Any) -> None:
+    # vLLM 0.32 runs its engine in a process of its own (VLLM::EngineCore), which the API server's
+    # process_cpu_seconds_total does not cover: slotune reads the whole process group it started.
+    import psutil
+
+    from slotune.collectors.process_cpu import read_group_cpu
+
+    pgid = vllm_server.process_group
+    group = read_group_cpu(pgid)
+    assert group is not None and group.processes >= 2, group
+    names = {p.name() for p in psutil.process_iter() if _in_group(p.pid, pgid)}
+    assert any("EngineCore" in n for n in names), names
+    plan = LoadPlan(Workload.fixed(16, 32), concurrency=2, num_requests=4, request_timeout=120.0)
+    measured = measure_window(vllm_server.base_url, plan, model="tiny", slo=LENIENT,
+                              server_config=VllmConfig(model="tiny", served_model_name="tiny"), process_group=pgid)
+    cpu = measured.server.engine_cpu_utilization
+    assert cpu is not None and 0 < cpu <= 1
+    assert measured.diagnosis is not None and measured.diagnosis.facts["engine_cpu_utilization"] == cpu
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    import os
+
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return False
+
+
 def test_long_tail_mix_is_inconsistent_latency(vllm_server: Any) -> None:
     # Mostly 8-token answers, a fifth of them 2000 tokens: p99 far above p50 (the tiny model makes
     # ~1000 tokens/s here, so the long ones take seconds and the short ones a fraction of one).

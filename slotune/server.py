@@ -4,14 +4,15 @@ Lifecycle: `start()` launches vLLM from a `VllmConfig` on a free loopback port w
 then polls `/health` until it answers, the process dies, or the start-up timeout passes. A start-up
 failure is returned as a classified `StartResult`, never raised: the tuner records it as an infeasible
 trial. `stop()` sends SIGTERM to the whole process group (vLLM forks an engine-core process), waits,
-then SIGKILLs. The server also dies with its parent (PR_SET_PDEATHSIG), and every live server is stopped
-at interpreter exit, so neither Ctrl-C nor a failing test leaves orphans.
+then SIGKILLs. Every live server is stopped at interpreter exit, so neither Ctrl-C nor a failing test
+leaves orphans; and each server has a watchdog process (`slotune.group_watchdog`) that takes its whole
+process group down (SIGTERM, then SIGKILL after `orphan_grace` s) when slotune dies without stopping it,
+even by SIGKILL and even while vLLM is still starting (where vLLM loses a SIGTERM: see that module).
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import enum
 import functools
 import os
@@ -19,6 +20,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from slotune import platforms
+from slotune import group_watchdog, platforms
 from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 from slotune.slo_buckets import with_slo_buckets
@@ -96,18 +98,7 @@ def classify_failure(log_text: str) -> tuple[StartStatus, tuple[str, ...]]:
     return StartStatus.CRASHED, tail
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if slotune dies (even by SIGKILL), the kernel sends
-    # vLLM a SIGTERM, and vLLM's own handler takes its engine-core process down with it.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _child_setup(cpus: tuple[int, ...] | None) -> None:
-    _die_with_parent()
     if cpus:
         os.sched_setaffinity(0, cpus)  # inherited by the engine core and workers vLLM starts
 
@@ -137,7 +128,11 @@ class ManagedServer:
     # The SLO the server is judged by: its latency thresholds become histogram bucket bounds
     # (`--custom-histogram-buckets`), so attainment read from vLLM's /metrics is exact.
     slo: SloSpec | None = None
+    # Seconds the watchdog gives the group between SIGTERM and SIGKILL once slotune is gone.
+    orphan_grace: float = 5.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lifeline: int | None = field(default=None, init=False, repr=False)  # the write end the watchdog waits on
     log_path: Path | None = field(default=None, init=False)
     effective: VllmConfig | None = field(default=None, init=False)
 
@@ -182,13 +177,43 @@ class ManagedServer:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # own process group, so stop() reaches the engine core too
-                preexec_fn=functools.partial(_child_setup, self.cpus),
+                # only where needed: a preexec_fn runs between fork and exec, unsafe beside threads
+                preexec_fn=functools.partial(_child_setup, self.cpus) if self.cpus else None,
             )
         _LIVE.add(self)
+        self._start_watchdog(self.process.pid)
         result = self._wait_healthy(started)
         if not result.ok:
             self.stop()
         return result
+
+    def _start_watchdog(self, pgid: int) -> None:
+        # The pipe's ends are close-on-exec: vLLM and every other program slotune runs never hold the
+        # write end, so it reaches end-of-file exactly when slotune closes it or dies.
+        read_end, self._lifeline = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-m", group_watchdog.__name__, str(pgid), str(self.orphan_grace)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # out of slotune's group: a Ctrl-C or killpg meant for slotune spares it
+            )
+        finally:
+            os.close(read_end)
+
+    def _stop_watchdog(self) -> None:
+        # Called once the group is gone: the watchdog reads end-of-file, finds nothing alive, exits.
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if self.watchdog is not None:
+            try:
+                self.watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+                self.watchdog.wait()
+            self.watchdog = None
 
     def _wait_healthy(self, started: float) -> StartResult:
         assert self.process is not None and self.log_path is not None
@@ -257,6 +282,7 @@ class ManagedServer:
             except subprocess.TimeoutExpired:
                 pass
         _wait_group_gone(pgid, 5.0)
+        self._stop_watchdog()
         self.process = None
         _LIVE.discard(self)
 

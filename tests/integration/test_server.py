@@ -19,7 +19,7 @@ import pytest
 from slotune.errors import ConfigError
 from slotune.server import ManagedServer, StartResult, StartStatus, group_alive
 from slotune.vllm_config import VllmConfig
-from tests.integration.procs import live_members
+from tests.integration.procs import left_behind, live_members, server_groups, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +164,7 @@ def test_interrupted_parent_leaves_no_orphans(tiny_model, tmp_path):
 
 
 def test_killed_parent_takes_server_down(tiny_model, tmp_path):
-    """Even SIGKILL of slotune (no cleanup runs) does not orphan vLLM: the death signal does it."""
+    """Even SIGKILL of slotune (no cleanup runs) does not orphan vLLM: its watchdog takes the group down."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(f"""
         import os, time
@@ -185,3 +185,41 @@ def test_killed_parent_takes_server_down(tiny_model, tmp_path):
         time.sleep(0.5)
     assert live_members(pgid) == []
     assert not group_alive(pgid) or live_members(pgid) == []
+
+
+def test_parent_killed_while_vllm_starts_leaves_no_process(tiny_model, tmp_path):
+    """SIGKILL of slotune while vLLM is still starting: the window where vLLM 0.32 loses a SIGTERM (its
+    start-up handler's KeyboardInterrupt is swallowed while the API server waits for the engine core's
+    handshake, and start-up goes on). The watchdog's SIGKILL after the grace ends the whole group, the
+    API server and its engine core, and the watchdog leaves too."""
+    data = tmp_path / "data"
+    data.mkdir()
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from slotune.server import ManagedServer
+        from slotune.vllm_config import VllmConfig
+        s = ManagedServer(VllmConfig(model={str(tiny_model)!r}), log_dir=Path({str(tmp_path)!r}), orphan_grace=3)
+        s.start()
+    """))
+    env = {**os.environ, "SLOTUNE_DATA_DIR": str(data)}
+    parent = subprocess.Popen([sys.executable, str(script)], env=env)
+    groups: set[int] = set()
+    try:
+        # The engine core is spawned: vLLM's start-up SIGTERM handler is installed and the API server waits
+        # for the engine core's handshake.
+        deadline = time.monotonic() + 240
+        while not any(len(live_members(g)) >= 2 for g in groups) and time.monotonic() < deadline:
+            groups |= server_groups(data)
+            time.sleep(0.2)
+        assert any(len(live_members(g)) >= 2 for g in groups), "vLLM's engine core never started"
+        time.sleep(1)
+        log = next(tmp_path.glob("vllm-*.log")).read_text(errors="replace")
+        assert "Application startup complete" not in log, "vLLM was already serving: not killed mid-start"
+        parent.kill()
+        parent.wait(timeout=10)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    # The watchdog's grace (3 s), its SIGKILL, and a busy host's scheduling.
+    wait_gone(lambda: left_behind(data, groups), 40, what="the vLLM of a slotune killed mid-start")

@@ -46,7 +46,8 @@ $(STAMP): pyproject.toml Makefile
 demo: setup ## the real model on vLLM: one answer, real load, measure, diagnose, tune a little; stops everything
 	$(VENV)/bin/slotune demo
 
-test: setup ## the whole suite: unit tests, real-server integration tests, promtool rule tests
+test: setup ## the whole suite: lint (ruff, under a second; import layers), unit, real-server integration, promtool rule tests
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 

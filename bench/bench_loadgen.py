@@ -33,10 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from slotune.loadgen.runner import request_bodies, run_load
 from slotune.loadgen.workload import Workload
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cores() -> list[int]:
@@ -163,7 +163,7 @@ def vs_vllm(a: argparse.Namespace) -> None:
             v = json.loads(res.read_text())
             t0 = min(v["start_times"])
             tpots = [(e - t) / (o - 1) if o > 1 else None
-                     for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"])]
+                     for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"], strict=True)]
             dump.append({"client": "vllm", "concurrency": conc, "round": rnd,
                          "sent": [t - t0 for t in v["start_times"]], "ttft": v["ttfts"], "tpot": tpots,
                          "server_ttft": server_ttft(window)})
@@ -188,7 +188,7 @@ def compare(dump: list[dict], conc: int) -> None:
     """The FIGURE lines for one concurrency: each client's requests pooled over its rounds."""
     def pooled(client: str, metric: str, part: slice = slice(None)) -> list[float]:
         return [x for r in dump if r["client"] == client and r["concurrency"] == conc
-                for _, x in sorted(zip(r["sent"], r[metric]))[part] if x is not None]
+                for _, x in sorted(zip(r["sent"], r[metric], strict=True))[part] if x is not None]
 
     for metric in ("ttft", "tpot"):
         for q in (50, 95):

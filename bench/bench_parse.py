@@ -12,13 +12,13 @@ import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu"
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import derive
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu"
 
 
 def timed(fn, repeat: int) -> list[float]:

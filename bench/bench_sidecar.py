@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -25,13 +26,13 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 import httpx
 import yaml
 
 from slotune.server import free_port
 from tests.unit.sidecar_helpers import SPEC_AFTER, SPEC_UNDER, page, page_server
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -132,10 +133,8 @@ class _LightLoad:
     def run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=60) as c:
             while not self.stop.wait(1.0):
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     c.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * 20, "max_tokens": 16})
-                except httpx.HTTPError:
-                    pass
 
 
 def main() -> None:

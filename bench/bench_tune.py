@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from slotune.model import build_tiny_model
 from slotune.platforms import parse_cpus
 from slotune.server import ManagedServer
@@ -36,6 +34,8 @@ from slotune.slo import SloSpec
 from slotune.tuner.command import parse_serve_command
 from slotune.tuner.study import TuneSpec, run_study
 from slotune.vllm_config import VllmConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 _VLLM_BENCH = """
 import json, sys

@@ -7,6 +7,7 @@ collector keeps working. The NVML module is a constructor argument so tests can 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from types import ModuleType
@@ -37,7 +38,7 @@ class GpuCollector:
             if self._nvml is None:
                 self._nvml = _default_nvml()
             self._nvml.nvmlInit()
-        except Exception as exc:  # NVMLError (no driver, no library), ImportError: all mean "no GPU here"
+        except Exception as exc:  # noqa: BLE001 - NVMLError (no driver, no library), ImportError: all mean "no GPU here"
             self._unavailable = f"NVML unavailable: {exc.__class__.__name__}: {exc}".rstrip(": ")
             log.info("GPU metrics off: %s", self._unavailable)
             return self._unavailable
@@ -51,7 +52,7 @@ class GpuCollector:
         nvml = self._nvml
         try:
             count = nvml.nvmlDeviceGetCount()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any NVML failure is a reason shown, not a crash
             return GpuSnapshot(available=False, reason=f"NVML device count failed: {exc}")
         if count == 0:
             return GpuSnapshot(available=False, reason="NVML found no GPU")
@@ -64,7 +65,7 @@ class GpuCollector:
             # One unsupported query (power on some boards) must not hide the others.
             try:
                 return fn()
-            except Exception:
+            except Exception:  # noqa: BLE001 - NVML raises its own error per unsupported query
                 return None
 
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -83,8 +84,6 @@ class GpuCollector:
 
     def close(self) -> None:
         if self._ready:
-            try:
+            with contextlib.suppress(Exception):  # a failed shutdown changes nothing here
                 self._nvml.nvmlShutdown()
-            except Exception:
-                pass
             self._ready = False

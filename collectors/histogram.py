@@ -33,7 +33,7 @@ class Histogram:
         or its buckets changed (a different server)."""
         if before.bounds != self.bounds:
             return None
-        counts = tuple(a - b for a, b in zip(self.counts, before.counts))
+        counts = tuple(a - b for a, b in zip(self.counts, before.counts, strict=True))
         count = self.count - before.count
         if count < 0 or any(c < 0 for c in counts):
             return None
@@ -43,7 +43,7 @@ class Histogram:
         """Two series with the same buckets (two engines) as one."""
         if other.bounds != self.bounds:
             raise ValueError("cannot add histograms with different buckets")
-        counts = tuple(a + b for a, b in zip(self.counts, other.counts))
+        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
         return Histogram(self.bounds, counts, self.sum + other.sum, self.count + other.count)
 
 

@@ -46,7 +46,7 @@ class Metric:
         return (self.name, *self.aliases)
 
 
-C, G, H, I = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM, Kind.INFO
+C, G, H, INFO = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM, Kind.INFO
 
 METRICS: tuple[Metric, ...] = (
     # Latency histograms (seconds).
@@ -87,7 +87,7 @@ METRICS: tuple[Metric, ...] = (
            "waiting requests by reason", label="reason"),
     Metric("kv_cache_usage", "vllm:kv_cache_usage_perc", G, "KV-cache usage, 0..1",
            aliases=("vllm:gpu_cache_usage_perc",), fraction=True),
-    Metric("cache_config", "vllm:cache_config_info", I, "KV-cache configuration in labels"),
+    Metric("cache_config", "vllm:cache_config_info", INFO, "KV-cache configuration in labels"),
     # Not vLLM's own, but on every page: tells a restart apart from a quiet window.
     Metric("process_start", "process_start_time_seconds", G, "server process start (unix seconds)"),
 )

@@ -265,7 +265,9 @@ def derive(
         start = before.timestamp
     w = _Window(None if reset else before, after)
     seconds = after.timestamp - start
-    per_s = (lambda x: None if x is None or seconds <= 0 else x / seconds)
+
+    def per_s(x: float | None) -> float | None:
+        return None if x is None or seconds <= 0 else x / seconds
 
     by_reason = w.counter_by("request_success", "finished_reason")
     finished = None if by_reason is None else sum(by_reason.values())
@@ -337,7 +339,7 @@ def _in_flight_cap(before: Scrape | None, after: Scrape, e2e: Histogram | None, 
     caps: list[float] = []
     if e2e is not None and e2e.count > 0 and seconds > 0:
         prev, total = 0.0, 0.0
-        for bound, cum in zip(e2e.bounds, e2e.counts):
+        for bound, cum in zip(e2e.bounds, e2e.counts, strict=True):
             total += (cum - prev) * min(bound, seconds)
             prev = cum
         caps.append(total / seconds)

@@ -78,7 +78,7 @@ def table(title: str, targets: list[Json], description: str) -> Json:
 
 def latency_panel(sli: str, title: str, why: str) -> Json:
     targets = [q(sel(rules.latency_quantile(sli, qq)), f"p{round(qq * 100)} {{{{instance}}}}", ref)
-               for qq, ref in zip(rules.QUANTILES, "ABC")]
+               for qq, ref in zip(rules.QUANTILES, "ABC", strict=True)]
     targets.append(q(f'max by (slo) ({rules.SLO_THRESHOLD}{{slo=~"{sli}_.*"}})', "target {{slo}}", "D"))
     th = [(TARGETS[sli], "red")] if sli in TARGETS else None
     return timeseries(title, targets, "s", why, th)
@@ -216,7 +216,7 @@ def engine() -> Json:
             "{{finished_reason}}")], "reqps", "length/stop are normal; error and abort count against the "
             f"error-rate SLO ({', '.join(ERROR_FINISH_REASONS)}) or the client (abort).", None, stack=True),
         timeseries("Queue time", [q(sel(rules.latency_quantile("queue", qq)), f"p{round(qq * 100)}", r)
-                                  for qq, r in zip(rules.QUANTILES, "ABC")], "s",
+                                  for qq, r in zip(rules.QUANTILES, "ABC", strict=True)], "s",
                    "Time requests wait before their first schedule: the queueing part of TTFT.", None),
         timeseries("Request rate", [q(sel(S["requests_rate"]), "{{instance}}")], "reqps",
                    "Finished requests per second.", None),

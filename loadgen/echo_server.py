@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -194,10 +195,8 @@ class EchoServer:
                 self.port = port
                 self._ready.set()
 
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await serve(self.cfg, ready=ready, stats=self.stats)
-            except asyncio.CancelledError:
-                pass
 
         asyncio.run(main())
 
@@ -222,10 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--itl-ms", type=float, default=0.0)
     a = ap.parse_args(argv)
     cfg = EchoConfig(model=a.model, ttft=a.ttft_ms / 1000, itl=a.itl_ms / 1000)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg, a.host, a.port, ready=lambda port: print(f"listening on {port}", flush=True)))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

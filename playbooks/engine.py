@@ -353,7 +353,7 @@ def _relate(findings: list[Finding]) -> tuple[list[Finding], list[str]]:
     of those it qualifies."""
     kept: list[Finding] = []
     notes: list[str] = []
-    for f, verdict in zip(findings, relate([(f.playbook, f.cause) for f in findings])):
+    for f, verdict in zip(findings, relate([(f.playbook, f.cause) for f in findings]), strict=True):
         if verdict is None:
             kept.append(f)
         elif verdict[0] == "exclude":

@@ -75,7 +75,7 @@ def apply_to_dicts(found: list[dict], relations: Sequence[Relation] | None = Non
     verdicts = decide([(f.get("playbook", ""), f.get("cause")) for f in found], relations)
     kept: list[dict] = []
     notes: list[str] = []
-    for f, v in zip(found, verdicts):
+    for f, v in zip(found, verdicts, strict=True):
         if v is None:
             kept.append(f)
         elif v[0] == "exclude":

@@ -20,6 +20,7 @@ Standard library only, and nothing of slotune is imported: it must start fast an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -47,10 +48,8 @@ def live_members(pgid: int) -> list[int]:
 
 
 def _signal(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def take_down(pgid: int, grace: float) -> None:

@@ -13,6 +13,7 @@ even by SIGKILL and even while vLLM is still starting (where vLLM loses a SIGTER
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
 import functools
 import os
@@ -26,6 +27,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -35,6 +37,8 @@ from slotune.slo import SloSpec
 from slotune.slo_buckets import with_slo_buckets
 from slotune.vllm_config import VllmConfig, validate_combination
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 class StartStatus(str, enum.Enum):
     READY = "ready"
@@ -271,22 +275,18 @@ class ManagedServer:
             pgid = None
         if proc.poll() is None or pgid is not None:
             _signal_group(pgid, proc, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                pass
             # The API server may be gone while its engine core lingers: always sweep the group.
             _signal_group(pgid, proc, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         _wait_group_gone(pgid, 5.0)
         self._stop_watchdog()
         self.process = None
         _LIVE.discard(self)
 
-    def __enter__(self) -> ManagedServer:
+    def __enter__(self) -> Self:
         result = self.start()
         if not result.ok:
             raise ServerStartError(result)

@@ -11,6 +11,7 @@ launched, with a message that says which rule was broken.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -195,7 +196,7 @@ class VllmConfig(BaseModel):
                 raise ValueError(f"bucket family {family!r} is not a family name (e.g. time_to_first_token)")
             if not bounds or any(not math.isfinite(b) or b <= 0 for b in bounds):
                 raise ValueError(f"custom_histogram_buckets[{family!r}]: bounds must be finite and > 0")
-            if any(a >= b for a, b in zip(bounds, bounds[1:])):
+            if any(a >= b for a, b in itertools.pairwise(bounds)):
                 raise ValueError(f"custom_histogram_buckets[{family!r}]: bounds must be strictly increasing")
         return v
 

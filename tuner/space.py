@@ -228,7 +228,7 @@ class SearchSpace:
         plain = [d for d in self.dimensions if d.requires is None]
         combos = []
         for values in product(*(d.choices for d in plain)):
-            params = dict(zip((d.name for d in plain), values))
+            params = dict(zip((d.name for d in plain), values, strict=True))
             for d in self.dimensions:
                 if d.requires is not None and self._value(d.requires, params) is not None:
                     params[d.name] = d.choices[0]

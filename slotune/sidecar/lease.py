@@ -13,6 +13,7 @@ A second sidecar finds the lease taken and stops with one line (`ConfigError`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -65,10 +66,8 @@ class Lease:
 
     def release(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()  # ends the session: PostgreSQL drops its advisory locks
-            except SQLAlchemyError:
-                pass
             self._conn = None
         if self._file is not None:
             self._file.close()  # closing the descriptor drops the flock

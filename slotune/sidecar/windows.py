@@ -76,7 +76,7 @@ def window_histogram(before: Scrape | None, after: Scrape, key: str) -> Histogra
 
 def bad_count(hist: Histogram, threshold: float) -> float:
     """Observations above the first bucket bound at or over `threshold`."""
-    for bound, cum in zip(hist.bounds, hist.counts):
+    for bound, cum in zip(hist.bounds, hist.counts, strict=True):
         if bound >= threshold:
             return max(hist.count - cum, 0.0)
     return 0.0

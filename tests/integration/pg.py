@@ -49,7 +49,9 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def start(self) -> None:
-        run = lambda *a: subprocess.run(_as_postgres(*a), check=True, capture_output=True, text=True)
+        def run(*a: str) -> None:
+            subprocess.run(_as_postgres(*a), check=True, capture_output=True, text=True)
+
         run(str(self.bindir / "initdb"), "-D", str(self.datadir / "data"), "-U", "postgres", "--auth=trust",
             "--no-sync", "-E", "UTF8")
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c unix_socket_directories=''"

@@ -35,7 +35,6 @@ def test_ids_at_the_integer_limits_and_nul_bytes_on_postgres(tmp_path: Path, pos
     with TestClient(app, raise_server_exceptions=False) as client:
         check_edges(client, app.openapi(), {"Authorization": f"Bearer {TOKEN}"})
         # Below the API's own checks: a NUL the database refuses is a short 422, no SQL in it.
-        with pytest.raises(RefusedValueError) as err:
-            with sidecar.store.session() as s:
-                s.query(Finding).filter(Finding.playbook == "a\x00b").all()
+        with pytest.raises(RefusedValueError) as err, sidecar.store.session() as s:
+            s.query(Finding).filter(Finding.playbook == "a\x00b").all()
         assert "[SQL:" not in str(err.value) and "SELECT" not in str(err.value) and "a\x00b" not in str(err.value), str(err.value)

@@ -132,7 +132,7 @@ def test_ctrl_c_stops_cleanly(pages_server):
     assert json.loads(first)["requests_finished"] == 40
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 

@@ -47,7 +47,7 @@ def test_real_buckets_match_reference(q):
     n = 0
     for where, h in real_histograms():
         ours = quantile(q, h.bounds, h.counts)
-        ref = reference_quantile(q, list(zip(h.bounds, h.counts)))
+        ref = reference_quantile(q, list(zip(h.bounds, h.counts, strict=True)))
         assert ours == pytest.approx(ref, rel=1e-12), where
         n += 1
     assert n >= 30
@@ -65,7 +65,7 @@ def test_random_buckets_match_reference():
         h = Histogram((*map(float, bounds), math.inf), tuple(counts), 1.0, counts[-1])
         for q in (0.5, 0.95, 0.99):
             assert quantile(q, h.bounds, h.counts) == pytest.approx(
-                reference_quantile(q, list(zip(h.bounds, h.counts)))
+                reference_quantile(q, list(zip(h.bounds, h.counts, strict=True)))
             )
 
 

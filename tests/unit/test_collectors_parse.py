@@ -38,7 +38,7 @@ def our_samples(text: str) -> dict[tuple[str, frozenset], float]:
     for key, series in scrape.histograms.items():
         base = scrape.sources[key]
         for labels, h in series.items():
-            for le, c in zip(h.bounds, h.counts):
+            for le, c in zip(h.bounds, h.counts, strict=True):
                 le_text = "+Inf" if math.isinf(le) else repr(le)
                 out[(base + "_bucket", frozenset((*labels, ("le", le_text))))] = c
             out[(base + "_sum", frozenset(labels))] = h.sum
@@ -142,7 +142,7 @@ def test_nan_gauge_is_no_data():
 def test_histogram_without_inf_bucket_is_refused():
     text = "\n".join(ln for ln in page(AFTER).splitlines()
                      if not ln.startswith("vllm:e2e_request_latency_seconds_bucket") or "+Inf" not in ln)
-    with pytest.raises(TargetError, match="e2e_request_latency_seconds.*'\\+Inf'"):
+    with pytest.raises(TargetError, match=r"e2e_request_latency_seconds.*'\+Inf'"):
         parse(text)
 
 
@@ -196,7 +196,7 @@ def test_impossible_values_are_refused_with_the_family_named(old, new, fragment)
 def test_a_duplicate_bucket_is_refused():
     text = page(AFTER)
     line = next(ln for ln in text.splitlines() if ln.startswith("vllm:e2e_request_latency_seconds_bucket"))
-    with pytest.raises(TargetError, match="e2e_request_latency_seconds.*duplicate series"):
+    with pytest.raises(TargetError, match=r"e2e_request_latency_seconds.*duplicate series"):
         parse(text.replace(line, line + "\n" + line))
 
 

@@ -107,7 +107,7 @@ def test_push_is_idempotent_and_keeps_uids(grafana: FakeGrafana, capsys) -> None
     assert grafana.folders == {"llm-serving": "LLM serving"}  # created once, found the second time
     folder_posts = [r for r in grafana.requests if r[:2] == ("POST", "/api/folders")]
     assert len(folder_posts) == 1
-    for method, path, body in grafana.requests:
+    for _, path, body in grafana.requests:
         if path == "/api/dashboards/db":
             assert body["overwrite"] is True and body["folderUid"] == "llm-serving"
             assert "id" not in body["dashboard"]

@@ -164,7 +164,7 @@ def test_v0_medusa_page_without_draft_counter_is_judged_none_accepted():
     assert len(f.evidence) == len(set(f.evidence)), [e.field for e in f.evidence]
     assert " 1 tokens" not in f.summary and "unknownx" not in f.summary, f.summary
     assert ev["spec_mean_acceptance_length"] == 1.0 and ev["spec_acceptance_rate"] == 0
-    assert {"speculative_config": None} == f.remedies[0].config_delta
+    assert f.remedies[0].config_delta == {"speculative_config": None}
     assert "None" not in f.summary and "?" not in f.summary
 
 

@@ -5,6 +5,7 @@ parameters on the wire."""
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ def test_the_installed_sharegpt_file_is_cut_off_and_repaired() -> None:
     pairs = corpus.sharegpt_pairs()
     assert len(pairs) > 15_000  # 17,671 conversations recovered, most with a first question and its reply
     w = load_workload("sharegpt")
-    a = [s for s, _ in zip(w.shapes(3), range(20))]
-    assert a == [s for s, _ in zip(w.shapes(3), range(20))]  # same seed, same prompts
-    assert [s.text for s in a] != [s.text for s, _ in zip(w.shapes(4), range(20))]
+    a = list(islice(w.shapes(3), 20))
+    assert a == list(islice(w.shapes(3), 20))  # same seed, same prompts
+    assert [s.text for s in a] != [s.text for s in islice(w.shapes(4), 20)]
     texts = {p for p, _ in pairs}
     assert all(s.text in texts and 4 <= s.prompt_len <= 1024 and 4 <= s.output_len <= 1024 for s in a)
     assert len({s.output_len for s in a}) > 5  # the replies' own lengths, not one fixed number
@@ -47,7 +48,7 @@ def test_the_installed_sharegpt_file_is_cut_off_and_repaired() -> None:
 def test_edit_prompts_quote_real_stdlib_code_and_ask_for_it_back() -> None:
     w = load_workload("edit")
     assert w.temperature == 0 and not w.ignore_eos and w.endpoint == "chat"
-    shapes = [s for s, _ in zip(w.shapes(0), range(8))]
+    shapes = list(islice(w.shapes(0), 8))
     assert len({s.text for s in shapes}) == 8
     for s in shapes:
         assert s.text is not None and s.text.startswith("Rename the function `")
@@ -56,7 +57,7 @@ def test_edit_prompts_quote_real_stdlib_code_and_ask_for_it_back() -> None:
         assert code.lstrip().startswith(("def ", "async def ", "@")) and f"def {name}(" in code
         assert 128 <= s.prompt_len <= 512
         assert s.output_len >= corpus.Counter().count(code)  # room for the whole code back
-    assert [s.text for s in shapes] != [s.text for s, _ in zip(w.shapes(1), range(8))]
+    assert [s.text for s in shapes] != [s.text for s in islice(w.shapes(1), 8)]
 
 
 def test_long_prompt_and_shared_prefix_are_real_text_of_the_asked_size(tiny_model: Path) -> None:
@@ -64,7 +65,7 @@ def test_long_prompt_and_shared_prefix_are_real_text_of_the_asked_size(tiny_mode
 
     tok = load_tokenizer(str(tiny_model))
     w = load_workload("long-prompt")
-    for s, _ in zip(w.shapes(0, tok), range(3)):
+    for s in islice(w.shapes(0, tok), 3):
         assert 1536 - 8 <= s.prompt_len <= 3072 and corpus.DOCUMENT_QUESTION in (s.text or "")
     prefix = corpus.shared_prefix_text(1024, 0, corpus.Counter(tok))
     assert len(tok.encode(prefix, add_special_tokens=False).ids) in range(1020, 1025)

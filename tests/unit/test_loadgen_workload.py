@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ def test_builtins_load_and_fit_the_tiny_model(name: str) -> None:
     assert w.name == name
     need = w.max_total_tokens()
     assert 0 < need <= TinyModelSpec().max_position_embeddings
-    shapes = [s for s, _ in zip(w.shapes(0), range(500 if w.prompts is None else 60))]
+    shapes = list(islice(w.shapes(0), 500 if w.prompts is None else 60))
     # Sampled requests never exceed what max_total_tokens promises.
     prefix = w.shared_prefix.length
     assert max(s.prompt_len + (prefix if s.shared_prefix else 0) + s.output_len for s in shapes) <= need
@@ -26,26 +27,26 @@ def test_builtins_load_and_fit_the_tiny_model(name: str) -> None:
 def test_builtins_have_their_character() -> None:
     chat = load_workload("chat")
     assert chat.endpoint == "chat"
-    shared = [s.shared_prefix for s, _ in zip(load_workload("shared-prefix").shapes(1), range(1000))]
+    shared = [s.shared_prefix for s in islice(load_workload("shared-prefix").shapes(1), 1000)]
     assert 0.85 < sum(shared) / len(shared) < 0.95
     tail = load_workload("mixed-tail")
-    long = [s.prompt_len >= 2048 for s, _ in zip(tail.shapes(2), range(2000))]
+    long = [s.prompt_len >= 2048 for s in islice(tail.shapes(2), 2000)]
     assert 0.03 < sum(long) / len(long) < 0.07
-    assert min(s.prompt_len for s, _ in zip(load_workload("long-context").shapes(0), range(100))) >= 2048
+    assert min(s.prompt_len for s in islice(load_workload("long-context").shapes(0), 100)) >= 2048
 
 
 def test_shapes_are_deterministic_per_seed() -> None:
     w = load_workload("mixed-tail")
-    a = [s for s, _ in zip(w.shapes(7), range(50))]
-    b = [s for s, _ in zip(w.shapes(7), range(50))]
-    c = [s for s, _ in zip(w.shapes(8), range(50))]
+    a = list(islice(w.shapes(7), 50))
+    b = list(islice(w.shapes(7), 50))
+    c = list(islice(w.shapes(8), 50))
     assert a == b and a != c
 
 
 def test_fixed() -> None:
     w = Workload.fixed(128, 32)
     assert w.max_total_tokens() == 160
-    assert {(s.prompt_len, s.output_len, s.shared_prefix) for s, _ in zip(w.shapes(0), range(20))} == {(128, 32, False)}
+    assert {(s.prompt_len, s.output_len, s.shared_prefix) for s in islice(w.shapes(0), 20)} == {(128, 32, False)}
     assert w.ignore_eos and w.endpoint == "completions"
 
 
@@ -85,5 +86,5 @@ def test_not_yaml_and_unknown_name(tmp_path: Path) -> None:
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_workload(f)
-    with pytest.raises(ConfigError, match="unknown workload 'nope'.*chat"):
+    with pytest.raises(ConfigError, match=r"unknown workload 'nope'.*chat"):
         load_workload("nope")

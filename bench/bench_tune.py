@@ -21,12 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from slotune.loadgen.vllm_bench import run_vllm_bench
 from slotune.model import build_tiny_model
 from slotune.platforms import parse_cpus
 from slotune.server import ManagedServer
@@ -37,30 +36,15 @@ from slotune.vllm_config import VllmConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
-_VLLM_BENCH = """
-import json, sys
-from vllm.benchmarks.serve import add_cli_args, main
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-p = FlexibleArgumentParser(); add_cli_args(p)
-args = p.parse_args(sys.argv[1:])
-r = main(args)
-print("RESULT " + json.dumps({k: v for k, v in r.items() if not isinstance(v, list)}))
-"""
-
-
 def vllm_bench(server: ManagedServer, model_dir: Path, name: str, a: argparse.Namespace, slo: SloSpec) -> dict:
     """vLLM's own load generator against a running server; its summary (request_goodput, p95s...)."""
-    argv = [sys.executable, "-c", _VLLM_BENCH, "--backend", "vllm", "--base-url", server.base_url,
+    argv = ["--backend", "vllm", "--base-url", server.base_url,
             "--endpoint", "/v1/completions", "--model", name, "--tokenizer", str(model_dir),
             "--dataset-name", "random", "--random-input-len", str(a.input_len), "--random-output-len",
             str(a.output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(a.bench_requests),
             "--request-rate", str(a.rate), "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,95,99", "--goodput", *slo.vllm_goodput_args()]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"vllm bench failed: {out.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return run_vllm_bench(argv, timeout=900).summary
 
 
 def measure_with_vllm(config: VllmConfig, model_dir: Path, a: argparse.Namespace, slo: SloSpec, logs: Path) -> dict:

@@ -11,8 +11,6 @@ server (loadgen.echo_server).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from conftest import CACHE
 from slotune.collectors.vllm_metrics import derive, scrape
 from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.runner import prompt_lines, run_load
+from slotune.loadgen.vllm_bench import VllmBenchError, custom_dataset_args, run_vllm_bench
 from slotune.loadgen.workload import load_workload
 
 pytestmark = pytest.mark.integration
@@ -94,22 +93,6 @@ def test_ngram_drafts_are_accepted_on_the_edit_workload(real_server, smollm2: Pa
     assert window.spec_decode_acceptance_rate is not None and window.spec_decode_acceptance_rate > 0.3, window
 
 
-# vLLM's `custom` dataset reads its JSONL with pandas, which slotune does not install: the same rows,
-# read with json (as bench/bench_loadgen.py does).
-VLLM_CLIENT = """
-import json, sys
-from vllm.benchmarks.datasets.datasets import CustomDataset
-from vllm.benchmarks.serve import add_cli_args, main
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-def load_data(self):
-    with open(self.dataset_path) as f:
-        self.data = [json.loads(line) for line in f if line.strip()]
-CustomDataset.load_data = load_data
-p = FlexibleArgumentParser(); add_cli_args(p)
-main(p.parse_args(sys.argv[1:]))
-"""
-
-
 def test_both_clients_send_the_same_prompts_from_one_jsonl_file(tmp_path: Path, tiny_model: Path) -> None:
     prompts = tmp_path / "edit.jsonl"
     prompts.write_text("".join(prompt_lines(load_workload("edit"), seed=3, n=6)))
@@ -118,11 +101,15 @@ def test_both_clients_send_the_same_prompts_from_one_jsonl_file(tmp_path: Path, 
         r = run_load(ours.url, "echo", load_workload(prompts), concurrency=1, num_requests=len(rows), seed=0)
     assert r.completed == len(rows)
     with EchoServer(record_prompts=True) as theirs:
-        done = subprocess.run(
-            [sys.executable, "-c", VLLM_CLIENT, "--backend", "openai-chat", "--base-url", theirs.url,
-             "--endpoint", "/v1/chat/completions", "--model", "echo", "--tokenizer", str(tiny_model),
-             "--dataset-name", "custom", "--dataset-path", str(prompts), "--disable-shuffle", "--skip-chat-template",
-             "--num-prompts", str(len(rows)), "--max-concurrency", "1", "--request-rate", "inf",
-             "--disable-tqdm"], capture_output=True, text=True, timeout=600, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = run_vllm_bench(
+            ["--backend", "openai-chat", "--base-url", theirs.url, "--endpoint", "/v1/chat/completions",
+             "--model", "echo", "--tokenizer", str(tiny_model), *custom_dataset_args(prompts),
+             "--num-prompts", str(len(rows)), "--max-concurrency", "1", "--request-rate", "inf", "--disable-tqdm"],
+            timeout=600)
+    assert done.completed == len(rows) == len(done.ttfts) == len(done.start_times)
     assert ours.stats.prompts == theirs.stats.prompts == [row["prompt"] for row in rows]
+
+
+def test_vllm_client_refusing_its_command_line_is_an_error_with_its_reason() -> None:
+    with pytest.raises(VllmBenchError, match=r"exit 2\)(.|\n)*--no-such-flag"):
+        run_vllm_bench(["--no-such-flag"], timeout=300)

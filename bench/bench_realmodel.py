@@ -26,39 +26,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from slotune.collectors.vllm_metrics import derive, scrape
 from slotune.loadgen.runner import prompt_lines, run_load
+from slotune.loadgen.vllm_bench import VllmBenchError, custom_dataset_args, run_vllm_bench
 from slotune.loadgen.workload import Workload, load_workload
+
+REPO = Path(__file__).resolve().parents[1]
 
 NAME = "smollm2"
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
-
-# vLLM's `custom` dataset reads its JSONL with pandas, which slotune does not install: the same rows,
-# read with json. Prints vLLM's result (the keys used here) as one JSON line.
-VLLM_CLIENT = """
-import json, sys
-from vllm.benchmarks.datasets.datasets import CustomDataset
-from vllm.benchmarks.serve import add_cli_args, main
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-def load_data(self):
-    with open(self.dataset_path) as f:
-        self.data = [json.loads(line) for line in f if line.strip()]
-CustomDataset.load_data = load_data
-p = FlexibleArgumentParser(); add_cli_args(p)
-r = main(p.parse_args(sys.argv[2:]))
-json.dump({k: r.get(k) for k in ("completed", "ttfts", "latencies", "output_lens")}, open(sys.argv[1], "w"))
-"""
 
 
 def spread(xs: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
@@ -132,23 +115,21 @@ def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int]:
 
 
 def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int]:
-    prompts, res = work / f"{wl.name}-{seed}.jsonl", work / f"{wl.name}-{seed}.json"
+    prompts = work / f"{wl.name}-{seed}.jsonl"
     prompts.write_text("".join(prompt_lines(wl, seed, n)))  # exactly what `ours` sends with this seed
     argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", url, "--model", NAME,
-            "--tokenizer", str(model), "--dataset-name", "custom", "--dataset-path", str(prompts),
-            "--disable-shuffle", "--skip-chat-template", "--num-prompts", str(n), "--max-concurrency", "1", "--request-rate", "inf",
+            "--tokenizer", str(model), *custom_dataset_args(prompts), "--num-prompts", str(n), "--max-concurrency", "1", "--request-rate", "inf",
             "--disable-tqdm", "--seed", str(seed)]
     if wl.temperature is not None:
         argv += ["--temperature", str(wl.temperature)]
     if wl.ignore_eos:
         argv.append("--ignore-eos")
-    done = subprocess.run([sys.executable, "-c", VLLM_CLIENT, str(res), *argv], capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-        sys.exit(f"vllm.benchmarks.serve failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    v = json.loads(res.read_text())
-    tpots = [(e - t) / (o - 1) for t, e, o in zip(v["ttfts"], v["latencies"], v["output_lens"]) if o and o > 1]
-    return (statistics.median(tpots) if tpots else None), int(v["completed"])
+    try:
+        v = run_vllm_bench(argv)
+    except VllmBenchError as exc:
+        sys.exit(str(exc))
+    tpots = [x for x in v.tpots() if x is not None]
+    return (statistics.median(tpots) if tpots else None), v.completed
 
 
 def part_ngram(model: Path, cpus: tuple[int, ...] | None, work: Path, a: argparse.Namespace) -> None:
@@ -183,7 +164,7 @@ def part_ngram(model: Path, cpus: tuple[int, ...] | None, work: Path, a: argpars
     for wl in workloads:
         for client in ("ours", "vllm"):
             base, spec = results[(wl.name, "default", client)], results[(wl.name, "ngram", client)]
-            speedups = [b / s for b, s in zip(base, spec) if b and s]
+            speedups = [b / s for b, s in zip(base, spec, strict=True) if b and s]
             print(f"FIGURE real ngram {wl.name} ({client}): TPOT default {spread(base)}, ngram {spread(spec)}, "
                   f"speedup {spread(speedups, 1.0, 'x')}, acceptance {spread(accept[(wl.name, client)], 100.0, '%')} "
                   f"({stamp()})", flush=True)

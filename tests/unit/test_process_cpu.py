@@ -3,6 +3,7 @@ child in its group (as vLLM's API server and its `VLLM::EngineCore`). No fakes."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,10 +28,8 @@ def leader() -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 

@@ -73,11 +73,15 @@ def custom_dataset_args(prompts: Path) -> list[str]:
 
 
 def run_vllm_bench(args: Sequence[str], *, timeout: float | None = None) -> VllmBenchResult:
-    """Run `vllm.benchmarks.serve` with this command line in a child process (this interpreter, this
-    environment and CPU affinity) and return its result.
+    """Run `vllm.benchmarks.serve` with this command line (`--save-detailed` added: the per-request
+    lists) in a child process (this interpreter, this environment and CPU affinity) and return its
+    result.
 
     Raises `VllmBenchError` when it exits non-zero (a bad flag, a server that never answered) and
     `subprocess.TimeoutExpired` after `timeout` seconds."""
+    # Without --save-detailed vLLM drops the per-request lists (ttfts, output_lens, start_times) from
+    # its result, and every per-request figure (TPOT) would come back empty.
+    args = [*args] if "--save-detailed" in args else [*args, "--save-detailed"]
     fd, name = tempfile.mkstemp(prefix="vllm-bench-", suffix=".json")
     os.close(fd)
     out = Path(name)

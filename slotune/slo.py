@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from slotune.errors import ConfigError
 
@@ -78,6 +79,21 @@ class SloTarget:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         return value <= self.threshold
+
+
+    def judge(self, ci: tuple[float, float] | None) -> Outcome:
+        """The target at a confidence: 'met' when the figure's whole interval is at or under the
+        threshold, 'missed' when it is wholly above, 'inconclusive' when it straddles it or there is
+        no interval (the tuner's verdict, `slotune.tuner.confidence`)."""
+        if ci is None or any(math.isnan(x) for x in ci):
+            return "inconclusive"
+        if ci[1] <= self.threshold:
+            return "met"
+        return "missed" if ci[0] > self.threshold else "inconclusive"
+
+
+# A target judged on a figure's confidence interval (`SloTarget.judge`).
+Outcome = Literal["met", "missed", "inconclusive"]
 
 
 def _fmt(x: float) -> str:

@@ -29,6 +29,7 @@ from slotune.measurement import Launch, LoadPlan, measure_window, start_or_expla
 from slotune.playbooks.engine import Diagnosis
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
+from slotune.tuner.confidence import RunRequests
 from slotune.vllm_config import VllmConfig
 
 Mode = Literal["offered", "capacity"]
@@ -38,7 +39,9 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class Measurement:
     """What one trial measured, as stored with the trial: `client` is the load generator's JSON
-    (`LoadResult.to_dict()`), `server` the window's (`Snapshot.to_dict()`), `findings` the diagnosis'."""
+    (`LoadResult.to_dict()`), `server` the window's (`Snapshot.to_dict()`), `findings` the diagnosis';
+    `requests` each request's figures (`RunRequests.to_dict()`), what the verdict's intervals are
+    bootstrapped from (None when nothing was measured)."""
 
     ok: bool
     reason: str = ""
@@ -50,6 +53,7 @@ class Measurement:
     findings: list[dict[str, Any]] = field(default_factory=list)
     log_path: str | None = None
     seconds: float = 0.0
+    requests: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +174,7 @@ class ServerMeasure:
         return Measurement(
             ok=True, status="ready", goodput=float(client.get("goodput") or 0.0), rate=rate, client=client,
             server=measured.server.to_dict(), findings=_findings(measured.diagnosis), log_path=str(server.log_path),
-            seconds=time.monotonic() - started,
+            seconds=time.monotonic() - started, requests=run_requests(measured.client, load.slo),
         )
 
     def _capacity(self, url: str, model: str, swept: list[float | None]) -> LoadResult | None:
@@ -179,6 +183,15 @@ class ServerMeasure:
         found = find_max_rate(url, model, load.workload, load.slo, num_requests=load.num_requests, seed=load.seed)
         swept.append(found.max_rate)
         return found.best
+
+
+def run_requests(result: LoadResult | None, slo: SloSpec) -> dict[str, Any] | None:
+    """The measured requests as compact columns (`RunRequests.to_dict()`), good per `slo`'s thresholds."""
+    if result is None:
+        return None
+    run = RunRequests.from_latencies((r.latencies() for r in result.records), slo.request_thresholds(),
+                                     result.duration)
+    return run.to_dict()
 
 
 def _findings(diagnosis: Diagnosis | None) -> list[dict[str, Any]]:

@@ -117,11 +117,14 @@ class TrialObjective:
         trial.set_user_attr("log_path", m.log_path)
         trial.set_user_attr("findings", [f.get("playbook") for f in m.findings])
         trial.set_user_attr("remedies", m.remedies())
+        # Each request's figures: the verdict bootstraps its intervals from them (tuner.confidence).
+        trial.set_user_attr("requests", m.requests)
 
     def _record(self, number: int, state: str, reason: str, config: VllmConfig, m: Measurement,
                 constraints: dict[str, float]) -> None:
         metrics = {"goodput": m.goodput, "rate": m.rate, "status": m.status, "seconds": m.seconds,
-                   "constraints": constraints, "client": m.client, "server": m.server}
+                   "constraints": constraints, "client": m.client, "server": m.server,
+                   "requests": m.requests}
         with self.store.session() as s:
             s.add(TrialRecord(
                 study_name=self.study_name, trial_number=number, state=state, reason=reason,

@@ -72,7 +72,7 @@ class TuneSpec(BaseModel):
     worker: int = Field(default=0, ge=0, description="this worker's number when several share a study")
     max_remedies: int = Field(default=3, ge=0)
     remeasure_top: int = Field(default=2, ge=0, description="best configs re-measured (0: none)")
-    remeasure_repeats: int = Field(default=1, ge=1)
+    remeasure_repeats: int = Field(default=2, ge=1, description="interleaved re-measurement rounds")
     heartbeat_interval: int = Field(default=30, ge=1)
     startup_timeout: float = Field(default=240.0, gt=0)
     server_cpus: tuple[int, ...] | None = Field(

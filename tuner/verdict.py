@@ -1,39 +1,65 @@
-"""Noise: measure the best few configs (and the baseline) again, and only call a winner that beats
-the baseline by more than the spread of its own measurements.
+"""The verdict: does a tuned config beat vLLM's defaults, at a stated confidence?
 
-Re-measurements are stored on the study (user attr `remeasure:<trial>`: one sample per run, the
-trial's own measurement first) and in `slotune_trials` (state `remeasure`), so `slotune report`
-reaches the same verdict later. A config that meets the SLOs beats a baseline that misses them
-whatever the goodput; without re-measurements the noise is taken as `NOISE_FLOOR` of the baseline.
+Every config in the running (the baseline and the best few feasible ones) is measured again in
+interleaved rounds — baseline, candidate 1, candidate 2, baseline, candidate 1, ... — so a drift of
+the host (another job, thermal state, a cache warming) falls on both sides alike. Each config's
+goodput and SLO figures then come with a `CONFIDENCE` (95 %) interval, from its requests over all
+its runs (`tuner.confidence`: a bootstrap over requests, stratified by run, enveloped with a
+Student-t interval over the runs), and each SLO is met, missed or inconclusive at that confidence.
+
+A candidate wins only when it was measured more than once, no SLO it has is confidently missed or
+judged worse than the baseline's, and either
+- its goodput interval clears the baseline's (its lower bound above the baseline's upper bound), or
+- the baseline confidently misses an SLO that the candidate confidently meets (or the baseline did
+  not run at all and the candidate confidently meets every SLO).
+Otherwise the answer is "keep vLLM's defaults", and the message names both intervals. A study
+whose candidates were never re-measured ends in "keep vLLM's defaults (not re-measured)".
+
+Re-measurements are stored on the study (user attr `remeasure:<trial>`: one entry per run with its
+goodput, feasibility and requests) and in `slotune_trials` (state `remeasure`), so `slotune report`
+reaches the same verdict later from storage alone (the bootstrap is seeded).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
+from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
 from slotune.tuner.measure import Measure
 from slotune.tuner.objective import BASELINE, ORIGIN, Events, jsonable_params
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
-NOISE_FLOOR = 0.05  # relative, when nothing was re-measured
 ATTR = "remeasure:"
+SPEC_ATTR = "slotune_spec"  # the study's identity (tuner.study), where its SLO spec is kept
+_RANK = {"missed": 0, "inconclusive": 1, "met": 2}
 
 
 @dataclass(frozen=True)
 class Samples:
+    """One config's runs: goodput (req/s) and SLO feasibility per run, the trial's own first; its
+    goodput interval and each SLO target's figure, interval and outcome at `confidence`."""
+
     trial: int
     goodputs: tuple[float, ...]
     feasible: tuple[bool, ...]
+    goodput: Figure = Figure(None, None)
+    slo: dict[str, SloFigure] = field(default_factory=dict)
+    confidence: float = CONFIDENCE
+
+    @property
+    def runs(self) -> int:
+        return len(self.goodputs)
 
     @property
     def mean(self) -> float:
@@ -51,34 +77,70 @@ class Samples:
     def mostly_feasible(self) -> bool:
         return sum(self.feasible) * 2 > len(self.feasible)
 
+    def outcome(self, key: str) -> str:
+        f = self.slo.get(key)
+        return f.outcome if f else "inconclusive"
+
+    def missed(self) -> list[str]:
+        return [k for k, f in self.slo.items() if f.outcome == "missed"]
+
+    def ci_text(self) -> str:
+        ci = self.goodput.ci
+        if ci is None:
+            return f"goodput {self.mean:.3g} req/s (no interval)"
+        return f"goodput {self.mean:.3g} req/s [{ci[0]:.3g}, {ci[1]:.3g}]"
+
     def to_dict(self) -> dict[str, Any]:
+        ci = self.goodput.ci
         return {"trial": self.trial, "goodputs": list(self.goodputs), "feasible": list(self.feasible),
-                "mean": self.mean, "spread": self.spread, "stdev": self.stdev}
+                "mean": self.mean, "spread": self.spread, "stdev": self.stdev,
+                "goodput_ci": None if ci is None else [ci[0], ci[1]], "confidence": self.confidence,
+                "slo": {k: f.to_dict() for k, f in self.slo.items()}}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    recommendation: str  # "tuned" | "baseline" | "none"
+    recommendation: str  # "tuned" | "baseline" (keep vLLM's defaults) | "none" (no baseline ran, nothing won)
     winner: int | None  # the recommended trial's number
     baseline: int | None
     gain: float | None  # mean goodput difference, req/s
     ratio: float | None  # winner mean / baseline mean
-    noise: float
+    noise: float  # half the width of the baseline's goodput interval, req/s (0 without one)
     remeasured: bool
     message: str
     samples: dict[int, Samples]
+    confidence: float = CONFIDENCE
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["samples"] = {str(k): v.to_dict() for k, v in self.samples.items()}
-        return d
+        return {"recommendation": self.recommendation, "winner": self.winner, "baseline": self.baseline,
+                "gain": self.gain, "ratio": self.ratio, "noise": self.noise, "remeasured": self.remeasured,
+                "message": self.message, "confidence": self.confidence,
+                "samples": {str(k): v.to_dict() for k, v in self.samples.items()}}
 
 
-def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> Samples:
+def study_slo(study_attrs: Mapping[str, Any]) -> SloSpec | None:
+    text = (study_attrs.get(SPEC_ATTR) or {}).get("slo")
+    try:
+        return SloSpec.parse(text) if text else None
+    except ConfigError:
+        return None
+
+
+def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any], slo: SloSpec | None = None,
+               confidence: float = CONFIDENCE) -> Samples:
+    """The trial's runs (its own measurement, then its re-measurements) with their intervals; `slo`
+    defaults to the study's. A run stored without its requests has no interval (it cannot win)."""
+    slo = slo if slo is not None else study_slo(study_attrs)
     extra = study_attrs.get(f"{ATTR}{trial.number}") or []
     goodputs = [float(trial.user_attrs.get("goodput") or 0.0)] + [float(s["goodput"]) for s in extra]
     feasible = [bool(trial.user_attrs.get("feasible"))] + [bool(s["feasible"]) for s in extra]
-    return Samples(trial.number, tuple(goodputs), tuple(feasible))
+    stored = [trial.user_attrs.get("requests")] + [s.get("requests") for s in extra]
+    runs = [RunRequests.from_dict(r) for r in stored]
+    if any(r is None for r in runs):
+        return Samples(trial.number, tuple(goodputs), tuple(feasible), confidence=confidence)
+    kept = [r for r in runs if r is not None]
+    return Samples(trial.number, tuple(goodputs), tuple(feasible), goodput_figure(kept, confidence),
+                   judge_slos(kept, slo, confidence) if slo is not None else {}, confidence)
 
 
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -87,71 +149,130 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(measured, key=lambda t: (not t.user_attrs.get("feasible"), -float(t.user_attrs.get("goodput") or 0)))
 
 
-def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any]) -> Verdict:
+def _fmt_ci(f: SloFigure) -> str:
+    ci = f.figure.ci
+    return f"{f.target.key} {f.figure.estimate:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and f.figure.estimate is not None \
+        else f"{f.target.key} (no interval)"
+
+
+def why_not(c: Samples, base: Samples | None) -> str | None:
+    """None when `c` beats `base` at the confidence; otherwise why it does not (one clause)."""
+    if c.runs < 2:
+        return f"trial {c.trial} was measured once"
+    if c.goodput.ci is None:
+        return f"trial {c.trial} has no goodput interval (its requests were not kept)"
+    missed = c.missed()
+    if missed:
+        return f"trial {c.trial} misses {', '.join(_fmt_ci(c.slo[k]) for k in missed)}"
+    if base is None:
+        unsure = [k for k, f in c.slo.items() if f.outcome != "met"]
+        return f"trial {c.trial} does not surely meet {', '.join(unsure)}" if unsure else None
+    worse = [k for k in c.slo if _RANK[c.outcome(k)] < _RANK[base.outcome(k)]]
+    if worse:
+        return (f"trial {c.trial} is less sure than the default to meet "
+                f"{', '.join(_fmt_ci(c.slo[k]) for k in worse)}")
+    if base.runs < 2 or base.goodput.ci is None:
+        return "the default was measured once"
+    rescued = [k for k in base.missed() if c.outcome(k) == "met"]
+    if rescued or c.goodput.ci[0] > base.goodput.ci[1]:
+        return None
+    return (f"trial {c.trial}'s {c.ci_text()} does not clear the default's {base.ci_text()} "
+            f"at {c.confidence:.0%} confidence")
+
+
+def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSpec | None = None) -> Verdict:
+    """The study's verdict from its trials and study attrs alone (see the module docstring)."""
+    slo = slo if slo is not None else study_slo(study_attrs)
     base_t = next((t for t in trials if t.user_attrs.get(ORIGIN) == BASELINE and t.state is TrialState.COMPLETE), None)
-    base = samples_of(base_t, study_attrs) if base_t else None
-    candidates = [samples_of(t, study_attrs) for t in ranked(trials)
-                  if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE]
-    remeasured = any(len(c.goodputs) > 1 for c in candidates) or bool(base and len(base.goodputs) > 1)
-    samples = {c.trial: c for c in candidates if len(c.goodputs) > 1}
+    base = samples_of(base_t, study_attrs, slo) if base_t else None
+    cand_t = [t for t in ranked(trials) if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE]
+    # Only re-measured configs compete (and get their intervals computed).
+    candidates = [samples_of(t, study_attrs, slo) for t in cand_t if study_attrs.get(f"{ATTR}{t.number}")]
+    remeasured = bool(candidates)
+    samples = {c.trial: c for c in candidates}
     if base:
         samples[base.trial] = base
-    if remeasured:  # only a config measured again can be declared the winner
-        candidates = [c for c in candidates if len(c.goodputs) > 1]
-    # Prefer configs whose re-measurements kept meeting the SLOs, then the highest mean.
-    candidates.sort(key=lambda c: (not c.mostly_feasible, -c.mean))
-    winner = candidates[0] if candidates and candidates[0].mostly_feasible else None
-    base_ok = bool(base and base.mostly_feasible)
-    if winner is None:
-        if base_ok:
-            return Verdict("baseline", base.trial, base.trial, 0.0, 1.0, base.spread, remeasured,
-                           "no tuned config beat vLLM's default while meeting every SLO: keep the default", samples)
-        return Verdict("none", None, base.trial if base else None, None, None, 0.0, remeasured,
-                       "no config met every SLO: relax the targets, lower the load, or widen the space", samples)
-    if base is None or not base_ok:
-        ratio = winner.mean / base.mean if base and base.mean > 0 else None
-        return Verdict("tuned", winner.trial, base.trial if base else None,
-                       winner.mean - (base.mean if base else 0.0), ratio, winner.spread, remeasured,
-                       f"vLLM's default config misses the SLOs; trial {winner.trial} meets them", samples)
-    noise = max(winner.spread, base.spread) if remeasured else NOISE_FLOOR * base.mean
-    gain = winner.mean - base.mean
-    ratio = winner.mean / base.mean if base.mean > 0 else None
-    how = "re-measured" if remeasured else f"not re-measured; noise taken as {NOISE_FLOOR:.0%} of the baseline"
-    if gain > noise:
-        return Verdict("tuned", winner.trial, base.trial, gain, ratio, noise, remeasured,
-                       f"trial {winner.trial} beats the default by {gain:.3g} req/s goodput "
-                       f"(x{ratio:.2f}), more than the noise of {noise:.3g} req/s ({how})", samples)
-    return Verdict("baseline", base.trial, base.trial, gain, ratio, noise, remeasured,
-                   f"the best tuned config (trial {winner.trial}) is within the noise of the default "
-                   f"({gain:+.3g} vs {noise:.3g} req/s, {how}): keep the default", samples)
+    noise = (base.goodput.ci[1] - base.goodput.ci[0]) / 2 if base and base.goodput.ci else 0.0
+    base_no = base.trial if base else None
+    winners = [c for c in candidates if why_not(c, base) is None]
+    if winners:
+        w = max(winners, key=lambda c: (c.goodput.ci[0] if c.goodput.ci else 0.0, c.mean))
+        gain = w.mean - (base.mean if base else 0.0)
+        ratio = w.mean / base.mean if base and base.mean > 0 else None
+        conf = f"{w.confidence:.0%}"
+        if base is None:
+            msg = (f"vLLM's default config did not run; trial {w.trial} meets every SLO at {conf} confidence "
+                   f"({w.ci_text()})")
+        elif w.goodput.ci[0] > base.goodput.ci[1]:
+            msg = (f"trial {w.trial} beats vLLM's defaults: {w.ci_text()} against the default's "
+                   f"{base.ci_text()}, intervals at {conf} confidence, measured interleaved")
+            if ratio is not None:
+                msg += f" (x{ratio:.2f})"
+        else:
+            rescued = [k for k in base.missed() if w.outcome(k) == "met"]
+            msg = (f"vLLM's defaults miss {', '.join(_fmt_ci(base.slo[k]) for k in rescued)}; trial {w.trial} "
+                   f"meets {', '.join(_fmt_ci(w.slo[k]) for k in rescued)} (thresholds "
+                   f"{', '.join(str(w.slo[k].target) for k in rescued)}, {conf} confidence)")
+        return Verdict("tuned", w.trial, base_no, gain, ratio, noise, remeasured, msg, samples)
+    if base is None:
+        return Verdict("none", None, None, None, None, 0.0, remeasured,
+                       "vLLM's default config did not run and no tuned config surely meets every SLO: "
+                       "relax the targets, lower the load, or widen the space", samples)
+    if not remeasured:
+        why = "no tuned config was measured again" if cand_t else "no tuned config met the SLOs"
+        return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
+                       f"keep vLLM's defaults (not re-measured): {why}; a config measured once is never "
+                       f"recommended ({base.ci_text()})", samples)
+    best = max(candidates, key=lambda c: (c.goodput.ci[0] if c.goodput.ci else float("-inf"), c.mean))
+    reason = why_not(best, base)
+    gain = best.mean - base.mean
+    ratio = best.mean / base.mean if base.mean > 0 else None
+    tail = (f"; the defaults also miss {', '.join(_fmt_ci(base.slo[k]) for k in base.missed())}: relax the targets, "
+            "lower the load, or widen the space") if base.missed() else ""
+    return Verdict("baseline", base.trial, base.trial, gain, ratio, noise, True,
+                   f"keep vLLM's defaults: {reason} (default: {base.ci_text()}; trial {best.trial}: "
+                   f"{best.ci_text()}){tail}", samples)
+
+
+def remeasure_order(base: int | None, candidates: list[int], rounds: int) -> list[tuple[int, int]]:
+    """(round, trial) in measuring order: each round the baseline first, then each candidate, so
+    drift over the re-measurement falls on every config alike. Rounds count from 1."""
+    order = []
+    for r in range(1, rounds + 1):
+        order += [(r, t) for t in ([base] if base is not None else []) + candidates]
+    return order
 
 
 def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure: Measure, slo: SloSpec,
               store: Store, *, top: int, repeats: int, events: Events | None = None) -> None:
-    """Measure the top feasible configs and the baseline `repeats` more times (idempotent on resume)."""
+    """Measure the baseline and the `top` best feasible configs `repeats` more times each, in
+    interleaved rounds (`remeasure_order`). Idempotent on resume: a config's round `r` is skipped when
+    it already has `r` re-measurements stored."""
     trials = study.get_trials(deepcopy=False)
     chosen = [t for t in ranked(trials) if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE][:top]
     base_t = next((t for t in trials if t.user_attrs.get(ORIGIN) == BASELINE and t.state is TrialState.COMPLETE), None)
-    if base_t is not None:
-        chosen.append(base_t)
-    for trial in chosen:
-        key = f"{ATTR}{trial.number}"
+    by_number = {t.number: t for t in chosen + ([base_t] if base_t is not None else [])}
+    for rnd, number in remeasure_order(base_t.number if base_t else None, [t.number for t in chosen], repeats):
+        trial = by_number[number]
+        key = f"{ATTR}{number}"
         done = list(study.user_attrs.get(key) or [])
+        if len(done) >= rnd:
+            continue
         is_base = trial.user_attrs.get(ORIGIN) == BASELINE
         config = space.config_for(base, trial.params, apply_fixed=not is_base)
-        while len(done) < repeats:
-            if events:
-                events(trial.number, f"re-measuring ({len(done) + 1}/{repeats})")
-            m = measure(config, (lambda stage, n=trial.number: events(n, f"re-measure: {stage}")) if events else None)
-            constraints = slo_constraints(slo, m.client) if m.ok else {}
-            feasible = m.ok and all(v <= 0 for v in constraints.values())
-            done.append({"goodput": m.goodput, "feasible": feasible, "status": m.status, "reason": m.reason})
-            study.set_user_attr(key, done)
-            with store.session() as s:
-                s.add(TrialRecord(
-                    study_name=study.study_name, trial_number=trial.number, state="remeasure", reason=m.reason,
-                    params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
-                    metrics={"goodput": m.goodput, "feasible": feasible, "constraints": constraints,
-                             "client": m.client, "server": m.server},
-                    findings=m.findings, log_path=m.log_path,
-                ))
+        if events:
+            events(number, f"re-measuring (round {rnd}/{repeats})")
+        m = measure(config, (lambda stage, n=number: events(n, f"re-measure: {stage}")) if events else None)
+        constraints = slo_constraints(slo, m.client) if m.ok else {}
+        feasible = m.ok and all(v <= 0 for v in constraints.values())
+        done.append({"goodput": m.goodput, "feasible": feasible, "status": m.status, "reason": m.reason,
+                     "round": rnd, "requests": m.requests})
+        study.set_user_attr(key, done)
+        with store.session() as s:
+            s.add(TrialRecord(
+                study_name=study.study_name, trial_number=number, state="remeasure", reason=m.reason,
+                params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
+                metrics={"goodput": m.goodput, "feasible": feasible, "constraints": constraints,
+                         "client": m.client, "server": m.server, "requests": m.requests, "round": rnd},
+                findings=m.findings, log_path=m.log_path,
+            ))

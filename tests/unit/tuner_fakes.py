@@ -5,8 +5,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from slotune.loadgen.goodput import RequestLatencies
+from slotune.tuner.confidence import RunRequests
 from slotune.tuner.measure import Measurement
 from slotune.vllm_config import VllmConfig
+
+N_REQUESTS = 100
+GOOD_SHARE = 0.8
+
+
+def requests(goodput: float, ttft_p95: float, n: int = N_REQUESTS, good_share: float = GOOD_SHARE) -> dict:
+    """A run's requests (`RunRequests.to_dict()`) whose goodput is `goodput` req/s and whose TTFT p95
+    is about `ttft_p95`: `good_share` of the `n` requests good (the rest finished but slow, or
+    failed when every request is good), TTFTs spread evenly up to `ttft_p95 / 0.95`."""
+    good = round(n * good_share)
+    duration = good / goodput if goodput > 0 else 10.0
+    top = ttft_p95 / 0.95
+    lat = [RequestLatencies(ok=True, ttft=top * (i + 1) / n, tpot=0.02, itl_mean=0.02, e2e=top * (i + 1) / n + 1)
+           for i in range(n)]
+    run = RunRequests.from_latencies(lat, {}, duration)
+    flags = tuple(i < good for i in range(n))
+    return RunRequests(run.duration, run.ok, flags, run.ttft, run.tpot, run.itl, run.e2e).to_dict()
 
 
 def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:
@@ -42,4 +61,5 @@ class FakeMeasure:
                          "remedies": [{"config_delta": {"enable_chunked_prefill": True}, "why": "split prefills"},
                                       {"config_delta": {"max_num_seqs": 60}, "why": "bigger batches"}]}]
         return Measurement(ok=True, goodput=goodput, rate=None, client=client(ttft, goodput),
-                           server={"kv_cache_usage": 0.5}, findings=findings, log_path="/tmp/fake.log")
+                           server={"kv_cache_usage": 0.5}, findings=findings, log_path="/tmp/fake.log",
+                           requests=requests(goodput, ttft))

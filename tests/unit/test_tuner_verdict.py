@@ -1,0 +1,123 @@
+"""The verdict (tuner.verdict.decide) on stored runs: a config wins only when its goodput interval
+clears the baseline's or it surely meets an SLO the baseline surely misses; noise, a single sample
+and a never re-measured study keep vLLM's defaults; the re-measurement is interleaved."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
+from tuner_fakes import requests
+
+from slotune.slo import SloSpec
+from slotune.tuner.confidence import run_interval
+from slotune.tuner.verdict import ATTR, decide, remeasure_order
+
+SLO = "ttft_p95<=500ms"
+
+
+def _runs(goodputs, ttft=0.2, good_share=1.0):
+    return [requests(g, ttft, good_share=good_share) for g in goodputs]
+
+
+def _study(base: list[dict], cands: list[list[dict]], slo: str = SLO):
+    """Trial 0 is the baseline, trials 1.. the candidates; each config's first run is its trial, the
+    rest its re-measurements (stored as `remeasure:<n>`)."""
+    study = optuna.create_study(direction="maximize")
+    attrs = {"slotune_spec": {"slo": slo}}
+    for n, runs in enumerate([base, *cands]):
+        first = runs[0]
+        g = sum(first["good"]) / first["duration"]
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, value=g, params={"max_num_seqs": 64 * (n + 1)},
+            distributions={"max_num_seqs": IntDistribution(1, 1024)},
+            user_attrs={"origin": "baseline" if n == 0 else "sampler", "goodput": g, "feasible": True,
+                        "requests": first}))
+        if len(runs) > 1:
+            attrs[f"{ATTR}{n}"] = [{"goodput": sum(r["good"]) / r["duration"], "feasible": True, "requests": r}
+                                   for r in runs[1:]]
+    return study.get_trials(), attrs
+
+
+BASE = (2.0, 2.1, 1.9)  # every request good: the goodput interval is the runs' t interval, 2.0 +- 0.248
+HALF = run_interval(BASE)[1] - 2.0
+
+
+@pytest.mark.parametrize(("shift", "use"), [
+    (2 * HALF - 0.05, "baseline"),  # gain +0.45 req/s, but the intervals overlap: noise
+    (2 * HALF + 0.05, "tuned"),  # just outside: the candidate's lower bound clears the baseline's upper
+])
+def test_a_gain_wins_only_when_the_intervals_separate(shift, use):
+    trials, attrs = _study(_runs(BASE), [_runs([g + shift for g in BASE])])
+    v = decide(trials, attrs)
+    assert v.gain == pytest.approx(shift) and v.gain > 0
+    assert v.recommendation == use, v.message
+    base, cand = v.samples[0].goodput.ci, v.samples[1].goodput.ci
+    assert (cand[0] > base[1]) is (use == "tuned")
+    if use == "baseline":
+        assert v.message.startswith("keep vLLM's defaults") and "does not clear" in v.message
+        # the message names both intervals
+        assert f"[{base[0]:.3g}, {base[1]:.3g}]" in v.message and f"[{cand[0]:.3g}, {cand[1]:.3g}]" in v.message
+    else:
+        assert v.winner == 1 and "beats vLLM's defaults" in v.message
+
+
+def test_a_single_sample_never_wins_however_large():
+    trials, attrs = _study(_runs(BASE), [_runs([20.0])])
+    v = decide(trials, attrs)
+    assert v.recommendation == "baseline" and not v.remeasured
+    assert v.message.startswith("keep vLLM's defaults (not re-measured)"), v.message
+
+
+def test_a_candidate_measured_once_beside_a_remeasured_one_is_not_chosen():
+    trials, attrs = _study(_runs(BASE), [_runs([2.0, 2.1, 1.9]), _runs([50.0])])
+    v = decide(trials, attrs)
+    assert v.recommendation == "baseline" and 2 not in v.samples
+
+
+def test_a_baseline_that_surely_misses_an_slo_the_candidate_surely_meets_loses():
+    slow = [requests(g, 0.9, good_share=1.0) for g in BASE]  # TTFT p95 ~0.9 s against 0.5 s
+    fast = [requests(g - 0.5, 0.2, good_share=1.0) for g in BASE]  # less goodput, but meets the SLO
+    v = decide(*_study(slow, [fast]))
+    assert v.samples[0].slo["ttft_p95"].outcome == "missed" and v.samples[1].slo["ttft_p95"].outcome == "met"
+    assert v.recommendation == "tuned" and v.winner == 1 and "miss ttft_p95" in v.message
+
+
+def test_an_inconclusive_slo_does_not_rescue_a_missing_baseline():
+    slow = [requests(g, 0.9) for g in BASE]
+    edge = [requests(g, 0.5) for g in BASE]  # TTFT p95 right at the threshold: inconclusive
+    v = decide(*_study(slow, [edge]))
+    assert v.samples[1].slo["ttft_p95"].outcome == "inconclusive"
+    assert v.recommendation == "baseline", v.message
+    assert "the defaults also miss ttft_p95" in v.message
+
+
+def test_more_goodput_does_not_win_by_trading_away_an_slo_the_baseline_meets():
+    fast = [requests(g, 0.2) for g in BASE]
+    greedy = [requests(g * 3, 0.9) for g in BASE]  # x3 goodput, TTFT missed
+    v = decide(*_study(fast, [greedy]))
+    assert v.recommendation == "baseline" and "misses ttft_p95" in v.message
+
+
+def test_the_verdict_carries_intervals_and_slo_outcomes_in_its_dict():
+    trials, attrs = _study(_runs(BASE), [_runs([5.0, 5.1, 4.9])])
+    d = decide(trials, attrs).to_dict()
+    assert d["confidence"] == 0.95 and d["recommendation"] == "tuned"
+    s = d["samples"]["1"]
+    assert set(s) >= {"trial", "goodputs", "feasible", "mean", "spread", "stdev", "goodput_ci", "confidence", "slo"}
+    lo, hi = s["goodput_ci"]
+    assert lo <= s["mean"] <= hi and s["confidence"] == 0.95
+    assert set(s["slo"]["ttft_p95"]) == {"estimate", "ci", "threshold", "outcome"}
+    assert s["slo"]["ttft_p95"]["threshold"] == 0.5 and s["slo"]["ttft_p95"]["outcome"] == "met"
+
+
+def test_the_slo_comes_from_the_study_unless_given():
+    trials, attrs = _study(_runs(BASE), [_runs([5.0, 5.1, 4.9])])
+    v = decide(trials, attrs, SloSpec.parse("ttft_p95<=100ms"))
+    assert v.samples[1].slo["ttft_p95"].outcome == "missed" and v.recommendation == "baseline"
+
+
+def test_remeasurement_is_interleaved_baseline_first_each_round():
+    assert remeasure_order(0, [3, 5], 2) == [(1, 0), (1, 3), (1, 5), (2, 0), (2, 3), (2, 5)]
+    assert remeasure_order(None, [3], 2) == [(1, 3), (2, 3)]

@@ -2,8 +2,8 @@
 
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
-constraints). After the search, the best few configs and the baseline are measured again; a winner
-must beat the baseline by more than the spread of those measurements (see `tuner.verdict`).
+constraints). After the search, the baseline and the best few configs are measured again in
+interleaved rounds; a winner's goodput interval must clear the baseline's (see `tuner.verdict`).
 
 Several workers may run `run_study` on one study (PostgreSQL): the setup (create, enqueue) runs
 under a database-wide lock so the baseline is queued once, and each worker starts its own servers on

@@ -53,7 +53,7 @@ class Samples:
     trial: int
     goodputs: tuple[float, ...]
     feasible: tuple[bool, ...]
-    goodput: Figure = Figure(None, None)
+    goodput: Figure = field(default_factory=lambda: Figure(None, None))
     slo: dict[str, SloFigure] = field(default_factory=dict)
     confidence: float = CONFIDENCE
 

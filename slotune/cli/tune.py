@@ -82,6 +82,8 @@ def register(app: click.Group) -> None:
                   help="write the result as JSON ('-' for stdout)")
     @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,
                   help="best configs measured again (with the baseline) before a winner is named")
+    @click.option("--remeasure-rounds", "remeasure_repeats", type=click.IntRange(min=1), default=2, show_default=True,
+                  help="interleaved rounds of re-measurement (baseline, then each of the best, per round)")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--worker", type=click.IntRange(min=0), default=0, show_default=True,
                   help="this worker's number when several share a study")

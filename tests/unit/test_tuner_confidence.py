@@ -128,3 +128,28 @@ def test_no_failure_among_a_few_requests_is_not_a_sure_zero_error_rate():
     assert fig.estimate == 0.0 and 0.01 < fig.ci[1] < 0.05  # Wilson: up to ~3.7 % after 100 clean requests
     assert SloSpec.parse("error_rate<=1%").targets[0].judge(fig.ci) == "inconclusive"
     assert SloSpec.parse("error_rate<=5%").targets[0].judge(fig.ci) == "met"
+
+
+def test_a_load_result_kept_as_requests_gives_the_load_generators_own_figures():
+    # What ServerMeasure keeps of a real run: the estimates from the kept requests are the figures
+    # the load generator reports (goodput, TTFT p95, TPOT p95, error rate).
+    from slotune.loadgen.runner import LoadResult, RequestRecord
+    from slotune.tuner.measure import run_requests
+
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(60):
+        ok = i % 20 != 7
+        ttft = float(rng.exponential(0.2))
+        records.append(RequestRecord(index=i, prompt_len=32, output_len=16, ok=ok, ttft=ttft if ok else None,
+                                     e2e=ttft + 0.3 if ok else None, itl=[0.02] * 15 if ok else [],
+                                     output_tokens=16 if ok else None, error=None if ok else "boom"))
+    slo = SloSpec.parse("ttft_p95<=300ms,tpot_p95<=50ms,error_rate<=10%")
+    result = LoadResult(records, duration=12.0, workload="fixed", slo=slo)
+    figures = result.to_dict()
+    run = RunRequests.from_dict(run_requests(result, slo))
+    assert goodput_figure([run]).estimate == pytest.approx(figures["goodput"])
+    judged = judge_slos([run], slo)
+    assert judged["ttft_p95"].figure.estimate == pytest.approx(figures["ttft_seconds"]["p95"], abs=1e-6)
+    assert judged["tpot_p95"].figure.estimate == pytest.approx(figures["tpot_seconds"]["p95"], abs=1e-6)
+    assert judged["error_rate"].figure.estimate == pytest.approx(figures["error_rate"])

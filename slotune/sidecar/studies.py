@@ -49,7 +49,8 @@ class StudyRunner:
             name = spec.name()
             spec = spec.model_copy(update={"study_name": name})
             info = {"name": name, "status": "running", "trials": spec.trials, "timeout": spec.timeout,
-                    "started_at": datetime.now(timezone.utc).isoformat(), "error": None, "best": None}
+                    "started_at": datetime.now(timezone.utc).isoformat(), "error": None, "best": None,
+                    "recommendation": None}
             self.current = info
             self.history[name] = info
             if spec.trials:
@@ -62,6 +63,9 @@ class StudyRunner:
                     info["status"] = "finished"
                     best = getattr(result, "best", None)
                     info["best"] = best if isinstance(best, (dict, type(None))) else str(best)
+                    # `best` is the top trial as measured; what to run is the verdict's (it keeps
+                    # vLLM's defaults unless a config beats them at 95 % confidence).
+                    info["recommendation"] = result.to_dict().get("recommendation")
                 except SlotuneError as exc:
                     info["status"], info["error"] = "failed", str(exc)
                 except Exception as exc:  # a study thread must never take the sidecar down

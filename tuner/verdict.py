@@ -160,7 +160,7 @@ def why_not(c: Samples, base: Samples | None) -> str | None:
     if c.runs < 2:
         return f"trial {c.trial} was measured once"
     if c.goodput.ci is None:
-        return f"trial {c.trial} has no goodput interval (its requests were not kept)"
+        return f"trial {c.trial} has no goodput interval (a run failed or kept no requests)"
     missed = c.missed()
     if missed:
         return f"trial {c.trial} misses {', '.join(_fmt_ci(c.slo[k]) for k in missed)}"
@@ -171,8 +171,10 @@ def why_not(c: Samples, base: Samples | None) -> str | None:
     if worse:
         return (f"trial {c.trial} is less sure than the default to meet "
                 f"{', '.join(_fmt_ci(c.slo[k]) for k in worse)}")
-    if base.runs < 2 or base.goodput.ci is None:
+    if base.runs < 2:
         return "the default was measured once"
+    if base.goodput.ci is None:
+        return "the default has no goodput interval (a run failed or kept no requests)"
     rescued = [k for k in base.missed() if c.outcome(k) == "met"]
     if rescued or c.goodput.ci[0] > base.goodput.ci[1]:
         return None

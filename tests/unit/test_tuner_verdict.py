@@ -121,3 +121,10 @@ def test_the_slo_comes_from_the_study_unless_given():
 def test_remeasurement_is_interleaved_baseline_first_each_round():
     assert remeasure_order(0, [3, 5], 2) == [(1, 0), (1, 3), (1, 5), (2, 0), (2, 3), (2, 5)]
     assert remeasure_order(None, [3], 2) == [(1, 3), (2, 3)]
+
+
+def test_a_candidate_whose_remeasurement_failed_does_not_win():
+    trials, attrs = _study(_runs(BASE), [_runs([9.0, 9.1, 8.9])])
+    attrs[f"{ATTR}1"][1] = {"goodput": 0.0, "feasible": False, "status": "load_failed", "requests": None}
+    v = decide(trials, attrs)
+    assert v.recommendation == "baseline" and "no goodput interval" in v.message, v.message

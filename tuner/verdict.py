@@ -214,26 +214,28 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSp
             rescued = [k for k in base.missed() if w.outcome(k) == "met"]
             msg = (f"vLLM's defaults miss {', '.join(_fmt_ci(base.slo[k]) for k in rescued)}; trial {w.trial} "
                    f"meets {', '.join(_fmt_ci(w.slo[k]) for k in rescued)} (thresholds "
-                   f"{', '.join(str(w.slo[k].target) for k in rescued)}, {conf} confidence)")
+                   f"{', '.join(str(w.slo[k].target) for k in rescued)}, {conf} confidence); "
+                   f"trial {w.trial}: {w.ci_text()}, default: {base.ci_text()}")
         return Verdict("tuned", w.trial, base_no, gain, ratio, noise, remeasured, msg, samples)
     if base is None:
         return Verdict("none", None, None, None, None, 0.0, remeasured,
                        "vLLM's default config did not run and no tuned config surely meets every SLO: "
                        "relax the targets, lower the load, or widen the space", samples)
+    tail = (f"; the defaults also miss {', '.join(_fmt_ci(base.slo[k]) for k in base.missed())}: relax the targets, "
+            "lower the load, or widen the space") if base.missed() else ""
     if not remeasured:
         why = "no tuned config was measured again" if cand_t else "no tuned config met the SLOs"
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
                        f"keep vLLM's defaults (not re-measured): {why}; a config measured once is never "
-                       f"recommended ({base.ci_text()})", samples)
+                       f"recommended (default: {base.ci_text()}){tail}", samples)
     best = max(candidates, key=lambda c: (c.goodput.ci[0] if c.goodput.ci else float("-inf"), c.mean))
     reason = why_not(best, base)
     gain = best.mean - base.mean
     ratio = best.mean / base.mean if base.mean > 0 else None
-    tail = (f"; the defaults also miss {', '.join(_fmt_ci(base.slo[k]) for k in base.missed())}: relax the targets, "
-            "lower the load, or widen the space") if base.missed() else ""
+    shown = "" if reason and "does not clear" in reason else \
+        f" (trial {best.trial}: {best.ci_text()}; default: {base.ci_text()})"
     return Verdict("baseline", base.trial, base.trial, gain, ratio, noise, True,
-                   f"keep vLLM's defaults: {reason} (default: {base.ci_text()}; trial {best.trial}: "
-                   f"{best.ci_text()}){tail}", samples)
+                   f"keep vLLM's defaults: {reason}{shown}{tail}", samples)
 
 
 def remeasure_order(base: int | None, candidates: list[int], rounds: int) -> list[tuple[int, int]]:

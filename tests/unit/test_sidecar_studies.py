@@ -11,7 +11,8 @@ from slotune.store import open_store
 
 
 class _Result:
-    best = {"trial": 3, "goodput": 9.9}
+    def __init__(self):
+        self.best = {"trial": 3, "goodput": 9.9}
 
     def to_dict(self):
         return {"recommendation": {"use": "baseline", "trial": 0, "command": "vllm serve m",

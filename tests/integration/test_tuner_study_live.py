@@ -48,6 +48,11 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
     assert base.user_attrs["origin"] == "baseline" and base.state is TrialState.COMPLETE
     assert base.user_attrs["params"] == {} and base.user_attrs["goodput"] > 0
     assert base.user_attrs["client"]["completed"] == 20
+    # Each request's figures are kept with the trial (what the verdict's intervals come from), and
+    # a study never re-measured keeps vLLM's defaults.
+    kept = base.user_attrs["requests"]
+    assert len(kept["ok"]) == 20 and sum(kept["good"]) / kept["duration"] == pytest.approx(base.user_attrs["goodput"])
+    assert result.verdict.recommendation == "baseline" and "(not re-measured)" in result.verdict.message
     assert too_long.state is TrialState.PRUNED and too_long.user_attrs["status"] == "invalid_config"
     assert too_long.user_attrs["log_path"] and too_long.constraints["launch"] > 0
     # The rejected combination: recorded as infeasible with its reason, never launched (no log, no

@@ -1,6 +1,7 @@
 """What a study found, in forms people use: JSON (`baseline`, `best`, each with `params`, `goodput`
-and the SLO figures, `best.command`), a rich table, the best config as a `vllm serve` line and a
-flag file, and plots (optimization history; Pareto front in Pareto mode) as PNG and HTML.
+and the SLO figures, `best.command`), rich tables that stay readable at 80 columns (and 60), the best
+config as a `vllm serve` line and a flag file, plots (optimization history; Pareto front in Pareto
+mode) as PNG and HTML, and one self-contained HTML report (`slotune.tuner.html_report`).
 
 Everything is computed from the storage alone, so `slotune report` after the fact (or while other
 workers still run) says what `slotune tune` said at its end.
@@ -9,6 +10,7 @@ workers still run) says what `slotune tune` said at its end.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ class StudyResult:
     verdict: Verdict
     pareto: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    cost_per_hour: float | None = None  # the machine's price, USD/hour (`--cost-per-hour`): adds `cost`
 
     @property
     def recommended(self) -> dict[str, Any] | None:
@@ -63,7 +66,63 @@ class StudyResult:
             "verdict": self.verdict.to_dict(),
             "pareto": self.pareto,
             "rows": self.rows,
+            **({"cost": cost_figures(self)} if self.cost_per_hour is not None else {}),
         }
+
+    def interval(self, trial: int | None) -> dict[str, Any]:
+        """The verdict's figures for one trial (`{}` when it has none): `goodput_ci` `[lo, hi]` req/s,
+        `confidence`, and per SLO `{"estimate", "ci", "threshold", "outcome"}` where the verdict
+        computed intervals; `goodputs` (the samples) and `mean` always."""
+        if trial is None:
+            return {}
+        return dict(self.verdict.to_dict().get("samples", {}).get(str(trial)) or {})
+
+
+def k_by_load_of(result: StudyResult) -> list[dict[str, Any]]:
+    """Best K per concurrency level, `[{"concurrency", "best_k", "goodput"}]`, when the study measured
+    speculation by load (`result.k_by_load` or its JSON's `k_by_load`; empty otherwise)."""
+    return list(getattr(result, "k_by_load", None) or result.to_dict().get("k_by_load") or [])
+
+
+def cost_per_1k_tokens(usd_per_hour: float, output_tokens_per_s: float | None) -> float | None:
+    """USD per 1,000 output tokens: `usd_per_hour / (output_tokens_per_s * 3600) * 1000`.
+
+    `output_tokens_per_s` is the trial's measured output-token throughput over *all* completed
+    requests (the load generator's `output_throughput`), not only those that met the SLOs: the
+    targets are percentiles of the whole run (p95), so a run that meets them served every token under
+    them, and per-request outcomes are not stored. None when nothing was generated (no price per
+    token exists) or the throughput is unknown.
+    """
+    if output_tokens_per_s is None or not output_tokens_per_s > 0:
+        return None
+    return usd_per_hour / (output_tokens_per_s * 3600) * 1000
+
+
+def cost_figures(result: StudyResult) -> dict[str, Any]:
+    """`{"usd_per_hour", "throughput": "output tokens/s, all completed requests", "baseline":
+    {"trial", "output_tokens_per_s", "usd_per_1k_output_tokens"}, "recommended": {...}}` (a side is
+    None when the study has none)."""
+    usd = float(result.cost_per_hour or 0.0)
+
+    def side(e: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not e:
+            return None
+        tps = e.get("output_throughput")
+        return {"trial": e["trial"], "output_tokens_per_s": tps, "usd_per_1k_output_tokens": cost_per_1k_tokens(usd, tps)}
+
+    return {"usd_per_hour": usd, "throughput": "output tokens/s, all completed requests",
+            "baseline": side(result.baseline), "recommended": side(result.recommended)}
+
+
+def check_price(value: Any) -> float:
+    """A machine price in USD/hour: a finite number >= 0; raises ValueError with the reason."""
+    try:
+        usd = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number (USD per hour, e.g. 3.5)") from None
+    if not math.isfinite(usd) or usd < 0:
+        raise ValueError(f"{value!r} is not a price (a finite number of USD per hour, 0 or more)")
+    return usd
 
 
 def load(storage: str | None, study_name: str) -> optuna.Study:
@@ -112,7 +171,8 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
 def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
     ua = t.user_attrs
     client = ua.get("client") or {}
-    slo = {r["key"]: {"value": r["value"], "threshold": r["threshold"], "met": r["met"]} for r in ua.get("slo") or []}
+    slo = {r["key"]: {"value": r["value"], "threshold": r["threshold"], "met": r["met"], "status": r.get("status")}
+           for r in ua.get("slo") or []}
     config = ua.get("config")
     flag_file = VllmConfig.model_validate(config).flag_file() if config else None
     s = samples_of(t, study_attrs)
@@ -131,6 +191,8 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "tpot_p95": _p95(client, "tpot_seconds"),
         "e2e_p95": _p95(client, "e2e_seconds"),
         "request_throughput": client.get("request_throughput"),
+        "output_throughput": client.get("output_throughput"),  # output tokens/s, all completed requests
+        "rate": ua.get("rate"),  # offered req/s, or the highest rate meeting the SLOs (capacity mode)
         # The load generator's self-checks: a trial measured on a starved host is not evidence.
         "measurement_warnings": client.get("warnings") or [],
         "command": ua.get("command"),
@@ -175,34 +237,66 @@ def _fmt_s(v: Any) -> str:
     return "-" if not isinstance(v, (int, float)) else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
 
 
+def _fmt_flag(k: str, v: Any) -> str:
+    if isinstance(v, dict):
+        v = f"{v.get('method')}/K={v.get('num_speculative_tokens')}"
+    return f"{k}={v}"
+
+
 def _fmt_params(p: dict[str, Any]) -> str:
-    if not p:
-        return "(vLLM defaults)"
-    parts = []
-    for k, v in p.items():
-        if isinstance(v, dict):
-            v = f"{v.get('method')}/K={v.get('num_speculative_tokens')}"
-        parts.append(f"{k}={v}")
-    return " ".join(parts)
+    return " ".join(_fmt_flag(k, v) for k, v in p.items()) if p else "(vLLM defaults)"
+
+
+def _fmt_ci(d: dict[str, Any]) -> str:
+    ci = d.get("goodput_ci")
+    if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+        return ""
+    conf = d.get("confidence")
+    return f" [{ci[0]:.3g}, {ci[1]:.3g}]" + (f" at {conf:.0%}" if isinstance(conf, (int, float)) else "")
+
+
+def fmt_usd(v: float | None) -> str:
+    return "-" if v is None else f"${v:.4g}"
+
+
+def trial_tables(result: StudyResult) -> tuple[Any, Any]:
+    """Two rich tables: the figures per trial, then each trial's flags (or why it was not measured).
+
+    Flags live in their own two-column table so they get the console's whole width: in one table
+    with the figures, rich shrank them to a column a few characters wide at 80 columns. Flags wrap
+    between `name=value` pairs, never inside one (a pair longer than the line folds, the last resort).
+    """
+    from rich import box
+    from rich.table import Table
+
+    figures = Table(title=f"study {result.study}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col, justify in (("#", "right"), ("origin", "left"), ("state", "left"), ("goodput\nreq/s", "right"),
+                         ("TTFT\np95", "right"), ("TPOT\np95", "right"), ("SLO", "left")):
+        # Headers on two lines keep the columns as narrow as their figures; a figure never wraps
+        # (and would show "…" if it ever had to be cut).
+        figures.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis")
+    flags = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    flags.add_column("#", justify="right", no_wrap=True)
+    flags.add_column("flags / reason", overflow="fold", ratio=1)
+    for r in result.rows:
+        slo = "-" if r["state"] != "complete" else ("met" if r["feasible"] else "missed")
+        gp = r["goodput"]
+        figures.add_row(str(r["trial"]), str(r["origin"] or ""), r["state"],
+                        f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
+                        _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo)
+        detail = _fmt_params(r["params"]) + (f"  [{r['reason']}]" if r["reason"] else "")
+        flags.add_row(str(r["trial"]), detail)
+    return figures, flags
 
 
 def render(result: StudyResult, console: Any = None) -> None:
-    """The study summary table and the recommendation, with rich."""
+    """The study's tables, verdict (with intervals where the verdict has them), cost per 1,000 output
+    tokens (with `result.cost_per_hour`), and the recommended `vllm serve` line, with rich."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"study {result.study}", show_lines=False)
-    for col in ("#", "origin", "state", "goodput req/s", "TTFT p95", "TPOT p95", "SLO", "flags / reason"):
-        table.add_column(col, overflow="fold")
-    for r in result.rows:
-        slo = "-" if r["state"] != "complete" else ("met" if r["feasible"] else "missed")
-        detail = _fmt_params(r["params"]) + (f"  [{r['reason']}]" if r["reason"] else "")
-        gp = r["goodput"]
-        table.add_row(str(r["trial"]), str(r["origin"] or ""), r["state"],
-                      f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
-                      _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo, detail)
-    console.print(table)
+    for table in trial_tables(result):
+        console.print(table)
     c = result.counts
     console.print(f"trials: {c['complete']} measured, {c['infeasible']} infeasible, {c['fail']} failed, "
                   f"{c['running']} running, {c['waiting']} waiting")
@@ -210,9 +304,31 @@ def render(result: StudyResult, console: Any = None) -> None:
     console.print(f"[bold]verdict:[/bold] {v.message}")
     for label, e in (("baseline", result.baseline), ("best", result.best)):
         if e:
-            console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s "
+            console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
+                          f"{_fmt_ci(result.interval(e['trial']))} "
                           f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
                           f"SLO {'met' if e['feasible'] else 'missed'}")
+    if result.cost_per_hour is not None:
+        cost = cost_figures(result)
+        for label in ("baseline", "recommended"):
+            side = cost[label]
+            if side:
+                console.print(f"cost ({label}, trial {side['trial']}): "
+                              f"{fmt_usd(side['usd_per_1k_output_tokens'])} per 1,000 output tokens at "
+                              f"${cost['usd_per_hour']:g}/hour")
+    k_rows = k_by_load_of(result)
+    if k_rows:
+        from rich import box
+        from rich.table import Table
+
+        ks = Table(title="speculation by load: best K per concurrency", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("concurrency", "best K", "goodput req/s"):
+            ks.add_column(col, justify="right", no_wrap=True)
+        for k in k_rows:
+            gp = k.get("goodput")
+            ks.add_row(str(k.get("concurrency")), str(k.get("best_k") or "off"),
+                       f"{gp:.3g}" if isinstance(gp, (int, float)) else "-")
+        console.print(ks)
     rec = result.recommended
     if rec and rec.get("command"):
         console.print("[bold]run it:[/bold]")
@@ -220,7 +336,10 @@ def render(result: StudyResult, console: Any = None) -> None:
 
 
 def write_outputs(result: StudyResult, study: optuna.Study, out_dir: Path) -> dict[str, Path]:
-    """summary.json, best.yaml (flag file), best.sh (serve line), and the plots (PNG + HTML)."""
+    """summary.json, best.yaml (flag file), best.sh (serve line), the plots (PNG + HTML), and
+    report.html (self-contained, with its figures also as PNG: see `slotune.tuner.html_report`)."""
+    from slotune.tuner.html_report import write_html_report
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     p = out_dir / "summary.json"
@@ -233,6 +352,8 @@ def write_outputs(result: StudyResult, study: optuna.Study, out_dir: Path) -> di
         written["flag_file"] = out_dir / "best.yaml"
         written["command"] = out_dir / "best.sh"
     written.update(write_plots(study, out_dir))
+    extra = {name: written[f"{name}_png"] for name in ("history", "pareto") if f"{name}_png" in written}
+    written.update(write_html_report(result, out_dir, extra))
     return written
 
 

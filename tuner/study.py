@@ -67,6 +67,8 @@ class TuneSpec(BaseModel):
     storage: str | None = None
     study_name: str | None = None
     out_dir: Path | None = None
+    # The machine's price, USD/hour: the report adds cost per 1,000 output tokens (not part of the study).
+    cost_per_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     pareto: bool = False
     seed: int = 0
     worker: int = Field(default=0, ge=0, description="this worker's number when several share a study")
@@ -317,6 +319,7 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
         remeasure(study, space, spec.base_config(), measure, slo, store, top=spec.remeasure_top,
                   repeats=spec.remeasure_repeats, events=events)
     result: StudyResult = summarize(url, name)
+    result.cost_per_hour = spec.cost_per_hour
     if spec.out_dir is not None:
         write_outputs(result, study, spec.out_dir)
     store.dispose()

@@ -23,6 +23,18 @@ def _spec(**kw: Any) -> Any:
         raise ConfigError(validation_message(exc.errors())) from None
 
 
+def _price(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    from slotune.tuner.report import check_price
+
+    try:
+        return None if value is None else check_price(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+COST_HELP = "the machine's price in USD/hour: adds cost per 1,000 output tokens (baseline and recommendation)"
+
+
 def _cpus(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
     from slotune.platforms import parse_cpus
 
@@ -77,7 +89,8 @@ def register(app: click.Group) -> None:
     @click.option("--storage", help="database URL (default: slotune's SQLite file; PostgreSQL for several workers)")
     @click.option("--study", "study_name", help="study name; an existing one is resumed")
     @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-                  help="directory for summary.json, best.yaml, best.sh and plots")
+                  help="directory for report.html (one self-contained file), summary.json, best.yaml, best.sh, plots")
+    @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
     @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
                   help="write the result as JSON ('-' for stdout)")
     @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,
@@ -109,7 +122,7 @@ def register(app: click.Group) -> None:
                 result = run_study(spec, events=bar)
             render(result)
             if spec.out_dir:
-                click.echo(f"results in {spec.out_dir}")
+                click.echo(f"results in {spec.out_dir} (report: {spec.out_dir / 'report.html'})")
         _emit_json(result.to_dict(), json_out)
 
     @app.command()
@@ -117,18 +130,23 @@ def register(app: click.Group) -> None:
     @click.option("--storage", help="database URL (default: slotune's SQLite file)")
     @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
     @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-                  help="also write summary.json, best.yaml, best.sh and plots here")
-    def report(study_name: str, storage: str | None, as_json: bool, out_dir: Path | None) -> None:
-        """Summarize a tuning study: baseline, best config, gain, every trial."""
+                  help="also write report.html (one self-contained file), summary.json, best.yaml, best.sh, plots")
+    @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
+    def report(study_name: str, storage: str | None, as_json: bool, out_dir: Path | None,
+               cost_per_hour: float | None) -> None:
+        """Summarize a tuning study: baseline, best config, gain, every trial (from storage alone)."""
         from slotune.tuner.report import load, render, summarize, write_outputs
 
         result = summarize(storage, study_name)
+        result.cost_per_hour = cost_per_hour
         if out_dir is not None:
             write_outputs(result, load(storage, study_name), out_dir)
         if as_json:
             click.echo(to_json(result.to_dict(), indent=2, default=str))
         else:
             render(result)
+            if out_dir is not None:
+                click.echo(f"report: {out_dir / 'report.html'}")
 
 
 def _emit_json(data: dict[str, Any], out: Path | None) -> None:

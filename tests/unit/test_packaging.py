@@ -45,6 +45,7 @@ def test_the_wheel_holds_one_top_level_name(wheel: Path) -> None:
     assert not outside, f"files outside slotune/ in the wheel: {outside}"
     for part in ("collectors/snapshot.py", "loadgen/runner.py", "playbooks/engine.py", "tuner/study.py",
                  "playbooks/rules/high_ttft.yaml", "playbooks/relations.yaml", "loadgen/workloads/chat.yaml",
+                 "tuner/templates/report.html.j2",
                  "cli/main.py"):
         assert f"slotune/{part}" in names
 
@@ -68,3 +69,7 @@ def test_only_slotune_imports_from_the_installed_wheel(wheel: Path, tmp_path: Pa
     for name in ("collectors", "loadgen", "playbooks", "tuner"):
         bad = run(f"import {name}")
         assert bad.returncode != 0 and "ModuleNotFoundError" in bad.stderr, (name, bad.stdout, bad.stderr)
+    # the HTML report's template is package data, found where the report looks for it
+    tpl = run("from importlib.resources import files; "
+              "print((files('slotune.tuner') / 'templates' / 'report.html.j2').read_text()[:15])")
+    assert tpl.returncode == 0 and tpl.stdout.startswith("<!DOCTYPE html>"), tpl.stderr

@@ -1,0 +1,222 @@
+"""Results a person reads at a glance: terminal tables at 80 (and 60) columns, one self-contained HTML
+file with its PNGs, the cost per 1,000 output tokens, and `--cost-per-hour` refused when it is not a
+price. A study is run on real Optuna storage (SQLite) with the synthetic measurement of tuner_fakes;
+the verdict's intervals and the K-by-load table are rendered both as today's data has them (absent)
+and in the shapes the confidence and search-space work add (`goodput_ci`, per-SLO `ci`/`outcome`,
+`k_by_load`), injected here because those producers land separately."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from tuner_fakes import FakeMeasure
+
+from slotune.cli.main import main
+from slotune.tuner.html_report import fmt_value
+from slotune.tuner.report import (
+    StudyResult,
+    cost_per_1k_tokens,
+    fmt_usd,
+    load,
+    render,
+    summarize,
+    write_outputs,
+)
+from slotune.tuner.study import TuneSpec, run_study
+
+SLO = "ttft_p95<=500ms,tpot_p95<=50ms"
+# Long flags, so the flags column has something to wrap: the case that once wrapped one letter a line.
+WIDE = {"max_num_seqs": 64, "enable_chunked_prefill": True, "enable_prefix_caching": True,
+        "speculative_method": "ngram", "num_speculative_tokens": 4}
+
+
+@dataclasses.dataclass
+class TokenMeasure(FakeMeasure):
+    """FakeMeasure plus an output-token throughput of 100 tokens/s per req/s of goodput."""
+
+    def __call__(self, config, progress=None):
+        m = super().__call__(config, progress)
+        if not m.ok:
+            return m
+        return dataclasses.replace(m, client={**m.client, "output_throughput": 100.0 * m.goodput})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> TuneSpec:
+    tmp = tmp_path_factory.mktemp("study")
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=5, rate=4.0,
+                    storage=f"sqlite:///{tmp}/s.db", study_name="s", remeasure_top=1, enqueue=[WIDE])
+    run_study(spec, measure=TokenMeasure())
+    return spec
+
+
+class ConfVerdict:
+    """The verdict as the confidence work shapes it: every sample gains `goodput_ci`, `confidence`
+    and per-SLO `{"estimate", "ci", "threshold", "outcome"}` (the rest delegates to the real one)."""
+
+    def __init__(self, verdict: Any) -> None:
+        self._v = verdict
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._v, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self._v.to_dict()
+        for trial, s in d["samples"].items():
+            lo = 0.5 + int(trial) / 100
+            s.update(goodput_ci=[lo, lo + 0.25], confidence=0.95,
+                     slo={"ttft_p95": {"estimate": 0.45, "ci": [0.41, 0.49], "threshold": 0.5, "outcome": "met"},
+                          "tpot_p95": {"estimate": 0.05, "ci": [0.04, 0.06], "threshold": 0.05,
+                                       "outcome": "inconclusive"}})
+        return d
+
+
+K_BY_LOAD = [{"concurrency": 1, "best_k": 4, "goodput": 1.5}, {"concurrency": 16, "best_k": 0, "goodput": 7.25}]
+
+
+def with_conf(result: StudyResult) -> StudyResult:
+    result.verdict = ConfVerdict(result.verdict)  # type: ignore[assignment]
+    result.k_by_load = K_BY_LOAD  # type: ignore[attr-defined]  # as the search-space work adds it
+    return result
+
+
+def screen(result: StudyResult, width: int) -> list[str]:
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    render(result, console)
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 60])
+@pytest.mark.parametrize("conf", [False, True], ids=["today", "with-intervals"])
+def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf: bool) -> None:
+    result = summarize(study.storage, "s")
+    if conf:
+        result = with_conf(result)
+    lines = screen(result, width)
+    command = (result.recommended or {}).get("command") or ""
+    assert all(len(line) <= width for line in lines if line != command)  # the serve line is meant to be copied whole
+    assert not any("…" in line for line in lines), "a header or figure was cut"
+    rows = {r["trial"]: r for r in result.rows}
+    for trial, r in rows.items():
+        # the figures of a trial stay on one line: number, origin, state, SLO outcome
+        slo = "met" if r["feasible"] else "missed"
+        assert any(re.match(rf"^\s*{trial}\s+{r['origin']}\s+{r['state']}\b.*\b{slo}\s*$", ln) for ln in lines), trial
+        # every flag=value pair is whole on one line (never split letter by letter)
+        for k, v in r["params"].items():
+            pair = f"{k}=" + (f"{v['method']}/K={v['num_speculative_tokens']}" if isinstance(v, dict) else str(v))
+            assert any(pair in ln for ln in lines), (pair, width)
+    if conf:
+        assert any("[0.5, 0.75] at 95%" in ln for ln in lines)
+        assert any(re.match(r"^\s*16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.refs += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "data")]
+
+
+def write(study: TuneSpec, out: Path, *, conf: bool, cost: float | None = None) -> tuple[StudyResult, str]:
+    result = summarize(study.storage, "s")
+    if conf:
+        result = with_conf(result)
+    result.cost_per_hour = cost
+    write_outputs(result, load(study.storage, "s"), out)
+    return result, (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_html_report_is_one_self_contained_file_with_its_pngs(study: TuneSpec, tmp_path: Path) -> None:
+    _, page = write(study, tmp_path, conf=True)
+    parser = Links()
+    parser.feed(page)
+    assert parser.refs, "the page embeds its figures"
+    for tag, attr, value in parser.refs:
+        assert value.startswith("data:image/png;base64,"), (tag, attr, value[:80])
+    assert "link" not in parser.tags and "script" not in parser.tags  # no style sheet or script to fetch
+    assert not re.search(r"(https?:)?//[^\s\"'<>]+\.(js|css|png|svg|woff2?)\b", page)
+    embedded = [v for _, _, v in parser.refs]
+    for name in ("baseline_vs_best", "slo_targets", "goodput_vs_rate", "history"):
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert any(v.endswith(base64.b64encode(png.read_bytes()).decode()) for v in embedded), name
+
+
+def test_the_html_report_shows_intervals_slos_and_the_serve_line(study: TuneSpec, tmp_path: Path) -> None:
+    result, page = write(study, tmp_path, conf=True)
+    text = html.unescape(page)
+    base, best = result.baseline, result.best
+    assert base and best and base["trial"] != best["trial"]
+    for e in (base, best):
+        lo = 0.5 + e["trial"] / 100
+        assert f"[{lo:.3g}, {lo + 0.25:.3g}] at 95 %" in text, e["trial"]  # each one's goodput interval
+    for key, threshold in (("ttft_p95", "500 ms"), ("tpot_p95", "50 ms")):
+        assert re.search(rf"<td>{key}</td><td class=\"num\">{threshold}</td>", text), key  # target and threshold
+    assert "450 ms [410 ms, 490 ms]: met" in text and "50 ms [40 ms, 60 ms]: inconclusive" in text
+    assert best["command"].startswith("vllm serve") and best["command"] in text
+    assert "best K" in text and "7.25" in text  # the K-by-load table
+    assert "USD per 1,000" not in text  # no price given: no cost column
+
+
+def test_the_html_report_renders_todays_verdict_without_intervals(study: TuneSpec, tmp_path: Path) -> None:
+    result, page = write(study, tmp_path, conf=False)
+    text = html.unescape(page)
+    assert "none computed" in text
+    assert "800 ms: missed" in text and "300 ms: met" in text  # each trial's own SLO figure and outcome
+    assert "500 ms" in text and "best K" not in text
+    assert (result.recommended or {})["command"] in text
+
+
+def test_cost_per_1000_output_tokens(study: TuneSpec, tmp_path: Path) -> None:
+    assert cost_per_1k_tokens(3.6, 1000.0) == pytest.approx(0.001)  # $3.6/h at 1,000 tokens/s: $1 per 1M tokens
+    assert cost_per_1k_tokens(3.6, 0.0) is None and cost_per_1k_tokens(3.6, None) is None
+    result, page = write(study, tmp_path, conf=False, cost=3.5)
+    d = result.to_dict()["cost"]
+    text = html.unescape(page)
+    for side in ("baseline", "recommended"):
+        tps = d[side]["output_tokens_per_s"]
+        expected = 3.5 / (tps * 3600) * 1000
+        assert d[side]["usd_per_1k_output_tokens"] == pytest.approx(expected)
+        assert fmt_usd(expected) in text
+        assert any(fmt_usd(expected) in ln for ln in screen(result, 80))
+    assert "USD per 1,000 output tokens" in text
+
+
+def test_report_cli_writes_the_html_and_cost_from_storage(study: TuneSpec, tmp_path: Path, capsys) -> None:
+    rc = main(["report", "--study", "s", "--storage", study.storage, "--out", str(tmp_path),
+               "--cost-per-hour", "2", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["cost"]["usd_per_hour"] == 2.0 and d["cost"]["recommended"]["usd_per_1k_output_tokens"] > 0
+    assert (tmp_path / "report.html").exists() and (tmp_path / "slo_targets.png").exists()
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "cheap", ""])
+@pytest.mark.parametrize("command", ["report", "tune"])
+def test_a_bad_cost_per_hour_is_one_line_and_non_zero(study: TuneSpec, bad: str, command: str, capsys) -> None:
+    args = {"report": ["report", "--study", "s", "--storage", study.storage],
+            "tune": ["tune", "--model", "/models/tiny", "--slo", SLO, "--input-len", "8", "--output-len", "8",
+                     "--storage", study.storage, "--study", "never-run"]}[command]
+    rc = main([*args, "--cost-per-hour", bad])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--cost-per-hour" in err, err
+
+
+def test_slo_figures_read_in_their_unit() -> None:
+    assert fmt_value("ttft_p95", 0.5) == "500 ms" and fmt_value("e2e_p95", 2.5) == "2.50 s"
+    assert fmt_value("error_rate", 0.01) == "1.00%" and fmt_value("ttft_p95", None) == "-"

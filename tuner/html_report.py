@@ -130,7 +130,7 @@ def _plot_slo(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def rate_points(result: StudyResult) -> list[dict[str, Any]]:
-    """`[{"label", "trial", "rate", "goodput", "measured_rate"}]` for the baseline and the best: every
+    """`[{"label", "trial", "rate", "goodput", "measured_rate", "met"}]` for the baseline and the best: every
     point of a stored rate sweep (`sweep: [{"rate", "goodput"}]` on the entry) where one exists, else
     the one rate the config was measured at (None: no offered rate, e.g. a fixed concurrency)."""
     out = []
@@ -138,11 +138,12 @@ def rate_points(result: StudyResult) -> list[dict[str, Any]]:
         sweep = e.get("sweep") or []
         if sweep:
             out += [{"label": label, "trial": e["trial"], "rate": p.get("rate"), "goodput": p.get("goodput"),
-                     "measured_rate": p.get("request_throughput")} for p in sweep]
+                     "measured_rate": p.get("request_throughput"), "met": p.get("met")}
+                    for p in sorted(sweep, key=lambda p: p.get("rate") or 0)]
         else:
             rate = e.get("rate") or result.settings.get("rate")
             out.append({"label": label, "trial": e["trial"], "rate": rate, "goodput": e.get("goodput"),
-                        "measured_rate": e.get("request_throughput")})
+                        "measured_rate": e.get("request_throughput"), "met": e.get("feasible")})
     return out
 
 
@@ -157,7 +158,8 @@ def _plot_rate(points: list[dict[str, Any]], mode: str, path: Path) -> bool:
     for label, color in (("baseline", "#6b8fb8"), ("best", "#3d8b4f")):
         pts = sorted((p["rate"] if offered else p["measured_rate"], p["goodput"]) for p in usable if p["label"] == label)
         if pts:
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=color, label=label)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "s--" if label == "baseline" else "o-", color=color,
+                    label=label, ms=9 if label == "baseline" else 6)
     lim = max(max(p["rate"] if offered else p["measured_rate"] for p in usable), 1e-9) * 1.1
     ax.plot([0, lim], [0, lim], ls=":", color="grey", lw=1, label="goodput = rate")
     ax.set_xlabel("offered rate (req/s)" if offered else "measured request rate (req/s; no offered rate set)")

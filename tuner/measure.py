@@ -54,6 +54,8 @@ class Measurement:
     log_path: str | None = None
     seconds: float = 0.0
     requests: dict[str, Any] | None = None
+    # capacity mode: every rate the sweep tried, `[{"rate", "met", "goodput", "request_throughput"}]`
+    sweep: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +156,8 @@ class ServerMeasure:
                     say("warming up")
                     warm_up(url, model, plan)
                 swept: list[float | None] = []
-                measured = measure_window(url, lambda: self._capacity(url, model, swept), model=model,
+                points: list[dict[str, Any]] = []
+                measured = measure_window(url, lambda: self._capacity(url, model, swept, points), model=model,
                                           slo=load.slo, server_config=config, progress=say,
                                           process_group=server.process_group)
                 rate = swept[0] if swept else None
@@ -175,13 +178,18 @@ class ServerMeasure:
             ok=True, status="ready", goodput=float(client.get("goodput") or 0.0), rate=rate, client=client,
             server=measured.server.to_dict(), findings=_findings(measured.diagnosis), log_path=str(server.log_path),
             seconds=time.monotonic() - started, requests=run_requests(measured.client, load.slo),
+            sweep=points if load.mode == "capacity" else [],
         )
 
-    def _capacity(self, url: str, model: str, swept: list[float | None]) -> LoadResult | None:
-        """The highest rate that still meets every SLO (appended to `swept`) and the load measured at it."""
+    def _capacity(self, url: str, model: str, swept: list[float | None],
+                  points: list[dict[str, Any]]) -> LoadResult | None:
+        """The highest rate that still meets every SLO (appended to `swept`, every rate tried to
+        `points`, for the report's goodput-against-rate figure) and the load measured at it."""
         load = self.load
         found = find_max_rate(url, model, load.workload, load.slo, num_requests=load.num_requests, seed=load.seed)
         swept.append(found.max_rate)
+        points.extend({k: v for k, v in p.to_dict().items() if k in ("rate", "met", "goodput", "request_throughput")}
+                      for p in found.points)
         return found.best
 
 

@@ -112,6 +112,8 @@ class TrialObjective:
         trial.set_user_attr("status", m.status)
         trial.set_user_attr("goodput", m.goodput)
         trial.set_user_attr("rate", m.rate)
+        if m.sweep:  # capacity mode: the rates tried, drawn by the report as goodput against rate
+            trial.set_user_attr("sweep", m.sweep)
         trial.set_user_attr("slo", [r.to_dict() for r in self.slo.evaluate(m.client)] if m.ok else [])
         trial.set_user_attr("client", {k: m.client.get(k) for k in _CLIENT_KEYS if k in m.client})
         trial.set_user_attr("log_path", m.log_path)

@@ -193,6 +193,7 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "request_throughput": client.get("request_throughput"),
         "output_throughput": client.get("output_throughput"),  # output tokens/s, all completed requests
         "rate": ua.get("rate"),  # offered req/s, or the highest rate meeting the SLOs (capacity mode)
+        "sweep": ua.get("sweep") or [],  # capacity mode: [{"rate", "met", "goodput", "request_throughput"}]
         # The load generator's self-checks: a trial measured on a starved host is not evidence.
         "measurement_warnings": client.get("warnings") or [],
         "command": ua.get("command"),

@@ -220,3 +220,28 @@ def test_a_bad_cost_per_hour_is_one_line_and_non_zero(study: TuneSpec, bad: str,
 def test_slo_figures_read_in_their_unit() -> None:
     assert fmt_value("ttft_p95", 0.5) == "500 ms" and fmt_value("e2e_p95", 2.5) == "2.50 s"
     assert fmt_value("error_rate", 0.01) == "1.00%" and fmt_value("ttft_p95", None) == "-"
+
+
+@dataclasses.dataclass
+class SweepMeasure(TokenMeasure):
+    """Capacity mode: each config's sweep tried 1, 2 and 4 req/s and met the SLOs up to 2."""
+
+    def __call__(self, config, progress=None):
+        m = super().__call__(config, progress)
+        if not m.ok:
+            return m
+        scale = m.goodput / 2
+        sweep = [{"rate": r, "met": r <= 2, "goodput": round(min(r, 2) * scale, 3), "request_throughput": r}
+                 for r in (4.0, 1.0, 2.0)]
+        return dataclasses.replace(m, rate=2.0, sweep=sweep)
+
+
+def test_capacity_mode_draws_every_rate_of_the_sweep(tmp_path: Path) -> None:
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=3, mode="capacity",
+                    storage=f"sqlite:///{tmp_path}/c.db", study_name="c", remeasure_top=0, out_dir=tmp_path / "out")
+    result = run_study(spec, measure=SweepMeasure())
+    assert [p["rate"] for p in result.baseline["sweep"]] == [4.0, 1.0, 2.0]  # stored with the trial
+    text = html.unescape((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    rates = re.findall(r"<tr><th>(baseline|best)</th><td class=\"num\">\d+</td>\s*<td class=\"num\">([\d.]+)</td>", text)
+    assert [r for label, r in rates if label == "baseline"] == ["1", "2", "4"]  # every rate, in order
+    assert "Capacity mode" in text and (tmp_path / "out" / "goodput_vs_rate.png").exists()

@@ -245,3 +245,25 @@ def test_capacity_mode_draws_every_rate_of_the_sweep(tmp_path: Path) -> None:
     rates = re.findall(r"<tr><th>(baseline|best)</th><td class=\"num\">\d+</td>\s*<td class=\"num\">([\d.]+)</td>", text)
     assert [r for label, r in rates if label == "baseline"] == ["1", "2", "4"]  # every rate, in order
     assert "Capacity mode" in text and (tmp_path / "out" / "goodput_vs_rate.png").exists()
+
+
+def test_pareto_mode_shows_the_front(tmp_path: Path) -> None:
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=4, pareto=True,
+                    storage=f"sqlite:///{tmp_path}/p.db", study_name="p", remeasure_top=0, out_dir=tmp_path / "out")
+    result = run_study(spec, measure=TokenMeasure())
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert result.pareto and "Pareto front" in page
+    front = page[page.index("Pareto front"):]
+    for p in result.pareto:
+        assert f'<td class="num">{p["trial"]}</td><td class="num">{p["goodput"]:.3g}</td>' in front
+    png = base64.b64encode((tmp_path / "out" / "pareto.png").read_bytes()).decode()
+    assert png in front  # the front's figure, embedded
+    _, plain = write(study_spec_offered(tmp_path), tmp_path / "plain", conf=False)
+    assert "Pareto front" not in plain  # only with --pareto
+
+
+def study_spec_offered(tmp_path: Path) -> TuneSpec:
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=2, rate=4.0,
+                    storage=f"sqlite:///{tmp_path}/o.db", study_name="s", remeasure_top=0)
+    run_study(spec, measure=TokenMeasure())
+    return spec

@@ -20,7 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from slotune.tuner.report import StudyResult, cost_figures, k_by_load_of
+from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, k_by_load_of
 
 TEMPLATE = "report.html.j2"
 RATIO_KEYS = ("error_rate",)  # SLO keys that are shares, not seconds
@@ -171,6 +171,13 @@ def _plot_rate(points: list[dict[str, Any]], mode: str, path: Path) -> bool:
     return True
 
 
+def schedule_of(e: dict[str, Any] | None) -> list[dict[str, int]]:
+    """The config's speculation schedule by batch size, `[{"first", "last", "k"}]` (empty: none)."""
+    spec = ((e or {}).get("params") or {}).get("speculative_config")
+    rows = spec.get(SCHEDULE) if isinstance(spec, dict) else None
+    return [{"first": a, "last": b, "k": n} for a, b, n in rows or []]
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -205,6 +212,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
         "fmt_usd": fmt_usd,
         "rate_points": rate_points(result),
         "k_by_load": k_by_load_of(result),
+        "schedule": schedule_of(result.best),
         "pareto": result.pareto if len(result.pareto) and result.settings.get("pareto") else [],
         "images": {name: _data_uri(p) for name, p in images.items()},
     }

@@ -238,9 +238,15 @@ def _fmt_s(v: Any) -> str:
     return "-" if not isinstance(v, (int, float)) else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
 
 
+SCHEDULE = "num_speculative_tokens_per_batch_size"  # vLLM's K by batch size: [[first, last, K], ...]
+
+
 def _fmt_flag(k: str, v: Any) -> str:
     if isinstance(v, dict):
-        v = f"{v.get('method')}/K={v.get('num_speculative_tokens')}"
+        sched = v.get(SCHEDULE)
+        # one token, no blanks, so a wrapped line never splits it
+        by_batch = "/batch:" + ",".join(f"{a}-{b}:K{n}" for a, b, n in sched) if sched else ""
+        v = f"{v.get('method')}/K={v.get('num_speculative_tokens')}{by_batch}"
     return f"{k}={v}"
 
 

@@ -267,3 +267,21 @@ def study_spec_offered(tmp_path: Path) -> TuneSpec:
                     storage=f"sqlite:///{tmp_path}/o.db", study_name="s", remeasure_top=0)
     run_study(spec, measure=TokenMeasure())
     return spec
+
+
+def test_a_speculation_schedule_reads_as_k_by_batch_size(study: TuneSpec, tmp_path: Path) -> None:
+    from slotune.tuner.report import _fmt_params
+
+    sched = [[1, 4, 4], [5, 256, 0]]
+    flags = _fmt_params({"speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
+                                                "num_speculative_tokens_per_batch_size": sched}})
+    assert flags == "speculative_config=ngram/K=4/batch:1-4:K4,5-256:K0"
+    result = summarize(study.storage, "s")
+    assert result.best
+    result.best["params"] = {"speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
+                                                    "num_speculative_tokens_per_batch_size": sched}}
+    write_outputs(result, load(study.storage, "s"), tmp_path)
+    text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert "K by batch size" in text
+    assert '<td class="num">1–4</td><td class="num">4</td>' in text
+    assert '<td class="num">5–256</td><td class="num">off (0)</td>' in text

@@ -20,7 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, k_by_load_of
+from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, interval_pair, k_by_load_of
 
 TEMPLATE = "report.html.j2"
 RATIO_KEYS = ("error_rate",)  # SLO keys that are shares, not seconds
@@ -51,7 +51,7 @@ def slo_rows(result: StudyResult) -> list[dict[str, Any]]:
             return None
         conf = (result.interval(e["trial"]).get("slo") or {}).get(key)
         if conf:
-            return {"estimate": conf.get("estimate"), "ci": conf.get("ci"), "outcome": conf.get("outcome")}
+            return {"estimate": conf.get("estimate"), "ci": interval_pair(conf.get("ci")), "outcome": conf.get("outcome")}
         own = (e.get("slo") or {}).get(key)
         if not own:
             return None
@@ -85,7 +85,7 @@ def _plot_baseline_vs_best(result: StudyResult, path: Path) -> bool:
         iv = result.interval(e["trial"])
         mean = e["goodput_mean"]
         ax.bar(i, mean, color="#9db9d8" if label == "baseline" else "#5aa469", width=0.5)
-        ci = iv.get("goodput_ci")
+        ci = interval_pair(iv.get("goodput_ci"))
         if ci:  # drawn from its own bounds: an interval need not be centred on (or hold) the mean
             _interval(ax, i, ci[0], ci[1])
         samples = e.get("goodput_samples") or []
@@ -197,7 +197,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
                         if c and c["trial"] == e["trial"]), None)
         sides.append({"label": label, "trial": e["trial"], "flags": _fmt_params(e.get("params") or {}),
                       "mean": e["goodput_mean"], "samples": e.get("goodput_samples") or [],
-                      "ci": iv.get("goodput_ci"), "confidence": iv.get("confidence"),
+                      "ci": interval_pair(iv.get("goodput_ci")), "confidence": iv.get("confidence"),
                       "feasible": e.get("feasible"), "output_throughput": e.get("output_throughput"),
                       "cost": fmt_usd(usd) if cost else None, "command": e.get("command")})
     return {

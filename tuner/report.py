@@ -254,9 +254,17 @@ def _fmt_params(p: dict[str, Any]) -> str:
     return " ".join(_fmt_flag(k, v) for k, v in p.items()) if p else "(vLLM defaults)"
 
 
+def interval_pair(ci: Any) -> tuple[float, float] | None:
+    """`[lo, hi]` as two finite floats, or None when it is missing or not two numbers."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
 def _fmt_ci(d: dict[str, Any]) -> str:
-    ci = d.get("goodput_ci")
-    if not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+    ci = interval_pair(d.get("goodput_ci"))
+    if ci is None:
         return ""
     conf = d.get("confidence")
     return f" [{ci[0]:.3g}, {ci[1]:.3g}]" + (f" at {conf:.0%}" if isinstance(conf, (int, float)) else "")
@@ -275,6 +283,7 @@ def trial_tables(result: StudyResult) -> tuple[Any, Any]:
     """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     figures = Table(title=f"study {result.study}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col, justify in (("#", "right"), ("origin", "left"), ("state", "left"), ("goodput\nreq/s", "right"),
@@ -292,7 +301,7 @@ def trial_tables(result: StudyResult) -> tuple[Any, Any]:
                         f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
                         _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo)
         detail = _fmt_params(r["params"]) + (f"  [{r['reason']}]" if r["reason"] else "")
-        flags.add_row(str(r["trial"]), detail)
+        flags.add_row(str(r["trial"]), Text(detail))  # Text: "[reason]" is data, not rich markup
     return figures, flags
 
 
@@ -300,6 +309,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     """The study's tables, verdict (with intervals where the verdict has them), cost per 1,000 output
     tokens (with `result.cost_per_hour`), and the recommended `vllm serve` line, with rich."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console()
     for table in trial_tables(result):
@@ -308,13 +318,13 @@ def render(result: StudyResult, console: Any = None) -> None:
     console.print(f"trials: {c['complete']} measured, {c['infeasible']} infeasible, {c['fail']} failed, "
                   f"{c['running']} running, {c['waiting']} waiting")
     v = result.verdict
-    console.print(f"[bold]verdict:[/bold] {v.message}")
+    console.print(f"[bold]verdict:[/bold] {escape(v.message)}")
     for label, e in (("baseline", result.baseline), ("best", result.best)):
         if e:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
                           f"{_fmt_ci(result.interval(e['trial']))} "
                           f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
-                          f"SLO {'met' if e['feasible'] else 'missed'}")
+                          f"SLO {'met' if e['feasible'] else 'missed'}", markup=False)
     if result.cost_per_hour is not None:
         cost = cost_figures(result)
         for label in ("baseline", "recommended"):

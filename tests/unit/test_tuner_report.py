@@ -285,3 +285,37 @@ def test_a_speculation_schedule_reads_as_k_by_batch_size(study: TuneSpec, tmp_pa
     assert "K by batch size" in text
     assert '<td class="num">1–4</td><td class="num">4</td>' in text
     assert '<td class="num">5–256</td><td class="num">off (0)</td>' in text
+
+
+def test_a_study_with_nothing_measured_still_reads(tmp_path: Path) -> None:
+    def refuse(config, progress=None):
+        from slotune.tuner.measure import Measurement
+
+        return Measurement(ok=False, status="kv_cache_too_small", reason="kv_cache_too_small: fake")
+
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=2, remeasure_top=0,
+                    storage=f"sqlite:///{tmp_path}/n.db", study_name="n", out_dir=tmp_path / "out")
+    result = run_study(spec, measure=refuse)
+    result.cost_per_hour = 1.0
+    text = html.unescape((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    assert "No config to recommend" in text and "kv_cache_too_small: fake" in text
+    assert any("kv_cache_too_small" in ln for ln in screen(result, 60))
+
+
+def test_intervals_that_are_not_two_numbers_are_shown_as_none(study: TuneSpec, tmp_path: Path) -> None:
+    result = summarize(study.storage, "s")
+
+    class Odd(ConfVerdict):
+        def to_dict(self) -> dict[str, Any]:
+            d = super().to_dict()
+            for s in d["samples"].values():
+                s["goodput_ci"] = [None, float("nan")]
+                s["slo"]["ttft_p95"]["ci"] = None
+                s["slo"]["tpot_p95"]["estimate"] = None
+            return d
+
+    result.verdict = Odd(result.verdict)  # type: ignore[assignment]
+    write_outputs(result, load(study.storage, "s"), tmp_path)
+    text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert "none computed" in text and "450 ms: met" in text and "- [40 ms, 60 ms]: inconclusive" in text
+    assert not any("nan" in ln for ln in screen(result, 80))

@@ -92,7 +92,7 @@ def _plot_baseline_vs_best(result: StudyResult, path: Path) -> bool:
         ax.scatter([i] * len(samples), samples, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(sides)), [f"{label}\n(trial {e['trial']})" for label, e in sides])
     ax.set_ylabel("goodput (req/s)")
-    ax.set_title("goodput: mean, interval (bar), samples (dots)", fontsize=9)
+    ax.set_title("goodput: mean (bar), interval (whiskers), samples (dots)", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -4,6 +4,8 @@ the study, a best config whose `vllm serve` line, parsed back, starts a server t
 
 from __future__ import annotations
 
+import html
+
 import httpx
 import optuna
 import pytest
@@ -75,6 +77,10 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
     assert d["baseline"]["trial"] == 0 and d["best"]["feasible"]
     assert d["baseline"]["slo"]["ttft_p95"]["value"] > 0
     assert (tmp_path / "out" / "best.yaml").exists() and (tmp_path / "out" / "history.png").exists()
+    # The HTML report from a real study: its serve line, and output tokens/s measured for the cost figure.
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert d["best"]["command"] in html.unescape(page) and (tmp_path / "out" / "goodput_vs_rate.png").exists()
+    assert d["baseline"]["output_throughput"] > 0
 
     # The printed line, pasted back: it starts a vLLM that answers.
     config = parse_serve_command(d["best"]["command"])

@@ -319,3 +319,12 @@ def test_intervals_that_are_not_two_numbers_are_shown_as_none(study: TuneSpec, t
     text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert "none computed" in text and "450 ms: met" in text and "- [40 ms, 60 ms]: inconclusive" in text
     assert not any("nan" in ln for ln in screen(result, 80))
+
+
+def test_tune_carries_the_price_to_its_outputs(tmp_path: Path) -> None:
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=2, remeasure_top=0,
+                    storage=f"sqlite:///{tmp_path}/t.db", study_name="t", out_dir=tmp_path / "out", cost_per_hour=7.2)
+    result = run_study(spec, measure=TokenMeasure())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["cost"] == result.to_dict()["cost"] and summary["cost"]["usd_per_hour"] == 7.2
+    assert "USD per 1,000 output tokens" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

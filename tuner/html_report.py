@@ -20,7 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, interval_pair, k_by_load_of
+from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, interval_pair, k_by_load_of, load_label
 
 TEMPLATE = "report.html.j2"
 RATIO_KEYS = ("error_rate",)  # SLO keys that are shares, not seconds
@@ -212,7 +212,8 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
         "fmt_usd": fmt_usd,
         "rate_points": rate_points(result),
         "k_by_load": k_by_load_of(result),
-        "schedule": schedule_of(result.best),
+        "load_label": load_label,
+        "schedule": schedule_of(result.recommended or result.best),
         "pareto": result.pareto if len(result.pareto) and result.settings.get("pareto") else [],
         "images": {name: _data_uri(p) for name, p in images.items()},
     }

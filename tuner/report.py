@@ -79,9 +79,20 @@ class StudyResult:
 
 
 def k_by_load_of(result: StudyResult) -> list[dict[str, Any]]:
-    """Best K per concurrency level, `[{"concurrency", "best_k", "goodput"}]`, when the study measured
-    speculation by load (`result.k_by_load` or its JSON's `k_by_load`; empty otherwise)."""
-    return list(getattr(result, "k_by_load", None) or result.to_dict().get("k_by_load") or [])
+    """Best K per load, `[{"concurrency": c | None, "rate": r | None, "best_k", "goodput"}]`, when the
+    study measured speculation by load (`result.speculation["k_by_load"]`, or a top-level
+    `k_by_load`; empty otherwise)."""
+    d = result.to_dict()
+    spec = getattr(result, "speculation", None) or d.get("speculation") or {}
+    rows = getattr(result, "k_by_load", None) or spec.get("k_by_load") or d.get("k_by_load") or []
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def load_label(row: dict[str, Any]) -> str:
+    """A K-by-load row's load: 'concurrency C' or 'R req/s'."""
+    if row.get("concurrency") is not None:
+        return f"concurrency {row['concurrency']}"
+    return f"{row['rate']:g} req/s" if isinstance(row.get("rate"), (int, float)) else "-"
 
 
 def cost_per_1k_tokens(usd_per_hour: float, output_tokens_per_s: float | None) -> float | None:
@@ -338,12 +349,12 @@ def render(result: StudyResult, console: Any = None) -> None:
         from rich import box
         from rich.table import Table
 
-        ks = Table(title="speculation by load: best K per concurrency", box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in ("concurrency", "best K", "goodput req/s"):
+        ks = Table(title="speculation by load: best K", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("load", "best K", "goodput req/s"):
             ks.add_column(col, justify="right", no_wrap=True)
         for k in k_rows:
             gp = k.get("goodput")
-            ks.add_row(str(k.get("concurrency")), str(k.get("best_k") or "off"),
+            ks.add_row(load_label(k), str(k.get("best_k") or "off"),
                        f"{gp:.3g}" if isinstance(gp, (int, float)) else "-")
         console.print(ks)
     rec = result.recommended

@@ -117,7 +117,7 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
             assert any(pair in ln for ln in lines), (pair, width)
     if conf:
         assert any("[0.5, 0.75] at 95%" in ln for ln in lines)
-        assert any(re.match(r"^\s*16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table
+        assert any(re.match(r"^\s*concurrency 16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table
 
 
 class Links(HTMLParser):
@@ -328,3 +328,14 @@ def test_tune_carries_the_price_to_its_outputs(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["cost"] == result.to_dict()["cost"] and summary["cost"]["usd_per_hour"] == 7.2
     assert "USD per 1,000 output tokens" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+def test_k_by_load_in_the_speculation_block_by_rate(study: TuneSpec, tmp_path: Path) -> None:
+    result = summarize(study.storage, "s")
+    # the search-space work's shape: `speculation.k_by_load`, a load being a concurrency or a rate
+    result.speculation = {"k_by_load": [{"concurrency": None, "rate": 2.0, "best_k": 3, "goodput": 1.9,  # type: ignore[attr-defined]
+                                         "trial": 1}]}
+    write_outputs(result, load(study.storage, "s"), tmp_path)
+    text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert '<td class="num">2 req/s</td><td class="num">3</td>' in text
+    assert any(re.match(r"^\s*2 req/s\s+3\s+1\.9\s*$", ln) for ln in screen(result, 60))

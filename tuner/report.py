@@ -285,8 +285,9 @@ def fmt_usd(v: float | None) -> str:
     return "-" if v is None else f"${v:.4g}"
 
 
-def trial_tables(result: StudyResult) -> tuple[Any, Any]:
+def trial_tables(result: StudyResult, width: int = 80) -> tuple[Any, Any]:
     """Two rich tables: the figures per trial, then each trial's flags (or why it was not measured).
+    Below 72 columns (`width`) the figures' columns are one blank apart instead of two.
 
     Flags live in their own two-column table so they get the console's whole width: in one table
     with the figures, rich shrank them to a column a few characters wide at 80 columns. Flags wrap
@@ -296,9 +297,12 @@ def trial_tables(result: StudyResult) -> tuple[Any, Any]:
     from rich.table import Table
     from rich.text import Text
 
-    figures = Table(title=f"study {result.study}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    tight = {"padding": (0, 0)} if width < 72 else {"collapse_padding": True}
+    figures = Table(title=f"study {result.study}", box=box.SIMPLE_HEAD, pad_edge=False, **tight)
+    wall = any(isinstance(r.get("wall_seconds"), (int, float)) for r in result.rows)  # when trials were timed
     for col, justify in (("#", "right"), ("origin", "left"), ("state", "left"), ("goodput\nreq/s", "right"),
-                         ("TTFT\np95", "right"), ("TPOT\np95", "right"), ("SLO", "left")):
+                         ("TTFT\np95", "right"), ("TPOT\np95", "right"), ("SLO", "left"),
+                         *((("wall\ns", "right"),) if wall else ())):
         # Headers on two lines keep the columns as narrow as their figures; a figure never wraps
         # (and would show "…" if it ever had to be cut).
         figures.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis")
@@ -308,9 +312,11 @@ def trial_tables(result: StudyResult) -> tuple[Any, Any]:
     for r in result.rows:
         slo = "-" if r["state"] != "complete" else ("met" if r["feasible"] else "missed")
         gp = r["goodput"]
+        ws = r.get("wall_seconds")
         figures.add_row(str(r["trial"]), str(r["origin"] or ""), r["state"],
                         f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
-                        _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo)
+                        _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo,
+                        *((f"{ws:.0f}" if isinstance(ws, (int, float)) else "-",) if wall else ()))
         detail = _fmt_params(r["params"]) + (f"  [{r['reason']}]" if r["reason"] else "")
         flags.add_row(str(r["trial"]), Text(detail))  # Text: "[reason]" is data, not rich markup
     return figures, flags
@@ -323,7 +329,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     from rich.markup import escape
 
     console = console or Console()
-    for table in trial_tables(result):
+    for table in trial_tables(result, console.width):
         console.print(table)
     c = result.counts
     console.print(f"trials: {c['complete']} measured, {c['infeasible']} infeasible, {c['fail']} failed, "

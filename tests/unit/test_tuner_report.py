@@ -87,6 +87,8 @@ K_BY_LOAD = [{"concurrency": 1, "best_k": 4, "goodput": 1.5}, {"concurrency": 16
 def with_conf(result: StudyResult) -> StudyResult:
     result.verdict = ConfVerdict(result.verdict)  # type: ignore[assignment]
     result.k_by_load = K_BY_LOAD  # type: ignore[attr-defined]  # as the search-space work adds it
+    for r in result.rows:  # each trial's wall time, as the search-space work adds it
+        r["wall_seconds"] = 1234.5 if r["trial"] == 0 else 98.0
     return result
 
 
@@ -110,7 +112,9 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     for trial, r in rows.items():
         # the figures of a trial stay on one line: number, origin, state, SLO outcome
         slo = "met" if r["feasible"] else "missed"
-        assert any(re.match(rf"^\s*{trial}\s+{r['origin']}\s+{r['state']}\b.*\b{slo}\s*$", ln) for ln in lines), trial
+        wall = rf"\s+{r['wall_seconds']:.0f}" if conf else ""
+        assert any(re.match(rf"^\s*{trial}\s+{r['origin']}\s+{r['state']}\b.*\b{slo}{wall}\s*$", ln)
+                   for ln in lines), trial
         # every flag=value pair is whole on one line (never split letter by letter)
         for k, v in r["params"].items():
             pair = f"{k}=" + (f"{v['method']}/K={v['num_speculative_tokens']}" if isinstance(v, dict) else str(v))

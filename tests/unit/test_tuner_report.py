@@ -287,8 +287,8 @@ def test_a_speculation_schedule_reads_as_k_by_batch_size(study: TuneSpec, tmp_pa
     write_outputs(result, load(study.storage, "s"), tmp_path)
     text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert "K by batch size" in text
-    assert '<td class="num">1–4</td><td class="num">4</td>' in text
-    assert '<td class="num">5–256</td><td class="num">off (0)</td>' in text
+    assert '<td class="num">1-4</td><td class="num">4</td>' in text
+    assert '<td class="num">5-256</td><td class="num">off (0)</td>' in text
 
 
 def test_a_study_with_nothing_measured_still_reads(tmp_path: Path) -> None:

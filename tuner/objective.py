@@ -6,24 +6,32 @@ trial's fate to Optuna's states, the way Optuna's own `_run_trial` splits them:
 - infeasible (vLLM rejects the combination, the backend lacks a choice, the server failed to start
   or died under load)            → PRUNED with its reason and violated constraints, so TPE ranks it
                                    below every feasible trial and learns the region; the study goes on
+- stopped early (a short probe at the study's load already misses an SLO target by far: `SloPruner`)
+                                 → PRUNED with state `pruned`, the probe's figures and the reason;
+                                   the baseline is never stopped early (every verdict compares with it)
 - anything else (a slotune bug)  → propagates: Optuna records FAIL and re-raises
 
-Every trial, whatever its fate, is written to `slotune_trials` and to the trial's user attrs.
+Every trial, whatever its fate, is written to `slotune_trials` and to the trial's user attrs, with
+its wall time (`wall_seconds`: from the objective's start, launch included, to its outcome).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial
 
+from slotune import platforms
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
-from slotune.tuner.measure import Measure, Measurement
+from slotune.tuner.measure import Measure, Measurement, ProbeCheck
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
@@ -31,6 +39,9 @@ ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler
 BASELINE = "baseline"
 REMEDY = "remedy"
 TTFT_KEY = "ttft_p95"
+PRUNED = "pruned"  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
+WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
+DEFAULT_PRUNE_FACTOR = 2.0
 
 # (trial number, stage) → the CLI's progress bar
 Events = Callable[[int, str], None]
@@ -41,13 +52,57 @@ def jsonable_params(config: VllmConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in config.tuned_params().items():
         out[k] = v.model_dump(exclude_none=True) if hasattr(v, "model_dump") else v
+    # The CPU build's KV-cache size is an environment variable, not a flag: a tuned one shows too.
+    plat = platforms.detect()
+    if plat.kv_cache_env and plat.kv_cache_env in config.env:
+        out[plat.kv_cache_env] = config.env[plat.kv_cache_env]
     return out
+
+
+def wall_times(trials: list[FrozenTrial], study_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Wall time of the study (every `run_study`, re-measurements included, summed over resumes) and of
+    its trials, in seconds: `{"study": s, "trials": sum, "per_trial": {number: s}}`."""
+    per = {t.number: float(t.user_attrs[WALL]) for t in trials if isinstance(t.user_attrs.get(WALL), (int, float))}
+    return {"study": study_attrs.get(WALL), "trials": round(sum(per.values()), 3), "per_trial": per}
 
 
 def ttft_p95(client: dict[str, Any]) -> float | None:
     block = client.get("ttft_seconds")
     value = block.get("p95") if isinstance(block, dict) else None
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+def worst_excess(slo: SloSpec, figures: Mapping[str, Any]) -> tuple[str, float, float, float] | None:
+    """The SLO target the figures miss by the largest factor: (key, measured / threshold, measured,
+    threshold), or None when no target with a positive threshold was measured. Targets of zero
+    (error_rate<=0%) are left out: one failed request in a probe is no measure of "how far"."""
+    worst = None
+    for r in slo.evaluate(figures):
+        t = r.target
+        if r.value is None or not t.threshold > 0:
+            continue
+        ratio = float(r.value) / t.threshold
+        if worst is None or ratio > worst[1]:
+            worst = (t.key, ratio, float(r.value), t.threshold)
+    return worst
+
+
+class SloPruner(BasePruner):
+    """Optuna pruner over the requests measured so far: a trial whose last reported value (the worst
+    SLO figure / its threshold, reported at step = requests measured) is at least `factor` stops.
+    A miss by a factor of 2 on a short probe is not noise; a miss by 10 % may be, so it runs on."""
+
+    def __init__(self, factor: float = DEFAULT_PRUNE_FACTOR, min_requests: int = 5) -> None:
+        if not factor > 1:
+            raise ValueError(f"the prune factor must be above 1, not {factor}")
+        self.factor, self.min_requests = factor, min_requests
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.min_requests:
+            return False
+        value = trial.intermediate_values.get(step)
+        return value is not None and not math.isnan(value) and value >= self.factor
 
 
 @dataclass
@@ -60,8 +115,11 @@ class TrialObjective:
     study_name: str
     pareto: bool = False
     events: Events | None = None
+    # Probe before the full run and stop the trials this pruner condemns (None: never stop early).
+    pruner: SloPruner | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self._started = time.monotonic()
         origin = trial.user_attrs.get(ORIGIN) or "sampler"  # every enqueue names its origin
         if ORIGIN not in trial.user_attrs:
             trial.set_user_attr(ORIGIN, origin)
@@ -80,7 +138,13 @@ class TrialObjective:
         def say(stage: str) -> None:
             self._emit(trial, stage)
 
-        measured = self.measure(config, say)
+        # The baseline always runs in full: every verdict is drawn against it.
+        if self.pruner is not None and origin != BASELINE and getattr(self.measure, "probes", False):
+            measured = self.measure(config, say, check=self._probe_check(trial))
+        else:
+            measured = self.measure(config, say)
+        if measured.status == PRUNED:
+            self._pruned(trial, config, measured)
         if not measured.ok:
             self._emit(trial, f"infeasible: {measured.status}")
             self._infeasible(trial, config, measured)
@@ -96,6 +160,33 @@ class TrialObjective:
             ttft = ttft_p95(measured.client)
             return measured.goodput, ttft if ttft is not None else 1e9
         return measured.goodput
+
+    def _probe_check(self, trial: optuna.Trial) -> ProbeCheck:
+        def check(figures: dict[str, Any], requests: int) -> str | None:
+            worst = worst_excess(self.slo, figures)
+            if worst is None:
+                return None
+            key, ratio, value, threshold = worst
+            if self.pareto:  # Optuna keeps no intermediate values for several objectives
+                stop = requests >= self.pruner.min_requests and ratio >= self.pruner.factor  # type: ignore[union-attr]
+            else:
+                trial.report(ratio, step=requests)
+                stop = trial.should_prune()
+            if not stop:
+                return None
+            return (f"stopped early: a probe of {requests} requests measured {key} {value:.3g}, "
+                    f"{ratio:.1f}x its target {threshold:.3g}")
+        return check
+
+    def _pruned(self, trial: optuna.Trial, config: VllmConfig, measured: Measurement) -> None:
+        # The probe's own figures as constraints: the sampler learns how far this region misses.
+        constraints = slo_constraints(self.slo, measured.client)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        self._annotate(trial, measured, PRUNED, False)
+        self._record(trial.number, PRUNED, measured.reason, config, measured, constraints)
+        self._emit(trial, measured.reason)
+        raise optuna.TrialPruned(measured.reason)
 
     def _infeasible(self, trial: optuna.Trial, config: VllmConfig, measured: Measurement) -> None:
         constraints = infeasible_constraints(self.slo)
@@ -121,11 +212,15 @@ class TrialObjective:
         trial.set_user_attr("remedies", m.remedies())
         # Each request's figures: the verdict bootstraps its intervals from them (tuner.confidence).
         trial.set_user_attr("requests", m.requests)
+        trial.set_user_attr(WALL, self._wall())
+
+    def _wall(self) -> float:
+        return round(time.monotonic() - getattr(self, "_started", time.monotonic()), 3)
 
     def _record(self, number: int, state: str, reason: str, config: VllmConfig, m: Measurement,
                 constraints: dict[str, float]) -> None:
         metrics = {"goodput": m.goodput, "rate": m.rate, "status": m.status, "seconds": m.seconds,
-                   "constraints": constraints, "client": m.client, "server": m.server,
+                   WALL: self._wall(), "constraints": constraints, "client": m.client, "server": m.server,
                    "requests": m.requests}
         with self.store.session() as s:
             s.add(TrialRecord(
@@ -141,4 +236,5 @@ class TrialObjective:
 
 # The client-side figures worth keeping on the Optuna trial (the full JSON is in slotune_trials).
 _CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "completed", "failed",
-                "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput", "warnings")
+                "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput", "warnings",
+                "rate", "concurrency")

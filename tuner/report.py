@@ -19,7 +19,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
-from slotune.tuner.objective import BASELINE, ORIGIN, ttft_p95
+from slotune.tuner import speculation
+from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import _safe, open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
@@ -37,6 +38,10 @@ class StudyResult:
     pareto: list[dict[str, Any]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     cost_per_hour: float | None = None  # the machine's price, USD/hour (`--cost-per-hour`): adds `cost`
+    # {"study": s, "trials": s, "per_trial": {number: s}} (objective.wall_times)
+    wall: dict[str, Any] = field(default_factory=dict)
+    # {"engine_applies_schedule", "evidence", "schedule", "k_by_load"} (tuner.speculation.summary)
+    speculation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def recommended(self) -> dict[str, Any] | None:
@@ -67,6 +72,8 @@ class StudyResult:
             "pareto": self.pareto,
             "rows": self.rows,
             **({"cost": cost_figures(self)} if self.cost_per_hour is not None else {}),
+            "wall_seconds": self.wall,
+            "speculation": self.speculation,
         }
 
     def interval(self, trial: int | None) -> dict[str, Any]:
@@ -165,7 +172,11 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     counts = {"total": len(trials)}
     for state in TrialState:
         counts[state.name.lower()] = sum(1 for t in trials if t.state is state)
-    counts["infeasible"] = counts.pop("pruned")
+    # Optuna's PRUNED holds both trials never launched (infeasible) and trials stopped early (pruned).
+    counts.pop("pruned")
+    counts["pruned"] = sum(1 for t in trials if t.state is TrialState.PRUNED and t.user_attrs.get("state") == PRUNED)
+    counts["infeasible"] = sum(1 for t in trials if t.state is TrialState.PRUNED) - counts["pruned"]
+    recommended = by_number.get(verdict.winner) if verdict.winner is not None else None
     return StudyResult(
         study=study_name,
         storage=_safe(storage_url(storage)),
@@ -176,6 +187,8 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
         verdict=verdict,
         pareto=pareto_front(trials),
         rows=[row(t) for t in trials],
+        wall=wall_times(trials, attrs),
+        speculation=speculation.summary(trials, recommended.user_attrs.get("params") if recommended else None),
     )
 
 
@@ -218,10 +231,12 @@ def row(t: FrozenTrial) -> dict[str, Any]:
     ua = t.user_attrs
     client = ua.get("client") or {}
     state = {TrialState.PRUNED: "infeasible"}.get(t.state, t.state.name.lower())
+    if t.state is TrialState.PRUNED and ua.get("state") == PRUNED:
+        state = PRUNED
     return {"trial": t.number, "origin": ua.get(ORIGIN), "state": state, "feasible": ua.get("feasible"),
             "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot_seconds"),
             "params": ua.get("params") or {}, "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
-            "findings": ua.get("findings") or []}
+            "findings": ua.get("findings") or [], "wall_seconds": ua.get(WALL)}
 
 
 def _p95(client: dict[str, Any], key: str) -> float | None:

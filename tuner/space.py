@@ -12,6 +12,11 @@ A user narrows the space with a YAML file or `--fix name=value`:
     max_num_batched_tokens: {min: 1024}  # keep the built-in choices in a range
     enable_prefix_caching: true          # fix (not searched)
     speculative_method: null             # fix to vLLM's default (off)
+    prompt_lookup_min: [1, 2]            # n-gram window (only searched with method ngram)
+
+The KV-cache size (`kv_cache_gib`) is searched only up to a ceiling the user gives
+(`slotune tune --kv-cache-max-gib N`): memory is the user's to hand out, so without a ceiling it is
+not searched, and no choice, fix or remedy above the ceiling is ever tried.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ DEFAULT = None  # the choice meaning "vLLM's default"
 
 SPEC_METHOD = "speculative_method"
 SPEC_TOKENS = "num_speculative_tokens"
+LOOKUP_MIN = "prompt_lookup_min"
+LOOKUP_MAX = "prompt_lookup_max"
+SPEC_MAX_BATCH = "spec_draft_max_batch"
+SPEC_DIMENSIONS = (SPEC_METHOD, SPEC_TOKENS, LOOKUP_MIN, LOOKUP_MAX, SPEC_MAX_BATCH)
+KV_GIB = "kv_cache_gib"
+# The n-gram window when the space does not search it (the setting measured on the real model).
+NGRAM_WINDOW = {LOOKUP_MIN: 2, LOOKUP_MAX: 4}
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,17 @@ class Dimension:
     kind: Literal["int", "bool", "str"]
     choices: tuple[Choice, ...]
     help: str = ""
-    # Only searched when this other dimension is set (not None): K only matters with a method.
+    # Only searched when this other dimension is set (not None): K only matters with a method;
+    # with `requires_value`, only when it is set to that value (the n-gram window needs ngram).
     requires: str | None = None
+    requires_value: Choice = None
+
+    def active(self, value_of_required: Choice) -> bool:
+        if self.requires is None:
+            return True
+        if self.requires_value is None:
+            return value_of_required is not None
+        return bool(value_of_required == self.requires_value)
 
     def parse(self, raw: Any) -> Choice:
         """A user's value (YAML or `--fix` text) as a choice of this dimension, or a ConfigError."""
@@ -70,12 +91,16 @@ class Dimension:
         return raw
 
 
-def _dimensions(plat: platforms.Platform) -> tuple[Dimension, ...]:
-    return (
-        Dimension("max_num_seqs", "max_num_seqs", "int", (DEFAULT, 8, 16, 32, 64, 128, 256, 512),
+def _dimensions(plat: platforms.Platform, kv_max_gib: int | None = None) -> tuple[Dimension, ...]:
+    dims = (
+        Dimension("max_num_seqs", "max_num_seqs", "int", (DEFAULT, *plat.batch_choices),
                   FLAG_BY_FIELD["max_num_seqs"].help),
+        # 128 and 256 split a long prompt's prefill into chunks short enough to run beside the decodes
+        # (vLLM 0.32 accepts a budget below max_model_len with chunked prefill on, its default, and
+        # never below max_num_seqs: `validate_combination` refuses the rest before launch).
         Dimension("max_num_batched_tokens", "max_num_batched_tokens", "int",
-                  (DEFAULT, 512, 1024, 2048, 4096, 8192, 16384), FLAG_BY_FIELD["max_num_batched_tokens"].help),
+                  (DEFAULT, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+                  FLAG_BY_FIELD["max_num_batched_tokens"].help),
         Dimension("max_model_len", "max_model_len", "int", (DEFAULT, 1024, 2048, 4096, 8192, 16384, 32768),
                   "longest prompt + output; never below what the workload needs"),
         Dimension("enable_chunked_prefill", "enable_chunked_prefill", "bool", (DEFAULT, True, False),
@@ -94,7 +119,29 @@ def _dimensions(plat: platforms.Platform) -> tuple[Dimension, ...]:
         Dimension(SPEC_METHOD, "speculative_config", "str", (DEFAULT, "ngram"), "speculative decoding method"),
         Dimension(SPEC_TOKENS, "speculative_config", "int", (1, 2, 3, 4, 5),
                   "tokens drafted per step (K)", requires=SPEC_METHOD),
+        # The window's defaults never cross (every min <= every max); a space file that narrows them
+        # so they do is refused, and a crossing pair is infeasible before launch.
+        Dimension(LOOKUP_MIN, "speculative_config", "int", (1, 2, 3),
+                  "shortest n-gram matched in the context before drafting", requires=SPEC_METHOD,
+                  requires_value="ngram"),
+        Dimension(LOOKUP_MAX, "speculative_config", "int", (3, 4, 5),
+                  "longest n-gram matched in the context", requires=SPEC_METHOD, requires_value="ngram"),
+        # Speculation by load: vLLM 0.32 looks up K per step from `num_speculative_tokens_per_batch_size`
+        # by the number of requests scheduled (scheduler.py) and the n-gram drafter proposes that
+        # many (gpu_model_runner.py, which the CPU runner inherits). Default: K at every batch size.
+        Dimension(SPEC_MAX_BATCH, "speculative_config", "int", (DEFAULT, 1, 2, 4, 8),
+                  "draft K tokens only while at most this many requests share a step, none above",
+                  requires=SPEC_METHOD),
     )
+    if kv_max_gib is None:
+        return dims
+    default = platforms.default_kv_cache_gib(plat)
+    sizes = sorted({*(2**i for i in range(kv_max_gib.bit_length()) if 2**i <= kv_max_gib), kv_max_gib})
+    kv = Dimension(KV_GIB, plat.kv_cache_env and "env" or "kv_cache_memory_bytes", "int",
+                   (DEFAULT, *(g for g in sizes if g != default)),
+                   f"KV-cache size in GiB, at most {kv_max_gib} (" +
+                   (plat.kv_cache_env or "--kv-cache-memory-bytes") + ")")
+    return (*dims, kv)
 
 
 class SuggestsCategorical(Protocol):
@@ -110,19 +157,28 @@ class SearchSpace:
     platform: platforms.Platform = field(default_factory=platforms.detect)
     # What the workload needs (max prompt + max output); max_model_len never goes below it.
     min_model_len: int | None = None
+    # The model's own context length (what vLLM uses when max_model_len is unset).
+    model_max_len: int | None = None
+    # The user's KV-cache ceiling in GiB: the kv_cache_gib dimension exists only with one.
+    kv_cache_max_gib: int | None = None
 
     @classmethod
     def default(
         cls, *, plat: platforms.Platform | None = None, min_model_len: int | None = None,
-        model_max_len: int | None = None,
+        model_max_len: int | None = None, kv_cache_max_gib: int | None = None,
     ) -> SearchSpace:
         plat = plat or platforms.detect()
+        if kv_cache_max_gib is not None and kv_cache_max_gib < 1:
+            raise ConfigError(f"the KV-cache ceiling must be at least 1 GiB, not {kv_cache_max_gib}")
         dims = []
-        for d in _dimensions(plat):
+        for d in _dimensions(plat, kv_cache_max_gib):
             if d.name == "max_model_len":
                 d = replace(d, choices=_fit_model_len(d.choices, min_model_len, model_max_len))
             dims.append(d)
-        return cls(tuple(dims), {}, plat, min_model_len)
+        return cls(tuple(dims), {}, plat, min_model_len, model_max_len, kv_cache_max_gib)
+
+    def _all(self) -> tuple[Dimension, ...]:
+        return _dimensions(self.platform, self.kv_cache_max_gib)
 
     # -- lookup ---------------------------------------------------------------------------------
 
@@ -130,12 +186,13 @@ class SearchSpace:
         return tuple(d.name for d in self.dimensions) + tuple(self.fixed)
 
     def dimension(self, name: str) -> Dimension:
-        for d in _dimensions(self.platform):
+        for d in self._all():
             if d.name == name:
                 found = next((x for x in self.dimensions if x.name == name), None)
                 return found or d
-        known = ", ".join(d.name for d in _dimensions(self.platform))
-        raise ConfigError(f"search space: unknown dimension {name!r} (known: {known})")
+        known = ", ".join(d.name for d in self._all())
+        hint = " (searched only with a KV-cache ceiling: --kv-cache-max-gib)" if name == KV_GIB else ""
+        raise ConfigError(f"search space: unknown dimension {name!r}{hint} (known: {known})")
 
     # -- narrowing ------------------------------------------------------------------------------
 
@@ -175,8 +232,30 @@ class SearchSpace:
                 self._check_model_len(choices, source)
         if "max_model_len" in fixed:
             self._check_model_len((fixed["max_model_len"],), source)
-        ordered = tuple(dims[d.name] for d in _dimensions(self.platform) if d.name in dims)
-        return SearchSpace(ordered, fixed, self.platform, self.min_model_len)
+        self._check_kv_ceiling(dims, fixed, source)
+        self._check_lookup_window(dims, fixed, source)
+        ordered = tuple(dims[d.name] for d in self._all() if d.name in dims)
+        return SearchSpace(ordered, fixed, self.platform, self.min_model_len, self.model_max_len,
+                           self.kv_cache_max_gib)
+
+    def _check_kv_ceiling(self, dims: Mapping[str, Dimension], fixed: Mapping[str, Choice], source: str) -> None:
+        ceiling = self.kv_cache_max_gib
+        values = list(dims[KV_GIB].choices) if KV_GIB in dims else []
+        values += [fixed[KV_GIB]] if KV_GIB in fixed else []
+        over = [v for v in values if v is not None and ceiling is not None and v > ceiling]
+        if over:
+            raise ConfigError(f"{source}: kv_cache_gib {over[0]} is above the KV-cache ceiling of {ceiling} GiB")
+
+    def _check_lookup_window(self, dims: Mapping[str, Dimension], fixed: Mapping[str, Choice], source: str) -> None:
+        def values(name: str) -> list[Choice]:
+            if name in fixed:
+                return [fixed[name]]
+            return [c for c in (dims[name].choices if name in dims else ()) if c is not None]
+
+        lows, highs = values(LOOKUP_MIN), values(LOOKUP_MAX)
+        if lows and highs and min(lows) > max(highs):
+            raise ConfigError(f"{source}: prompt_lookup_min ({min(lows)}) is above every prompt_lookup_max "
+                              f"({max(highs)}): no n-gram window is left to search")
 
     def _check_model_len(self, choices: Iterable[Choice], source: str) -> None:
         need = self.min_model_len
@@ -211,7 +290,7 @@ class SearchSpace:
         """Ask the trial for each searched dimension, in declaration order (conditions respected)."""
         params: dict[str, Choice] = {}
         for d in self.dimensions:
-            if d.requires is not None and self._value(d.requires, params) is None:
+            if d.requires is not None and not d.active(self._value(d.requires, params)):
                 continue
             params[d.name] = trial.suggest_categorical(d.name, list(d.choices))
         return params
@@ -230,7 +309,7 @@ class SearchSpace:
         for values in product(*(d.choices for d in plain)):
             params = dict(zip((d.name for d in plain), values, strict=True))
             for d in self.dimensions:
-                if d.requires is not None and self._value(d.requires, params) is not None:
+                if d.requires is not None and d.active(self._value(d.requires, params)):
                     params[d.name] = d.choices[0]
             combos.append(params)
         return combos
@@ -246,14 +325,24 @@ class SearchSpace:
         changes: dict[str, Any] = {}
         for name, value in values.items():
             dim = self.dimension(name)
-            if dim.field != "speculative_config":
+            if name == KV_GIB:
+                if value is not None:
+                    changes.update(platforms.kv_cache_changes(self.platform, value, dict(base.env)))
+            elif dim.field != "speculative_config":
                 changes[dim.field] = value
         method = values.get(SPEC_METHOD)
         if method is not None:
             k = values.get(SPEC_TOKENS) or self.dimension(SPEC_TOKENS).choices[0]
             spec: dict[str, Any] = {"method": method, "num_speculative_tokens": k}
             if method == "ngram":
-                spec.update(prompt_lookup_min=2, prompt_lookup_max=5)
+                spec.update(prompt_lookup_min=values.get(LOOKUP_MIN) or NGRAM_WINDOW[LOOKUP_MIN],
+                            prompt_lookup_max=values.get(LOOKUP_MAX) or NGRAM_WINDOW[LOOKUP_MAX])
+                # The built-in window's max is 4; a searched min above it raises the max with it.
+                if LOOKUP_MAX not in values:
+                    spec["prompt_lookup_max"] = max(spec["prompt_lookup_max"], spec["prompt_lookup_min"])
+            batch = values.get(SPEC_MAX_BATCH)
+            if batch is not None:
+                spec["num_speculative_tokens_per_batch_size"] = draft_schedule(k, batch)
             changes["speculative_config"] = spec
         elif SPEC_METHOD in values:
             changes["speculative_config"] = None
@@ -271,14 +360,24 @@ class SearchSpace:
             if fld == "speculative_config":
                 if SPEC_METHOD not in searched:
                     continue
-                method = value.get("method") if isinstance(value, Mapping) else getattr(value, "method", None)
+                spec = value.model_dump() if hasattr(value, "model_dump") else dict(value or {})
+                method = spec.get("method")
                 params[SPEC_METHOD] = _snap(searched[SPEC_METHOD], method)
-                if method is not None and SPEC_TOKENS in searched:
-                    k = value.get("num_speculative_tokens") if isinstance(value, Mapping) else value.num_speculative_tokens
-                    params[SPEC_TOKENS] = _snap(searched[SPEC_TOKENS], k)
-                else:
-                    params.pop(SPEC_TOKENS, None)
+                for name, key in ((SPEC_TOKENS, "num_speculative_tokens"), (LOOKUP_MIN, LOOKUP_MIN),
+                                  (LOOKUP_MAX, LOOKUP_MAX)):
+                    dim = searched.get(name)
+                    if dim is not None and dim.active(params[SPEC_METHOD]) and spec.get(key) is not None:
+                        params[name] = _snap(dim, spec[key])
+                    elif dim is None or not dim.active(params[SPEC_METHOD]):
+                        params.pop(name, None)
+                if params[SPEC_METHOD] is None:
+                    params.pop(SPEC_MAX_BATCH, None)
                 changed = changed or params != dict(start)
+                continue
+            if fld == "env" and KV_GIB in searched and self.platform.kv_cache_env:
+                gib = platforms.kv_cache_gib(self.platform, dict(value or {}), None)
+                if gib is not None and params.get(KV_GIB) != (snapped := _snap(searched[KV_GIB], gib)):
+                    params[KV_GIB], changed = snapped, True
                 continue
             if fld not in searched:
                 continue
@@ -298,18 +397,42 @@ class SearchSpace:
                     f"backend (supported: {_show(self.platform.kv_cache_dtypes)})")
         if self.min_model_len and config.max_model_len and config.max_model_len < self.min_model_len:
             return f"max_model_len {config.max_model_len} is below what the workload needs ({self.min_model_len})"
+        gib = platforms.kv_cache_gib(self.platform, dict(config.env), config.kv_cache_memory_bytes)
+        if self.kv_cache_max_gib is not None and gib is not None and gib > self.kv_cache_max_gib:
+            return f"a KV cache of {gib:g} GiB is above the ceiling of {self.kv_cache_max_gib} GiB"
         try:
-            validate_combination(config)
+            validate_combination(config, effective_max_model_len=self.model_max_len,
+                                 effective_max_num_seqs=default_max_num_seqs(self.platform, config))
         except ConfigError as exc:
             return str(exc)
         return None
 
     def describe(self) -> list[dict[str, Any]]:
         """The space as rows (for docs, `--json` and the report)."""
-        rows = [{"name": d.name, "flag": FLAG_BY_FIELD[d.field].flag, "kind": d.kind, "choices": list(d.choices),
+        rows = [{"name": d.name, "flag": self._flag(d), "kind": d.kind, "choices": list(d.choices),
                  "requires": d.requires, "help": d.help} for d in self.dimensions]
-        rows += [{"name": n, "flag": FLAG_BY_FIELD[self.dimension(n).field].flag, "fixed": v} for n, v in self.fixed.items()]
+        rows += [{"name": n, "flag": self._flag(self.dimension(n)), "fixed": v} for n, v in self.fixed.items()]
         return rows
+
+    def _flag(self, d: Dimension) -> str:
+        if d.name == KV_GIB and self.platform.kv_cache_env:
+            return self.platform.kv_cache_env
+        return FLAG_BY_FIELD[d.field].flag
+
+
+def draft_schedule(k: int, max_batch: int) -> list[tuple[int, int, int]]:
+    """vLLM's `num_speculative_tokens_per_batch_size` for "K up to `max_batch` requests per step, none
+    above": the last range carries its K on to max_num_seqs (vLLM's lookup), so K=0 there."""
+    return [(1, max_batch, k), (max_batch + 1, max_batch + 1, 0)]
+
+
+def default_max_num_seqs(plat: platforms.Platform, config: VllmConfig) -> int | None:
+    """vLLM's batch limit when the config sets none (GPU: the smallest-GPU default, 256)."""
+    if plat.backend == "none":
+        return None
+    from slotune.playbooks.facts import batch_defaults
+
+    return batch_defaults(plat.backend, config)[0]
 
 
 def _snap(dim: Dimension, value: Any) -> Choice:

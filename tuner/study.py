@@ -2,7 +2,10 @@
 
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
-constraints). After the search, the baseline and the best few configs are measured again in
+constraints). Every trial but the baseline first sends a short probe at the study's load; one that
+already misses a target by `prune_factor` (default 2x) stops there, PRUNED with its reason
+(`objective.SloPruner`), and is never a candidate for the verdict. The study's wall time (summed
+over resumes) and each trial's are stored (`wall_seconds`). After the search, the baseline and the best few configs are measured again in
 interleaved rounds; a winner's goodput interval must clear the baseline's (see `tuner.verdict`).
 
 Several workers may run `run_study` on one study (PostgreSQL): the setup (create, enqueue) runs
@@ -15,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -32,7 +36,16 @@ from slotune.errors import ConfigError
 from slotune.slo import SloSpec
 from slotune.store import open_store
 from slotune.tuner.measure import LoadSpec, Measure, ServerMeasure
-from slotune.tuner.objective import BASELINE, ORIGIN, REMEDY, Events, TrialObjective
+from slotune.tuner.objective import (
+    BASELINE,
+    DEFAULT_PRUNE_FACTOR,
+    ORIGIN,
+    REMEDY,
+    WALL,
+    Events,
+    SloPruner,
+    TrialObjective,
+)
 from slotune.tuner.space import SearchSpace, model_max_len
 from slotune.tuner.storage import open_storage, storage_url
 from slotune.vllm_config import VllmConfig
@@ -84,6 +97,10 @@ class TuneSpec(BaseModel):
     # Sampling for every request (None: the workload's own; a workload without one: the server's default).
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
+    # Stop a trial whose probe misses a target by this factor (None: every trial runs in full).
+    prune_factor: float | None = Field(default=DEFAULT_PRUNE_FACTOR, gt=1)
+    # The KV-cache ceiling in GiB: the KV-cache size is searched up to it (None: not searched).
+    kv_cache_max_gib: int | None = Field(default=None, ge=1)
     # Extra configs queued after the baseline (tests use it for a deliberately infeasible trial).
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -151,7 +168,11 @@ def workload_need(workload: Any) -> int | None:
 
 
 def build_space(spec: TuneSpec, need: int | None) -> SearchSpace:
-    space = SearchSpace.default(min_model_len=need, model_max_len=model_max_len(spec.model))
+    space = SearchSpace.default(min_model_len=need, model_max_len=model_max_len(spec.model),
+                                kv_cache_max_gib=spec.kv_cache_max_gib)
+    above = space.infeasible_reason(spec.base_config()) if spec.kv_cache_max_gib is not None else None
+    if above and "ceiling" in above:
+        raise ConfigError(f"the server environment asks for {above.removeprefix('a ')}")
     if spec.space_file is not None:
         space = space.with_file(spec.space_file)
     if spec.fixes:
@@ -220,11 +241,12 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
     sampler = TPESampler(seed=_sampler_seed(spec, url, name), n_startup_trials=5, multivariate=False)
     identity = {"slo": str(slo), "mode": spec.mode, "pareto": spec.pareto, "model": spec.model,
                 "workload": spec.workload or f"fixed:{spec.input_len}x{spec.output_len}",
-                "rate": spec.rate, "concurrency": spec.concurrency, "num_requests": spec.num_requests}
+                "rate": spec.rate, "concurrency": spec.concurrency, "num_requests": spec.num_requests,
+                "kv_cache_max_gib": spec.kv_cache_max_gib}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with setup_lock(url, f"slotune-study:{name}"):
         study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
-                                    load_if_exists=True)
+                                    pruner=study_pruner(spec), load_if_exists=True)
         stored = study.user_attrs.get(SPEC_ATTR)
         if stored is None:
             study.set_user_attr(SPEC_ATTR, identity)
@@ -243,6 +265,13 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
                 study.enqueue_trial(extra, user_attrs={ORIGIN: "enqueued"}, skip_if_exists=True)
         enqueue_remedies(study, space, spec.max_remedies)
     return study
+
+
+def study_pruner(spec: TuneSpec) -> SloPruner | None:
+    """The pruner of a study: none in capacity mode, whose rate search is its own early stop."""
+    if spec.prune_factor is None or spec.mode == "capacity":
+        return None
+    return SloPruner(spec.prune_factor)
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -285,6 +314,7 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
     from slotune.tuner.report import summarize, write_outputs
     from slotune.tuner.verdict import remeasure
 
+    started = time.monotonic()
     slo = SloSpec.parse(spec.slo)
     if measure is None or workload is not None:
         workload = workload if workload is not None else load_spec_workload(spec)
@@ -300,7 +330,8 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
                                 server_cpus=spec.server_cpus)
 
     study = open_study(spec, slo, space, name)
-    objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events)
+    objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events,
+                               pruner=study_pruner(spec))
 
     def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(ORIGIN) == BASELINE:
@@ -318,6 +349,9 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
     if spec.remeasure_top > 0:
         remeasure(study, space, spec.base_config(), measure, slo, store, top=spec.remeasure_top,
                   repeats=spec.remeasure_repeats, events=events)
+    with setup_lock(url, f"slotune-study:{name}"):  # several workers add their own time
+        before = float(optuna.load_study(study_name=name, storage=url).user_attrs.get(WALL) or 0.0)
+        study.set_user_attr(WALL, round(before + time.monotonic() - started, 3))
     result: StudyResult = summarize(url, name)
     result.cost_per_hour = spec.cost_per_hour
     if spec.out_dir is not None:

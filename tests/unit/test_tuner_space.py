@@ -7,7 +7,15 @@ import pytest
 
 from slotune import platforms
 from slotune.errors import ConfigError
-from slotune.tuner.space import SPEC_METHOD, SPEC_TOKENS, SearchSpace
+from slotune.tuner.space import (
+    KV_GIB,
+    LOOKUP_MAX,
+    LOOKUP_MIN,
+    SPEC_MAX_BATCH,
+    SPEC_METHOD,
+    SPEC_TOKENS,
+    SearchSpace,
+)
 from slotune.vllm_config import VllmConfig
 
 BASE = VllmConfig(model="/models/m")
@@ -130,3 +138,124 @@ def test_serve_line_parses_back_to_the_same_config():
     assert parse_serve_command(BASE.serve_command()) == BASE
     with pytest.raises(ConfigError, match="unknown flag"):
         parse_serve_command("vllm serve m --trust-me")
+
+
+# -- the dimensions that move the real bottlenecks (issue 16, item 2) --------------------------------
+
+
+def test_ngram_window_is_searched_only_with_ngram_and_reaches_the_config():
+    s = space().narrowed({SPEC_METHOD: [None, "ngram", "suffix"]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(60):
+        t = study.ask()
+        p = s.suggest(t)
+        seen.add(p[SPEC_METHOD])
+        if p[SPEC_METHOD] == "ngram":
+            spec = s.config_for(BASE, p).speculative_config
+            assert (spec.prompt_lookup_min, spec.prompt_lookup_max) == (p[LOOKUP_MIN], p[LOOKUP_MAX])
+        else:
+            assert LOOKUP_MIN not in p and LOOKUP_MAX not in p
+        study.tell(t, 1.0)
+    assert seen == {None, "ngram", "suffix"}
+    assert s.config_for(BASE, {SPEC_METHOD: "suffix", SPEC_TOKENS: 2}).speculative_config.prompt_lookup_min is None
+
+
+def test_ngram_window_min_above_max_is_refused_before_launch():
+    with pytest.raises(ConfigError, match="no n-gram window"):
+        space().narrowed({LOOKUP_MIN: [4, 5], LOOKUP_MAX: [2, 3]})
+    with pytest.raises(ConfigError, match="prompt_lookup_min"):
+        space().with_fixes(["prompt_lookup_min=5", "prompt_lookup_max=3"])
+    s = space().narrowed({LOOKUP_MIN: [1, 4], LOOKUP_MAX: [3, 5]})  # some pairs cross, some do not
+    bad = s.config_for(BASE, {SPEC_METHOD: "ngram", SPEC_TOKENS: 2, LOOKUP_MIN: 4, LOOKUP_MAX: 3})
+    assert "prompt_lookup_min (4) must be <= prompt_lookup_max (3)" in s.infeasible_reason(bad)
+    ok = s.config_for(BASE, {SPEC_METHOD: "ngram", SPEC_TOKENS: 2, LOOKUP_MIN: 4, LOOKUP_MAX: 5})
+    assert s.infeasible_reason(ok) is None
+    # Built-in choices never cross.
+    d = space()
+    assert max(d.dimension(LOOKUP_MIN).choices) <= min(d.dimension(LOOKUP_MAX).choices)
+
+
+def test_small_prefill_budgets_and_batches_are_choices_with_what_vllm_refuses_refused():
+    cpu, gpu = space(model_max_len=8192), SearchSpace.default(plat=platforms.GPU, model_max_len=8192)
+    assert {128, 256} <= set(cpu.dimension("max_num_batched_tokens").choices)
+    assert {1, 2, 4} <= set(cpu.dimension("max_num_seqs").choices)
+    assert 1 not in gpu.dimension("max_num_seqs").choices  # small batches are a CPU matter
+    # Chunked prefill (vLLM's default) lets a 128-token budget sit below max_model_len ...
+    assert cpu.infeasible_reason(cpu.config_for(BASE, {"max_num_batched_tokens": 128})) is None
+    # ... not with chunked prefill off (the model's own 8192 tokens would never fit a step).
+    off = cpu.config_for(BASE, {"max_num_batched_tokens": 256, "enable_chunked_prefill": False})
+    assert "max_model_len (8192)" in cpu.infeasible_reason(off)
+    # Never below the batch limit: the configured one, or vLLM's default where unset (CPU 128, GPU 256).
+    assert "max_num_seqs (256)" in cpu.infeasible_reason(cpu.config_for(
+        BASE, {"max_num_batched_tokens": 128, "max_num_seqs": 256}))
+    assert "default max_num_seqs" in gpu.infeasible_reason(gpu.config_for(BASE, {"max_num_batched_tokens": 128}))
+    assert gpu.infeasible_reason(gpu.config_for(BASE, {"max_num_batched_tokens": 128, "max_num_seqs": 64})) is None
+
+
+def test_kv_cache_size_is_searched_only_under_the_users_ceiling():
+    assert KV_GIB not in space().names()
+    with pytest.raises(ConfigError, match="--kv-cache-max-gib"):
+        space().with_fixes(["kv_cache_gib=2"])
+    s = space(kv_cache_max_gib=6)
+    assert s.dimension(KV_GIB).choices == (None, 2, 4, 6)  # 1 GiB is slotune's CPU default already
+    cfg = s.config_for(BASE.with_changes(env={"OMP_NUM_THREADS": "2"}), {KV_GIB: 4})
+    assert cfg.env == {"OMP_NUM_THREADS": "2", "VLLM_CPU_KVCACHE_SPACE": "4"} and cfg.kv_cache_memory_bytes is None
+    assert s.config_for(BASE, {KV_GIB: None}) == BASE
+    g = SearchSpace.default(plat=platforms.GPU, kv_cache_max_gib=8)
+    assert g.dimension(KV_GIB).choices == (None, 1, 2, 4, 8)
+    assert g.config_for(BASE, {KV_GIB: 2}).kv_cache_memory_bytes == 2 * 2**30
+    # Nothing above the ceiling: not a choice, not a fix, not a launch, not a remedy.
+    for bad in ({KV_GIB: [4, 8]}, {KV_GIB: 12}, {KV_GIB: {"min": 1, "max": 64}}):
+        if isinstance(bad[KV_GIB], dict):
+            assert max(c for c in s.narrowed(bad).dimension(KV_GIB).choices if c) <= 6
+        else:
+            with pytest.raises(ConfigError, match="above the KV-cache ceiling of 6 GiB"):
+                s.narrowed(bad)
+    assert "above the ceiling" in s.infeasible_reason(BASE.with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "16"}))
+    p = s.params_for_delta(s.baseline_params(), {"env": {"VLLM_CPU_KVCACHE_SPACE": "32"}})
+    assert p[KV_GIB] == 6
+    with pytest.raises(ConfigError, match="at least 1 GiB"):
+        space(kv_cache_max_gib=0)
+
+
+def test_speculation_by_load_becomes_vllms_schedule():
+    s = space()
+    cfg = s.config_for(BASE, {SPEC_METHOD: "ngram", SPEC_TOKENS: 4, SPEC_MAX_BATCH: 2})
+    assert cfg.speculative_config.num_speculative_tokens_per_batch_size == [(1, 2, 4), (3, 3, 0)]
+    assert s.infeasible_reason(cfg) is None
+    from slotune.tuner.command import parse_serve_command
+
+    assert parse_serve_command(cfg.serve_command()) == cfg
+    assert s.config_for(BASE, {SPEC_METHOD: "ngram", SPEC_TOKENS: 4}).speculative_config \
+        .num_speculative_tokens_per_batch_size is None  # default: K at every batch size
+    # K is off when drafting is: the schedule dimension is asked only with a method.
+    assert SPEC_MAX_BATCH not in s.grid()[0]
+
+
+@pytest.mark.parametrize(("schedule", "msg"), [
+    ([[2, 4, 3]], "must start at 1"),
+    ([[1, 4, 3], [3, 8, 1]], "must not overlap"),
+    ([[1, 4, -1]], ">= 0"),
+    ([[1, 0, 2]], "start <= end"),
+    ([], "must not be empty"),
+])
+def test_bad_schedules_are_refused_like_vllm_does(schedule, msg):
+    with pytest.raises(ConfigError, match=msg):
+        VllmConfig.from_mapping({"model": "m", "speculative_config": {
+            "method": "ngram", "num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": schedule}})
+
+
+def test_schedule_k_above_the_config_k_is_infeasible():
+    cfg = VllmConfig.from_mapping({"model": "m", "speculative_config": {
+        "method": "ngram", "num_speculative_tokens": 2, "num_speculative_tokens_per_batch_size": [[1, 4, 3]]}})
+    assert "K=3 above num_speculative_tokens (2)" in space().infeasible_reason(cfg)
+
+
+def test_remedy_with_ngram_window_snaps_into_the_space():
+    s = space()
+    p = s.params_for_delta(s.baseline_params(), {"speculative_config": {
+        "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}})
+    assert (p[SPEC_METHOD], p[SPEC_TOKENS], p[LOOKUP_MIN], p[LOOKUP_MAX]) == ("ngram", 4, 2, 4)
+    assert s.params_for_delta(p, {"speculative_config": None})[SPEC_METHOD] is None
+    assert LOOKUP_MIN not in s.params_for_delta(p, {"speculative_config": None})

@@ -40,21 +40,32 @@ def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:
 @dataclass
 class FakeMeasure:
     """Goodput rises with max_num_seqs; TTFT p95 falls with chunked prefill; the default misses a
-    500 ms TTFT target. max_num_seqs=512 "fails to start" (KV cache too small)."""
+    500 ms TTFT target. max_num_seqs=256 "fails to start" (KV cache too small)."""
 
     calls: list[VllmConfig] = field(default_factory=list)
     noise: list[float] = field(default_factory=list)
+    # TTFT p95 (s) of configs with these max_num_seqs, overriding the rule above (a far miss, say).
+    ttft_by_seqs: dict[int, float] = field(default_factory=dict)
+    probes = True  # takes `check`, like ServerMeasure: a probe's figures are this config's figures
+    probed: list[VllmConfig] = field(default_factory=list)
 
-    def __call__(self, config: VllmConfig, progress=None) -> Measurement:
+    def __call__(self, config: VllmConfig, progress=None, check=None) -> Measurement:
         self.calls.append(config)
         if progress:
             progress("measuring")
-        if config.max_num_seqs == 512:
+        if config.max_num_seqs == 256:
             return Measurement(ok=False, status="kv_cache_too_small", reason="kv_cache_too_small: fake",
                                log_path="/tmp/fake.log")
         seqs = config.max_num_seqs or 256
         goodput = 1.0 + min(seqs, 64) / 32 + (self.noise.pop(0) if self.noise else 0.0)
         ttft = 0.3 if config.enable_chunked_prefill else 0.8
+        ttft = self.ttft_by_seqs.get(config.max_num_seqs or 0, ttft)
+        if check is not None:
+            self.probed.append(config)
+            reason = check(client(ttft, goodput), 8)
+            if reason:
+                return Measurement(ok=True, status="pruned", reason=reason, goodput=goodput,
+                                   client=client(ttft, goodput), log_path="/tmp/fake.log", seconds=0.5)
         findings = []
         if config.enable_chunked_prefill is None:
             findings = [{"playbook": "high_ttft", "severity": "warning", "summary": "TTFT high",

@@ -1,0 +1,103 @@
+"""Spending trials where they matter: a trial whose probe misses an SLO target by far stops early
+(PRUNED, with its reason, never crowned); one near the threshold runs in full; the baseline always
+runs in full; wall time per trial and per study lands in the result; capacity mode never probes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from tuner_fakes import FakeMeasure, client
+
+from slotune.slo import SloSpec
+from slotune.tuner.measure import probe_size
+from slotune.tuner.objective import SloPruner, worst_excess
+from slotune.tuner.study import TuneSpec, run_study
+
+MODEL = "/models/tiny"
+
+
+def spec(tmp_path, **kw) -> TuneSpec:
+    base = {"model": MODEL, "input_len": 32, "output_len": 16, "slo": "ttft_p95<=500ms", "trials": 4,
+            "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "s", "remeasure_top": 0, "max_remedies": 0,
+            "fixes": ["max_num_batched_tokens=default", "speculative_method=default"]}
+    return TuneSpec(**{**base, **kw})
+
+
+def _trials(tmp_path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+
+
+def test_a_trial_that_misses_by_far_is_pruned_with_its_reason_and_never_crowned(tmp_path):
+    # max_num_seqs 16: TTFT 2 s against 500 ms (4x); and the best goodput of the two, were it measured.
+    fm = FakeMeasure(ttft_by_seqs={16: 2.0})
+    result = run_study(spec(tmp_path, trials=2, enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]),
+                       measure=fm)
+    t = _trials(tmp_path)[1]
+    assert t.state is TrialState.PRUNED and t.user_attrs["state"] == "pruned"
+    assert "stopped early" in t.user_attrs["reason"] and "ttft_p95" in t.user_attrs["reason"]
+    assert "4.0x" in t.user_attrs["reason"]
+    assert t.intermediate_values == {8: pytest.approx(4.0)}
+    assert result.verdict.winner != 1 and (result.best or {}).get("trial") != 1
+    assert result.counts["pruned"] == 1 and result.counts["infeasible"] == 0
+    assert [r["state"] for r in result.rows] == ["complete", "pruned"]
+
+
+def test_a_trial_near_the_threshold_runs_in_full(tmp_path):
+    fm = FakeMeasure(ttft_by_seqs={16: 0.6})  # 1.2x the target: a miss, but not by far
+    run_study(spec(tmp_path, trials=2, enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
+    t = _trials(tmp_path)[1]
+    assert t.state is TrialState.COMPLETE and t.user_attrs["feasible"] is False
+    assert len(fm.probed) == 1  # it was probed, and went on
+
+
+def test_the_baseline_is_never_probed_nor_pruned(tmp_path):
+    fm = FakeMeasure(ttft_by_seqs={0: 5.0})  # vLLM's default misses by 10x
+    run_study(spec(tmp_path, trials=1), measure=fm)
+    t = _trials(tmp_path)[0]
+    assert t.user_attrs["origin"] == "baseline" and t.state is TrialState.COMPLETE and fm.probed == []
+
+
+def test_no_pruning_when_switched_off_or_in_capacity_mode(tmp_path):
+    fm = FakeMeasure(ttft_by_seqs={16: 2.0})
+    run_study(spec(tmp_path, trials=2, prune_factor=None,
+                   enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
+    assert _trials(tmp_path)[1].state is TrialState.COMPLETE and fm.probed == []
+    fm = FakeMeasure(ttft_by_seqs={16: 2.0})
+    run_study(spec(tmp_path, trials=2, mode="capacity", study_name="c",
+                   enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
+    assert fm.probed == []
+
+
+def test_wall_time_per_trial_and_per_study_in_the_result(tmp_path):
+    result = run_study(spec(tmp_path, trials=3), measure=FakeMeasure())
+    d = result.to_dict()
+    per = d["wall_seconds"]["per_trial"]
+    assert sorted(per) == [0, 1, 2] and all(v >= 0 for v in per.values())
+    assert all(r["wall_seconds"] is not None for r in d["rows"])
+    assert d["wall_seconds"]["study"] >= d["wall_seconds"]["trials"] > 0
+    first = d["wall_seconds"]["study"]
+    result = run_study(spec(tmp_path, trials=4), measure=FakeMeasure())  # a resume adds its own time
+    assert result.to_dict()["wall_seconds"]["study"] > first
+
+
+def test_the_pruning_decision():
+    slo = SloSpec.parse("ttft_p95<=500ms,tpot_p95<=50ms,error_rate<=0%")
+    key, ratio, *_ = worst_excess(slo, client(0.4, 1.0, tpot_p95=0.2))
+    assert key == "tpot_p95" and ratio == pytest.approx(4.0)
+    failed = {**client(0.1, 1.0), "error_rate": 0.5}
+    assert worst_excess(slo, failed)[0] != "error_rate"  # a zero target says nothing about "how far"
+
+    study = optuna.create_study(pruner=SloPruner(2.0))
+    for value, step, pruned in ((2.5, 8, True), (1.9, 8, False), (9.0, 3, False)):
+        t = study.ask()
+        t.report(value, step)
+        assert t.should_prune() is pruned, (value, step)
+        study.tell(t, 0.0)
+    with pytest.raises(ValueError):
+        SloPruner(1.0)
+
+
+@pytest.mark.parametrize(("n", "probe"), [(40, 10), (20, 5), (12, 5), (9, 0), (None, 0)])
+def test_probe_size(n, probe):
+    assert probe_size(n) == probe

@@ -81,6 +81,7 @@ FACTS: dict[str, str] = {
                               "(0..1; None where slotune did not start the server)",
     "e2e_p99_over_p50": "e2e p99 / p50",
     "ttft_p99_over_p50": "TTFT p99 / p50",
+    "itl_p99_over_p50": "inter-token latency p99 / p50 (far above 1: some steps stall the decodes)",
     "prompt_len_p99_over_p50": "prompt length p99 / p50",
     "output_len_p99_over_p50": "output length p99 / p50",
     "tpot_p50_without_drafting": "p50 TPOT in earlier windows of this target without drafting (s)",
@@ -284,6 +285,7 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
         f["ttft_queue_share"], f["ttft_prefill_share"] = q / (q + p), p / (q + p)
     f["e2e_p99_over_p50"] = _div(f["e2e_p99"], f["e2e_p50"])
     f["ttft_p99_over_p50"] = _div(f["ttft_p99"], f["ttft_p50"])
+    f["itl_p99_over_p50"] = _div(f["itl_p99"], f["itl_p50"])
     f["prompt_len_p99_over_p50"] = _div(f["prompt_len_p99"], f["prompt_len_p50"])
     f["output_len_p99_over_p50"] = _div(f["output_len_p99"], f["output_len_p50"])
     for metric in LATENCY_METRICS:

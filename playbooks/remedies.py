@@ -51,6 +51,19 @@ def lower_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta |
     return None if cur is None or cur <= 512 else {"max_num_batched_tokens": max(cur // 2, 512)}
 
 
+_SMALL_BUDGET = 256
+
+
+def small_prefill_budget(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """A prefill budget of a few hundred tokens (256, or the batch limit when that is higher: vLLM
+    refuses a budget below max_num_seqs), with chunked prefill on; None when it is that small already."""
+    cur, seqs = _int(f["max_num_batched_tokens"]), _int(f["max_num_seqs"]) or 1
+    if cur is None:
+        return None
+    new = max(_SMALL_BUDGET, 2 ** math.ceil(math.log2(seqs)))
+    return {"max_num_batched_tokens": new, "enable_chunked_prefill": True} if new < cur else None
+
+
 def lower_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
     """Fewer sequences per batch: as many as the KV cache holds at the observed request length,
     else half the current limit."""
@@ -140,6 +153,7 @@ def fp8_weights(f: Facts, config: VllmConfig | None) -> Delta | None:
 
 COMPUTE: dict[str, Compute] = {
     fn.__name__: fn
-    for fn in (raise_max_num_seqs, raise_max_num_batched_tokens, lower_max_num_batched_tokens, lower_max_num_seqs,
+    for fn in (raise_max_num_seqs, raise_max_num_batched_tokens, lower_max_num_batched_tokens, small_prefill_budget,
+               lower_max_num_seqs,
                cap_max_num_seqs, lower_max_model_len, long_prefill_threshold, lower_spec_k, more_kv_memory, fp8_kv_cache, fp8_weights)
 }

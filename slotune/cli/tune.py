@@ -55,7 +55,7 @@ class _TrialProgress:
         task = self.tasks.get(trial)
         if task is None:
             task = self.tasks[trial] = self.progress.add_task(stage, total=1, trial=trial)
-        done = stage.startswith(("done", "infeasible"))
+        done = stage.startswith(("done", "infeasible", "stopped early"))
         self.progress.update(task, description=stage, completed=1 if done else 0)
 
     def __enter__(self) -> _TrialProgress:  # noqa: PYI034
@@ -93,6 +93,12 @@ def register(app: click.Group) -> None:
     @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
     @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
                   help="write the result as JSON ('-' for stdout)")
+    @click.option("--kv-cache-max-gib", type=click.IntRange(min=1), metavar="GIB",
+                  help="search the KV-cache size up to this many GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: "
+                       "--kv-cache-memory-bytes); nothing above it is tried (default: not searched)")
+    @click.option("--prune-at", "prune_factor", type=click.FloatRange(min=1, min_open=True), default=2.0,
+                  show_default=True, help="stop a trial whose short probe misses an SLO target by this factor")
+    @click.option("--no-prune", is_flag=True, help="run every trial in full (no probe, no early stop)")
     @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,
                   help="best configs measured again (with the baseline) before a winner is named")
     @click.option("--remeasure-rounds", "remeasure_repeats", type=click.IntRange(min=1), default=2, show_default=True,
@@ -105,12 +111,14 @@ def register(app: click.Group) -> None:
     @click.option("--startup-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True)
     @click.option("--server-cpus", callback=_cpus, metavar="N|A-B",
                   help="confine each trial's vLLM to these cores, the load generator to the rest (small hosts)")
-    def tune(json_out: Path | None, remeasure: int, **kw: Any) -> None:
+    def tune(json_out: Path | None, remeasure: int, no_prune: bool, **kw: Any) -> None:
         """Search vLLM's launch flags for the most goodput that meets the SLO targets."""
         from slotune.tuner.report import render
         from slotune.tuner.study import run_study
 
         kw["fixes"] = list(kw["fixes"])
+        if no_prune:
+            kw["prune_factor"] = None
         spec = _spec(remeasure_top=remeasure, **kw)
         spec = spec.model_copy(update={"study_name": spec.name()})  # named now, so it can be resumed
         quiet = json_out is not None and str(json_out) == "-"

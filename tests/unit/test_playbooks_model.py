@@ -12,7 +12,8 @@ from slotune.playbooks.engine import judge
 from slotune.playbooks.facts import FACTS
 from slotune.playbooks.model import builtin_playbooks, load_playbooks
 
-IDS = {"low_gpu_utilization", "high_ttft", "kv_cache_pressure", "spec_decode_no_speedup", "inconsistent_latency"}
+IDS = {"low_gpu_utilization", "high_ttft", "kv_cache_pressure", "spec_decode_no_speedup", "inconsistent_latency",
+       "slow_decode_small_batch", "prefill_stalls_decode"}
 
 MINIMAL = {
     "id": "many_errors", "title": "Errors", "severity": "critical", "summary": "error rate {error_rate}",
@@ -28,7 +29,7 @@ def write(tmp_path: Path, data: object, name: str = "mine.yaml") -> Path:
     return p
 
 
-def test_builtins_are_the_five() -> None:
+def test_builtins_are_the_seven() -> None:
     books = builtin_playbooks()
     assert {b.id for b in books} == IDS
     assert all(b.remedies and b.summary for b in books)
@@ -46,7 +47,7 @@ def test_a_user_file_overrides_a_builtin(tmp_path: Path) -> None:
     mine = {**MINIMAL, "id": "high_ttft", "title": "My TTFT rule"}
     write(tmp_path, mine)
     books = load_playbooks([tmp_path])  # a directory of user files
-    assert len(books) == 5
+    assert len(books) == len(IDS)
     assert next(b for b in books if b.id == "high_ttft").title == "My TTFT rule"
 
 

@@ -1,0 +1,97 @@
+"""The remedies the tuner's space needs (issue 16): n-gram drafting when TPOT misses at small batch,
+a small prefill budget when long prompts stall the decodes; each fires on its evidence and not on
+the look-alikes, and its config delta lands in the search space as a trial's params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from slotune import platforms
+from slotune.playbooks.engine import judge
+from slotune.playbooks.facts import FACTS, Facts
+from slotune.playbooks.model import builtin_playbooks
+from slotune.slo import SloSpec
+from slotune.tuner.space import LOOKUP_MAX, LOOKUP_MIN, SPEC_METHOD, SPEC_TOKENS, SearchSpace
+from slotune.vllm_config import VllmConfig
+
+BOOKS = {pb.id: pb for pb in builtin_playbooks()}
+CFG = VllmConfig(model="m")
+
+# One stream decoding slowly (the real model at concurrency 1): TPOT p95 40 ms, short prompts.
+SLOW_ONE_STREAM: dict[str, float] = {
+    "window_seconds": 60, "requests_finished": 20, "nvml_available": 0, "cpu_backend": 1,
+    "tpot_p50": 0.019, "tpot_p95": 0.04, "tpot_at_slo": 0.04, "itl_p50": 0.019, "itl_p99": 0.03,
+    "itl_at_slo": 0.025, "itl_p99_over_p50": 1.6, "mean_concurrency": 1.0, "max_num_seqs": 128,
+    "max_num_batched_tokens": 2048, "spec_enabled": 0, "chunked_prefill_enabled": 1,
+    "prompt_len_p50": 300, "prompt_len_p95": 400, "output_len_p50": 200,
+}
+# Long prompts arriving while others decode: ITL p99 1.6 s against a p50 of 40 ms.
+STALLS: dict[str, float] = {
+    **SLOW_ONE_STREAM, "mean_concurrency": 6.0, "tpot_p50": 0.25, "tpot_p95": 0.4, "tpot_at_slo": 0.4,
+    "itl_p50": 0.04, "itl_p99": 1.6, "itl_at_slo": 0.9, "itl_p99_over_p50": 40.0,
+    "prompt_len_p50": 1024, "prompt_len_p95": 1024,
+}
+
+
+def facts(base: dict[str, float], **overrides: float | None) -> Facts:
+    f: Facts = dict.fromkeys(FACTS)
+    f.update(base)
+    f.update(overrides)
+    return f
+
+
+def fired(f: Facts, playbook: str, *, slo: str = "tpot_p95<=25ms", config: VllmConfig = CFG) -> dict[str, Any] | None:
+    d = judge([f], slo=SloSpec.parse(slo), server_config=config, playbooks=[BOOKS[playbook]])
+    return next((x.to_dict() for x in d.findings), None)
+
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+
+
+def test_tpot_missed_at_small_batch_proposes_ngram_drafting():
+    f = fired(facts(SLOW_ONE_STREAM), "slow_decode_small_batch")
+    assert f is not None and f["remedies"][0]["config_delta"] == {"speculative_config": NGRAM}
+    assert "TPOT 0.04 s is above its target of 0.025 s" in f["summary"]
+
+
+@pytest.mark.parametrize(("why", "overrides", "slo"), [
+    ("TPOT met", {}, "tpot_p95<=50ms"),
+    ("a large batch: verification competes with other decodes", {"mean_concurrency": 24.0}, "tpot_p95<=25ms"),
+    ("drafting already on (spec_decode_no_speedup judges it)", {"spec_enabled": 1}, "tpot_p95<=25ms"),
+    ("no window of requests in flight", {"mean_concurrency": None}, "tpot_p95<=25ms"),
+])
+def test_ngram_drafting_is_not_proposed_on_the_wrong_evidence(why, overrides, slo):
+    assert fired(facts(SLOW_ONE_STREAM, **overrides), "slow_decode_small_batch", slo=slo) is None, why
+
+
+def test_long_prompts_stalling_decodes_propose_a_small_prefill_budget():
+    f = fired(facts(STALLS), "prefill_stalls_decode")
+    assert f is not None
+    assert f["remedies"][0]["config_delta"] == {"max_num_batched_tokens": 256, "enable_chunked_prefill": True}
+    # The budget never goes below the batch limit (vLLM refuses that).
+    f = fired(facts(STALLS, max_num_seqs=512, max_num_batched_tokens=8192), "prefill_stalls_decode")
+    assert f["remedies"][0]["config_delta"]["max_num_batched_tokens"] == 512
+
+
+@pytest.mark.parametrize(("why", "overrides"), [
+    ("short prompts: the spikes are not prefills", {"prompt_len_p95": 200}),
+    ("steady ITL: nothing stalls", {"itl_p99": 0.06, "itl_p99_over_p50": 1.5}),
+    ("the budget is already small", {"max_num_batched_tokens": 256}),
+    ("every latency target met", {"tpot_at_slo": 0.02, "itl_at_slo": 0.02}),
+])
+def test_small_budget_is_not_proposed_on_the_wrong_evidence(why, overrides):
+    slo = "tpot_p95<=1s,itl_p95<=1s" if why.startswith("every") else "tpot_p95<=25ms"
+    assert fired(facts(STALLS, **overrides), "prefill_stalls_decode", slo=slo) is None, why
+
+
+def test_the_remedies_become_trials_in_the_space():
+    space = SearchSpace.default(plat=platforms.CPU)
+    start = space.baseline_params()
+    drafting = space.params_for_delta(start, {"speculative_config": NGRAM})
+    assert (drafting[SPEC_METHOD], drafting[SPEC_TOKENS], drafting[LOOKUP_MIN], drafting[LOOKUP_MAX]) == \
+        ("ngram", 4, 2, 4)
+    budget = space.params_for_delta(start, {"max_num_batched_tokens": 256, "enable_chunked_prefill": True})
+    cfg = space.config_for(CFG, budget)
+    assert cfg.max_num_batched_tokens == 256 and space.infeasible_reason(cfg) is None

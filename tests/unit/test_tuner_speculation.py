@@ -1,0 +1,42 @@
+"""Speculation by load in the study's result: the schedule of the recommended config, and the best K
+measured at each offered load (`speculation.k_by_load`), read from storage like the rest."""
+
+from __future__ import annotations
+
+from tuner_fakes import client
+
+from slotune.tuner.measure import Measurement
+from slotune.tuner.study import TuneSpec, run_study
+
+
+def _measure(config, progress=None, check=None):
+    spec = config.speculative_config
+    k = spec.num_speculative_tokens if spec else 0
+    goodput = {0: 1.0, 2: 1.6, 4: 2.4}.get(k, 1.2)
+    return Measurement(ok=True, goodput=goodput, client={**client(0.1, goodput), "concurrency": 1, "rate": None})
+
+
+def _spec(tmp_path, enqueue):
+    return TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo="ttft_p95<=2s", trials=1 + len(enqueue),
+                    storage=f"sqlite:///{tmp_path}/s.db", study_name="s", remeasure_top=0, max_remedies=0,
+                    enqueue=enqueue)
+
+
+def test_best_k_per_load_and_the_recommended_schedule(tmp_path):
+    ngram = {"speculative_method": "ngram", "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+    result = run_study(_spec(tmp_path, [{**ngram, "num_speculative_tokens": 2},
+                                        {**ngram, "num_speculative_tokens": 4, "spec_draft_max_batch": 2}]),
+                       measure=_measure)
+    spec = result.to_dict()["speculation"]
+    assert spec["engine_applies_schedule"] is True and "scheduler.py" in spec["evidence"]
+    assert spec["k_by_load"] == [{"concurrency": 1, "rate": None, "best_k": 4, "goodput": 2.4, "trial": 2,
+                                  "met_slo": True}]
+    # The schedule is the recommended config's (the verdict decides which that is; none: no schedule).
+    rec = result.recommended
+    assert spec["schedule"] == ([[1, 2, 4], [3, 3, 0]] if rec and rec["trial"] == 2 else None)
+
+
+def test_nothing_learnt_about_k_without_a_drafting_trial(tmp_path):
+    result = run_study(_spec(tmp_path, []), measure=_measure)
+    assert result.to_dict()["speculation"]["k_by_load"] == []
+    assert result.to_dict()["speculation"]["schedule"] is None

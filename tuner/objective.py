@@ -213,6 +213,9 @@ class TrialObjective:
         # Each request's figures: the verdict bootstraps its intervals from them (tuner.confidence).
         trial.set_user_attr("requests", m.requests)
         trial.set_user_attr(WALL, self._wall())
+        # Drafting's own record, from the server's counters over the trial's window (None: no drafting).
+        spec = {k.removeprefix("spec_decode_"): (m.server or {}).get(k) for k in _SPEC_KEYS}
+        trial.set_user_attr("spec_decode", spec if spec["drafts"] is not None else None)
 
     def _wall(self) -> float:
         return round(time.monotonic() - getattr(self, "_started", time.monotonic()), 3)
@@ -233,6 +236,9 @@ class TrialObjective:
         if self.events is not None:
             self.events(trial.number, stage)
 
+
+_SPEC_KEYS = ("spec_decode_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
+              "spec_decode_acceptance_rate", "spec_decode_mean_acceptance_length")
 
 # The client-side figures worth keeping on the Optuna trial (the full JSON is in slotune_trials).
 _CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "completed", "failed",

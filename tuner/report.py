@@ -223,6 +223,8 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "command": ua.get("command"),
         "flag_file": flag_file,
         "findings": ua.get("findings") or [],
+        "spec_decode": ua.get("spec_decode"),
+        "wall_seconds": ua.get(WALL),
         "log_path": ua.get("log_path"),
     }
 

@@ -3,6 +3,7 @@ measured at each offered load (`speculation.k_by_load`), read from storage like 
 
 from __future__ import annotations
 
+import optuna
 from tuner_fakes import client
 
 from slotune.tuner.measure import Measurement
@@ -13,7 +14,10 @@ def _measure(config, progress=None, check=None):
     spec = config.speculative_config
     k = spec.num_speculative_tokens if spec else 0
     goodput = {0: 1.0, 2: 1.6, 4: 2.4}.get(k, 1.2)
-    return Measurement(ok=True, goodput=goodput, client={**client(0.1, goodput), "concurrency": 1, "rate": None})
+    server = {"spec_decode_drafts": 50.0, "spec_decode_draft_tokens": 50.0 * k, "spec_decode_accepted_tokens": 30.0 * k,
+              "spec_decode_acceptance_rate": 0.6, "spec_decode_mean_acceptance_length": 1 + 0.6 * k} if k else {}
+    return Measurement(ok=True, goodput=goodput, client={**client(0.1, goodput), "concurrency": 1, "rate": None},
+                       server=server)
 
 
 def _spec(tmp_path, enqueue):
@@ -31,6 +35,11 @@ def test_best_k_per_load_and_the_recommended_schedule(tmp_path):
     assert spec["engine_applies_schedule"] is True and "scheduler.py" in spec["evidence"]
     assert spec["k_by_load"] == [{"concurrency": 1, "rate": None, "best_k": 4, "goodput": 2.4, "trial": 2,
                                   "met_slo": True}]
+    # Each drafting trial keeps the server's spec-decode counters over its window; others keep none.
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
+    assert trials[0].user_attrs["spec_decode"] is None
+    assert trials[2].user_attrs["spec_decode"] == {"drafts": 50.0, "draft_tokens": 200.0, "accepted_tokens": 120.0,
+                                                   "acceptance_rate": 0.6, "mean_acceptance_length": 3.4}
     # The schedule is the recommended config's (the verdict decides which that is; none: no schedule).
     rec = result.recommended
     assert spec["schedule"] == ([[1, 2, 4], [3, 3, 0]] if rec and rec["trial"] == 2 else None)

@@ -45,6 +45,15 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real model (SmolLM2-135M-Instruct), built once from the installed wheel and cached beside
+    the tiny model (same files every build); shared by every module that serves it."""
+    from slotune.smollm2 import build_smollm2
+
+    return build_smollm2(CACHE / "models" / "smollm2")
+
+
+@pytest.fixture(scope="session")
 def start_vllm(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Callable[..., object]]:
     """Start a managed vLLM with the given flags; every server started is stopped at session end.
 

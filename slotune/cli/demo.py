@@ -224,7 +224,7 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
                f"then the default and the best measured again, interleaved, for a verdict at 95 % confidence")
 
     def progress(trial: int, stage: str) -> None:
-        if stage.startswith(("done", "infeasible", "re-measuring")):
+        if stage.startswith(("done", "infeasible", "stopped early", "re-measuring")):
             click.echo(f"  trial {trial}: {stage}")
 
     result = run_study(spec, events=progress)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CACHE
 
 from slotune.collectors.vllm_metrics import derive, scrape
 from slotune.loadgen.echo_server import EchoServer
@@ -27,14 +26,6 @@ from slotune.loadgen.workload import load_workload
 pytestmark = pytest.mark.integration
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    """Built once from the installed wheel and cached beside the tiny model (same files every build)."""
-    from slotune.smollm2 import build_smollm2
-
-    return build_smollm2(CACHE / "models" / "smollm2")
 
 
 @pytest.fixture(scope="module")

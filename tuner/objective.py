@@ -87,10 +87,15 @@ def worst_excess(slo: SloSpec, figures: Mapping[str, Any]) -> tuple[str, float, 
     return worst
 
 
+PROBE = "probe"  # user attr: the probe's worst target {requests, target, value, threshold, ratio}
+
+
 class SloPruner(BasePruner):
-    """Optuna pruner over the requests measured so far: a trial whose last reported value (the worst
-    SLO figure / its threshold, reported at step = requests measured) is at least `factor` stops.
-    A miss by a factor of 2 on a short probe is not noise; a miss by 10 % may be, so it runs on."""
+    """Optuna pruner over the requests measured so far: a trial whose probe (user attr `probe`, set
+    before the goodput so far is reported at step = requests measured) misses an SLO target by at
+    least `factor` (measured / threshold) stops. A miss by 2x on a short probe is not noise; a miss
+    by 10 % may be, so that trial runs on. The reported value is goodput, the study's own objective,
+    so the sampler ranks stopped trials the right way round."""
 
     def __init__(self, factor: float = DEFAULT_PRUNE_FACTOR, min_requests: int = 5) -> None:
         if not factor > 1:
@@ -98,11 +103,11 @@ class SloPruner(BasePruner):
         self.factor, self.min_requests = factor, min_requests
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step < self.min_requests:
+        probe = trial.user_attrs.get(PROBE)
+        if not isinstance(probe, dict) or trial.last_step is None or probe.get("requests") != trial.last_step:
             return False
-        value = trial.intermediate_values.get(step)
-        return value is not None and not math.isnan(value) and value >= self.factor
+        ratio = probe.get("ratio")
+        return trial.last_step >= self.min_requests and isinstance(ratio, (int, float)) and ratio >= self.factor
 
 
 @dataclass
@@ -167,10 +172,12 @@ class TrialObjective:
             if worst is None:
                 return None
             key, ratio, value, threshold = worst
+            trial.set_user_attr(PROBE, {"requests": requests, "target": key, "value": value, "threshold": threshold,
+                                        "ratio": ratio})
             if self.pareto:  # Optuna keeps no intermediate values for several objectives
                 stop = requests >= self.pruner.min_requests and ratio >= self.pruner.factor  # type: ignore[union-attr]
             else:
-                trial.report(ratio, step=requests)
+                trial.report(float(figures.get("goodput") or 0.0), step=requests)
                 stop = trial.should_prune()
             if not stop:
                 return None

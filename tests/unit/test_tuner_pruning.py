@@ -37,7 +37,9 @@ def test_a_trial_that_misses_by_far_is_pruned_with_its_reason_and_never_crowned(
     assert t.state is TrialState.PRUNED and t.user_attrs["state"] == "pruned"
     assert "stopped early" in t.user_attrs["reason"] and "ttft_p95" in t.user_attrs["reason"]
     assert "4.0x" in t.user_attrs["reason"]
-    assert t.intermediate_values == {8: pytest.approx(4.0)}
+    assert t.user_attrs["probe"] == {"requests": 8, "target": "ttft_p95", "value": 2.0, "threshold": 0.5,
+                                     "ratio": 4.0}
+    assert t.intermediate_values == {8: t.user_attrs["goodput"]}  # the objective's own figure, for TPE
     assert result.verdict.winner != 1 and (result.best or {}).get("trial") != 1
     assert result.counts["pruned"] == 1 and result.counts["infeasible"] == 0
     assert [r["state"] for r in result.rows] == ["complete", "pruned"]
@@ -88,12 +90,16 @@ def test_the_pruning_decision():
     failed = {**client(0.1, 1.0), "error_rate": 0.5}
     assert worst_excess(slo, failed)[0] != "error_rate"  # a zero target says nothing about "how far"
 
-    study = optuna.create_study(pruner=SloPruner(2.0))
-    for value, step, pruned in ((2.5, 8, True), (1.9, 8, False), (9.0, 3, False)):
+    study = optuna.create_study(pruner=SloPruner(2.0), direction="maximize")
+    for ratio, step, pruned in ((2.5, 8, True), (2.0, 8, True), (1.9, 8, False), (9.0, 3, False)):
         t = study.ask()
-        t.report(value, step)
-        assert t.should_prune() is pruned, (value, step)
+        t.set_user_attr("probe", {"requests": step, "ratio": ratio})
+        t.report(1.0, step)
+        assert t.should_prune() is pruned, (ratio, step)
         study.tell(t, 0.0)
+    t = study.ask()
+    t.report(1.0, 8)  # no probe figures: nothing to judge
+    assert t.should_prune() is False
     with pytest.raises(ValueError):
         SloPruner(1.0)
 

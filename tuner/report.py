@@ -349,8 +349,10 @@ def render(result: StudyResult, console: Any = None) -> None:
     for table in trial_tables(result, console.width):
         console.print(table)
     c = result.counts
-    console.print(f"trials: {c['complete']} measured, {c['infeasible']} infeasible, {c['fail']} failed, "
-                  f"{c['running']} running, {c['waiting']} waiting")
+    console.print(f"trials: {c['complete']} measured, {c.get('pruned', 0)} stopped early, {c['infeasible']} "
+                  f"infeasible, {c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
+    if isinstance(result.wall.get("study"), (int, float)):
+        console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s")
     v = result.verdict
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}")
     for label, e in (("baseline", result.baseline), ("best", result.best)):

@@ -41,7 +41,6 @@ SPEC_TOKENS = "num_speculative_tokens"
 LOOKUP_MIN = "prompt_lookup_min"
 LOOKUP_MAX = "prompt_lookup_max"
 SPEC_MAX_BATCH = "spec_draft_max_batch"
-SPEC_DIMENSIONS = (SPEC_METHOD, SPEC_TOKENS, LOOKUP_MIN, LOOKUP_MAX, SPEC_MAX_BATCH)
 KV_GIB = "kv_cache_gib"
 # The n-gram window when the space does not search it (the setting measured on the real model).
 NGRAM_WINDOW = {LOOKUP_MIN: 2, LOOKUP_MAX: 4}

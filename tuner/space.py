@@ -136,7 +136,7 @@ def _dimensions(plat: platforms.Platform, kv_max_gib: int | None = None) -> tupl
         return dims
     default = platforms.default_kv_cache_gib(plat)
     sizes = sorted({*(2**i for i in range(kv_max_gib.bit_length()) if 2**i <= kv_max_gib), kv_max_gib})
-    kv = Dimension(KV_GIB, plat.kv_cache_env and "env" or "kv_cache_memory_bytes", "int",
+    kv = Dimension(KV_GIB, "env" if plat.kv_cache_env else "kv_cache_memory_bytes", "int",
                    (DEFAULT, *(g for g in sizes if g != default)),
                    f"KV-cache size in GiB, at most {kv_max_gib} (" +
                    (plat.kv_cache_env or "--kv-cache-memory-bytes") + ")")

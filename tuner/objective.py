@@ -72,6 +72,18 @@ def ttft_p95(client: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
+def _takes_check(measure: Any) -> bool:
+    """A measure that says it probes (`probes = True`) and whose call takes `check`."""
+    import inspect
+
+    if not getattr(measure, "probes", False):
+        return False
+    try:
+        return "check" in inspect.signature(measure).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def worst_excess(slo: SloSpec, figures: Mapping[str, Any]) -> tuple[str, float, float, float] | None:
     """The SLO target the figures miss by the largest factor: (key, measured / threshold, measured,
     threshold), or None when no target with a positive threshold was measured. Targets of zero
@@ -144,7 +156,7 @@ class TrialObjective:
             self._emit(trial, stage)
 
         # The baseline always runs in full: every verdict is drawn against it.
-        if self.pruner is not None and origin != BASELINE and getattr(self.measure, "probes", False):
+        if self.pruner is not None and origin != BASELINE and _takes_check(self.measure):
             measured = self.measure(config, say, check=self._probe_check(trial))
         else:
             measured = self.measure(config, say)

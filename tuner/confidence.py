@@ -126,7 +126,7 @@ def stratified_interval(columns: Sequence[np.ndarray], statistic: Statistic, *,
     index = tuple(np.arange(len(c)) for c in columns)
 
     def on_indices(*idx: np.ndarray, axis: int = -1) -> np.ndarray:
-        return statistic([c[i] for c, i in zip(columns, idx)])
+        return statistic([c[i] for c, i in zip(columns, idx, strict=True)])
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples (few ok requests): NaN, checked below

@@ -80,7 +80,7 @@ def _run(ttfts, *, duration=10.0, good=None, ok=None):
     n = len(ttfts)
     ok = ok or [True] * n
     lat = [RequestLatencies(ok=o, ttft=t if o else None, tpot=0.01, itl_mean=0.01, e2e=(t + 0.5) if o else None)
-           for t, o in zip(ttfts, ok)]
+           for t, o in zip(ttfts, ok, strict=True)]
     run = RunRequests.from_latencies(lat, {"ttft": 0.5}, duration)
     if good is not None:
         run = RunRequests(run.duration, run.ok, tuple(good), run.ttft, run.tpot, run.itl, run.e2e)

@@ -16,6 +16,7 @@ from slotune.tuner.confidence import (
     error_rate_figure,
     goodput_figure,
     judge_slos,
+    quantile_interval,
     run_interval,
     stratified_interval,
 )
@@ -153,3 +154,26 @@ def test_a_load_result_kept_as_requests_gives_the_load_generators_own_figures():
     assert judged["ttft_p95"].figure.estimate == pytest.approx(figures["ttft_seconds"]["p95"], abs=1e-6)
     assert judged["tpot_p95"].figure.estimate == pytest.approx(figures["tpot_seconds"]["p95"], abs=1e-6)
     assert judged["error_rate"].figure.estimate == pytest.approx(figures["error_rate"])
+
+
+def test_the_quantile_interval_covers_the_true_p95_and_has_no_upper_bound_with_few_requests():
+    # Distribution-free: at least 95 % coverage on a skewed distribution, where the bootstrap alone
+    # fell short (a bound can never pass the largest latency seen).
+    true_p95 = math.exp(1.6448536)  # lognormal(0, 1)
+    hits = 0
+    for seed in range(SEEDS):
+        x = np.random.default_rng(seed).lognormal(0.0, 1.0, 200)
+        lo, hi = quantile_interval(x, 0.95)
+        hits += lo <= true_p95 <= hi
+    assert hits / SEEDS >= 0.93, hits / SEEDS  # nominal >= 0.95, 1.5 points of Monte Carlo error
+    lo, hi = quantile_interval(np.linspace(0.1, 0.4, 40), 0.95)
+    assert hi == math.inf and lo > 0  # 40 requests cannot bound a p95 from above
+    assert quantile_interval(np.linspace(0.1, 0.4, 73), 0.95)[1] == pytest.approx(0.4)
+
+
+def test_an_slo_on_a_p95_of_few_requests_is_never_met():
+    lat = [RequestLatencies(ok=True, ttft=0.01 * (i + 1), tpot=0.01, itl_mean=0.01, e2e=1.0) for i in range(30)]
+    run = RunRequests.from_latencies(lat, {"ttft": 5.0}, 10.0)
+    fig = judge_slos([run], SloSpec.parse("ttft_p95<=5s"))["ttft_p95"]  # every TTFT far under 5 s, but 30
+    assert fig.figure.ci is not None and fig.figure.ci[1] == math.inf
+    assert fig.outcome == "inconclusive"

@@ -9,7 +9,8 @@ Student-t interval over the runs), and each SLO is met, missed or inconclusive a
 
 A candidate wins only when it was measured more than once, no SLO it has is confidently missed or
 judged worse than the baseline's, and either
-- its goodput interval clears the baseline's (its lower bound above the baseline's upper bound), or
+- its goodput interval clears the baseline's (its lower bound above the baseline's upper bound) and
+  its goodput is at least `MIN_GAIN` (5 %) above the baseline's, or
 - the baseline confidently misses an SLO that the candidate confidently meets (or the baseline did
   not run at all and the candidate confidently meets every SLO).
 Otherwise the answer is "keep vLLM's defaults", and the message names both intervals. A study
@@ -43,6 +44,10 @@ from slotune.vllm_config import VllmConfig
 ATTR = "remeasure:"
 SPEC_ATTR = "slotune_spec"  # the study's identity (tuner.study), where its SLO spec is kept
 _RANK = {"missed": 0, "inconclusive": 1, "met": 2}
+# The smallest goodput gain worth a restart. Also a guard: at an offered rate that both configs keep
+# up with, every request is good on both sides and goodput differs only by when the last request
+# ended (a few percent of a short run), with intervals too narrow to hide it.
+MIN_GAIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,14 @@ def why_not(c: Samples, base: Samples | None) -> str | None:
     if base.goodput.ci is None:
         return "the default has no goodput interval (a run failed or kept no requests)"
     rescued = [k for k in base.missed() if c.outcome(k) == "met"]
-    if rescued or c.goodput.ci[0] > base.goodput.ci[1]:
+    if rescued:
         return None
+    if c.goodput.ci[0] > base.goodput.ci[1]:
+        gain, base_mean = (c.goodput.estimate or 0.0), (base.goodput.estimate or 0.0)
+        if gain >= base_mean * (1 + MIN_GAIN):
+            return None
+        return (f"trial {c.trial}'s {c.ci_text()} clears the default's {base.ci_text()} but by less than "
+                f"{MIN_GAIN:.0%}: not worth a restart")
     return (f"trial {c.trial}'s {c.ci_text()} does not clear the default's {base.ci_text()} "
             f"at {c.confidence:.0%} confidence")
 

@@ -128,3 +128,16 @@ def test_a_candidate_whose_remeasurement_failed_does_not_win():
     attrs[f"{ATTR}1"][1] = {"goodput": 0.0, "feasible": False, "status": "load_failed", "requests": None}
     v = decide(trials, attrs)
     assert v.recommendation == "baseline" and "no goodput interval" in v.message, v.message
+
+
+@pytest.mark.parametrize(("gain", "use"), [(0.02, "baseline"), (0.10, "tuned")])
+def test_a_gain_that_clears_the_intervals_must_still_be_worth_a_restart(gain, use):
+    # Every request good on both sides and steady runs: intervals narrow enough to clear on a 2 % gain,
+    # which at an offered rate is only when the last request ended (a review's reproduction).
+    base = (2.0, 2.001, 1.999)
+    trials, attrs = _study(_runs(base), [_runs([g * (1 + gain) for g in base])])
+    v = decide(trials, attrs)
+    assert v.samples[1].goodput.ci[0] > v.samples[0].goodput.ci[1]  # the intervals do clear
+    assert v.recommendation == use, v.message
+    if use == "baseline":
+        assert "by less than 5%" in v.message

@@ -185,7 +185,11 @@ class ManagedServer:
                 preexec_fn=functools.partial(_child_setup, self.cpus) if self.cpus else None,
             )
         _LIVE.add(self)
-        self._start_watchdog(self.process.pid)
+        try:
+            self._start_watchdog(self.process.pid)
+        except OSError:  # no pipe or process to spare: a vLLM nobody would stop on our death must not run
+            self.stop()
+            raise
         result = self._wait_healthy(started)
         if not result.ok:
             self.stop()
@@ -207,7 +211,8 @@ class ManagedServer:
             os.close(read_end)
 
     def _stop_watchdog(self) -> None:
-        # Called once the group is gone: the watchdog reads end-of-file, finds nothing alive, exits.
+        # Called after the group was signalled: the watchdog reads end-of-file and takes down whatever
+        # outlived stop()'s wait (normally nothing), then exits.
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None
@@ -269,11 +274,10 @@ class ManagedServer:
         proc = self.process
         if proc is None:
             return
-        try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:
-            pgid = None
-        if proc.poll() is None or pgid is not None:
+        # start_new_session made the API server its group's leader, so the group id is its pid. Not
+        # os.getpgid(proc.pid): once the server was reaped (a failed start) that pid may be a stranger's.
+        pgid = proc.pid
+        if proc.poll() is None or group_watchdog.live_members(pgid):
             _signal_group(pgid, proc, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=self.stop_timeout)

@@ -44,6 +44,9 @@ ALLOWED_ENV = frozenset(
 )
 
 SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "suffix")
+# The longest n-gram window slotune passes to vLLM (prompt_lookup_min/max); a longer one finds no
+# more drafts in real prompts and only costs lookup time.
+NGRAM_LOOKUP_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,8 @@ class SpeculativeConfig(BaseModel):
     method: str
     num_speculative_tokens: int = Field(ge=1, le=16)
     model: str | None = None
-    prompt_lookup_max: int | None = Field(default=None, ge=1, le=64)
-    prompt_lookup_min: int | None = Field(default=None, ge=1, le=64)
+    prompt_lookup_max: int | None = Field(default=None, ge=1, le=NGRAM_LOOKUP_MAX)
+    prompt_lookup_min: int | None = Field(default=None, ge=1, le=NGRAM_LOOKUP_MAX)
     # vLLM 0.32: K by batch size, `[start, end, K]` with inclusive ranges; the scheduler looks up K for
     # each step's number of scheduled requests (vllm/v1/core/sched/scheduler.py), carrying the last
     # K past the final range.

@@ -31,7 +31,13 @@ from typing import Any, Literal, Protocol
 from slotune import platforms
 from slotune.errors import ConfigError
 from slotune.files import load_yaml, parse_yaml
-from slotune.vllm_config import FLAG_BY_FIELD, SPEC_METHODS, VllmConfig, validate_combination
+from slotune.vllm_config import (
+    FLAG_BY_FIELD,
+    NGRAM_LOOKUP_MAX,
+    SPEC_METHODS,
+    VllmConfig,
+    validate_combination,
+)
 
 Choice = Any  # None | bool | int | str: what Optuna's CategoricalDistribution accepts
 DEFAULT = None  # the choice meaning "vLLM's default"
@@ -59,6 +65,7 @@ class Dimension:
     # with `requires_value`, only when it is set to that value (the n-gram window needs ngram).
     requires: str | None = None
     requires_value: Choice = None
+    max_value: int | None = None  # for int dimensions: the largest value vLLM (or slotune) accepts
 
     def active(self, value_of_required: Choice) -> bool:
         if self.requires is None:
@@ -85,6 +92,8 @@ class Dimension:
             raise ConfigError(f"search space: {self.name} takes {self.kind} values (or default), not {raw!r}")
         if self.kind == "int" and raw < 1:
             raise ConfigError(f"search space: {self.name} must be positive, not {raw}")
+        if self.kind == "int" and self.max_value is not None and raw > self.max_value:
+            raise ConfigError(f"search space: {self.name} must be at most {self.max_value}, not {raw}")
         if self.name == SPEC_METHOD and raw not in SPEC_METHODS:
             raise ConfigError(f"search space: unknown speculative method {raw!r} (known: {', '.join(SPEC_METHODS)})")
         return raw
@@ -122,9 +131,10 @@ def _dimensions(plat: platforms.Platform, kv_max_gib: int | None = None) -> tupl
         # so they do is refused, and a crossing pair is infeasible before launch.
         Dimension(LOOKUP_MIN, "speculative_config", "int", (1, 2, 3),
                   "shortest n-gram matched in the context before drafting", requires=SPEC_METHOD,
-                  requires_value="ngram"),
+                  requires_value="ngram", max_value=NGRAM_LOOKUP_MAX),
         Dimension(LOOKUP_MAX, "speculative_config", "int", (3, 4, 5),
-                  "longest n-gram matched in the context", requires=SPEC_METHOD, requires_value="ngram"),
+                  "longest n-gram matched in the context", requires=SPEC_METHOD, requires_value="ngram",
+                  max_value=NGRAM_LOOKUP_MAX),
         # Speculation by load: vLLM 0.32 looks up K per step from `num_speculative_tokens_per_batch_size`
         # by the number of requests scheduled (scheduler.py) and the n-gram drafter proposes that
         # many (gpu_model_runner.py, which the CPU runner inherits). Default: K at every batch size.
@@ -247,8 +257,8 @@ class SearchSpace:
 
     def _check_lookup_window(self, dims: Mapping[str, Dimension], fixed: Mapping[str, Choice], source: str) -> None:
         def values(name: str) -> list[Choice]:
-            if name in fixed:
-                return [fixed[name]]
+            if name in fixed:  # fixed at "default": vLLM fills it from the other end, nothing to compare
+                return [v for v in [fixed[name]] if v is not None]
             return [c for c in (dims[name].choices if name in dims else ()) if c is not None]
 
         lows, highs = values(LOOKUP_MIN), values(LOOKUP_MAX)

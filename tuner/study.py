@@ -347,8 +347,11 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
         study.optimize(objective, n_trials=remaining, timeout=spec.timeout, callbacks=callbacks, catch=(),
                        gc_after_trial=False)
     if spec.remeasure_top > 0:
-        remeasure(study, space, spec.base_config(), measure, slo, store, top=spec.remeasure_top,
-                  repeats=spec.remeasure_repeats, events=events)
+        # One worker at a time: each re-reads what is already measured (so runs are neither lost nor
+        # doubled), and two servers measured at once would break the interleaving's fair comparison.
+        with setup_lock(url, f"slotune-remeasure:{name}"):
+            remeasure(study, space, spec.base_config(), measure, slo, store, top=spec.remeasure_top,
+                      repeats=spec.remeasure_repeats, events=events)
     with setup_lock(url, f"slotune-study:{name}"):  # several workers add their own time
         before = float(optuna.load_study(study_name=name, storage=url).user_attrs.get(WALL) or 0.0)
         study.set_user_attr(WALL, round(before + time.monotonic() - started, 3))

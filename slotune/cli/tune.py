@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,13 @@ from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.errors import ConfigError, validation_message
 from slotune.files import to_json
 
+
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse inf/nan where a range check lets them through (a factor of inf would probe every
+    trial and never stop one)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, not {value}", param=param)
+    return value
 
 def _spec(**kw: Any) -> Any:
     from pydantic import ValidationError
@@ -97,6 +105,7 @@ def register(app: click.Group) -> None:
                   help="search the KV-cache size up to this many GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: "
                        "--kv-cache-memory-bytes); nothing above it is tried (default: not searched)")
     @click.option("--prune-at", "prune_factor", type=click.FloatRange(min=1, min_open=True), default=2.0,
+                  callback=_finite,
                   show_default=True, help="stop a trial whose short probe misses an SLO target by this factor")
     @click.option("--no-prune", is_flag=True, help="run every trial in full (no probe, no early stop)")
     @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,

@@ -20,6 +20,9 @@ CASES = {
     "no ceiling of 0": (["--kv-cache-max-gib", "0"], "--kv-cache-max-gib"),
     "n-gram window crossed": (["--fix", "prompt_lookup_min=5", "--fix", "prompt_lookup_max=3"], "no n-gram window"),
     "prune factor of 1": (["--prune-at", "1"], "--prune-at"),
+    "prune factor of inf": (["--prune-at", "inf"], "must be a finite number"),
+    "prune factor of nan": (["--prune-at", "nan"], "must be a finite number"),
+    "n-gram window past vLLM's limit": (["--fix", "prompt_lookup_max=100"], "at most 64"),
 }
 
 

@@ -259,3 +259,11 @@ def test_remedy_with_ngram_window_snaps_into_the_space():
     assert (p[SPEC_METHOD], p[SPEC_TOKENS], p[LOOKUP_MIN], p[LOOKUP_MAX]) == ("ngram", 4, 2, 4)
     assert s.params_for_delta(p, {"speculative_config": None})[SPEC_METHOD] is None
     assert LOOKUP_MIN not in s.params_for_delta(p, {"speculative_config": None})
+
+
+def test_an_ngram_window_end_fixed_at_default_is_not_compared():
+    # vLLM fills a default end from the other one: nothing to cross (this was a TypeError once).
+    assert space().with_fixes(["prompt_lookup_max=default", "prompt_lookup_min=4"]) is not None
+    assert space().narrowed({LOOKUP_MIN: "default"}) is not None
+    with pytest.raises(ConfigError, match="at most 64"):
+        space().narrowed({LOOKUP_MAX: [4, 100]})

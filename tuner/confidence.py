@@ -160,8 +160,10 @@ def _envelope(*cis: tuple[float, float] | None) -> tuple[float, float] | None:
 
 
 def _figure(columns: Sequence[np.ndarray], pooled: Statistic, *, confidence: float,
-            low: float = 0.0, high: float = math.inf) -> Figure:
-    """`pooled` on all runs is the estimate; on each run alone, that run's estimate (for the t part)."""
+            low: float = 0.0, high: float = math.inf,
+            widen: Callable[[np.ndarray], tuple[float, float]] | None = None) -> Figure:
+    """`pooled` on all runs is the estimate; on each run alone, that run's estimate (for the t part).
+    `widen`, given all runs' values pooled, gives an interval the figure's is widened to (enveloped)."""
     columns = [c for c in columns if len(c)]
     if not columns:
         return Figure(None, None)
@@ -172,6 +174,8 @@ def _figure(columns: Sequence[np.ndarray], pooled: Statistic, *, confidence: flo
     if math.isnan(estimate):
         return Figure(None, None)
     ci = _envelope(stratified_interval(columns, pooled, confidence=confidence), run_interval(runs, confidence))
+    if ci is not None and widen is not None:
+        ci = _envelope(ci, widen(np.concatenate(columns)))
     if ci is not None:
         ci = (min(max(ci[0], low), estimate), max(min(ci[1], high), estimate))
     return Figure(estimate, ci)
@@ -202,15 +206,11 @@ def slo_figure(runs: Sequence[RunRequests], target: SloTarget, confidence: float
         pooled = np.concatenate(c, axis=-1)
         return np.mean(pooled, axis=-1) if q is None else np.percentile(pooled, q * 100, axis=-1)
 
-    fig = _figure(cols, latency, confidence=confidence)
-    pooled = np.concatenate(cols) if cols else np.array([])
-    if q is None or fig.estimate is None or fig.ci is None or not len(pooled):
-        return fig
     # A percentile bootstrap never reaches past the largest latency seen, so with few requests its
     # bound on a tail quantile is too low (a p95 of 40 requests: ~15 % below the truth instead of 2.5 %).
     # The order-statistic interval has no such blind spot: widen to it.
-    lo, hi = _envelope(fig.ci, quantile_interval(pooled, q, confidence))  # type: ignore[misc]
-    return Figure(fig.estimate, (min(lo, fig.estimate), max(hi, fig.estimate)))
+    widen = None if q is None else (lambda values: quantile_interval(values, q, confidence))
+    return _figure(cols, latency, confidence=confidence, widen=widen)
 
 
 def quantile_interval(values: np.ndarray, q: float, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -274,15 +274,14 @@ class ManagedServer:
         proc = self.process
         if proc is None:
             return
-        # start_new_session made the API server its group's leader, so the group id is its pid. Not
-        # os.getpgid(proc.pid): once the server was reaped (a failed start) that pid may be a stranger's.
-        pgid = proc.pid
+        # Not os.getpgid(proc.pid): once the server was reaped (a failed start) that pid may be a stranger's.
+        pgid = proc.pid  # = self.process_group
         if proc.poll() is None or group_watchdog.live_members(pgid):
-            _signal_group(pgid, proc, signal.SIGTERM)
+            _signal_group(pgid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=self.stop_timeout)
             # The API server may be gone while its engine core lingers: always sweep the group.
-            _signal_group(pgid, proc, signal.SIGKILL)
+            _signal_group(pgid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         _wait_group_gone(pgid, 5.0)
@@ -307,25 +306,14 @@ class ServerStartError(ConfigError):
         super().__init__(f"vLLM did not start ({result.status.value}){detail} (log: {result.log_path})")
 
 
-def _signal_group(pgid: int | None, proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        if pgid is not None:
-            os.killpg(pgid, sig)
-        else:
-            proc.send_signal(sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
-def _wait_group_gone(pgid: int | None, timeout: float) -> None:
-    if pgid is None:
-        return
+def _wait_group_gone(pgid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and group_alive(pgid):
         time.sleep(0.1)
 
 

@@ -147,9 +147,9 @@ def load(storage: str | None, study_name: str) -> optuna.Study:
     url = storage_url(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(url))
+        return optuna.load_study(study_name=study_name, storage=open_storage(url, must_exist=True))
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))]
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url, must_exist=True))]
         known = f" (studies here: {', '.join(names[:10])})" if names else " (no studies there)"
         raise ConfigError(f"no study named {study_name!r} in {_safe(url)}{known}") from None
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
 
 from slotune import paths
 from slotune.errors import StoreError
@@ -37,9 +39,15 @@ def storage_url(url: str | None) -> str:
 
 
 def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 grace_period: int | None = None) -> RDBStorage:
-    """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors."""
+                 grace_period: int | None = None, must_exist: bool = False) -> RDBStorage:
+    """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors.
+
+    `must_exist`: for readers (`tune report`): a SQLite file that is not there is an error, not a
+    new empty database left behind by a typo.
+    """
     url = storage_url(url)
+    if must_exist:
+        _require_sqlite_file(url)
     try:
         open_store(url).dispose()  # slotune's tables first: fails early with slotune's message
     except StoreError as exc:
@@ -61,6 +69,14 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike become one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {first}") from None
+
+
+def _require_sqlite_file(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if not Path(parsed.database).is_file():
+        raise StoreError(f"no database at {parsed.database} (nothing has been stored there yet)")
 
 
 @contextmanager

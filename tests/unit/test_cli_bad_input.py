@@ -62,6 +62,8 @@ CASES = {
     "bench workload not UTF-8": (["bench", "--target", "http://127.0.0.1:1", "--workload", "{not_utf8.yaml}"],
                                  "not UTF-8"),
     "sidecar settings not UTF-8": (["sidecar", "--config", "{not_utf8.yaml}"], "not UTF-8"),
+    "report on a database that is not there": (["report", "--study", "s", "--storage",
+                                                "sqlite:///{tmp}/typo.db"], "no database at"),
 }
 
 
@@ -70,7 +72,9 @@ def test_bad_input_is_one_error_line(args: list[str], expected: str, files: dict
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
     argv = [str(files[a[1:-1]]) if a.startswith("{") and a[1:-1] in files else a for a in args]  # {name}: a file
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) != 0
+    assert not (tmp_path / "typo.db").exists()  # reading never leaves an empty database behind
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("error: ") and expected in err[-1], err
     assert not any("Traceback" in line for line in err)

@@ -1,6 +1,6 @@
 """Benchmark the load generator's own overhead (not a CI test; `make bench`). Prints figures; asserts nothing.
 
-Against a trivially fast local endpoint (`loadgen.echo_server` in its own process: SSE chunks shaped
+Against a trivially fast local endpoint (`tests.support.echo_server` in its own process: SSE chunks shaped
 like vLLM's, no model), with the client pinned to one core and the server to another where the
 machine has two:
 
@@ -48,7 +48,7 @@ def cores() -> list[int]:
 
 
 def start_echo(server_core: int | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "slotune.loadgen.echo_server", "--port", "0"]
+    cmd = [sys.executable, "-m", "tests.support.echo_server", "--port", "0"]
     if server_core is not None:
         cmd = ["taskset", "-c", str(server_core), *cmd]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)

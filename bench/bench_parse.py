@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import derive
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support is not installed: the checkout's
+from tests.support.paths import FIXTURES
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -30,9 +30,11 @@ import httpx
 import yaml
 
 from slotune.server import free_port
-from tests.unit.sidecar_helpers import SPEC_AFTER, SPEC_UNDER, page, page_server
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
+from tests.support.http_servers import page_server  # noqa: E402
+from tests.support.pages import SPEC_AFTER, SPEC_UNDER, page  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

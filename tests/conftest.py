@@ -1,4 +1,4 @@
-"""Shared fixtures. Real servers are expensive here (a vLLM start is ~30 s on 2 cores), so the
+"""Shared fixtures (helpers live in the testing package, tests/support/). Real servers are expensive here (a vLLM start is ~30 s on 2 cores), so the
 default tiny-model server is started once per session and shared; tests that need other flags start
 their own with `start_vllm`."""
 
@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "vllm-0.32.0-cpu"
-CACHE = Path(os.environ.get("SLOTUNE_TEST_CACHE", REPO / ".slotune-test"))
+from tests.support.paths import CACHE, FIXTURES
+from tests.support.postgres import postgres_url  # noqa: F401  (a fixture: a real PostgreSQL per module)
 
 
 @pytest.fixture(scope="session", autouse=True)

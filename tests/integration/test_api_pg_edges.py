@@ -14,15 +14,15 @@ from slotune.errors import RefusedValueError
 from slotune.sidecar.config import load_settings
 from slotune.sidecar.runtime import Sidecar
 from slotune.store import Finding, open_store
-from tests.integration.pg import postgres_url  # noqa: F401  (fixture)
-from tests.unit.sidecar_helpers import AFTER, UNDER, Clock, Script, page
-from tests.unit.test_api_fuzz import check_edges
+from tests.support.api_edges import check_edges
+from tests.support.pages import AFTER, UNDER, page
+from tests.support.sidecar import Clock, Script
 
 pytestmark = pytest.mark.integration
 TOKEN = "pg-edges-token"
 
 
-def test_ids_at_the_integer_limits_and_nul_bytes_on_postgres(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+def test_ids_at_the_integer_limits_and_nul_bytes_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     clock = Clock()
     settings = load_settings(None, target="http://127.0.0.1:9", data_dir=tmp_path, interval=10, api_token=TOKEN)
     sidecar = Sidecar(settings, store=open_store(postgres_url), clock=clock,

@@ -12,10 +12,9 @@ import sys
 import time
 
 import pytest
-from conftest import CACHE
-from tuner_helpers import REPO
 
-from tests.integration.procs import left_behind, live_members, server_groups
+from tests.support.paths import CACHE, REPO
+from tests.support.procs import left_behind, live_members, server_groups
 
 pytestmark = pytest.mark.integration
 

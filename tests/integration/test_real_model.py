@@ -5,7 +5,7 @@ n-gram drafting is lossless under greedy decoding, so the same server answers bo
 
 Also here, without a model: slotune's load generator and vLLM's own (`vllm.benchmarks.serve`) send
 the very same prompts from one JSONL file (vLLM's `custom` dataset format), recorded by a real HTTP
-server (loadgen.echo_server).
+server (tests.support.echo_server).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from slotune.collectors.vllm_metrics import derive, scrape
-from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.runner import prompt_lines, run_load
 from slotune.loadgen.vllm_bench import VllmBenchError, custom_dataset_args, run_vllm_bench
 from slotune.loadgen.workload import load_workload
+from tests.support.echo_server import EchoServer
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from slotune.errors import TargetError
 from slotune.sidecar.config import load_settings
 from slotune.sidecar.runtime import Sidecar
 from slotune.store import open_store
-from tests.unit.sidecar_helpers import AFTER, page
+from tests.support.pages import AFTER, page
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 from slotune.errors import ConfigError
 from slotune.server import ManagedServer, StartResult, StartStatus, group_alive
 from slotune.vllm_config import VllmConfig
-from tests.integration.procs import left_behind, live_members, server_groups, wait_gone
+from tests.support.procs import left_behind, live_members, server_groups, wait_gone
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,8 @@ from slotune.api.app import create_app
 from slotune.sidecar.config import load_settings
 from slotune.sidecar.runtime import Sidecar
 from slotune.store import ConfigChange, Recommendation
-from tests.integration.sidecar_proc import Load, wait_for
+from tests.support.polling import wait_until
+from tests.support.sidecar_process import RESTARTING, Load
 
 pytestmark = pytest.mark.integration
 TOKEN = "apply-token"
@@ -58,17 +59,17 @@ def test_apply_keeps_a_good_config_and_rolls_back_a_worse_one(tiny_model: Path, 
     try:
         client = TestClient(create_app(sc))
         with Load(sc.controller.target, concurrency=8, max_tokens=128, max_seconds=540) as load:
-            wait_for(lambda: _windows_with_traffic(sc, 5), 60, "baseline windows with traffic")
+            wait_until(lambda: _windows_with_traffic(sc, 5), 60, "baseline windows with traffic", tolerate=RESTARTING)
 
             good = _propose_and_approve(client, {"max_num_seqs": 8}, "a smaller batch")  # start 2
-            kept = wait_for(lambda: _change(sc, good), 180, "the good change to be judged", interval=1)
+            kept = wait_until(lambda: _change(sc, good), 180, "the good change to be judged", interval=1, tolerate=RESTARTING)
             assert kept.status == "kept", (kept.before, kept.after)
             assert kept.to_config["max_num_seqs"] == 8 and "max_num_seqs" not in kept.from_config
             assert kept.before["requests"] > 0 and kept.after["requests"] >= 5
 
-            wait_for(lambda: _windows_with_traffic(sc, 5), 60, "windows of the good config")
+            wait_until(lambda: _windows_with_traffic(sc, 5), 60, "windows of the good config", tolerate=RESTARTING)
             worse = _propose_and_approve(client, {"max_num_seqs": 1}, "deliberately worse")  # starts 3 and 4
-            rolled = wait_for(lambda: _change(sc, worse), 240, "the worse change to be judged", interval=1)
+            rolled = wait_until(lambda: _change(sc, worse), 240, "the worse change to be judged", interval=1, tolerate=RESTARTING)
             assert rolled.status == "rolled_back", (rolled.before, rolled.after)
             assert rolled.after["score"] < rolled.before["score"] - 0.05
             assert "attainment" in rolled.after["reason"] and rolled.after["rollback_start"] == "ready"
@@ -113,17 +114,17 @@ def test_a_new_server_that_dies_after_its_health_check_is_rolled_back(tiny_model
         client = TestClient(create_app(sc))
         assert sc.managed is not None and sc.applier is not None
         with Load(sc.controller.target, concurrency=4, max_tokens=64, max_seconds=400):
-            wait_for(lambda: _windows_with_traffic(sc, 3), 60, "baseline windows with traffic")
+            wait_until(lambda: _windows_with_traffic(sc, 3), 60, "baseline windows with traffic", tolerate=RESTARTING)
             first = sc.managed.server.process.pid  # type: ignore[union-attr]
             rid = _propose_and_approve(client, {"max_num_seqs": 8}, "a change whose server will die")  # start 2
-            wait_for(lambda: sc.applier.canary_started is not None and sc.managed.server is not None  # type: ignore[union-attr]
+            wait_until(lambda: sc.applier.canary_started is not None and sc.managed.server is not None  # type: ignore[union-attr]
                      and sc.managed.server.process is not None and sc.managed.server.process.pid != first
-                     and sc.managed.server.is_running(), 240, "the new server to pass its health check", interval=0.2)
+                     and sc.managed.server.is_running(), 240, "the new server to pass its health check", interval=0.2, tolerate=RESTARTING)
             time.sleep(2)
             new = sc.managed.server.process  # type: ignore[union-attr]
             assert new is not None
             os.killpg(os.getpgid(new.pid), signal.SIGKILL)
-            judged = wait_for(lambda: _change(sc, rid), 240, "the change to be judged", interval=1)  # start 3
+            judged = wait_until(lambda: _change(sc, rid), 240, "the change to be judged", interval=1, tolerate=RESTARTING)  # start 3
         assert judged.status == "rolled_back", (judged.status, judged.after)
         reason = judged.after["reason"]
         assert "process exited" in reason or "stopped answering scrapes" in reason, reason

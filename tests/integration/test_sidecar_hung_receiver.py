@@ -15,9 +15,11 @@ from sqlalchemy import select
 
 from slotune.server import free_port
 from slotune.store import OutboxMessage, open_store
-from tests.integration.sidecar_proc import SidecarProcess, wait_for
-from tests.unit.sidecar_helpers import UNDER, page, page_server, receiver
-from tests.unit.test_api_endpoints import alert_payload
+from tests.support.http_servers import page_server, receiver
+from tests.support.pages import UNDER, page
+from tests.support.polling import wait_until
+from tests.support.sidecar import alert_payload
+from tests.support.sidecar_process import RESTARTING, SidecarProcess
 
 pytestmark = pytest.mark.integration
 SECRET = "hung-test-hmac-key"
@@ -42,7 +44,7 @@ def test_hung_receiver_delays_no_other_and_sigterm_does_not_wait_for_it(tmp_path
                 r = httpx.post(f"{sc.url}/api/v1/alerts/alertmanager", json=alert_payload(2), timeout=30,
                                headers={"Authorization": f"Bearer {ALERT_TOKEN}"})
                 assert r.status_code == 202, r.text
-                wait_for(lambda: len(rcv.verified(SECRET)) == 1, 30, "the healthy receiver's notification")
+                wait_until(lambda: len(rcv.verified(SECRET)) == 1, 30, "the healthy receiver's notification", tolerate=RESTARTING)
             finally:
                 assert sc.proc is not None
                 sc.proc.terminate()

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from slotune.server import free_port
-from tests.integration.pg import postgres_url  # noqa: F401  (fixture)
-from tests.integration.sidecar_proc import SidecarProcess, wait_for
-from tests.unit.sidecar_helpers import UNDER, page, page_server
+from tests.support.http_servers import page_server
+from tests.support.pages import UNDER, page
+from tests.support.polling import wait_until
+from tests.support.sidecar_process import RESTARTING, SidecarProcess
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def _second(settings: dict[str, object], workdir: Path) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_a_second_sidecar_is_refused_and_kill_9_frees_the_lease(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_second_sidecar_is_refused_and_kill_9_frees_the_lease(postgres_url: str, tmp_path: Path) -> None:
     with page_server(page(UNDER)) as target:
         settings = {"target": target.url, "host": "127.0.0.1", "port": free_port(), "interval": 1,
                     "database_url": postgres_url}
@@ -42,7 +43,7 @@ def test_a_second_sidecar_is_refused_and_kill_9_frees_the_lease(postgres_url: st
             first.proc.kill()  # kill -9: no clean release
             first.proc.wait(10)
         third = SidecarProcess({**settings, "port": free_port()}, tmp_path)
-        wait_for(lambda: _try_start(third), 60, "a new sidecar to take the dead one's lease")
+        wait_until(lambda: _try_start(third), 60, "a new sidecar to take the dead one's lease", tolerate=RESTARTING)
         third.stop()
 
 

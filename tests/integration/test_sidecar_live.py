@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.sidecar_proc import Load, sidecar, wait_for
-from tests.unit.sidecar_helpers import receiver
+from tests.support.http_servers import receiver
+from tests.support.polling import wait_until
+from tests.support.sidecar_process import RESTARTING, Load, sidecar
 
 pytestmark = pytest.mark.integration
 SECRET = "live-secret"
@@ -34,12 +35,12 @@ def test_ttft_burn_shows_in_metrics_and_findings_and_is_notified_signed(vllm_ser
                                    "events": ["finding"]}]}
         env = {"SLOTUNE_WEBHOOK_SECRET": SECRET, "SLOTUNE_API_TOKEN": TOKEN}
         with sidecar(settings, tmp_path, env) as sc, Load(target, concurrency=3, max_seconds=120) as load:
-            burn = wait_for(lambda: _burn(httpx.get(f"{sc.url}/metrics").text, target), 60, "a TTFT burn figure")
+            burn = wait_until(lambda: _burn(httpx.get(f"{sc.url}/metrics").text, target), 60, "a TTFT burn figure", tolerate=RESTARTING)
             assert burn > 1.0  # every request misses 1 ms: burn = 1 / 0.05 = 20
             assert burn == pytest.approx(20.0)
-            findings = wait_for(lambda: httpx.get(f"{sc.url}/api/v1/findings",
+            findings = wait_until(lambda: httpx.get(f"{sc.url}/api/v1/findings",
                                                   params={"playbook": "slo_burn"}).json()["items"], 30,
-                                "an slo_burn finding")
+                                "an slo_burn finding", tolerate=RESTARTING)
             assert findings[0]["status"] == "active" and "ttft_p95" in findings[0]["summary"]
             metrics = httpx.get(f"{sc.url}/metrics").text
             assert re.search(r'^slotune_findings_active\{playbook="slo_burn",severity="critical",target=".+"\} 1\.0$',
@@ -48,8 +49,8 @@ def test_ttft_burn_shows_in_metrics_and_findings_and_is_notified_signed(vllm_ser
             def signed_burn_notes() -> list:  # type: ignore[type-arg]
                 return [p for p in rcv.verified(SECRET) if "slo_burn" in p.body.decode()]
 
-            notes = wait_for(lambda: {p.path for p in signed_burn_notes()} >= {"/hook", "/slack"} and
-                             signed_burn_notes(), 30, "signed slo_burn notifications in both formats")
+            notes = wait_until(lambda: {p.path for p in signed_burn_notes()} >= {"/hook", "/slack"} and
+                             signed_burn_notes(), 30, "signed slo_burn notifications in both formats", tolerate=RESTARTING)
             generic = next(p for p in notes if p.path == "/hook")
             assert generic.json["kind"] == "finding" and generic.json["event"]["playbook"] == "slo_burn"
             assert generic.json["id"] == generic.headers["X-Slotune-Id"]

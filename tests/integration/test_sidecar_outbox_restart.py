@@ -11,9 +11,11 @@ import httpx
 import pytest
 
 from slotune.server import free_port
-from tests.integration.sidecar_proc import SidecarProcess, wait_for
-from tests.unit.sidecar_helpers import UNDER, page, page_server, receiver
-from tests.unit.test_api_endpoints import alert_payload
+from tests.support.http_servers import page_server, receiver
+from tests.support.pages import UNDER, page
+from tests.support.polling import wait_until
+from tests.support.sidecar import alert_payload
+from tests.support.sidecar_process import RESTARTING, SidecarProcess
 
 pytestmark = pytest.mark.integration
 SECRET = "outbox-secret"
@@ -37,16 +39,16 @@ def test_notifications_survive_receiver_outage_and_sidecar_restart(tmp_path: Pat
                 assert r.status_code == 202, r.text
                 ids += r.json()["notifications"]
             assert len(ids) == 3  # one notification per request (its alerts grouped), one receiver
-            wait_for(lambda: "failed (attempt 2)" in first.log(), 30, "a second failed delivery attempt")
+            wait_until(lambda: "failed (attempt 2)" in first.log(), 30, "a second failed delivery attempt", tolerate=RESTARTING)
         finally:
             assert first.stop() == 0, first.log()[-2000:]
 
         second = SidecarProcess(settings, tmp_path, env).start()
         try:
             with receiver(rport) as rcv:
-                wait_for(lambda: len(rcv.posts) >= len(ids), 60, "every notification")
-                wait_for(lambda: "slotune_outbox_pending_messages 0.0" in httpx.get(f"{second.url}/metrics").text,
-                         10, "the outbox to drain")
+                wait_until(lambda: len(rcv.posts) >= len(ids), 60, "every notification", tolerate=RESTARTING)
+                wait_until(lambda: "slotune_outbox_pending_messages 0.0" in httpx.get(f"{second.url}/metrics").text,
+                         10, "the outbox to drain", tolerate=RESTARTING)
                 got = [p.headers["X-Slotune-Id"] for p in rcv.verified(SECRET)]
                 assert len(got) == len(rcv.posts)  # every one signed
                 assert sorted(got) == sorted(ids)

@@ -11,7 +11,6 @@ or Alertmanager fails the tests, it does not skip them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ import pytest
 import yaml
 
 from slotune import rules
-from tests.integration import promstack
-from tests.integration.sidecar_proc import Load
+from tests.support import promstack
+from tests.support.http_servers import Receiver, receiver
+from tests.support.polling import wait_until
+from tests.support.sidecar_process import Load
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +31,11 @@ pytestmark = pytest.mark.integration
 def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     promstack.require_stack()
     work: Path = tmp_path_factory.mktemp("promstack")
-    receiver = promstack.Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    with receiver() as rcv:
+        yield from _stack(vllm_server, work, rcv)
+
+
+def _stack(vllm_server, work: Path, receiver: Receiver) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     vllm_addr = vllm_server.base_url.split("://", 1)[1]
     # The sidecar's webhook path on the recording receiver: stands in for the sidecar in this module
     # (test_stack_sidecar.py points Alertmanager at a real sidecar).
@@ -43,8 +47,6 @@ def stack(vllm_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         with promstack.prometheus(work, prom_cfg) as prom, \
                 Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900) as load:
             yield {"prom": prom.url, "am": am.url, "receiver": receiver, "load": load, "work": work}
-    receiver.shutdown()
-    receiver.server_close()
 
 
 def _rule_exprs() -> list[tuple[str, str]]:
@@ -67,7 +69,7 @@ def test_every_rule_and_panel_query_runs_and_core_panels_have_data(stack: dict[s
     prom = stack["prom"]
     # Core recording rules (evaluated by Prometheus from the committed rule files) return data.
     for name in CORE:
-        promstack.wait_until(lambda n=name: promstack.query(prom, n)["result"], 45, what=f"{name} to have data")
+        wait_until(lambda n=name: promstack.query(prom, n)["result"], 45, what=f"{name} to have data")
     queries = _rule_exprs() + [(f"{d} {where}", promstack.substitute(e))
                                for d, dash in promstack.load_dashboards().items()
                                for where, e in promstack.dashboard_queries(dash)]
@@ -92,19 +94,19 @@ def test_every_rule_and_panel_query_runs_and_core_panels_have_data(stack: dict[s
 
 def test_fast_burn_alert_fires_and_alertmanager_delivers_it(stack: dict[str, Any]) -> None:
     prom, receiver = stack["prom"], stack["receiver"]
-    firing = promstack.wait_until(
+    firing = wait_until(
         lambda: promstack.query(prom, 'ALERTS{alertname="VllmSloErrorBudgetBurn", alertstate="firing"}')["result"],
         60, what="the fast-burn alert to fire")
     assert firing[0]["metric"]["slo"] == "ttft_p95" and firing[0]["metric"]["severity"] == "page"
 
     def delivered(path: str) -> list[dict[str, Any]]:
-        return [a for p, body in receiver.posts if p == path for a in body["alerts"]
+        return [a for p in receiver.posts if p.path == path for a in p.json["alerts"]
                 if a["labels"].get("alertname") == "VllmSloErrorBudgetBurn" and a["status"] == "firing"]
 
-    to_sidecar = promstack.wait_until(lambda: delivered("/api/v1/alerts/alertmanager"), 60,
+    to_sidecar = wait_until(lambda: delivered("/api/v1/alerts/alertmanager"), 60,
                                       what="Alertmanager to deliver to the sidecar's webhook path")
     alert = to_sidecar[0]
     assert alert["labels"]["long_window"] == "30s" and alert["labels"]["model_name"] == "tiny"
     assert {"summary", "description", "runbook_url"} <= set(alert["annotations"])
     # Pages also reach the example external receiver (second route).
-    promstack.wait_until(lambda: delivered("/oncall"), 30, what="the page to reach the external receiver")
+    wait_until(lambda: delivered("/oncall"), 30, what="the page to reach the external receiver")

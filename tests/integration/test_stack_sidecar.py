@@ -11,8 +11,7 @@ test: an end-to-end test must not turn into a silent skip.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,12 +19,16 @@ import pytest
 import yaml
 
 from slotune import rules
-from tests.integration import promstack
-from tests.integration.promstack import TEST_SLO, TEST_WINDOWS, Receiver
-from tests.integration.sidecar_proc import Load
+from slotune.server import free_port
+from tests.support import promstack
+from tests.support.http_servers import receiver
+from tests.support.paths import REPO
+from tests.support.polling import wait_until
+from tests.support.promstack import TEST_SLO, TEST_WINDOWS
+from tests.support.sidecar_process import Load, SidecarProcess
 
 WEBHOOK_SECRET = "stack-test-hmac-key"
-SIDECAR_YAML = promstack.REPO / "deploy" / "slotune" / "sidecar.yaml"
+SIDECAR_YAML = REPO / "deploy" / "slotune" / "sidecar.yaml"
 pytestmark = pytest.mark.integration
 
 
@@ -46,64 +49,49 @@ def _sidecar_settings(target: str, port: int, receiver_url: str) -> dict[str, An
 
 
 def test_alert_reaches_sidecar_and_its_notification_carries_a_diagnosis(vllm_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import threading
-
     promstack.require_stack()
     _require_sidecar()
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    port = promstack.free_port()
-    settings = tmp_path / "sidecar.yaml"
-    settings.write_text(yaml.safe_dump(_sidecar_settings(vllm_server.base_url, port, f"{receiver.url}/notify")))
-    sidecar_url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "sidecar.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "slotune.cli.main", "sidecar", "--config", str(settings)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        promstack.wait_until(lambda: _ready(sidecar_url), 60, what="the sidecar to be ready")
-        am_cfg = promstack.render_alertmanager(tmp_path, sidecar_url, extra_url=f"{receiver.url}/oncall")
-        with promstack.alertmanager(tmp_path, am_cfg) as am:
-            prom_cfg = promstack.render_prometheus(
-                tmp_path, {"vllm": [vllm_server.base_url.split("://", 1)[1]], "slotune": [f"127.0.0.1:{port}"],
-                           "alertmanager": [am.url.split("://", 1)[1]]},
-                extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
-            with promstack.prometheus(tmp_path, prom_cfg) as prom, \
-                    Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900):
-                promstack.wait_until(lambda: promstack.query(prom.url, 'up{job="slotune"} == 1')["result"], 30,
-                                     what="Prometheus to scrape the sidecar")
-
-                def notified() -> list[dict[str, Any]]:
-                    return [b for p, b in receiver.posts if p == "/notify" and "VllmSloErrorBudgetBurn" in str(b)]
-
-                notes = promstack.wait_until(notified, 90, what="the sidecar to notify about the burn alert")
-                note = notes[0]
-                assert note["kind"] == "alert" and note["source"] == "slotune", note
-                event = note["event"]
-                # One notification for Alertmanager's group, its alerts inside.
-                assert event["status"] == "firing" and event["alerts"], event
-                assert {a["labels"]["alertname"] for a in event["alerts"]} == {"VllmSloErrorBudgetBurn"}, event
-                # The diagnosis judged the windows under load: TTFT misses its 1 ms target.
-                diagnosis = event["diagnosis"]
-                assert diagnosis is not None, event
-                assert diagnosis["status"] == "findings", diagnosis
-                assert diagnosis["target"] == vllm_server.base_url, diagnosis
-                high_ttft = [f for f in diagnosis["findings"] if f["playbook"] == "high_ttft"]
-                assert high_ttft, diagnosis["findings"]
-                ttft = next(e for e in high_ttft[0]["evidence"] if e["field"] == "ttft_at_slo")
-                assert ttft["value"] > ttft["threshold"] == 0.001, ttft
-                # Alertmanager got in with the alert token of its http_config; without it, nobody does.
-                anon = httpx.post(f"{sidecar_url}/api/v1/alerts/alertmanager", json={}, timeout=10)
-                assert anon.status_code == 401, anon.text
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
-        receiver.shutdown()
-        receiver.server_close()
+    with receiver() as rcv:
+        port = free_port()
+        sidecar = SidecarProcess(_sidecar_settings(vllm_server.base_url, port, f"{rcv.url}/notify"), tmp_path)
+        try:
+            sidecar.start(timeout=60)
+            _alert_to_notification(vllm_server, rcv, sidecar.url, port, tmp_path)
+        finally:
+            sidecar.stop()
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def _alert_to_notification(vllm_server, rcv, sidecar_url: str, port: int, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    am_cfg = promstack.render_alertmanager(tmp_path, sidecar_url, extra_url=f"{rcv.url}/oncall")
+    with promstack.alertmanager(tmp_path, am_cfg) as am:
+        prom_cfg = promstack.render_prometheus(
+            tmp_path, {"vllm": [vllm_server.base_url.split("://", 1)[1]], "slotune": [f"127.0.0.1:{port}"],
+                       "alertmanager": [am.url.split("://", 1)[1]]},
+            extra_rules={"slo.yml": rules.render_slo(TEST_SLO, TEST_WINDOWS)})
+        with promstack.prometheus(tmp_path, prom_cfg) as prom, \
+                Load(vllm_server.base_url, concurrency=3, pause=0.05, max_seconds=900):
+            wait_until(lambda: promstack.query(prom.url, 'up{job="slotune"} == 1')["result"], 30,
+                       what="Prometheus to scrape the sidecar")
+
+            def notified() -> list[dict[str, Any]]:
+                return [p.json for p in rcv.posts if p.path == "/notify" and "VllmSloErrorBudgetBurn" in str(p.json)]
+
+            notes = wait_until(notified, 90, what="the sidecar to notify about the burn alert")
+            note = notes[0]
+            assert note["kind"] == "alert" and note["source"] == "slotune", note
+            event = note["event"]
+            # One notification for Alertmanager's group, its alerts inside.
+            assert event["status"] == "firing" and event["alerts"], event
+            assert {a["labels"]["alertname"] for a in event["alerts"]} == {"VllmSloErrorBudgetBurn"}, event
+            # The diagnosis judged the windows under load: TTFT misses its 1 ms target.
+            diagnosis = event["diagnosis"]
+            assert diagnosis is not None, event
+            assert diagnosis["status"] == "findings", diagnosis
+            assert diagnosis["target"] == vllm_server.base_url, diagnosis
+            high_ttft = [f for f in diagnosis["findings"] if f["playbook"] == "high_ttft"]
+            assert high_ttft, diagnosis["findings"]
+            ttft = next(e for e in high_ttft[0]["evidence"] if e["field"] == "ttft_at_slo")
+            assert ttft["value"] > ttft["threshold"] == 0.001, ttft
+            # Alertmanager got in with the alert token of its http_config; without it, nobody does.
+            anon = httpx.post(f"{sidecar_url}/api/v1/alerts/alertmanager", json={}, timeout=10)
+            assert anon.status_code == 401, anon.text

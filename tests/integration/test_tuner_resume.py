@@ -13,9 +13,10 @@ import time
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tuner_helpers import spawn, tune_cmd, wait_until
 
-from tests.integration.procs import left_behind, live_members, server_groups, wait_gone
+from tests.support.polling import wait_until
+from tests.support.procs import left_behind, live_members, server_groups, wait_gone
+from tests.support.tuner import spawn, tune_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -11,15 +11,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy import select
-from tuner_helpers import spawn, tune_cmd
 
 from slotune.store import TrialRecord, open_store
-from tests.integration.pg import postgres_url  # noqa: F401  (fixture)
+from tests.support.tuner import spawn, tune_cmd
 
 pytestmark = pytest.mark.integration
 
 
-def test_two_workers_share_one_study_on_postgres(tiny_model, tmp_path, postgres_url):  # noqa: F811
+def test_two_workers_share_one_study_on_postgres(tiny_model, tmp_path, postgres_url):
     procs = []
     for worker in (0, 1):
         data = tmp_path / f"w{worker}"

@@ -13,26 +13,13 @@ from sqlalchemy import select
 from slotune.api.app import create_app
 from slotune.sidecar.runtime import Sidecar
 from slotune.store import OutboxMessage
-from tests.unit.sidecar_helpers import AFTER, UNDER, page
-from tests.unit.test_sidecar_loop import make, ticks
+from tests.support.pages import AFTER, UNDER, page
+from tests.support.sidecar import alert_payload, make, ticks
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ALERT_TOKEN = "test-alert-token"
 AM = {"Authorization": f"Bearer {ALERT_TOKEN}"}  # what Alertmanager's http_config sends
-
-
-def alert_payload(n: int = 1, status: str = "firing") -> dict[str, object]:
-    alert = {"status": status, "labels": {"alertname": "VllmSloErrorBudgetBurn", "slo": "e2e_p95",
-                                           "severity": "page", "instance": "vllm:8000"},
-             "annotations": {"summary": "burning", "description": "d", "runbook_url": "http://x"},
-             "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-             "generatorURL": "http://prom/graph", "fingerprint": "abc"}
-    return {"version": "4", "groupKey": "{}:{alertname=\"VllmSloErrorBudgetBurn\"}", "truncatedAlerts": 0,
-            "status": status, "receiver": "slotune", "groupLabels": {}, "commonLabels": {},
-            "commonAnnotations": {}, "externalURL": "http://am:9093",
-            "alerts": [alert | {"fingerprint": f"abc{i}", "labels": alert["labels"] | {"n": str(i)}}
-                       for i in range(n)]}
 
 
 @pytest.fixture

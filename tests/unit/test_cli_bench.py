@@ -1,4 +1,4 @@
-"""`slotune bench` end to end against a real streaming HTTP server on 127.0.0.1 (loadgen.echo_server)."""
+"""`slotune bench` end to end against a real streaming HTTP server on 127.0.0.1 (tests.support.echo_server)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slotune.loadgen.echo_server import EchoServer
+from tests.support.echo_server import EchoServer
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -11,10 +11,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from collectors_pages import AFTER, UNDER, page
 
 from slotune.cli.main import main
 from slotune.store import Snapshot, open_store
+from tests.support.pages import AFTER, UNDER, page
 
 CONTRACT = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "queue_seconds", "kv_cache_usage",
             "requests_running", "requests_waiting", "preemptions_per_second", "prefix_cache_hit_rate",
@@ -138,7 +138,7 @@ def test_ctrl_c_stops_cleanly(pages_server):
 
 def test_an_infinite_gauge_is_one_error_line_never_infinity_in_json(capsys):
     """A +Inf KV gauge once printed `Infinity` (not JSON) from `collect --json`."""
-    from tests.unit.sidecar_helpers import page_server
+    from tests.support.http_servers import page_server
 
     kv = 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0'
     assert kv in page(AFTER)

@@ -8,7 +8,12 @@ import math
 from collections import defaultdict
 
 import pytest
-from collectors_pages import (
+from prometheus_client.parser import text_string_to_metric_families
+
+from slotune.collectors.exposition import parse
+from slotune.collectors.snapshot import Snapshot
+from slotune.collectors.vllm_metrics import derive, derive_per_engine
+from tests.support.pages import (
     AFTER,
     SPEC_AFTER,
     SPEC_UNDER,
@@ -19,12 +24,7 @@ from collectors_pages import (
     two_engines,
     without,
 )
-from prometheus_client.parser import text_string_to_metric_families
-from test_collectors_histogram import reference_quantile
-
-from slotune.collectors.exposition import parse
-from slotune.collectors.snapshot import Snapshot
-from slotune.collectors.vllm_metrics import derive, derive_per_engine
+from tests.support.quantiles import reference_quantile
 
 T0, T1 = 1_795_479_000.0, 1_795_479_010.0  # scrape times: a 10 s window, after the captures
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from collectors_pages import AFTER, ALL, SPEC_AFTER, old_generation, page, ray_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
 from slotune.collectors import metric_names
 from slotune.collectors.exposition import parse
 from slotune.collectors.metric_names import Kind
 from slotune.errors import TargetError
+from tests.support.pages import AFTER, ALL, SPEC_AFTER, old_generation, page, ray_prefix
 
 
 def reference_samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collectors_pages import AFTER, UNDER, page
-
 from slotune import store as db
 from slotune.collectors.exposition import parse
 from slotune.collectors.persist import load_snapshot, save_snapshot
 from slotune.collectors.snapshot import GpuSnapshot
 from slotune.collectors.vllm_metrics import derive
 from slotune.store import open_store
+from tests.support.pages import AFTER, UNDER, page
 
 
 def test_save_and_load(tmp_path):

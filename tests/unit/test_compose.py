@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 # Files referenced before they land (none left).

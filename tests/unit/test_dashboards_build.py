@@ -14,8 +14,8 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from tests.conftest import REPO, SHARED
-from tests.integration import promstack
+from tests.support import promstack
+from tests.support.paths import REPO, SHARED
 
 SCHEMAS = SHARED / "reference" / "grafana-dashboard-schema"
 DASHBOARDS = promstack.load_dashboards()

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from slotune.cli.main import main
-from tests.integration import promstack
+from slotune.server import free_port
+from tests.support import promstack
 
 TOKEN = "glsa_test_token"
 
@@ -126,7 +127,7 @@ def test_wrong_token_is_a_one_line_error(grafana: FakeGrafana, capsys) -> None: 
 
 
 def test_unreachable_grafana_is_a_one_line_error(capsys) -> None:  # type: ignore[no-untyped-def]
-    url = f"http://127.0.0.1:{promstack.free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert main(["dashboards", "push", "--grafana-url", url, "--token", TOKEN]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach Grafana") and err.count("\n") == 1

@@ -3,21 +3,19 @@ deployments that slotune once misread or refused. Each test states the right rea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from slotune.cli.main import main
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import derive
 from slotune.errors import TargetError
+from tests.support.paths import FIELD_CASES
 
-FIELD = Path(__file__).resolve().parents[3] / "shared" / "field-cases"
 LLAMA, OPT = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "facebook/opt-125m"
 
 
 def read(name: str):
-    return parse((FIELD / name).read_text(), url=name, timestamp=1.8e9)
+    return parse((FIELD_CASES / name).read_text(), url=name, timestamp=1.8e9)
 
 
 def test_ray_serve_colon_spelling_reads_like_the_plain_page():
@@ -32,7 +30,7 @@ def test_ray_serve_colon_spelling_reads_like_the_plain_page():
 
 def test_any_deployment_namespace_before_vllm_is_read():
     """The kind, not the file: whatever namespace an exporter puts before `vllm:` or `vllm_`."""
-    text = (FIELD / "01-ray-serve-ray_vllm-colon.prom").read_text()
+    text = (FIELD_CASES / "01-ray-serve-ray_vllm-colon.prom").read_text()
     for prefix in ("vllm:", "vllm_", "ray_vllm_", "myapp_vllm:", "team_ray_vllm_"):
         snap = derive(None, parse(text.replace("ray_vllm:", prefix), url="u"), "t")
         assert snap.requests_finished == 1 and snap.ttft is not None and snap.ttft.count == 1, prefix
@@ -99,7 +97,7 @@ def serve_file():
 
     def start(*names: str) -> str:
         """Serves the files in turn, the last one from then on (a second scrape sees the next page)."""
-        bodies = [(FIELD / n).read_bytes() for n in names]
+        bodies = [(FIELD_CASES / n).read_bytes() for n in names]
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
@@ -142,8 +140,8 @@ MEDUSA_A, MEDUSA_B = "04-v0-spec-medusa-k16-zero-accept-A.prom", "04-v0-spec-med
 
 
 def medusa_window():
-    before = parse((FIELD / MEDUSA_A).read_text(), url="u", timestamp=1000.0)
-    after = parse((FIELD / MEDUSA_B).read_text(), url="u", timestamp=1030.0)
+    before = parse((FIELD_CASES / MEDUSA_A).read_text(), url="u", timestamp=1000.0)
+    after = parse((FIELD_CASES / MEDUSA_B).read_text(), url="u", timestamp=1030.0)
     return derive(before, after, "t")
 
 
@@ -155,7 +153,7 @@ def test_v0_medusa_page_without_draft_counter_is_judged_none_accepted():
     w = medusa_window()
     assert (w.spec_decode_draft_tokens, w.spec_decode_accepted_tokens) == (8784, 0)
     assert w.spec_decode_acceptance_rate == 0 and w.spec_decode_drafts is None  # no draft counter on V0
-    d = diagnose([w], server_config=read_config(FIELD / "04-config-medusa.yaml"))
+    d = diagnose([w], server_config=read_config(FIELD_CASES / "04-config-medusa.yaml"))
     f = next(x for x in d.findings if x.playbook == "spec_decode_no_speedup")
     assert f.cause == "none_accepted"
     ev = {e.field: e.value for e in f.evidence}
@@ -180,7 +178,7 @@ def test_v0_medusa_page_without_its_config_still_fires_and_says_unknown():
 def test_diagnose_cli_on_the_medusa_pages(serve_file, capsys):
     url = serve_file(MEDUSA_A, MEDUSA_B)
     code = main(["diagnose", "--target", url, "--window", "1", "--json",
-                 "--config", str(FIELD / "04-config-medusa.yaml")])
+                 "--config", str(FIELD_CASES / "04-config-medusa.yaml")])
     assert code == 0
     import json
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from slotune.server import ManagedServer
 from slotune.vllm_config import VllmConfig
-from tests.integration.procs import live_members, wait_gone
+from tests.support.paths import REPO
+from tests.support.procs import live_members, wait_gone
 
-REPO = Path(__file__).resolve().parents[2]
 # Both processes ignore SIGTERM (an ignored disposition survives exec).
 DEAF_GROUP = ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300"]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import slotune
+from tests.support.paths import REPO
 
 # Python 3.11+ (on 3.10 import-linter's `exhaustive` check still covers this)
 tomllib = pytest.importorskip("tomllib")
 
-REPO = Path(__file__).resolve().parents[2]
 ROOT = Path(slotune.__file__).resolve().parent
 
 

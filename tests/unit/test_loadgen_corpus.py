@@ -12,9 +12,9 @@ import pytest
 
 from slotune.errors import ConfigError
 from slotune.loadgen import corpus
-from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.runner import prompt_lines, request_bodies, run_load
 from slotune.loadgen.workload import Workload, load_workload
+from tests.support.echo_server import EchoServer
 
 
 def test_repair_recovers_every_complete_record_of_a_cut_file() -> None:

@@ -1,4 +1,4 @@
-"""The load generator against a real streaming HTTP server on 127.0.0.1 (loadgen.echo_server: SSE
+"""The load generator against a real streaming HTTP server on 127.0.0.1 (tests.support.echo_server: SSE
 shaped like vLLM's; a real socket server, not a fake of vLLM's numbers)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from slotune.errors import ConfigError, TargetError
-from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.prompts import load_tokenizer
 from slotune.loadgen.runner import LoadResult, RequestRecord, normalize_base_url, request_bodies, run_load
 from slotune.loadgen.workload import Workload, load_workload
 from slotune.slo import SloSpec
+from tests.support.echo_server import EchoServer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""find_max_rate against a real HTTP server with a capacity (loadgen.echo_server, serial: one request
+"""find_max_rate against a real HTTP server with a capacity (tests.support.echo_server, serial: one request
 generates at a time, so latency climbs once arrivals outpace it)."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from slotune.errors import ConfigError
-from slotune.loadgen.echo_server import EchoServer
 from slotune.loadgen.sweep import find_max_rate, requests_for
 from slotune.loadgen.workload import Workload
 from slotune.slo import SloSpec
+from tests.support.echo_server import EchoServer
 
 
 def test_finds_a_rate_between_passing_and_failing() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 SOURCES = ("pyproject.toml", "README.md", "slotune", "collectors", "loadgen", "playbooks", "tuner")
 
 

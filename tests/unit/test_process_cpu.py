@@ -92,10 +92,9 @@ def test_utilization_refuses_readings_it_cannot_compare() -> None:
 
 def test_a_measured_window_carries_the_groups_cpu_into_the_engine_cpu_fact(group: int, fixtures_dir: Path) -> None:
     # Real captures served over real HTTP stand in for vLLM's page; the CPU is the busy group's.
-    from sidecar_helpers import page_server
-
     from slotune.measurement import measure_window
     from slotune.playbooks.facts import build_facts
+    from tests.support.http_servers import page_server
 
     _busy_for(group, 0.1)
     pages = [(fixtures_dir / n).read_text() for n in ("vllm-0.32-cpu-under-load.prom", "vllm-0.32-cpu-after-load.prom")]

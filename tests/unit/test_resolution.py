@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-from collectors_pages import AFTER, UNDER, page
 
 from slotune.cli.main import main
 from slotune.collectors.exposition import parse
@@ -27,6 +26,8 @@ from slotune.slo_buckets import (
     with_slo_buckets,
 )
 from slotune.vllm_config import VllmConfig
+from tests.support.pages import AFTER, UNDER, page
+from tests.support.paths import FIELD_CASES
 
 INF = math.inf
 TTFT = VLLM_DEFAULT_BUCKETS["time_to_first_token"]
@@ -216,7 +217,7 @@ def test_error_rate_is_one_definition_in_collectors_rules_and_sidecar():
 
 
 def test_requests_in_flight_are_bounded_by_the_window_and_the_gauges():
-    text = (Path(__file__).resolve().parents[3] / "shared" / "field-cases" / "01-ray-serve-ray_vllm-colon.prom").read_text()
+    text = (FIELD_CASES / "01-ray-serve-ray_vllm-colon.prom").read_text()
     before = parse(text.replace("request_success_total", "x_total").replace("e2e_request_latency", "y"), timestamp=0.0)
     after = parse(text, timestamp=7.0)
     snap = derive(before, after, "t")  # one 16.4 s request finished in a 7 s window

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 CONFIG = REPO / "deploy/alertmanager/alertmanager.yml"
 pytestmark = pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (make system-packages)")

@@ -13,7 +13,7 @@ from slotune import rules
 from slotune.cli.main import main
 from slotune.errors import ConfigError
 from slotune.slo import DEFAULT_SLO, SloSpec
-from tests.conftest import FIXTURES, REPO
+from tests.support.paths import FIXTURES, REPO
 
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
 

@@ -14,8 +14,8 @@ from slotune.sidecar.apply import Applier, ManagedTarget
 from slotune.sidecar.runtime import Sidecar
 from slotune.store import ConfigChange, Recommendation
 from slotune.vllm_config import VllmConfig
-from tests.unit.sidecar_helpers import AFTER, UNDER, page
-from tests.unit.test_sidecar_loop import make, ticks
+from tests.support.pages import AFTER, UNDER, page
+from tests.support.sidecar import make, ticks
 
 
 class StandInTarget(ManagedTarget):

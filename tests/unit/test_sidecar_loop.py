@@ -9,31 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from slotune.sidecar.config import load_settings
 from slotune.sidecar.loop import SLO_BURN, TARGET_DOWN
-from slotune.sidecar.runtime import Sidecar
 from slotune.sidecar.windows import attainment
-from slotune.store import Finding, OutboxMessage, Recommendation, Snapshot, open_store
-from tests.unit.sidecar_helpers import AFTER, SPEC_AFTER, SPEC_UNDER, UNDER, Clock, Script, page
-
-TARGET = "http://127.0.0.1:9"
-
-
-def make(tmp_path: Path, pages: list[str | None], **overrides: object) -> tuple[Sidecar, Clock, Script]:
-    clock = Clock()
-    script = Script(clock, pages)
-    settings = load_settings(None, **{"target": TARGET, "data_dir": tmp_path, "interval": 10, **overrides})
-    sidecar = Sidecar(settings, store=open_store(f"sqlite:///{tmp_path / 'db.sqlite'}"), clock=clock, scrape=script)
-    sidecar.start(threads=False)
-    return sidecar, clock, script
-
-
-def ticks(sidecar: Sidecar, clock: Clock, n: int) -> list:  # type: ignore[type-arg]
-    out = []
-    for _ in range(n):
-        out.append(sidecar.controller.tick())
-        clock.advance(10)
-    return out
+from slotune.store import Finding, OutboxMessage, Recommendation, Snapshot
+from tests.support.pages import AFTER, SPEC_AFTER, SPEC_UNDER, UNDER, page
+from tests.support.sidecar import TARGET, Script, make, ticks
 
 
 def _bucket_total(text: str, name: str, le: str) -> float:

@@ -13,7 +13,9 @@ from slotune.settings import Settings
 from slotune.sidecar import outbox, signing
 from slotune.sidecar.config import load_settings
 from slotune.store import OutboxMessage, open_store
-from tests.unit.sidecar_helpers import Clock, receiver
+from tests.support.http_servers import receiver
+from tests.support.paths import REPO
+from tests.support.sidecar import Clock
 
 SECRET = "hmac-secret"
 EVENT = {"id": 1, "target": "http://127.0.0.1:8000", "playbook": "high_ttft", "severity": "warning",
@@ -173,7 +175,7 @@ def test_docs_verify_snippet() -> None:
     import re
     import time
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "sidecar.md").read_text()
+    doc = (REPO / "docs" / "sidecar.md").read_text()
     (code,) = [c for c in re.findall(r"```python\n(.*?)```", doc, re.DOTALL) if "def verify(" in c]
     scope: dict[str, object] = {}
     exec(code, scope)  # the documented snippet itself
@@ -267,7 +269,7 @@ def test_a_hung_receiver_delays_no_other_and_shutdown_is_bounded(tmp_path: Path,
     import logging
 
     from slotune.sidecar.runtime import Sidecar
-    from tests.unit.sidecar_helpers import wait_until
+    from tests.support.polling import wait_until
 
     hung = _Hung()
     try:

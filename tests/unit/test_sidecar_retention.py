@@ -44,8 +44,8 @@ def test_prune_deletes_only_what_is_past_retention(tmp_path: Path) -> None:
 
 
 def test_the_loop_prunes_on_its_schedule(tmp_path: Path) -> None:
-    from tests.unit.sidecar_helpers import UNDER, page
-    from tests.unit.test_sidecar_loop import make
+    from tests.support.pages import UNDER, page
+    from tests.support.sidecar import make
 
     sc, clock, _ = make(tmp_path, [page(UNDER)], retention={"snapshot_days": 1, "every_seconds": 3600})
     long_ago = datetime.fromtimestamp(clock() - 3 * 86400, tz=timezone.utc)

@@ -11,8 +11,7 @@ import yaml
 from slotune.cli.main import main
 from slotune.errors import ConfigError
 from slotune.sidecar.config import load_settings, slo_of
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def _write(tmp_path: Path, data: object) -> Path:

@@ -1,9 +1,8 @@
 """SLO targets as Optuna constraints (<= 0 feasible)."""
 
-from tuner_fakes import client
-
 from slotune.slo import SloSpec
 from slotune.tuner.constraints import LAUNCH, feasible, infeasible_constraints, slo_constraints
+from tests.support.tuner import client
 
 
 def test_relative_excess_per_target():

@@ -7,12 +7,12 @@ from __future__ import annotations
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tuner_fakes import FakeMeasure, client
 
 from slotune.slo import SloSpec
 from slotune.tuner.measure import probe_size
 from slotune.tuner.objective import SloPruner, worst_excess
 from slotune.tuner.study import TuneSpec, run_study
+from tests.support.tuner import FakeMeasure, client
 
 MODEL = "/models/tiny"
 

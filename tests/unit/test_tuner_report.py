@@ -1,6 +1,6 @@
 """Results a person reads at a glance: terminal tables at 80 (and 60) columns, one self-contained HTML
 file with its PNGs, the cost per 1,000 output tokens, and `--cost-per-hour` refused when it is not a
-price. A study is run on real Optuna storage (SQLite) with the synthetic measurement of tuner_fakes;
+price. A study is run on real Optuna storage (SQLite) with the synthetic measurement of tests.support.tuner;
 the verdict's intervals and the K-by-load table are rendered both as today's data has them (absent)
 and in the shapes the confidence and search-space work add (`goodput_ci`, per-SLO `ci`/`outcome`,
 `k_by_load`), injected here because those producers land separately."""
@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from tuner_fakes import FakeMeasure
 
 from slotune.cli.main import main
 from slotune.tuner.html_report import fmt_value
@@ -34,6 +33,7 @@ from slotune.tuner.report import (
     write_outputs,
 )
 from slotune.tuner.study import TuneSpec, run_study
+from tests.support.tuner import FakeMeasure
 
 SLO = "ttft_p95<=500ms,tpot_p95<=50ms"
 # Long flags, so the flags column has something to wrap: the case that once wrapped one letter a line.

@@ -4,10 +4,10 @@ measured at each offered load (`speculation.k_by_load`), read from storage like 
 from __future__ import annotations
 
 import optuna
-from tuner_fakes import client
 
 from slotune.tuner.measure import Measurement
 from slotune.tuner.study import TuneSpec, run_study
+from tests.support.tuner import client
 
 
 def _measure(config, progress=None, check=None):

@@ -11,13 +11,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy import select
-from tuner_fakes import FakeMeasure
 
 from slotune.errors import ConfigError
 from slotune.store import TrialRecord, open_store
 from slotune.tuner.measure import Measurement, client_seat
 from slotune.tuner.report import summarize
 from slotune.tuner.study import TuneSpec, run_study
+from tests.support.tuner import FakeMeasure
 
 MODEL = "/models/tiny"
 
@@ -115,7 +115,7 @@ def _goodputs(base: list[float], tuned: list[float], log: list[str] | None = Non
     queues = {True: list(base), False: list(tuned)}
 
     def measure(config, progress=None):
-        from tuner_fakes import client, requests
+        from tests.support.tuner import client, requests
 
         is_base = config.tuned_params() == {}
         g = queues[is_base].pop(0)
@@ -184,7 +184,7 @@ def test_clear_winner_beats_the_baseline(tmp_path):
 
 def test_load_generator_warnings_travel_with_the_trial(tmp_path):
     def measure(config, progress=None):
-        from tuner_fakes import client
+        from tests.support.tuner import client
 
         starved = config.tuned_params() == {}
         c = {**client(0.1, 2.0), "warnings": ["requests left up to 250 ms late (p99)"] if starved else []}
@@ -232,7 +232,7 @@ def test_two_workers_on_one_study_never_measure_a_config_twice(tmp_path):
     import time
 
     def measure(config, progress=None):
-        from tuner_fakes import client
+        from tests.support.tuner import client
 
         time.sleep(0.05)  # long enough for the two workers to take turns
         g = 1.0 + (config.max_num_seqs or 256) / 256

@@ -8,11 +8,11 @@ import optuna
 import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
-from tuner_fakes import requests
 
 from slotune.slo import SloSpec
 from slotune.tuner.confidence import run_interval
 from slotune.tuner.verdict import ATTR, decide, remeasure_order
+from tests.support.tuner import requests
 
 SLO = "ttft_p95<=500ms"
 

@@ -10,7 +10,7 @@ What a test run changes, and nothing else:
   from (a file in the work directory instead of compose's secret), and the route's timers (1 s).
 
 A missing binary fails the test that needs it (`require_stack`), as a missing PostgreSQL does in
-`pg.py`: an end-to-end test must not turn into a silent skip.
+`postgres.py`: an end-to-end test must not turn into a silent skip.
 
 `TEST_SLO` and `TEST_WINDOWS`: an SLO that any real request breaks (`ttft_p95<=1ms`, counted against
 the 0.001 s bucket) with ONE burn tier whose windows are 30 s and 10 s instead of 1 h and 5 m
@@ -22,12 +22,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +33,13 @@ import pytest
 import yaml
 
 from slotune import rules
+from slotune.server import free_port
+from tests.support.paths import REPO
+from tests.support.polling import wait_http_ready
 
-REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
 AM_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 DASHBOARDS = REPO / "dashboards"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alertmanager_binary() -> str | None:
@@ -63,32 +56,6 @@ def require_stack() -> None:
 
 TEST_SLO = "ttft_p95<=1ms"
 TEST_WINDOWS = (rules.BurnWindow("page", "30s", "10s", 14.4, "1s"),)
-
-
-class Receiver(ThreadingHTTPServer):
-    """Records webhook POSTs (JSON bodies: Alertmanager's v4 payload, the sidecar's notifications) by
-    path. Serve it from a thread: `threading.Thread(target=r.serve_forever, daemon=True).start()`."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Recorder)
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.posts.append((self.path, json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
 
 
 def render_prometheus(workdir: Path, targets: dict[str, Iterable[str]], interval: str = "1s",
@@ -144,18 +111,12 @@ class Process:
     def start(self, timeout: float = 20.0) -> Process:
         self._fh = self.log.open("wb")
         self.proc = subprocess.Popen(self.argv, stdout=self._fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[0]} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.argv[0]} not ready in {timeout}s: {self.log.read_text()[-2000:]}")
+        try:
+            wait_http_ready(self.proc, f"{self.url}/-/ready", timeout, self.log.read_text, interval=0.05)
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -199,17 +160,6 @@ def query(prom_url: str, expr: str) -> dict[str, Any]:
     if body.get("status") != "success":
         raise AssertionError(f"{body.get('errorType')}: {body.get('error')} in {expr!r}")
     return body["data"]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---- dashboards ----

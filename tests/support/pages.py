@@ -1,13 +1,11 @@
-"""Pages for the collectors' unit tests: the real vLLM 0.32 captures, and variants made from them
-by plain text edits (older metric names, Ray's prefix, a second engine), so every variant carries
-real buckets and values."""
+"""The real vLLM 0.32 /metrics captures by name, and variants made from them by plain text edits
+(older metric names, Ray's prefix, a second engine), so every variant carries real buckets and values."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "vllm-0.32.0-cpu"
+from tests.support.paths import FIXTURES
 
 UNDER = "vllm-0.32-cpu-under-load.prom"
 AFTER = "vllm-0.32-cpu-after-load.prom"
@@ -25,6 +23,7 @@ OLD_NAMES = {
 
 
 def page(name: str) -> str:
+    """The text of one capture (`UNDER`, `AFTER`, ...)."""
     return (FIXTURES / name).read_text()
 
 

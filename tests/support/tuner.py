@@ -1,14 +1,21 @@
-"""A synthetic `Measure` for the tuner's unit tests: study mechanics (ordering, constraints, storage,
-resume, verdict) without a server. The real measurement is exercised in tests/integration."""
+"""The tuner under test: a synthetic `Measure` for the study's mechanics (ordering, constraints,
+storage, resume, verdict) without a server (the real measurement is exercised in tests/integration),
+and `slotune tune` as a subprocess with its own data directory (the vLLM processes it starts are
+found by that directory: see `procs`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slotune.loadgen.goodput import RequestLatencies
 from slotune.tuner.confidence import RunRequests
 from slotune.tuner.measure import Measurement
 from slotune.vllm_config import VllmConfig
+from tests.support.paths import REPO
 
 N_REQUESTS = 100
 GOOD_SHARE = 0.8
@@ -74,3 +81,17 @@ class FakeMeasure:
         return Measurement(ok=True, goodput=goodput, rate=None, client=client(ttft, goodput),
                            server={"kv_cache_usage": 0.5}, findings=findings, log_path="/tmp/fake.log",
                            requests=requests(goodput, ttft))
+
+
+def tune_cmd(model: Path, *args: str) -> list[str]:
+    """`slotune tune` on `model` with a short workload and loose SLO; `args` add or override flags."""
+    return [sys.executable, "-m", "slotune.cli.main", "tune", "--model", str(model), "--input-len", "48",
+            "--output-len", "16", "--concurrency", "4", "--num-requests", "20", "--remeasure", "0",
+            "--slo", "ttft_p95<=5s,e2e_p95<=20s", *args]
+
+
+def spawn(cmd: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start `cmd` with its own data directory, its output to `log`."""
+    env = {**os.environ, "SLOTUNE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)

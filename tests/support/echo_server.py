@@ -1,4 +1,5 @@
-"""A trivially fast OpenAI-compatible streaming endpoint, to measure the load generator itself.
+"""A trivially fast OpenAI-compatible streaming endpoint, to measure the load generator itself (a test
+double: part of the testing package, never of the wheel).
 
 It answers `/v1/completions` and `/v1/chat/completions` with SSE chunks shaped like vLLM's (one
 token per chunk, a final `usage` chunk when asked, `data: [DONE]`), optionally after a first-token
@@ -6,7 +7,7 @@ delay and a per-token delay; `/v1/models`, vLLM's `/tokenize` (one token per wor
 (requests served, most in flight at once). Plain asyncio streams: no framework, so it costs little
 next to the client it serves.
 
-    python -m loadgen.echo_server --port 0 [--ttft-ms 0] [--itl-ms 0] [--model echo]
+    python -m tests.support.echo_server --port 0 [--ttft-ms 0] [--itl-ms 0] [--model echo]
     (prints "listening on PORT" once it accepts connections)
 
 In a test: `with EchoServer(itl=0.01) as srv: run_load(srv.url, "echo", ...)` (a background thread).
@@ -213,7 +214,7 @@ class EchoServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m loadgen.echo_server", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.support.echo_server", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--model", default="echo")

@@ -1,5 +1,5 @@
-"""Running `slotune sidecar` as a real process for the integration tests, and a load that keeps a
-few completions in flight and rides out a server restart (bounded in time and count)."""
+"""`slotune sidecar` as a real process for the integration tests, and a load that keeps a few
+completions in flight and rides out a server restart (bounded in time and count)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ import httpx
 import yaml
 
 from slotune.server import free_port
+from tests.support.polling import wait_http_ready
+
+# What a predicate polling a sidecar (or the vLLM behind it) may raise while it restarts: "not yet".
+RESTARTING = (httpx.HTTPError, KeyError, ValueError)
 
 
 class SidecarProcess:
@@ -36,17 +40,8 @@ class SidecarProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "slotune.cli.main", "sidecar", "--config", str(path)],
                                      stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sidecar exited with {self.proc.returncode}: {self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"sidecar not ready in {timeout} s: {self.log()[-3000:]}")
+        wait_http_ready(self.proc, f"{self.url}/readyz", timeout, self.log, interval=0.2)
+        return self
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -107,17 +102,3 @@ class Load:
         self.stop_flag.set()
         for t in self.threads:
             t.join(70)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

@@ -1,7 +1,6 @@
 """A real PostgreSQL for tests: initdb + pg_ctl as the `postgres` user (initdb refuses root) on a
-private data directory and a loopback port, `fsync=off`; about a second to start. Reusable:
-
-    from tests.integration.pg import postgres_url  # noqa: F401  (a module-scoped fixture)
+private data directory and a loopback port, `fsync=off`; about a second to start. The module-scoped
+fixture `postgres_url` is registered in tests/conftest.py, so any test may ask for it:
 
     def test_x(postgres_url): ...   # "postgresql+psycopg://postgres@127.0.0.1:PORT/slotune"
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from slotune.server import free_port
+
 
 def pg_bin() -> Path | None:
     found = sorted(glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(*argv: str) -> list[str]:
@@ -87,7 +81,7 @@ def postgres_url() -> Iterator[str]:
     datadir.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
-    server = PostgresServer(bindir, datadir, _free_port())
+    server = PostgresServer(bindir, datadir, free_port())
     try:
         server.start()
     except subprocess.CalledProcessError as exc:

@@ -1,64 +1,18 @@
-"""Helpers for the sidecar's tests: a scripted scrape over the real vLLM 0.32 captures with a
-settable clock, a real HTTP receiver on 127.0.0.1 that records signed notifications (and can be
-told to fail), and a real HTTP server that serves a capture as /metrics."""
+"""Real HTTP servers on 127.0.0.1 for tests and benchmarks: a receiver that records every POST (the
+sidecar's signed notifications, Alertmanager's webhooks; it can be told to fail) and a server that
+serves /metrics pages (real captures) in turn. Both run in a background thread."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from slotune.collectors.exposition import Scrape, parse
-from slotune.errors import TargetError
 from slotune.sidecar import signing
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "vllm-0.32.0-cpu"
-UNDER = "vllm-0.32-cpu-under-load.prom"
-AFTER = "vllm-0.32-cpu-after-load.prom"
-SPEC_UNDER = "vllm-0.32-cpu-specdecode-under-load.prom"
-SPEC_AFTER = "vllm-0.32-cpu-specdecode-after-load.prom"
-
-
-def page(name: str) -> str:
-    return (FIXTURES / name).read_text()
-
-
-class Clock:
-    """Settable time, starting now (signatures carry it and receivers check it against real time)."""
-
-    def __init__(self, t: float | None = None) -> None:
-        # A whole second: the store keeps datetimes to the microsecond, and a start with a finer
-        # fraction could round a stored instant up, so "exactly the cool-down later" would fall short.
-        self.t = float(int(time.time())) if t is None else t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@dataclass
-class Script:
-    """Each scrape returns the next page in `pages` (None: the target is down), stamped with the clock;
-    after the last one, the last page again."""
-
-    clock: Clock
-    pages: list[str | None]
-    calls: int = 0
-
-    def __call__(self, url: str) -> Scrape:
-        text = self.pages[min(self.calls, len(self.pages) - 1)]
-        self.calls += 1
-        if text is None:
-            raise TargetError(f"cannot scrape {url}: ConnectError: connection refused")
-        return parse(text, url=url, timestamp=self.clock())
 
 
 @dataclass
@@ -79,7 +33,8 @@ class ReceiverState:
 
 
 class Receiver(ThreadingHTTPServer):
-    """Records POSTs with their headers and raw body; `fail_with` makes it answer an error."""
+    """Records POSTs (`Post`: path, headers, raw body, `.json`); `fail_with` makes it answer an error.
+    Serve it with `receiver()`, or from a thread of your own (`serve_forever`)."""
 
     def __init__(self, port: int = 0) -> None:
         self.state = ReceiverState()
@@ -117,6 +72,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @contextmanager
 def receiver(port: int = 0) -> Iterator[Receiver]:
+    """A `Receiver` served from a background thread for the block; `port` 0 picks a free one."""
     srv = Receiver(port)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -168,14 +124,3 @@ def page_server(*texts: str) -> Iterator[PageServer]:
     finally:
         srv.shutdown()
         srv.server_close()
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `predicate` until truthy (returns its value) or fail after `timeout` seconds naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

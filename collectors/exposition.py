@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slotune.collectors.histogram import Histogram
-from slotune.collectors.metric_names import Kind, canonical_name, lookup
 from slotune.errors import TargetError
+from slotune.metric_names import Kind, canonical_name, lookup
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -22,9 +22,9 @@ import httpx
 
 from slotune.collectors.exposition import Labels, Scrape, parse
 from slotune.collectors.histogram import Histogram, summarize
-from slotune.collectors.metric_names import BY_KEY, Kind
 from slotune.collectors.snapshot import Capacity, GpuSnapshot, Snapshot
 from slotune.errors import ConfigError, TargetError
+from slotune.metric_names import BY_KEY, Kind
 from slotune.slo import ERROR_FINISH_REASONS
 
 __all__ = ["Scrape", "VllmCollector", "derive", "derive_per_engine", "derive_per_model", "metrics_url", "scrape"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slotune import rules
+from slotune.metric_names import name_of
 from slotune.slo import DEFAULT_SLO, ERROR_FINISH_REASONS, SloSpec
 
 OUT = Path(__file__).resolve().parent
@@ -97,13 +98,16 @@ def layout(panels: list[Json]) -> list[Json]:
     return panels
 
 
+RUNNING = name_of("requests_running")  # on every vLLM page: the one the variables list values from
+
+
 def variables(vllm: bool = True) -> list[Json]:
     out: list[Json] = [{"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
                         "current": {"text": "default", "value": "default"}, "hide": 0}]
     if vllm:
         for name, label, expr in (
-            ("model", "Model", "label_values(vllm:num_requests_running, model_name)"),
-            ("instance", "Instance", 'label_values(vllm:num_requests_running{model_name=~"$model"}, instance)'),
+            ("model", "Model", f"label_values({RUNNING}, model_name)"),
+            ("instance", "Instance", f'label_values({RUNNING}{{model_name=~"$model"}}, instance)'),
         ):
             out.append({"type": "query", "name": name, "label": label, "datasource": DS,
                         "query": expr, "refresh": 2, "multi": True, "includeAll": True, "allValue": ".+",
@@ -193,7 +197,7 @@ def engine() -> Json:
         timeseries("Running and waiting requests", [q(sel(S["requests_running"]), "running {{instance}}", "A"),
                                                     q(sel(S["requests_waiting"]), "waiting {{instance}}", "B")],
                    "short", "Waiting > 0 with running flat at --max-num-seqs: the batch is full (high TTFT).", None),
-        timeseries("Waiting by reason", [q(f"sum by (reason) (vllm:num_requests_waiting_by_reason{{{SEL}}})",
+        timeseries("Waiting by reason", [q(f"sum by (reason) ({name_of('requests_waiting_by_reason')}{{{SEL}}})",
                                            "{{reason}}")], "short",
                    "capacity: no KV blocks free (KV pressure); deferred: scheduling constraints.", None, stack=True),
         timeseries("KV-cache usage", [q(sel(S["kv_cache_usage"]), "{{instance}}")], "percentunit",
@@ -212,7 +216,7 @@ def engine() -> Json:
                                         q(sel(S["generation_tokens_rate"]), "generation {{instance}}", "B")],
                    "short", "Prompt (prefill) and generated (decode) tokens per second.", None),
         timeseries("Requests by finish reason", [q(
-            f"sum by (finished_reason) (rate(vllm:request_success_total{{{SEL}}}[$__rate_interval]))",
+            f"sum by (finished_reason) (rate({name_of('request_success')}{{{SEL}}}[$__rate_interval]))",
             "{{finished_reason}}")], "reqps", "length/stop are normal; error and abort count against the "
             f"error-rate SLO ({', '.join(ERROR_FINISH_REASONS)}) or the client (abort).", None, stack=True),
         timeseries("Queue time", [q(sel(rules.latency_quantile("queue", qq)), f"p{round(qq * 100)}", r)

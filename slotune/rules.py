@@ -22,8 +22,8 @@ vLLM 0.32's (see `BUCKETS`; a unit test checks them against a real /metrics capt
 error-rate SLO counts the finishes `slotune.slo.ERROR_FINISH_REASONS` names (`error`; aborts are
 client cancellations, not server errors) against all finished requests, as the sidecar does.
 
-This module sits in the bottom layers: it may import `slotune.slo` only, so the few vLLM metric
-names it needs are spelled here (the collectors' `metric_names` table holds the same names).
+vLLM's metric names and default bucket bounds come from `slotune.metric_names` (the core floor), the
+same table the collectors parse by.
 """
 
 from __future__ import annotations
@@ -34,26 +34,17 @@ from dataclasses import dataclass
 import yaml
 
 from slotune.errors import ConfigError
+from slotune.metric_names import default_buckets, name_of
 from slotune.slo import DEFAULT_SLO, RATIO_METRICS, SloSpec, SloTarget, error_reason_selector
-from slotune.slo_buckets import FAMILY, VLLM_DEFAULT_BUCKETS, flag_for
+from slotune.slo_buckets import flag_for
 
 AGG = "job, instance, model_name"
 LEVEL = "instance"
 RUNBOOK_BASE = "https://github.com/slotune/slotune/blob/main/docs/stack.md"
 
-# Latency histograms: SLI short name -> vLLM histogram; their default bounds (vLLM 0.32) are kept once,
-# in slotune.slo_buckets.
-HISTOGRAMS: dict[str, str] = {
-    "ttft": "vllm:time_to_first_token_seconds",
-    "tpot": "vllm:request_time_per_output_token_seconds",
-    "itl": "vllm:inter_token_latency_seconds",
-    "e2e": "vllm:e2e_request_latency_seconds",
-    "queue": "vllm:request_queue_time_seconds",
-}
-BUCKETS: dict[str, tuple[float, ...]] = {
-    **{m: VLLM_DEFAULT_BUCKETS[family] for m, family in FAMILY.items()},
-    "queue": VLLM_DEFAULT_BUCKETS["request_latency"],
-}
+# Latency histograms: SLI short name -> vLLM histogram, and its default bounds (vLLM 0.32).
+HISTOGRAMS: dict[str, str] = {k: name_of(k) for k in ("ttft", "tpot", "itl", "e2e", "queue")}
+BUCKETS: dict[str, tuple[float, ...]] = {k: default_buckets(k) for k in HISTOGRAMS}
 QUANTILES = (0.5, 0.95, 0.99)
 
 # Static alert thresholds: the one config block (like a monitoring mixin's config.libsonnet).
@@ -146,35 +137,36 @@ def recording_rules() -> list[dict[str, object]]:
         return _sum(f"rate({metric}{sel}[5m])")
 
     s = SERIES
+    iteration = name_of("iteration_tokens")
     rules += [
-        {"record": s["requests_rate"], "expr": rate("vllm:request_success_total")},
+        {"record": s["requests_rate"], "expr": rate(name_of("request_success"))},
         {"record": s["error_ratio"],
-         "expr": _ratio(rate("vllm:request_success_total", "{" + error_reason_selector() + "}"),
-                        rate("vllm:request_success_total"))},
-        {"record": s["prompt_tokens_rate"], "expr": rate("vllm:prompt_tokens_total")},
-        {"record": s["generation_tokens_rate"], "expr": rate("vllm:generation_tokens_total")},
+         "expr": _ratio(rate(name_of("request_success"), "{" + error_reason_selector() + "}"),
+                        rate(name_of("request_success")))},
+        {"record": s["prompt_tokens_rate"], "expr": rate(name_of("prompt_tokens"))},
+        {"record": s["generation_tokens_rate"], "expr": rate(name_of("generation_tokens"))},
         # Engines have separate KV caches: the fullest one is the one that preempts.
-        {"record": s["kv_cache_usage"], "expr": f"max by ({AGG}) (vllm:kv_cache_usage_perc)"},
-        {"record": s["requests_running"], "expr": _sum("vllm:num_requests_running")},
-        {"record": s["requests_waiting"], "expr": _sum("vllm:num_requests_waiting")},
-        {"record": s["preemptions_rate"], "expr": rate("vllm:num_preemptions_total")},
+        {"record": s["kv_cache_usage"], "expr": f"max by ({AGG}) ({name_of('kv_cache_usage')})"},
+        {"record": s["requests_running"], "expr": _sum(name_of("requests_running"))},
+        {"record": s["requests_waiting"], "expr": _sum(name_of("requests_waiting"))},
+        {"record": s["preemptions_rate"], "expr": rate(name_of("preemptions"))},
         {"record": s["prefix_cache_hit_ratio"],
-         "expr": _ratio(rate("vllm:prefix_cache_hits_total"), rate("vllm:prefix_cache_queries_total"))},
+         "expr": _ratio(rate(name_of("prefix_cache_hits")), rate(name_of("prefix_cache_queries")))},
         {"record": s["iteration_tokens_mean"],
-         "expr": _ratio(rate("vllm:iteration_tokens_total_sum"), rate("vllm:iteration_tokens_total_count"))},
+         "expr": _ratio(rate(f"{iteration}_sum"), rate(f"{iteration}_count"))},
         {"record": s["iteration_tokens_p99"],
-         "expr": f"histogram_quantile(0.99, {_sum('rate(vllm:iteration_tokens_total_bucket[5m])', AGG + ', le')})"},
-        {"record": s["spec_drafts_rate"], "expr": rate("vllm:spec_decode_num_drafts_total")},
+         "expr": f"histogram_quantile(0.99, {_sum(f'rate({iteration}_bucket[5m])', AGG + ', le')})"},
+        {"record": s["spec_drafts_rate"], "expr": rate(name_of("spec_decode_drafts"))},
         {"record": s["spec_acceptance_ratio"],
-         "expr": _ratio(rate("vllm:spec_decode_num_accepted_tokens_total"),
-                        rate("vllm:spec_decode_num_draft_tokens_total"))},
+         "expr": _ratio(rate(name_of("spec_decode_accepted_tokens")),
+                        rate(name_of("spec_decode_draft_tokens")))},
         # Mean tokens per verification step: the bonus token plus the accepted drafts.
         {"record": s["spec_acceptance_length"],
-         "expr": "1 + (\n" + _ratio(rate("vllm:spec_decode_num_accepted_tokens_total"),
-                                    rate("vllm:spec_decode_num_drafts_total")) + "\n)"},
+         "expr": "1 + (\n" + _ratio(rate(name_of("spec_decode_accepted_tokens")),
+                                    rate(name_of("spec_decode_drafts"))) + "\n)"},
         {"record": s["spec_acceptance_per_position"],
-         "expr": _ratio(_sum("rate(vllm:spec_decode_num_accepted_tokens_per_pos_total[5m])", AGG + ", position"),
-                        f"ignoring (position) group_left\n{rate('vllm:spec_decode_num_drafts_total')}")},
+         "expr": _ratio(_sum(f"rate({name_of('spec_decode_accepted_per_pos')}[5m])", AGG + ", position"),
+                        "ignoring (position) group_left\n" + rate(name_of("spec_decode_drafts")))},
     ]
     return [{"name": "vllm-sli.rules", "rules": rules}]
 
@@ -212,8 +204,8 @@ def error_budget(target: SloTarget) -> float | None:
 
 def bad_ratio_expr(target: SloTarget, window: str) -> str:
     if target.metric == "error_rate":
-        return _ratio(_sum(f"rate(vllm:request_success_total{{{error_reason_selector()}}}[{window}])"),
-                      _sum(f"rate(vllm:request_success_total[{window}])"))
+        return _ratio(_sum(f"rate({name_of('request_success')}{{{error_reason_selector()}}}[{window}])"),
+                      _sum(f"rate({name_of('request_success')}[{window}])"))
     hist = HISTOGRAMS[target.metric]
     bound = pick_bucket(target.metric, target.threshold)
     fast = _sum(f'rate({hist}_bucket{{le=~"{le_matcher(target.threshold)}"}}[{window}])')

@@ -1,4 +1,4 @@
-"""SLO thresholds as histogram bucket bounds: the one place slotune knows vLLM's latency buckets.
+"""SLO thresholds as histogram bucket bounds (vLLM's default bounds are in `slotune.metric_names`).
 
 A server-side quantile is interpolated inside one bucket; whether a target is met can only be read
 off the buckets when the threshold is a bucket bound. vLLM 0.32's `--custom-histogram-buckets`
@@ -15,6 +15,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from slotune.metric_names import BY_KEY, DEFAULT_BUCKETS
 from slotune.slo import LATENCY_METRICS, SloSpec, SloTarget
 
 if TYPE_CHECKING:
@@ -22,26 +23,9 @@ if TYPE_CHECKING:
 
 FLAG = "--custom-histogram-buckets"
 
-# vLLM 0.32's defaults (vllm/v1/metrics/buckets.py, `_STATIC_FAMILY_DEFAULTS`), for the families
-# an SLO metric is observed in.
-VLLM_DEFAULT_BUCKETS: dict[str, tuple[float, ...]] = {
-    "time_to_first_token": (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                            10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
-    "inter_token_latency": (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                            20.0, 40.0, 80.0),
-    "request_latency": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-                        240.0, 480.0, 960.0, 1920.0, 7680.0),
-}
-
-# SLO metric → the bucket family of the histogram it is read from (vllm/v1/metrics/loggers.py):
-# TTFT its own; ITL and per-request TPOT share inter_token_latency; e2e (and queue, prefill,
-# decode) request_latency.
-FAMILY: dict[str, str] = {
-    "ttft": "time_to_first_token",
-    "tpot": "inter_token_latency",
-    "itl": "inter_token_latency",
-    "e2e": "request_latency",
-}
+# SLO metric → the bucket family of the histogram it is read from: TTFT its own; ITL and per-request
+# TPOT share inter_token_latency; e2e request_latency.
+FAMILY: dict[str, str] = {m: BY_KEY[m].bucket_family or "" for m in LATENCY_METRICS}
 assert set(FAMILY) == set(LATENCY_METRICS)
 
 
@@ -61,7 +45,7 @@ def slo_buckets(slo: SloSpec | None, current: Mapping[str, Sequence[float]] | No
     out = {k: list(v) for k, v in (current or {}).items()}
     for t in _latency_targets(slo):
         family = FAMILY[t.metric]
-        bounds = out.get(family, list(VLLM_DEFAULT_BUCKETS[family]))
+        bounds = out.get(family, list(DEFAULT_BUCKETS[family]))
         if not _is_bound(t.threshold, bounds):
             out[family] = sorted({*bounds, round(t.threshold, 9)})
     return out
@@ -80,7 +64,7 @@ def unbounded_targets(slo: SloSpec | None, observed: Mapping[str, Sequence[float
     (`observed`: SLO metric → its finite bounds), else of vLLM's defaults."""
     out = []
     for t in _latency_targets(slo):
-        bounds = (observed or {}).get(t.metric) or VLLM_DEFAULT_BUCKETS[FAMILY[t.metric]]
+        bounds = (observed or {}).get(t.metric) or DEFAULT_BUCKETS[FAMILY[t.metric]]
         if not _is_bound(t.threshold, bounds):
             out.append(t)
     return out

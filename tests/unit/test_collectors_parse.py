@@ -8,10 +8,10 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from slotune.collectors import metric_names
+from slotune import metric_names
 from slotune.collectors.exposition import parse
-from slotune.collectors.metric_names import Kind
 from slotune.errors import TargetError
+from slotune.metric_names import Kind
 from tests.support.pages import AFTER, ALL, SPEC_AFTER, old_generation, page, ray_prefix
 
 

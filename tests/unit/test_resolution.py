@@ -14,11 +14,11 @@ from slotune.collectors.exposition import parse
 from slotune.collectors.histogram import Histogram, locate, summarize
 from slotune.collectors.snapshot import Quantiles, Snapshot, quantile_text
 from slotune.collectors.vllm_metrics import derive
+from slotune.metric_names import DEFAULT_BUCKETS
 from slotune.playbooks.engine import diagnose
 from slotune.playbooks.facts import build_facts
 from slotune.slo import ERROR_FINISH_REASONS, INCONCLUSIVE, SloSpec
 from slotune.slo_buckets import (
-    VLLM_DEFAULT_BUCKETS,
     flag_for,
     slo_buckets,
     unbounded_targets,
@@ -30,7 +30,7 @@ from tests.support.pages import AFTER, UNDER, page
 from tests.support.paths import FIELD_CASES
 
 INF = math.inf
-TTFT = VLLM_DEFAULT_BUCKETS["time_to_first_token"]
+TTFT = DEFAULT_BUCKETS["time_to_first_token"]
 
 
 def hist(bounds: tuple[float, ...], per_bucket: tuple[float, ...]) -> Histogram:
@@ -151,7 +151,7 @@ def test_the_flag_is_what_vllm_0_32_accepts():
     assert 0.3 in histogram_buckets("time_to_first_token", overrides=checked)
     assert 0.03 in histogram_buckets("inter_token_latency", overrides=checked)
     # The defaults copied into slotune are vLLM's own.
-    for family, bounds in VLLM_DEFAULT_BUCKETS.items():
+    for family, bounds in DEFAULT_BUCKETS.items():
         assert tuple(histogram_buckets(family)) == bounds
 
 

@@ -1,4 +1,7 @@
-"""The one table of vLLM metric names slotune reads, with the names older releases used.
+"""The vLLM vocabulary of /metrics, in one place: the metric names slotune reads (with the names older
+releases used) and the default bucket bounds of vLLM's latency histograms. Core floor: it imports
+nothing of slotune, so the collectors, the Prometheus rules, the SLO buckets and the dashboards all
+read it.
 
 Names are vLLM 0.32's, as exposed (counters with their `_total` sample suffix, histograms by their
 base name: the parser adds `_bucket`, `_sum`, `_count`). `aliases` are older names for the same
@@ -13,7 +16,7 @@ ending in `_` or `:`) is a deployment's namespace, not part of the name. Every s
 label (one per data-parallel engine) and a `model_name` label; the collector sums across them or
 derives per engine.
 
-Dashboards, playbooks and the sidecar read names from here rather than spelling them again.
+Dashboards, rules, playbooks and the sidecar read names from here rather than spelling them again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Metric:
     aliases: tuple[str, ...] = ()
     label: str | None = None  # the label that splits it into parts worth keeping apart
     fraction: bool = False  # a share, 0..1: a larger sample is a broken exporter, not 500 % usage
+    bucket_family: str | None = None  # latency histograms: the family of `DEFAULT_BUCKETS` it is observed in
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -50,16 +54,19 @@ C, G, H, INFO = Kind.COUNTER, Kind.GAUGE, Kind.HISTOGRAM, Kind.INFO
 
 METRICS: tuple[Metric, ...] = (
     # Latency histograms (seconds).
-    Metric("ttft", "vllm:time_to_first_token_seconds", H, "time to first token"),
+    Metric("ttft", "vllm:time_to_first_token_seconds", H, "time to first token",
+           bucket_family="time_to_first_token"),
     Metric("tpot", "vllm:request_time_per_output_token_seconds", H,
-           "per request: (e2e - ttft) / (output tokens - 1)"),
+           "per request: (e2e - ttft) / (output tokens - 1)", bucket_family="inter_token_latency"),
     # Before vLLM 0.11 `time_per_output_token_seconds` was observed per decode step: it measured ITL.
     Metric("itl", "vllm:inter_token_latency_seconds", H, "inter-token latency",
-           aliases=("vllm:time_per_output_token_seconds",)),
-    Metric("e2e", "vllm:e2e_request_latency_seconds", H, "end-to-end request latency"),
-    Metric("queue", "vllm:request_queue_time_seconds", H, "time waiting in the scheduler queue"),
-    Metric("prefill", "vllm:request_prefill_time_seconds", H, "time in prefill"),
-    Metric("decode", "vllm:request_decode_time_seconds", H, "time in decode"),
+           aliases=("vllm:time_per_output_token_seconds",), bucket_family="inter_token_latency"),
+    Metric("e2e", "vllm:e2e_request_latency_seconds", H, "end-to-end request latency",
+           bucket_family="request_latency"),
+    Metric("queue", "vllm:request_queue_time_seconds", H, "time waiting in the scheduler queue",
+           bucket_family="request_latency"),
+    Metric("prefill", "vllm:request_prefill_time_seconds", H, "time in prefill", bucket_family="request_latency"),
+    Metric("decode", "vllm:request_decode_time_seconds", H, "time in decode", bucket_family="request_latency"),
     # Token-count histograms.
     Metric("prompt_tokens_hist", "vllm:request_prompt_tokens", H, "prompt length per request"),
     Metric("output_tokens_hist", "vllm:request_generation_tokens", H, "generated tokens per request"),
@@ -93,6 +100,30 @@ METRICS: tuple[Metric, ...] = (
 )
 
 BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+
+# vLLM 0.32's default bounds (vllm/v1/metrics/buckets.py, `_STATIC_FAMILY_DEFAULTS`) of the families the
+# latency histograms above are observed in (seconds); `--custom-histogram-buckets` replaces a family's.
+DEFAULT_BUCKETS: dict[str, tuple[float, ...]] = {
+    "time_to_first_token": (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                            10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
+    "inter_token_latency": (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                            20.0, 40.0, 80.0),
+    "request_latency": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                        240.0, 480.0, 960.0, 1920.0, 7680.0),
+}
+
+
+def name_of(key: str) -> str:
+    """vLLM 0.32's exposed name of the metric slotune calls `key` (KeyError for an unknown key)."""
+    return BY_KEY[key].name
+
+
+def default_buckets(key: str) -> tuple[float, ...]:
+    """vLLM's default bounds of latency histogram `key` (`ttft`, `tpot`, `itl`, `e2e`, `queue`, ...)."""
+    family = BY_KEY[key].bucket_family
+    if family is None:
+        raise KeyError(f"{key} is not a latency histogram")
+    return DEFAULT_BUCKETS[family]
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -18,15 +18,26 @@ from urllib.parse import urlsplit
 from slotune import platforms
 from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune.server import StartResult, StartStatus
-from slotune.slo import DEFAULT_SLO, INCONCLUSIVE, LATENCY_METRICS, SloSpec, SloTarget, straddles
+from slotune.slo import (
+    DEFAULT_SLO,
+    FALLBACK_TARGETS,
+    INCONCLUSIVE,
+    LATENCY_METRICS,
+    SloSpec,
+    SloTarget,
+    straddles,
+)
 from slotune.slo_buckets import flag_for
 from slotune.vllm_config import VllmConfig
 
 Facts = dict[str, float | None]
 
-# Thresholds used when the user's SLO leaves a metric out (the targets of the issue: TTFT p95 500 ms).
+# Thresholds used when the user's SLO leaves a latency out: slotune.slo's DEFAULT_SLO, then its
+# FALLBACK_TARGETS for the latencies DEFAULT_SLO does not name.
+_FALLBACK = SloSpec.parse(f"{DEFAULT_SLO},{FALLBACK_TARGETS}")
 DEFAULT_SLO_STAT = "p95"
-DEFAULT_SLO_THRESHOLDS = {"ttft": 0.5, "tpot": 0.1, "itl": 0.1, "e2e": 2.0}
+DEFAULT_SLO_THRESHOLDS = {t.metric: t.threshold for t in _FALLBACK.targets}
+assert {t.stat for t in _FALLBACK.targets} == {DEFAULT_SLO_STAT} and set(DEFAULT_SLO_THRESHOLDS) == set(LATENCY_METRICS)
 
 _STATS = ("p50", "p95", "p99", "mean")
 _LATENCY = {"ttft": "time to first token", "tpot": "time per output token", "itl": "inter-token latency",
@@ -123,25 +134,11 @@ def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
-def batch_defaults(backend: str, config: VllmConfig | None, gpu_memory_bytes: int | None = None) -> tuple[int, int]:
-    """vLLM 0.32's `max_num_seqs`/`max_num_batched_tokens` for the OpenAI server when unset
-    (`EngineArgs.get_batch_defaults`): CPU 128/2048, GPUs with >= 70 GiB (not A100) 1024/8192,
-    >= 160 GiB 1024/16384, other GPUs 256/2048; CPU values scale with tensor parallelism."""
-    world = (config.tensor_parallel_size if config and config.tensor_parallel_size else 1)
-    if backend == "cpu":
-        return 128 * world, 2048 * world
-    gib = (gpu_memory_bytes or 0) / 2**30
-    if gib >= 160:
-        return 1024, 16384
-    if gib >= 70:
-        return 1024, 8192
-    return 256, 2048
-
-
 def effective_limits(config: VllmConfig | None, backend: str, gpu_memory_bytes: int | None = None) -> tuple[int, int]:
     """The scheduler limits a server runs with: configured values, else vLLM's defaults. Without
     chunked prefill vLLM raises the token budget to max_model_len so one prompt fits a step."""
-    seqs, tokens = batch_defaults(backend, config, gpu_memory_bytes)
+    seqs, tokens = platforms.batch_defaults(backend, config.tensor_parallel_size if config else None,
+                                            gpu_memory_bytes)
     if config is not None:
         seqs = config.max_num_seqs or seqs
         if config.max_num_batched_tokens:

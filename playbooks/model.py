@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -50,7 +50,7 @@ from slotune.vllm_config import VllmConfig
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
+SEVERITIES: tuple[str, ...] = get_args(Severity)  # most severe first: the order findings are listed in
 
 _SLO_NAMES = frozenset(
     [*LATENCY_METRICS, *RATIO_METRICS, *(f"{m}_{s}" for m in LATENCY_METRICS for s in STATS)]

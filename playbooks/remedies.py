@@ -127,12 +127,12 @@ def more_kv_memory(f: Facts, config: VllmConfig | None) -> Delta | None:
     if config is not None and config.num_gpu_blocks_override is not None:
         return {"num_gpu_blocks_override": None}
     plat = _platform(f)
-    if plat.backend == "cpu":
+    if plat.kv_cache_env is not None:  # the CPU backend: whole GiB in an environment variable
         env = dict(config.env) if config else {}
-        cur = float(env.get("VLLM_CPU_KVCACHE_SPACE", plat.default_env.get("VLLM_CPU_KVCACHE_SPACE", "1")))
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{int(cur * 2)}"
-        return {"env": env}
-    cur_util = config.gpu_memory_utilization if config and config.gpu_memory_utilization else 0.9
+        cur = platforms.kv_cache_gib(plat, env, None) or platforms.default_kv_cache_gib(plat) or 1.0
+        return platforms.kv_cache_changes(plat, int(cur * 2), env)
+    cur_util = (config.gpu_memory_utilization if config and config.gpu_memory_utilization
+                else platforms.GPU_MEMORY_UTILIZATION)
     return {"gpu_memory_utilization": 0.95} if cur_util < 0.95 else None
 
 

@@ -78,6 +78,25 @@ def detect() -> Platform:
 
 GIB = 2**30
 
+# vLLM's `--gpu-memory-utilization` when unset (the share of GPU memory the KV cache may fill up to).
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+def batch_defaults(backend: str, tensor_parallel_size: int | None = None,
+                   gpu_memory_bytes: int | None = None) -> tuple[int, int]:
+    """vLLM 0.32's `max_num_seqs`/`max_num_batched_tokens` for the OpenAI server when unset
+    (`EngineArgs.get_batch_defaults`): CPU 128/2048, GPUs with >= 70 GiB (not A100) 1024/8192,
+    >= 160 GiB 1024/16384, other GPUs 256/2048; CPU values scale with tensor parallelism."""
+    world = tensor_parallel_size or 1
+    if backend == "cpu":
+        return 128 * world, 2048 * world
+    gib = (gpu_memory_bytes or 0) / GIB
+    if gib >= 160:
+        return 1024, 16384
+    if gib >= 70:
+        return 1024, 8192
+    return 256, 2048
+
 
 def kv_cache_changes(platform: Platform, gib: int, env: dict[str, str]) -> dict[str, Any]:
     """The config changes (VllmConfig field -> value) that give the KV cache `gib` GiB."""

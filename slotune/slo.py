@@ -42,6 +42,9 @@ def error_reason_selector() -> str:
     return f'finished_reason=~"{"|".join(ERROR_FINISH_REASONS)}"'
 
 DEFAULT_SLO = "ttft_p95<=500ms,e2e_p95<=2s"
+# What the playbooks judge the per-token latencies DEFAULT_SLO leaves out against, when the user's SLO
+# leaves them out too.
+FALLBACK_TARGETS = "tpot_p95<=100ms,itl_p95<=100ms"
 # Every distinct target written out (4 latencies x 5 statistics + error_rate) is under 600
 # characters; a longer spec is a mistake or an attack, refused before any parsing.
 MAX_SPEC_CHARS = 2048

@@ -27,6 +27,7 @@ from slotune.loadgen.sweep import find_max_rate
 from slotune.loadgen.workload import Workload
 from slotune.measurement import Launch, LoadPlan, measure_window, start_or_explain, warm_up
 from slotune.playbooks.engine import Diagnosis
+from slotune.playbooks.model import SEVERITIES
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.tuner.confidence import RunRequests
@@ -62,9 +63,12 @@ class Measurement:
 
     def remedies(self) -> list[dict[str, Any]]:
         """The findings' remedies, most severe finding first, each with its `config_delta`."""
-        order = {"critical": 0, "warning": 1, "info": 2}
+        def rank(f: dict[str, Any]) -> int:
+            sev = f.get("severity")
+            return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES)
+
         out = []
-        for f in sorted(self.findings, key=lambda f: order.get(str(f.get("severity")), 3)):
+        for f in sorted(self.findings, key=rank):
             for r in f.get("remedies") or []:
                 if isinstance(r, dict) and r.get("config_delta"):
                     out.append({**r, "playbook": f.get("playbook")})

@@ -439,9 +439,7 @@ def default_max_num_seqs(plat: platforms.Platform, config: VllmConfig) -> int | 
     """vLLM's batch limit when the config sets none (GPU: the smallest-GPU default, 256)."""
     if plat.backend == "none":
         return None
-    from slotune.playbooks.facts import batch_defaults
-
-    return batch_defaults(plat.backend, config)[0]
+    return platforms.batch_defaults(plat.backend, config.tensor_parallel_size)[0]
 
 
 def _snap(dim: Dimension, value: Any) -> Choice:

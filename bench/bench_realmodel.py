@@ -30,13 +30,18 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from slotune.collectors.vllm_metrics import derive, scrape
+from slotune.collectors.snapshot import Snapshot
 from slotune.loadgen.runner import prompt_lines, run_load
-from slotune.loadgen.vllm_bench import VllmBenchError, custom_dataset_args, run_vllm_bench
+from slotune.loadgen.vllm_bench import VllmBenchError, VllmBenchResult, custom_dataset_args, run_vllm_bench
 from slotune.loadgen.workload import Workload, load_workload
+from slotune.measurement import LoadPlan, measure_window, start_or_explain
+from slotune.server import ManagedServer
+from slotune.vllm_config import VllmConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,12 +66,16 @@ def stamp() -> str:
     return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.1f}"
 
 
-def serve(model: Path, cpus: tuple[int, ...] | None, log_dir: Path, **flags: object):
-    from slotune.server import ManagedServer
-    from slotune.vllm_config import VllmConfig
-
+@contextmanager
+def serve(model: Path, cpus: tuple[int, ...] | None, log_dir: Path, **flags: object) -> Iterator[ManagedServer]:
+    """The real model on vLLM for the block (stopped after it); a failed start exits with its cause."""
     cfg = VllmConfig(model=str(model), served_model_name=NAME, **flags)
-    return ManagedServer(cfg, log_dir=log_dir, cpus=cpus, startup_timeout=900)
+    with start_or_explain(ManagedServer(cfg, log_dir=log_dir, cpus=cpus, startup_timeout=900)) as launch:
+        if not launch.ok:
+            found = launch.diagnosis.findings if launch.diagnosis else []
+            cause = "; ".join(f.summary for f in found) or launch.started.message
+            sys.exit(f"vLLM did not start ({launch.started.status.value}): {cause} (log: {launch.started.log_path})")
+        yield launch.server
 
 
 def part_tpot(url: str, model: Path, a: argparse.Namespace) -> None:
@@ -109,12 +118,16 @@ def part_capacity(url: str, model: Path, a: argparse.Namespace) -> None:
                   flush=True)
 
 
-def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int]:
-    r = run_load(url, NAME, wl, concurrency=1, num_requests=n, seed=seed, request_timeout=600)
-    return p50(r.to_dict(), "tpot_seconds"), r.completed
+def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int, Snapshot]:
+    """slotune's client at concurrency 1: TPOT p50, requests completed, the server's window."""
+    m = measure_window(url, LoadPlan(wl, concurrency=1, num_requests=n, seed=seed, request_timeout=600),
+                       model=NAME, judge=False)
+    assert m.client is not None  # a LoadPlan's window has the client's figures
+    return p50(m.client.to_dict(), "tpot_seconds"), m.client.completed, m.server
 
 
-def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int]:
+def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int, Snapshot]:
+    """vLLM's client on the same prompts: TPOT p50, requests completed, the server's window."""
     prompts = work / f"{wl.name}-{seed}.jsonl"
     prompts.write_text("".join(prompt_lines(wl, seed, n)))  # exactly what `ours` sends with this seed
     argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", url, "--model", NAME,
@@ -124,12 +137,18 @@ def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -
         argv += ["--temperature", str(wl.temperature)]
     if wl.ignore_eos:
         argv.append("--ignore-eos")
-    try:
-        v = run_vllm_bench(argv)
-    except VllmBenchError as exc:
-        sys.exit(str(exc))
+    runs: list[VllmBenchResult] = []
+
+    def drive() -> None:
+        try:
+            runs.append(run_vllm_bench(argv))
+        except VllmBenchError as exc:
+            sys.exit(str(exc))
+
+    window = measure_window(url, drive, judge=False).server
+    (v,) = runs
     tpots = [x for x in v.tpots() if x is not None]
-    return (statistics.median(tpots) if tpots else None), v.completed
+    return (statistics.median(tpots) if tpots else None), v.completed, window
 
 
 def part_ngram(model: Path, cpus: tuple[int, ...] | None, work: Path, a: argparse.Namespace) -> None:
@@ -149,10 +168,8 @@ def part_ngram(model: Path, cpus: tuple[int, ...] | None, work: Path, a: argpars
                     seed = 40 + rep
                     order = ("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")
                     for client in order:
-                        before = scrape(f"{url}/metrics")
-                        tpot, ok = (ours(url, wl, a.requests, seed) if client == "ours"
-                                    else theirs(url, model, wl, a.requests, seed, work))
-                        win = derive(before, scrape(f"{url}/metrics"), target=url)
+                        tpot, ok, win = (ours(url, wl, a.requests, seed) if client == "ours"
+                                         else theirs(url, model, wl, a.requests, seed, work))
                         results.setdefault((wl.name, label, client), []).append(tpot)  # type: ignore[arg-type]
                         rate = win.spec_decode_acceptance_rate
                         if label == "ngram":

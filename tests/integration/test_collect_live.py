@@ -6,7 +6,6 @@ textbook algorithm). Also `slotune collect --once --json` against the live serve
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import VllmCollector, derive
+from tests.support.quantiles import reference_quantile
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +50,7 @@ def histogram_quantile(q: float, before: str, after: str, base: str) -> float | 
             out[float(s.labels["le"])] += s.value
         return out
     a, b = buckets(after), buckets(before)
-    deltas = sorted((le, a[le] - b.get(le, 0.0)) for le in a)
-    observations = deltas[-1][1]
-    if observations == 0:
-        return None
-    rank = q * observations
-    lower, below = 0.0, 0.0
-    for i, (upper, cumulative) in enumerate(deltas):
-        if cumulative >= rank:
-            if math.isinf(upper):
-                return deltas[i - 1][0]
-            return lower + (upper - lower) * (rank - below) / (cumulative - below)
-        lower, below = upper, cumulative
-    raise AssertionError("unreachable")
+    return reference_quantile(q, [(le, a[le] - b.get(le, 0.0)) for le in a])
 
 
 def send_load(base_url: str) -> None:

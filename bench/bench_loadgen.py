@@ -38,6 +38,8 @@ from slotune.loadgen.vllm_bench import VllmBenchError, VllmBenchResult, custom_d
 from slotune.loadgen.workload import Workload
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
+from tests.support.paths import CACHE  # noqa: E402  (the built models, $SLOTUNE_TEST_CACHE as in the tests)
 
 
 def cores() -> list[int]:
@@ -82,7 +84,7 @@ def vs_vllm(a: argparse.Namespace) -> None:
 
     inp, out, n = a.vs_input_len, a.vs_output_len, a.vs_requests
     work = Path(tempfile.mkdtemp(prefix="bench-loadgen-"))
-    model = build_tiny_model(REPO / ".slotune-test" / "models" / "tiny-llama")
+    model = build_tiny_model(CACHE / "models" / "tiny-llama")
     wl = dataclasses.replace(Workload.fixed(inp, out), tokenizer=str(model))  # exact prompt lengths
     dump: list[dict] = []  # one entry per client and round: each request's send offset, TTFT, TPOT
     split = not a.vs_shared_cores and len(cores()) >= 2

@@ -44,6 +44,8 @@ from slotune.server import ManagedServer
 from slotune.vllm_config import VllmConfig
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
+from tests.support.paths import CACHE  # noqa: E402  (the built models, $SLOTUNE_TEST_CACHE as in the tests)
 
 NAME = "smollm2"
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
@@ -200,7 +202,7 @@ def main() -> None:
 
     from slotune.smollm2 import build_smollm2
 
-    model = build_smollm2(REPO / ".slotune-test" / "models" / "smollm2")
+    model = build_smollm2(CACHE / "models" / "smollm2")
     avail = sorted(os.sched_getaffinity(0))
     cpus = None if a.shared_cores or len(avail) < 2 else (avail[-1],)
     if cpus:

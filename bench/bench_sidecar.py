@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
 from tests.support.http_servers import page_server  # noqa: E402
 from tests.support.pages import SPEC_AFTER, SPEC_UNDER, page  # noqa: E402
+from tests.support.paths import CACHE  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -168,7 +169,7 @@ def main() -> None:
             from slotune.server import ManagedServer
             from slotune.vllm_config import VllmConfig
 
-            model = build_tiny_model(REPO / ".slotune-test" / "models" / "tiny-llama")
+            model = build_tiny_model(CACHE / "models" / "tiny-llama")
             server = ManagedServer(VllmConfig(model=str(model), served_model_name="tiny"), log_dir=Path(tmp))
             result = server.start()
             if not result.ok:

@@ -91,10 +91,16 @@ class _Metrics(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         srv = self.server
+        if self.path != "/metrics":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         with srv.lock:
-            body = srv.texts[srv.served % len(srv.texts)].encode()
+            i = srv.served % len(srv.texts) if srv.cycle else min(srv.served, len(srv.texts) - 1)
+            body = srv.texts[i].encode()
             srv.served += 1
-        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -102,12 +108,14 @@ class _Metrics(BaseHTTPRequestHandler):
 
 
 class PageServer(ThreadingHTTPServer):
-    """Serves real captures as /metrics on 127.0.0.1: one page, or several in turn."""
+    """Serves pages as /metrics on 127.0.0.1: one page, or several in turn (round and round, or with
+    `cycle=False` the last one from then on). `served` counts the /metrics answers; any other path
+    is a 404."""
 
     daemon_threads = True
 
-    def __init__(self, *texts: str) -> None:
-        self.texts, self.served, self.lock = texts, 0, threading.Lock()
+    def __init__(self, *texts: str, cycle: bool = True) -> None:
+        self.texts, self.cycle, self.served, self.lock = texts, cycle, 0, threading.Lock()
         super().__init__(("127.0.0.1", 0), _Metrics)
 
     @property
@@ -116,8 +124,9 @@ class PageServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def page_server(*texts: str) -> Iterator[PageServer]:
-    srv = PageServer(*texts)
+def page_server(*texts: str, cycle: bool = True) -> Iterator[PageServer]:
+    """A `PageServer` served from a background thread for the block."""
+    srv = PageServer(*texts, cycle=cycle)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield srv

@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 
 from slotune.cli.main import main
+from slotune.server import free_port
 from slotune.store import Snapshot, open_store
+from tests.support.http_servers import PageServer, page_server
 from tests.support.pages import AFTER, UNDER, page
 
 CONTRACT = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "queue_seconds", "kv_cache_usage",
@@ -22,39 +22,17 @@ CONTRACT = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "queue
 
 
 @pytest.fixture()
-def pages_server():
+def pages_server() -> Iterator[tuple[str, PageServer]]:
     """Serves UNDER on the first /metrics request, AFTER on every later one."""
-    served = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path != "/metrics":
-                self.send_error(404)
-                return
-            body = (page(UNDER) if not served else page(AFTER)).encode()
-            served.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", served
-    server.shutdown()
-    server.server_close()
+    with page_server(page(UNDER), page(AFTER), cycle=False) as srv:
+        yield srv.url, srv
 
 
 def test_once_json_is_cumulative(pages_server, capsys):
     url, served = pages_server
     assert main(["collect", "--target", url, "--once", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and len(served) == 1
+    assert len(lines) == 1 and served.served == 1
     d = json.loads(lines[0])
     assert all(k in d for k in CONTRACT)
     assert d["cumulative"] is True and d["gpu"] is None and d["requests_finished"] == 8
@@ -67,7 +45,7 @@ def test_interval_json_lines_are_window_deltas_and_stored(pages_server, capsys, 
     assert main(["collect", "--target", url, "--interval", "0.1", "--count", "2", "--json",
                  "--store", "--db", db]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 2 and len(served) == 3
+    assert len(lines) == 2 and served.served == 3
     assert lines[0]["requests_finished"] == 40 and not lines[0]["cumulative"]  # under → after
     assert lines[1]["requests_finished"] == 0 and lines[1]["e2e_seconds"] is None  # after → after: no data
     store = open_store(db)
@@ -82,12 +60,6 @@ def test_table_by_default(pages_server, capsys):
     out = capsys.readouterr().out
     for word in ("TTFT", "TPOT", "end-to-end", "p95", "KV-cache usage", "since server start", "GPU"):
         assert word in out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("target, fragment", [
@@ -138,7 +110,6 @@ def test_ctrl_c_stops_cleanly(pages_server):
 
 def test_an_infinite_gauge_is_one_error_line_never_infinity_in_json(capsys):
     """A +Inf KV gauge once printed `Infinity` (not JSON) from `collect --json`."""
-    from tests.support.http_servers import page_server
 
     kv = 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.0'
     assert kv in page(AFTER)

@@ -3,12 +3,16 @@ deployments that slotune once misread or refused. Each test states the right rea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
 import pytest
 
 from slotune.cli.main import main
 from slotune.collectors.exposition import parse
 from slotune.collectors.vllm_metrics import derive
 from slotune.errors import TargetError
+from tests.support.http_servers import page_server
 from tests.support.paths import FIELD_CASES
 
 LLAMA, OPT = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8", "facebook/opt-125m"
@@ -88,37 +92,12 @@ def test_a_page_that_is_not_vllm_at_all_still_asks():
 
 
 @pytest.fixture()
-def serve_file():
-    """A loopback HTTP server answering /metrics with one field-case file."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    servers = []
-
-    def start(*names: str) -> str:
-        """Serves the files in turn, the last one from then on (a second scrape sees the next page)."""
-        bodies = [(FIELD_CASES / n).read_bytes() for n in names]
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = bodies.pop(0) if len(bodies) > 1 else bodies[0]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def serve_file() -> Iterator[Callable[..., str]]:
+    """A loopback HTTP server answering /metrics with field-case files: in turn, the last one from
+    then on (a second scrape sees the next page)."""
+    with ExitStack() as stack:
+        yield lambda *names: stack.enter_context(
+            page_server(*[(FIELD_CASES / n).read_text() for n in names], cycle=False)).url
 
 
 def test_collect_prints_the_per_model_table_and_no_none(serve_file, capsys):

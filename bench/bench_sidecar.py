@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from slotune.server import free_port
 
@@ -36,6 +34,7 @@ sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not inst
 from tests.support.http_servers import page_server  # noqa: E402
 from tests.support.pages import SPEC_AFTER, SPEC_UNDER, page  # noqa: E402
 from tests.support.paths import CACHE  # noqa: E402
+from tests.support.sidecar_process import SidecarProcess  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -79,24 +78,14 @@ def _rss_mib(pid: int) -> float:
 
 
 def footprint(target: str, minutes: float, workdir: Path) -> dict[str, object]:
-    port = free_port()
-    cfg = workdir / "sidecar.yaml"
-    cfg.write_text(yaml.safe_dump({"target": target, "host": "127.0.0.1", "port": port, "interval": 1,
-                                   "data_dir": str(workdir / "data"), "log_level": "warning"}))
-    log = (workdir / "sidecar.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "slotune.cli.main", "sidecar", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    sidecar = SidecarProcess({"target": target, "host": "127.0.0.1", "port": free_port(), "interval": 1,
+                              "data_dir": str(workdir / "data"), "log_level": "warning"}, workdir)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"sidecar did not start; see {workdir / 'sidecar.log'}")
-            time.sleep(0.2)
+        try:
+            proc = sidecar.start(timeout=60).proc
+        except AssertionError as exc:
+            raise SystemExit(f"sidecar did not start; see {sidecar.log_path}") from exc
+        assert proc is not None
         time.sleep(5)  # past start-up (imports, first scrape)
         samples: list[tuple[float, float, float]] = []  # (wall, cpu s, rss MiB)
         end = time.monotonic() + minutes * 60
@@ -105,11 +94,9 @@ def footprint(target: str, minutes: float, workdir: Path) -> dict[str, object]:
             if time.monotonic() >= end:
                 break
             time.sleep(min(10.0, max(end - time.monotonic(), 0.1)))
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        metrics = httpx.get(f"{sidecar.url}/metrics", timeout=5).text
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        sidecar.stop()
     wall = samples[-1][0] - samples[0][0]
     cpu = samples[-1][1] - samples[0][1]
     rss = [s[2] for s in samples]

@@ -1,18 +1,50 @@
 """Benchmark the tuner (not a CI test; `make bench-tune`). Prints figures; asserts nothing.
 
-1. Tuned vs default: a study on the demo workload with an SLO vLLM's default config misses or barely
-   meets; then both the default and the recommended config are started again and measured with
-   vLLM's own load generator (`vllm.benchmarks.serve`, random dataset, same lengths, rate and
-   `--goodput` thresholds) in this same run. Target: tuned goodput / default goodput >= 1.5.
-2. Trials to near-best: a small grid is measured exhaustively, then TPE studies (several seeds) are
-   replayed on those measurements; figure: trials until a config within 5 % of the grid's best
-   feasible goodput is found, against the grid's size.
+One part per figure of issue #16, each run with `--part NAME` (several allowed; default: all, in the
+order below). Every unit of work (a study, a re-measured config, a grid config) is recorded in a JSON
+results file (`--results`, default `.slotune-test/bench-tune/results.json`) as soon as it ends, so a
+part can be run in several short chunks (`--budget-min M`: start no new unit after M minutes) and
+resumed where it stopped; `--report` prints the recorded figures without starting anything, `--fresh
+PART` forgets a part's record. Sizes are small on purpose: on a 2-core AVX2 host the real model
+(SmolLM2-135M-Instruct) decodes ~120-140 ms per token in fp32 and prefills 128 tokens in ~0.6 s (bf16:
+~85 ms and ~3.4 s), and every vLLM start costs ~30-60 s.
 
-    .venv/bin/python bench/bench_tune.py [--trials 8] [--rate 6] [--input-len 384] [--output-len 48]
-        [--slo 'ttft_p95<=400ms,tpot_p95<=40ms'] [--skip-grid] [--skip-tune]
+- `false-wins` (d): `--fw-studies` (10) short studies on the tiny random-weight model (`slotune model
+  tiny`, the tests' `tiny_model`) at low load, where vLLM's defaults already serve every request well
+  inside the SLOs: 64+16 tokens at 2 req/s, 20 requests per trial, `ttft_p95<=1s,tpot_p95<=200ms`,
+  3 trials (the baseline and two others), the best candidate re-measured in 1 interleaved round;
+  seed = study number. Figure: how many recommend a change (target 0).
+- `edit` (a): the real model on a short `edit` workload (rename-this-function prompts of 64-160
+  tokens, replies capped at 96 tokens, greedy) at concurrency 1, with `tpot_p95<=100ms`, which vLLM's
+  defaults miss at one stream. A short study (3 trials, 6 requests each, 1 warm-up; best re-measured
+  in 1 round), then vLLM's default and the study's recommended config (its best measured one when it
+  recommends none, said so) each served again and measured with `vllm.benchmarks.serve` on the very
+  prompts the study measured (the same JSONL, vLLM's `custom` dataset, `runner.prompt_lines`),
+  `--bench-repeats` (2) runs each, `--goodput tpot:100`. Figure: both goodputs (median and every run)
+  and their ratio (target >= 2x; a default goodput of 0 with a tuned one above 0 counts).
+- `early-stop` (e): one study on the tiny model (256+32 tokens at 20 req/s, 400 requests per trial,
+  `ttft_p95<=300ms,tpot_p95<=20ms`, 6 trials, seed 0, best re-measured in 1 round) run twice: with
+  early stopping (probe + `SloPruner`, `--prune-at 2`) and without (`--no-prune`: no probe). The
+  first 5 trials after the baseline are TPE's random start-up, the same configs in both. Figure:
+  wall time with / without (target <= half) and both verdicts.
+- `grid` (c): the real model on the short `edit` workload at concurrency 2 (4 requests per config,
+  1 warm-up), an exhaustive grid of 12 configs: speculative decoding {default (off), n-gram K 4
+  window 2-4} x `max_num_seqs` {default, 1, 2} x `max_num_batched_tokens` {default, 256}, the
+  default config among them; each measured once. Then TPE (the tuner's own sampler and study, seeds
+  0..`--seeds`-1) is replayed on those measurements. Figure: trials (and the measured wall time
+  they stand for) to reach a config within 5 % of the grid's best goodput, median over seeds,
+  against the grid's size (target <= 1/4).
+- `sharegpt` (b): the real model on short `sharegpt` prompts (4-128 tokens, replies capped at 32)
+  at `--sharegpt-rate` (0.5 req/s: near the default's knee on this host) with
+  `ttft_p95<=3s,tpot_p95<=250ms`; the same study + `vllm.benchmarks.serve` re-measurement as `edit`.
+  Figure: the ratio (target >= 1.5x) or the study's verdict "keep vLLM's defaults" with its intervals.
 
-On 2 shared CPU cores every vLLM start costs ~35 s: the default run takes roughly
-(trials + re-measures + grid size + 2) x ~1 min.
+The real model is served in fp32 by default (`--real-dtype`; a copy of the model directory whose
+config says float32, weights shared): on this AVX2-only host bf16 prefill is ~6x slower, which would
+make every part several times longer. vLLM runs on the last core, every client on the others.
+
+    .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop grid sharegpt]
+        [--budget-min M] [--results FILE] [--report] [--fresh PART]
 """
 
 from __future__ import annotations
@@ -21,171 +53,567 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-
-from slotune.loadgen.vllm_bench import run_vllm_bench
-from slotune.model import build_tiny_model
-from slotune.platforms import parse_cpus
-from slotune.server import ManagedServer
-from slotune.slo import SloSpec
-from slotune.tuner.command import parse_serve_command
-from slotune.tuner.study import TuneSpec, run_study
-from slotune.vllm_config import VllmConfig
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("SLOTUNE_TEST_CACHE") or REPO / ".slotune-test")
+PARTS = ("false-wins", "edit", "early-stop", "grid", "sharegpt")
+NAME = "bench"  # the served model name in the vllm.benchmarks.serve runs
 
-def vllm_bench(server: ManagedServer, model_dir: Path, name: str, a: argparse.Namespace, slo: SloSpec) -> dict:
-    """vLLM's own load generator against a running server; its summary (request_goodput, p95s...)."""
-    argv = ["--backend", "vllm", "--base-url", server.base_url,
-            "--endpoint", "/v1/completions", "--model", name, "--tokenizer", str(model_dir),
-            "--dataset-name", "random", "--random-input-len", str(a.input_len), "--random-output-len",
-            str(a.output_len), "--random-range-ratio", "0", "--ignore-eos", "--num-prompts", str(a.bench_requests),
-            "--request-rate", str(a.rate), "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
-            "--metric-percentiles", "50,95,99", "--goodput", *slo.vllm_goodput_args()]
-    return run_vllm_bench(argv, timeout=900).summary
+EDIT_YAML = """\
+name: edit-short
+description: the edit workload, short (this host's prefill and decode are slow)
+endpoint: chat
+prompts: {source: edit}
+prompt_len: {dist: uniform, min: 64, max: 160}
+output_len: {dist: uniform, min: 16, max: 96}
+temperature: 0
+ignore_eos: false
+"""
+SHAREGPT_YAML = """\
+name: sharegpt-short
+description: real ShareGPT prompts, short (this host's prefill and decode are slow)
+endpoint: chat
+prompts: {source: sharegpt}
+prompt_len: {dist: uniform, min: 4, max: 128}
+output_len: {dist: uniform, min: 4, max: 32}
+ignore_eos: true
+"""
+GRID_YAML = """\
+speculative_method: [null, ngram]
+num_speculative_tokens: [4]
+prompt_lookup_min: [2]
+prompt_lookup_max: [4]
+spec_draft_max_batch: null
+max_num_seqs: [null, 1, 2]
+max_num_batched_tokens: [null, 256]
+max_model_len: null
+enable_chunked_prefill: null
+enable_prefix_caching: null
+quantization: null
+kv_cache_dtype: null
+"""
 
 
-def measure_with_vllm(config: VllmConfig, model_dir: Path, a: argparse.Namespace, slo: SloSpec, logs: Path) -> dict:
-    cfg = config.with_changes(served_model_name="bench")
-    with ManagedServer(cfg, log_dir=logs, cpus=a.server_cpus) as server:
-        return vllm_bench(server, model_dir, "bench", a, slo)
+class OutOfBudget(Exception):
+    """The part's chunk of time is spent: what is done is recorded, the rest runs on the next call."""
 
 
-def tuned_vs_default(model: Path, a: argparse.Namespace, work: Path) -> None:
-    slo = SloSpec.parse(a.slo)
-    spec = TuneSpec(model=str(model), input_len=a.input_len, output_len=a.output_len, slo=a.slo, trials=a.trials,
-                    rate=a.rate, num_requests=a.requests, storage=f"sqlite:///{work}/bench.db",
-                    study_name="bench-tune", out_dir=work / "out", remeasure_top=a.remeasure,
-                    mode=a.mode, server_cpus=a.server_cpus,
-                    fixes=["speculative_method=off"] if a.no_spec else [])
-    t0 = time.monotonic()
-    result = run_study(spec, events=lambda n, s: print(f"  trial {n}: {s}", flush=True))
-    took = time.monotonic() - t0
+# -- the results file ------------------------------------------------------------------------------
+
+
+class Record:
+    """The results file: `{part: {"settings": {...}, "units": {unit: {...}}}}`, written after each unit."""
+
+    def __init__(self, path: Path, budget_min: float | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self.started = time.monotonic()
+        self.budget = None if budget_min is None else budget_min * 60
+
+    def part(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        part = self.data.setdefault(name, {"settings": settings, "units": {}})
+        if part["settings"] != settings:
+            sys.exit(f"error: {self.path} holds part {name!r} measured with other settings "
+                     f"({part['settings']}); use --fresh {name} or another --results file")
+        return part["units"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+    def check_budget(self) -> None:
+        if self.budget is not None and time.monotonic() - self.started > self.budget:
+            raise OutOfBudget
+
+
+def stamp() -> str:
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.1f}"
+
+
+def spread(xs: list[float], fmt: str = ".3f") -> str:
+    if not xs:
+        return "-"
+    return (f"median {statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}] "
+            f"(n={len(xs)}: {', '.join(f'{x:{fmt}}' for x in xs)})")
+
+
+# -- models and workloads ------------------------------------------------------------------------
+
+
+def tiny_model() -> Path:
+    from slotune.model import build_tiny_model
+
+    return build_tiny_model(CACHE / "models" / "tiny-llama")
+
+
+def real_model(dtype: str) -> Path:
+    """SmolLM2 as built by `slotune model smollm2`; for fp32 a sibling directory with the same files
+    (linked) and a config that says float32, so that vLLM's defaults serve it in fp32."""
+    from slotune.smollm2 import build_smollm2
+
+    src = build_smollm2(CACHE / "models" / "smollm2")
+    if dtype == "bf16":
+        return src
+    out = CACHE / "models" / "smollm2-fp32"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        dst = out / f.name
+        if f.name == "config.json":
+            cfg = json.loads(f.read_text())
+            cfg["dtype"] = "float32"
+            dst.write_text(json.dumps(cfg, indent=2))
+        elif not dst.exists():
+            dst.symlink_to(f.resolve())
+    return out
+
+
+def workload_file(work: Path, name: str, text: str) -> Path:
+    path = work / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+# -- a study, and its result in short --------------------------------------------------------------
+
+
+def say(n: int, s: str) -> None:
+    print(f"    trial {n}: {s}", flush=True)
+
+
+def brief(result: Any) -> dict[str, Any]:
     d = result.to_dict()
-    print(f"\nstudy: {d['trials']['total']} trials in {took / 60:.1f} min; verdict: {d['recommendation']['message']}")
-    base, best = d["baseline"], d["best"]
-    for label, e in (("default", base), ("tuned", best)):
-        if e:
-            print(f"  slotune {label:8s} trial {e['trial']}: goodput {e['goodput_mean']:.3f} req/s "
-                  f"ttft_p95 {e['ttft_p95']} tpot_p95 {e['tpot_p95']} params {e['params']}")
-    if not best or not best.get("command"):
-        print("no tuned config to compare")
-        return
-    print("\nre-measuring both with vllm.benchmarks.serve ...", flush=True)
-    ref = {}
-    for label, command in (("default", VllmConfig(model=str(model)).serve_command()), ("tuned", best["command"])):
-        r = measure_with_vllm(parse_serve_command(command), model, a, slo, work / "logs")
-        ref[label] = r
-        print(f"  vllm bench {label:8s}: request_goodput {r['request_goodput']:.3f} req/s, throughput "
-              f"{r['request_throughput']:.3f} req/s, p95 ttft {r.get('p95_ttft_ms', 0):.0f} ms, "
-              f"p95 tpot {r.get('p95_tpot_ms', 0):.1f} ms", flush=True)
-    g0, g1 = ref["default"]["request_goodput"], ref["tuned"]["request_goodput"]
-    ratio = g1 / g0 if g0 > 0 else float("inf")
-    print(f"\nFIGURE tuned/default goodput (vllm.benchmarks.serve, same run): {g1:.3f} / {g0:.3f} = x{ratio:.2f} "
-          f"(target >= 1.5)")
-    print(f"tuned command: {best['command']}")
+    v = d["verdict"]
+    return {"use": d["recommendation"]["use"], "message": d["recommendation"]["message"],
+            "recommended_command": d["recommendation"]["command"],
+            "winner": v["winner"], "ratio": v["ratio"], "trials": d["trials"], "wall_s": d["wall_seconds"],
+            "baseline": {k: d["baseline"].get(k) for k in ("trial", "goodput", "feasible", "ttft_p95", "tpot_p95",
+                                                          "command")} if d["baseline"] else None,
+            "best": {k: d["best"].get(k) for k in ("trial", "goodput", "feasible", "ttft_p95", "tpot_p95", "params",
+                                                  "command")} if d["best"] else None,
+            "samples": {t: {"goodputs": s["goodputs"], "goodput_ci": s["goodput_ci"],
+                            "slo": {k: {"estimate": f.get("estimate"), "ci": f.get("ci"), "outcome": f.get("outcome")}
+                                    for k, f in s["slo"].items()}}
+                        for t, s in v["samples"].items()},
+            "rows": [{k: r.get(k) for k in ("trial", "origin", "state", "goodput", "ttft_p95", "tpot_p95", "params",
+                                            "reason", "wall_seconds")} for r in d["rows"]]}
 
 
-def trials_to_near_best(model: Path, a: argparse.Namespace, work: Path) -> None:
-    """Measure a small grid exhaustively, then replay TPE on the measurements (no new servers)."""
+def run_study_in_chunks(spec: Any, rec: Record) -> Any:
+    """Run the study one trial per call (each call resumes it), checking the budget between trials;
+    then re-measure. An interrupted study resumes from its storage on the next call."""
     import optuna
 
-    from slotune.tuner.measure import Measurement
-    from slotune.tuner.study import build_space
+    from slotune.tuner.study import FINISHED, run_study
 
-    grid_space = work / "grid.yaml"
-    grid_space.write_text(
-        "max_num_seqs: [4, 16, 64]\nmax_num_batched_tokens: [512, 2048]\nenable_chunked_prefill: [true, false]\n"
-        "enable_prefix_caching: null\nmax_model_len: 2048\nspeculative_method: null\nquantization: null\n"
-        "kv_cache_dtype: null\n")
-    base = TuneSpec(model=str(model), input_len=a.input_len, output_len=a.output_len, slo=a.slo, trials=1,
-                    rate=a.rate, num_requests=a.requests, storage=f"sqlite:///{work}/grid.db", remeasure_top=0,
-                    max_remedies=0, space_file=grid_space)
-    space = build_space(base, a.input_len + a.output_len)
-    grid = space.grid()
-    print(f"\ngrid: {len(grid)} configs, measured exhaustively ...", flush=True)
-    measured: dict[str, Measurement] = {}
+    target = spec.trials
+    while True:
+        try:
+            done = len(optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+                       .get_trials(deepcopy=False, states=FINISHED))
+        except KeyError:
+            done = 0
+        if done >= target:
+            break
+        rec.check_budget()
+        run_study(spec.model_copy(update={"trials": done + 1, "remeasure_top": 0}), events=say)
+    rec.check_budget()
+    return run_study(spec, events=say)
 
-    class Cached:
-        def __init__(self, inner):
-            self.inner = inner
 
-        def __call__(self, config, progress=None):
-            key = json.dumps(config.tuned_params() and {k: str(v) for k, v in config.tuned_params().items()},
-                             sort_keys=True)
-            if key not in measured:
-                measured[key] = self.inner(config, progress)
-            return measured[key]
+def print_study(tag: str, b: dict[str, Any]) -> None:
+    print(f"  {tag}: {b['trials']['total']} trials in {b['wall_s']['study'] / 60:.1f} min; verdict: {b['message']}",
+          flush=True)
+    for r in b["rows"]:
+        print(f"    #{r['trial']} {r['origin']:9s} {r['state']:10s} goodput {r['goodput']} ttft_p95 {r['ttft_p95']} "
+              f"tpot_p95 {r['tpot_p95']} {r['params'] or ''} {r['reason'] or ''}", flush=True)
+
+
+# -- vllm.benchmarks.serve on the study's prompts --------------------------------------------------
+
+
+def vllm_bench_runs(command: str, model: Path, prompts: Path, n: int, workload: Any, slo: Any,
+                    load: dict[str, Any], repeats: int, cpus: tuple[int, ...] | None, logs: Path) -> list[dict]:
+    """Serve `command` (renamed NAME) and measure it `repeats` times with vLLM's client on `prompts`."""
+    from slotune.loadgen.runner import run_load
+    from slotune.loadgen.vllm_bench import custom_dataset_args, run_vllm_bench
+    from slotune.server import ManagedServer
+    from slotune.tuner.command import parse_serve_command
+
+    cfg = parse_serve_command(command).with_changes(served_model_name=NAME)
+    runs = []
+    with ManagedServer(cfg, log_dir=logs, cpus=cpus, startup_timeout=900) as server:
+        url = server.base_url
+        run_load(url, NAME, workload, concurrency=1, num_requests=1, seed=999, request_timeout=600)  # warm-up
+        endpoint = (["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"] if workload.endpoint == "chat"
+                    else ["--backend", "vllm", "--endpoint", "/v1/completions"])
+        pace = (["--max-concurrency", str(load["concurrency"]), "--request-rate", "inf"] if load.get("concurrency")
+                else ["--request-rate", str(load["rate"])])
+        for rep in range(repeats):
+            argv = [*endpoint, "--base-url", url, "--model", NAME, "--tokenizer", str(model),
+                    *custom_dataset_args(prompts), "--num-prompts", str(n), *pace, "--seed", str(rep),
+                    "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95",
+                    "--goodput", *slo.vllm_goodput_args(), "--ready-check-timeout-sec", "120"]
+            if workload.temperature is not None:
+                argv += ["--temperature", str(workload.temperature)]
+            if workload.ignore_eos:
+                argv.append("--ignore-eos")
+            s = run_vllm_bench(argv, timeout=1800).summary
+            runs.append({k: s.get(k) for k in ("request_goodput", "request_throughput", "completed", "p95_ttft_ms",
+                                               "p95_tpot_ms", "median_tpot_ms", "duration")})
+            print(f"    run {rep + 1}: goodput {s.get('request_goodput')} req/s, throughput "
+                  f"{s.get('request_throughput'):.3f} req/s, p95 TTFT {s.get('p95_ttft_ms', 0):.0f} ms, "
+                  f"p95 TPOT {s.get('p95_tpot_ms', 0):.1f} ms, {s.get('completed')} ok", flush=True)
+    return runs
+
+
+def tuned_vs_default(part: str, rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None,
+                     model: Path, wl_path: Path, slo_text: str, load: dict[str, Any], requests: int,
+                     target: float) -> None:
+    """(a) and (b): a short study, then default vs recommended, each measured with vllm.benchmarks.serve."""
+    from slotune.loadgen.runner import prompt_lines
+    from slotune.slo import SloSpec
+    from slotune.tuner.study import TuneSpec, load_spec_workload
+
+    settings = {"model": str(model), "workload": wl_path.read_text(), "slo": slo_text, **load,
+                "requests": requests, "trials": a.study_trials, "bench_repeats": a.bench_repeats}
+    units = rec.part(part, settings)
+    work = a.work / part
+    work.mkdir(parents=True, exist_ok=True)
+    spec = TuneSpec(model=str(model), workload=str(wl_path), slo=slo_text, trials=a.study_trials,
+                    num_requests=requests, warmup_requests=1, storage=f"sqlite:///{work}/study.db",
+                    study_name=part, out_dir=work / "out", remeasure_top=1, remeasure_repeats=1,
+                    server_cpus=cpus, startup_timeout=900, **load)
+    if "study" not in units:
+        print(f"  study ({stamp()})", flush=True)
+        units["study"] = brief(run_study_in_chunks(spec, rec))
+        rec.save()
+    b = units["study"]
+    print_study("study", b)
+    slo = SloSpec.parse(slo_text)
+    workload = load_spec_workload(spec)
+    prompts = work / "prompts.jsonl"  # the prompts every measured run of the study sent (seed 0)
+    prompts.write_text("".join(prompt_lines(workload, spec.seed, requests)))
+    commands = {"default": b["baseline"]["command"]}
+    which = None
+    if b["use"] == "tuned" and b.get("recommended_command"):
+        commands["tuned"], which = b["recommended_command"], "recommended"
+    elif b["best"] and b["best"].get("command") and b["best"]["trial"] != b["baseline"]["trial"]:
+        commands["tuned"], which = b["best"]["command"], "the study's best measured config, not recommended"
+    for label, command in commands.items():
+        key = f"vllm-bench:{label}"
+        if key in units:
+            continue
+        rec.check_budget()
+        print(f"  vllm.benchmarks.serve on {label}: {command} ({stamp()})", flush=True)
+        units[key] = {"command": command, "runs": vllm_bench_runs(command, model, prompts, requests, workload, slo,
+                                                                  load, a.bench_repeats, cpus, work / "logs"),
+                      "at": stamp()}
+        rec.save()
+    report_tuned(part, units, target, which)
+
+
+def report_tuned(part: str, units: dict[str, Any], target: float, which: str | None = None) -> None:
+    b = units.get("study")
+    if not b:
+        return
+    print(f"\nFIGURE {part}: study verdict: {b['message']}")
+    for t, s in b["samples"].items():
+        print(f"  trial {t}: goodputs {s['goodputs']} CI {s['goodput_ci']}; "
+              + "; ".join(f"{k} {f['estimate']} CI {f['ci']} {f['outcome']}" for k, f in s["slo"].items()))
+    d, t = units.get("vllm-bench:default"), units.get("vllm-bench:tuned")
+    if d:
+        g0 = [float(r["request_goodput"] or 0) for r in d["runs"]]
+        print(f"  default goodput (vllm.benchmarks.serve, req/s): {spread(g0)}; p95 TPOT ms "
+              f"{[round(r['p95_tpot_ms'] or 0, 1) for r in d['runs']]}")
+    if t:
+        g1 = [float(r["request_goodput"] or 0) for r in t["runs"]]
+        print(f"  tuned goodput ({which or 'tuned'}, {t['command']}): {spread(g1)}; p95 TPOT ms "
+              f"{[round(r['p95_tpot_ms'] or 0, 1) for r in t['runs']]}")
+    if d and t:
+        m0, m1 = statistics.median(g0), statistics.median(g1)
+        if m0 > 0:
+            ratios = [y / x for x in g0 for y in g1 if x > 0]
+            print(f"  ratio of medians x{m1 / m0:.2f} (every run pair: {spread(ratios, '.2f')}); "
+                  f"target >= {target}x: {'met' if m1 / m0 >= target else 'MISSED'}")
+        else:
+            print(f"  default goodput 0, tuned {m1:.3f}: ratio unbounded; "
+                  f"{'counts as met (issue: 0 vs > 0)' if m1 > 0 else 'both 0: MISSED'}")
+    elif not t:
+        print("  no tuned config to re-measure (the study measured nothing besides the default)")
+
+
+# -- (d) false wins ------------------------------------------------------------------------------
+
+
+def part_false_wins(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
+    from slotune.tuner.study import TuneSpec
+
+    model = tiny_model()
+    settings = {"model": "tiny-llama", "input_len": 64, "output_len": 16, "rate": 2.0, "requests": 20,
+                "slo": "ttft_p95<=1s,tpot_p95<=200ms", "trials": 3, "remeasure": "top 1, 1 round"}
+    units = rec.part("false-wins", settings)
+    work = a.work / "false-wins"
+    work.mkdir(parents=True, exist_ok=True)
+    for i in range(a.fw_studies):
+        key = f"study-{i}"
+        if key in units:
+            continue
+        rec.check_budget()
+        print(f"  study {i} (seed {i}, {stamp()})", flush=True)
+        spec = TuneSpec(model=str(model), input_len=64, output_len=16, slo=settings["slo"], trials=3, rate=2.0,
+                        num_requests=20, warmup_requests=2, storage=f"sqlite:///{work}/studies.db",
+                        study_name=f"fw-{i}", seed=i, remeasure_top=1, remeasure_repeats=1, server_cpus=cpus)
+        units[key] = brief(run_study_in_chunks(spec, rec))
+        rec.save()
+        print(f"    verdict: {units[key]['message']}", flush=True)
+    report_false_wins(units)
+
+
+def report_false_wins(units: dict[str, Any]) -> None:
+    studies = [units[k] for k in sorted(units, key=lambda k: int(k.split("-")[1]))]
+    if not studies:
+        return
+    changed = [s for s in studies if s["use"] == "tuned"]
+    walls = [s["wall_s"]["study"] / 60 for s in studies]
+    print(f"\nFIGURE false-wins: {len(changed)} of {len(studies)} studies recommend a change (target 0); "
+          f"study wall time {spread(walls, '.1f')} min")
+    for k, s in zip(sorted(units, key=lambda k: int(k.split("-")[1])), studies, strict=True):
+        base = s["samples"].get(str(s["rows"][0]["trial"])) if s["rows"] else None
+        print(f"  {k}: {s['use']}: {s['message'][:220]}" + (f" | baseline goodputs {base['goodputs']}" if base else ""))
+
+
+# -- (e) early stopping ----------------------------------------------------------------------------
+
+
+def part_early_stop(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
+    from slotune.tuner.study import TuneSpec
+
+    model = tiny_model()
+    settings = {"model": "tiny-llama", "input_len": 256, "output_len": 32, "rate": 20.0, "requests": 400,
+                "slo": "ttft_p95<=300ms,tpot_p95<=20ms", "trials": 6, "seed": 0, "remeasure": "top 1, 1 round"}
+    units = rec.part("early-stop", settings)
+    work = a.work / "early-stop"
+    work.mkdir(parents=True, exist_ok=True)
+    for label, factor in (("pruned", 2.0), ("full", None)):
+        if label in units:
+            continue
+        rec.check_budget()
+        print(f"  study {label} ({stamp()})", flush=True)
+        spec = TuneSpec(model=str(model), input_len=256, output_len=32, slo=settings["slo"], trials=6, rate=20.0,
+                        num_requests=400, warmup_requests=4, storage=f"sqlite:///{work}/studies.db",
+                        study_name=f"es-{label}", seed=0, remeasure_top=1, remeasure_repeats=1, server_cpus=cpus,
+                        prune_factor=factor)
+        units[label] = brief(run_study_in_chunks(spec, rec))
+        rec.save()
+    report_early_stop(units)
+
+
+def report_early_stop(units: dict[str, Any]) -> None:
+    for label in ("pruned", "full"):
+        if label in units:
+            print_study(label, units[label])
+    if "pruned" in units and "full" in units:
+        p, f = units["pruned"], units["full"]
+        wp, wf = p["wall_s"]["study"], f["wall_s"]["study"]
+        tp = sum(v for v in (p["wall_s"].get("per_trial") or {}).values())
+        tf = sum(v for v in (f["wall_s"].get("per_trial") or {}).values())
+        same = (p["use"], p["winner"]) == (f["use"], f["winner"])
+        print(f"\nFIGURE early-stop: study wall {wp / 60:.1f} min with early stopping vs {wf / 60:.1f} min without "
+              f"= {wp / wf:.2f} (target <= 0.5: {'met' if wp / wf <= 0.5 else 'MISSED'}); trials alone "
+              f"{tp / 60:.1f} vs {tf / 60:.1f} min = {tp / tf if tf else float('nan'):.2f}; pruned trials "
+              f"{p['trials'].get('pruned')} vs {f['trials'].get('pruned')}; same verdict: {same} "
+              f"({p['use']} / {f['use']})")
+
+
+# -- (c) trials to near-best on an exhaustive grid -------------------------------------------------
+
+
+class Replay:
+    """A `Measure` that answers from the grid's stored measurements (no server)."""
+
+    def __init__(self, stored: dict[str, dict[str, Any]]) -> None:
+        self.stored = stored
+
+    def __call__(self, config: Any, progress: Any = None) -> Any:
+        from slotune.tuner.measure import Measurement
+
+        m = self.stored.get(config.serve_command())
+        if m is None:
+            raise KeyError(f"not in the grid: {config.serve_command()}")
+        return Measurement(**m)
+
+
+def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
+    import optuna
 
     from slotune.tuner.measure import LoadSpec, ServerMeasure
-    from slotune.tuner.study import load_spec_workload
+    from slotune.tuner.study import TuneSpec, build_space, load_spec_workload, run_study, workload_need
 
+    model = real_model(a.real_dtype)
+    work = a.work / "grid"
+    work.mkdir(parents=True, exist_ok=True)
+    wl_path = workload_file(work, "edit-short", EDIT_YAML)
+    space_path = work / "grid.yaml"
+    space_path.write_text(GRID_YAML)
+    slo_text = "tpot_p95<=100ms"
+    settings = {"model": str(model), "workload": EDIT_YAML, "space": GRID_YAML, "slo": slo_text, "concurrency": 2,
+                "requests": 4}
+    units = rec.part("grid", settings)
+    base = TuneSpec(model=str(model), workload=str(wl_path), slo=slo_text, trials=1, concurrency=2, num_requests=4,
+                    warmup_requests=1, remeasure_top=0, max_remedies=0, space_file=space_path, prune_factor=None,
+                    storage=f"sqlite:///{work}/replay.db")
     workload = load_spec_workload(base)
-    real = ServerMeasure(LoadSpec(workload=workload, slo=SloSpec.parse(a.slo), rate=a.rate,
-                                  num_requests=a.requests), log_dir=work / "grid-logs", server_cpus=a.server_cpus)
-    cached = Cached(real)
-    run_study(base.model_copy(update={"study_name": "grid", "trials": len(grid) + 1, "enqueue": grid}),
-              measure=cached, workload=workload)
-    study = optuna.load_study(study_name="grid", storage=base.storage)
-    feas = [t for t in study.get_trials() if t.user_attrs.get("feasible") and t.user_attrs.get("origin") != "baseline"]
-    if not feas:
-        print("no grid config met the SLO: loosen --slo to get the trials-to-near-best figure")
+    space = build_space(base, workload_need(workload))
+    bconf = base.base_config()
+    configs = [space.config_for(bconf, p) for p in space.grid()]
+    commands = [c.serve_command() for c in configs]
+    print(f"  grid: {len(configs)} configs (the default among them: "
+          f"{bconf.serve_command() in commands})", flush=True)
+    measured = units.setdefault("measured", {})
+    measure = ServerMeasure(LoadSpec(workload=workload, slo=base_slo(slo_text), concurrency=2, num_requests=4,
+                                     warmup_requests=1), log_dir=work / "logs", startup_timeout=900, server_cpus=cpus)
+    for cfg, cmd in zip(configs, commands, strict=True):
+        if cmd in measured:
+            continue
+        rec.check_budget()
+        print(f"  measuring {cmd} ({stamp()})", flush=True)
+        m = measure(cfg, lambda s: None)
+        measured[cmd] = m.to_dict()
+        rec.save()
+        print(f"    goodput {m.goodput:.3f} req/s, {m.seconds:.0f} s, {m.status} {m.reason}", flush=True)
+    if len(measured) < len(commands):
         return
-    best = max(float(t.user_attrs["goodput"]) for t in feas)
-    print(f"grid best feasible goodput: {best:.3f} req/s ({len(measured)} servers measured)")
-    needed = []
-    for seed in range(a.seeds):
-        # Replayed on the cached measurements: the same space, so TPE can only propose grid configs.
-        name = f"replay-{seed}"
-        run_study(base.model_copy(update={"study_name": name, "trials": len(grid) + 1, "seed": seed}),
-                  measure=cached, workload=workload)
-        trials = optuna.load_study(study_name=name, storage=base.storage).get_trials()
-        hit = next((t.number + 1 for t in trials if t.user_attrs.get("feasible")
-                    and float(t.user_attrs.get("goodput") or 0) >= 0.95 * best), None)
-        needed.append(hit if hit is not None else len(trials) + 1)
-        print(f"  seed {seed}: {needed[-1]} trials", flush=True)
-    print(f"\nFIGURE trials to get within 5 % of the grid's best: median {statistics.median(needed)} "
-          f"(seeds: {needed}) vs grid size {len(grid)} (trial counts include the baseline)")
+    if "replay" not in units:
+        from slotune.tuner.objective import ORIGIN
+
+        replay = Replay(measured)
+        needed, walls = [], []
+        best = max(float(m["goodput"]) for m in measured.values())
+        for seed in range(a.seeds):
+            name = f"replay-{seed}-{int(time.time())}"
+            run_study(base.model_copy(update={"study_name": name, "trials": len(commands), "seed": seed}),
+                      measure=replay, workload=workload)
+            trials = optuna.load_study(study_name=name, storage=base.storage).get_trials()
+            hit, wall = None, 0.0
+            for t in sorted(trials, key=lambda t: t.number):
+                cmd = t.user_attrs.get("command")
+                wall += float(measured.get(cmd, {}).get("seconds") or 0.0)
+                if float(t.user_attrs.get("goodput") or 0.0) >= 0.95 * best:
+                    hit = t.number + 1
+                    break
+            needed.append(hit if hit is not None else len(trials) + 1)
+            walls.append(wall)
+            print(f"    seed {seed}: {needed[-1]} trials ({wall / 60:.1f} min measured) "
+                  f"[{', '.join(str(t.user_attrs.get(ORIGIN)) for t in trials[:3])} ...]", flush=True)
+        units["replay"] = {"best_goodput": best, "trials_needed": needed, "wall_s": walls}
+        rec.save()
+    report_grid(units)
+
+
+def base_slo(text: str) -> Any:
+    from slotune.slo import SloSpec
+
+    return SloSpec.parse(text)
+
+
+def report_grid(units: dict[str, Any]) -> None:
+    measured = units.get("measured") or {}
+    if not measured:
+        return
+    print(f"\n  grid measurements ({len(measured)}):")
+    for cmd, m in sorted(measured.items(), key=lambda kv: -float(kv[1]["goodput"])):
+        tpot = ((m.get("client") or {}).get("tpot_seconds") or {}).get("p95")
+        print(f"    goodput {float(m['goodput']):.3f} req/s, TPOT p95 {tpot}, {float(m['seconds']):.0f} s: "
+              f"{cmd.split(' ', 2)[-1] if ' --' in cmd else '(defaults)'}")
+    r = units.get("replay")
+    if r:
+        n = len(measured)
+        med = statistics.median(r["trials_needed"])
+        total = sum(float(m["seconds"]) for m in measured.values())
+        print(f"\nFIGURE grid: trials to within 5 % of the grid's best ({r['best_goodput']:.3f} req/s): median {med} "
+              f"(seeds: {r['trials_needed']}) of a {n}-config grid = {med / n:.2f} (target <= 0.25: "
+              f"{'met' if med / n <= 0.25 else 'MISSED'}); wall time they stand for: median "
+              f"{statistics.median(r['wall_s']) / 60:.1f} min vs {total / 60:.1f} min for the whole grid")
+
+
+# -- main ------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--rate", type=float, default=6.0)
-    p.add_argument("--input-len", type=int, default=384)
-    p.add_argument("--output-len", type=int, default=48)
-    p.add_argument("--requests", type=int, default=40, help="requests per trial")
-    p.add_argument("--bench-requests", type=int, default=60, help="requests per vllm.benchmarks.serve run")
-    p.add_argument("--slo", default="ttft_p95<=400ms,tpot_p95<=40ms")
-    p.add_argument("--remeasure", type=int, default=1)
+    p.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--results", type=Path, default=CACHE / "bench-tune" / "results.json")
+    p.add_argument("--work", type=Path, default=CACHE / "bench-tune")
+    p.add_argument("--budget-min", type=float, default=None, help="start no new unit after this many minutes")
+    p.add_argument("--report", action="store_true", help="print the recorded figures; start nothing")
+    p.add_argument("--fresh", nargs="+", choices=PARTS, default=[], help="forget these parts' records first")
+    p.add_argument("--fw-studies", type=int, default=10)
+    p.add_argument("--study-trials", type=int, default=3, help="trials per study in edit and sharegpt")
+    p.add_argument("--bench-repeats", type=int, default=2, help="vllm.benchmarks.serve runs per config")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--no-spec", action="store_true", help="leave speculative decoding out of the space")
-    p.add_argument("--skip-tune", action="store_true")
-    p.add_argument("--skip-grid", action="store_true")
-    p.add_argument("--mode", choices=["offered", "capacity"], default="offered")
+    p.add_argument("--sharegpt-rate", type=float, default=0.5)
+    p.add_argument("--real-dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--server-cpus", default="last",
                    help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")
     a = p.parse_args()
+    from slotune.platforms import parse_cpus
+
+    rec = Record(a.results, a.budget_min)
+    for part in a.fresh:
+        rec.data.pop(part, None)
+    rec.save()
+    if a.report:
+        reporters = {"false-wins": report_false_wins, "early-stop": report_early_stop, "grid": report_grid}
+        for part in a.part:
+            units = (rec.data.get(part) or {}).get("units") or {}
+            print(f"\n== {part}: {(rec.data.get(part) or {}).get('settings')}")
+            if part in reporters:
+                reporters[part](units)
+            else:
+                report_tuned(part, units, 2.0 if part == "edit" else 1.5)
+        return
     cores = sorted(os.sched_getaffinity(0))
     if a.server_cpus == "last":
-        a.server_cpus = (cores[-1],) if len(cores) > 1 else None
+        cpus = (cores[-1],) if len(cores) > 1 else None
     elif a.server_cpus == "none":
-        a.server_cpus = None
+        cpus = None
     else:
-        a.server_cpus = parse_cpus(a.server_cpus)
-    if a.server_cpus:
-        # Both load generators (ours in this process, vLLM's as its child) off the server's cores.
-        os.sched_setaffinity(0, set(cores) - set(a.server_cpus))
-    model = build_tiny_model(REPO / ".slotune-test" / "models" / "tiny-llama")
-    work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
-    print(f"work dir {work}; workload {a.input_len}+{a.output_len} tokens at {a.rate} req/s; SLO {a.slo}; "
-          f"{a.mode} mode; vLLM on cores {a.server_cpus or 'all (shared with the clients)'}")
-    if not a.skip_tune:
-        tuned_vs_default(model, a, work)
-    if not a.skip_grid:
-        trials_to_near_best(model, a, work)
+        cpus = parse_cpus(a.server_cpus)
+    if cpus:
+        os.sched_setaffinity(0, set(cores) - set(cpus))  # ours, and vLLM's client as our child
+    a.work.mkdir(parents=True, exist_ok=True)
+    print(f"results {a.results}; vLLM on cores {cpus or 'all'}; {stamp()}", flush=True)
+    for part in a.part:
+        print(f"\n== {part} ({stamp()})", flush=True)
+        try:
+            if part == "false-wins":
+                part_false_wins(rec, a, cpus)
+            elif part == "early-stop":
+                part_early_stop(rec, a, cpus)
+            elif part == "grid":
+                part_grid(rec, a, cpus)
+            elif part == "edit":
+                model = real_model(a.real_dtype)
+                wl = workload_file(a.work, "edit-short", EDIT_YAML)
+                tuned_vs_default("edit", rec, a, cpus, model, wl, "tpot_p95<=100ms", {"concurrency": 1}, 6, 2.0)
+            elif part == "sharegpt":
+                model = real_model(a.real_dtype)
+                wl = workload_file(a.work, "sharegpt-short", SHAREGPT_YAML)
+                tuned_vs_default("sharegpt", rec, a, cpus, model, wl, "ttft_p95<=3s,tpot_p95<=250ms",
+                                 {"rate": a.sharegpt_rate}, 12, 1.5)
+        except OutOfBudget:
+            rec.save()
+            print(f"\nbudget of {a.budget_min} min spent: stopped after the last whole unit; run again to go on "
+                  f"({stamp()})", flush=True)
+            return
+    print(f"\ndone ({stamp()})", flush=True)
 
 
 if __name__ == "__main__":

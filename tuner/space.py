@@ -409,12 +409,12 @@ class SearchSpace:
         gib = platforms.kv_cache_gib(self.platform, dict(config.env), config.kv_cache_memory_bytes)
         if self.kv_cache_max_gib is not None and gib is not None and gib > self.kv_cache_max_gib:
             return f"a KV cache of {gib:g} GiB is above the ceiling of {self.kv_cache_max_gib} GiB"
+        seqs = config.max_num_seqs or default_max_num_seqs(self.platform, config)
         try:
-            validate_combination(config, effective_max_model_len=self.model_max_len,
-                                 effective_max_num_seqs=default_max_num_seqs(self.platform, config))
+            validate_combination(config, effective_max_model_len=self.model_max_len, effective_max_num_seqs=seqs)
         except ConfigError as exc:
             return str(exc)
-        return None
+        return _schedule_changes_nothing(config, seqs)
 
     def describe(self) -> list[dict[str, Any]]:
         """The space as rows (for docs, `--json` and the report)."""
@@ -433,6 +433,25 @@ def draft_schedule(k: int, max_batch: int) -> list[tuple[int, int, int]]:
     """vLLM's `num_speculative_tokens_per_batch_size` for "K up to `max_batch` requests per step, none
     above": the last range carries its K on to max_num_seqs (vLLM's lookup), so K=0 there."""
     return [(1, max_batch, k), (max_batch + 1, max_batch + 1, 0)]
+
+
+def _schedule_changes_nothing(config: VllmConfig, max_num_seqs: int | None) -> str | None:
+    """Why a K-by-batch-size schedule is the same server as none (K at every batch size this server
+    can run: e.g. K up to 8 requests per step with max_num_seqs 4), or None. Such a trial would only
+    measure the config without the schedule again: a wasted trial. vLLM's lookup
+    (`build_dynamic_sd_schedule_lookup`) carries a range's K on until the next range starts."""
+    spec = config.speculative_config
+    schedule = spec.num_speculative_tokens_per_batch_size if spec is not None else None
+    if not schedule or not max_num_seqs:
+        return None
+    k = spec.num_speculative_tokens  # type: ignore[union-attr]
+    ranges = sorted(schedule)
+    for batch in range(1, max_num_seqs + 1):
+        current = [r for r in ranges if r[0] <= batch]
+        if current and min(current[-1][2], k) != k:
+            return None
+    return (f"its draft schedule {[list(r) for r in ranges]} drafts K={k} at every batch size up to max_num_seqs "
+            f"{max_num_seqs}: the same server as no schedule (a duplicate trial)")
 
 
 def default_max_num_seqs(plat: platforms.Platform, config: VllmConfig) -> int | None:

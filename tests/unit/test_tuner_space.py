@@ -233,6 +233,24 @@ def test_speculation_by_load_becomes_vllms_schedule():
     assert SPEC_MAX_BATCH not in s.grid()[0]
 
 
+@pytest.mark.parametrize(("max_batch", "max_num_seqs", "duplicate"), [
+    (4, 4, True),   # K up to 4 per step, and no step holds more than 4: K everywhere
+    (8, 4, True),
+    (2, 4, False),  # K up to 2, none at 3 and 4: a schedule that changes something
+    (8, None, False),  # vLLM's CPU default (128 requests per step) is above 8
+])
+def test_a_schedule_that_reaches_max_num_seqs_is_a_duplicate_never_launched(max_batch, max_num_seqs, duplicate):
+    s = space()
+    params = {SPEC_METHOD: "ngram", SPEC_TOKENS: 4, SPEC_MAX_BATCH: max_batch}
+    if max_num_seqs is not None:
+        params["max_num_seqs"] = max_num_seqs
+    reason = s.infeasible_reason(s.config_for(BASE, params))
+    if duplicate:
+        assert "the same server as no schedule" in reason
+    else:
+        assert reason is None
+
+
 @pytest.mark.parametrize(("schedule", "msg"), [
     ([[2, 4, 3]], "must start at 1"),
     ([[1, 4, 3], [3, 8, 1]], "must not overlap"),

@@ -224,13 +224,15 @@ def setup_lock(url: str, key: str) -> Iterator[None]:
 
 def _sampler_seed(spec: TuneSpec, url: str, name: str) -> int:
     """The user's seed, made distinct per worker when another worker is already at work on the study
-    (identical seeds would make two workers propose the same configs)."""
+    (identical seeds would make two workers propose the same configs), and per resume: a sampler
+    seeded as the first run's replays its random start-up draws, so a resumed study measured the
+    configs it already had again. The trials already stored move it on (reproducible from storage)."""
     try:
-        existing = optuna.load_study(study_name=name, storage=url)
-        busy = any(t.state is TrialState.RUNNING for t in existing.get_trials(deepcopy=False))
+        trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     except KeyError:
-        busy = False
-    return spec.seed + 7919 * spec.worker + (os.getpid() % 100_000 if busy else 0)
+        trials = []
+    busy = any(t.state is TrialState.RUNNING for t in trials)
+    return spec.seed + 7919 * spec.worker + 104_729 * len(trials) + (os.getpid() % 100_000 if busy else 0)
 
 
 def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> optuna.Study:

@@ -102,6 +102,16 @@ def test_resume_counts_finished_trials_and_keeps_them(tmp_path):
     assert sum(t.user_attrs["origin"] == "baseline" for t in study.get_trials()) == 1
 
 
+def test_a_resumed_study_does_not_draw_the_configs_it_already_drew(tmp_path):
+    # A fresh sampler with the same seed replays the same random start-up draws: a study resumed one
+    # trial at a time measured the same config again on every resume (bench_tune's false-wins study 0).
+    for n in range(2, 5):
+        run_study(spec(tmp_path, trials=n, max_remedies=0), measure=FakeMeasure())
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    drawn = [json.dumps(t.params, sort_keys=True) for t in study.get_trials()[1:]]
+    assert len(drawn) == 3 and len(set(drawn)) == 3, drawn
+
+
 def test_resume_with_other_slo_is_refused(tmp_path):
     run_study(spec(tmp_path, trials=1), measure=FakeMeasure())
     with pytest.raises(ConfigError, match="was created with slo="):

@@ -61,7 +61,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("SLOTUNE_TEST_CACHE") or REPO / ".slotune-test")
+sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
+from tests.support.paths import CACHE  # noqa: E402  (the built models, $SLOTUNE_TEST_CACHE as in the tests)
+
 PARTS = ("false-wins", "edit", "early-stop", "grid", "sharegpt")
 NAME = "bench"  # the served model name in the vllm.benchmarks.serve runs
 

@@ -70,7 +70,7 @@ bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM
 bench-real: setup ## the real model: TPOT, prefill cost, capacity, n-gram speedup (ours and vLLM's client; long)
 	$(PY) bench/bench_realmodel.py
 
-bench-tune: setup ## tuned vs default goodput, re-measured with vllm.benchmarks.serve (long)
+bench-tune: setup ## the tuner on the real model: false wins, edit/sharegpt tuned vs default (vllm.benchmarks.serve), grid replay, early stopping (long; resumable, see docs/tuner.md)
 	$(PY) bench/bench_tune.py
 
 clean:

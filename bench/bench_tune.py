@@ -40,9 +40,12 @@ PART` forgets a part's record. Sizes are small on purpose: on a 2-core AVX2 host
   `ttft_p95<=3s,tpot_p95<=250ms`; the same study + `vllm.benchmarks.serve` re-measurement as `edit`.
   Figure: the ratio (target >= 1.5x) or the study's verdict "keep vLLM's defaults" with its intervals.
 
-The real model is served in fp32 by default (`--real-dtype`; a copy of the model directory whose
-config says float32, weights shared): on this AVX2-only host bf16 prefill is ~6x slower, which would
-make every part several times longer. vLLM runs on the last core, every client on the others.
+`--real-dtype fp32` (the default) serves a linked copy of the model directory whose config says
+float32, meant to get fp32 (on this AVX2-only host bf16 prefill is ~6x slower). It does NOT: vLLM
+0.32's CPU backend still loads it in bf16 (its log: `dtype=torch.bfloat16`), so every real-model
+figure so far is bf16. Real fp32 needs `--dtype float32` on every server, the baseline included,
+which `TuneSpec` cannot give today (its base config is model, environment and served name).
+vLLM runs on the last core, every client on the others.
 
     .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop grid sharegpt]
         [--budget-min M] [--results FILE] [--report] [--fresh PART]

@@ -40,3 +40,27 @@ def test_parse_cpus_takes_a_core_or_a_range_and_leaves_one_for_the_client() -> N
     with pytest.raises(ConfigError, match=r"cores \[4096\] are not available here"):
         parse_cpus("4096")
 
+
+
+def test_cpu_dtype_is_float32_only_without_native_bf16(tmp_path) -> None:
+    from slotune.platforms import cpu_dtype, cpu_flags
+
+    assert cpu_dtype({"avx2", "fma"}) == "float32"
+    assert cpu_dtype({"avx2", "avx512f", "avx512_bf16"}) is None
+    assert cpu_dtype({"avx2", "amx_bf16"}) is None
+    assert cpu_dtype(None) is None  # unknown: the model's own dtype
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma\n")
+    assert cpu_flags(str(info)) == frozenset({"fpu", "avx2", "fma"})
+    assert cpu_flags(str(tmp_path / "missing")) is None
+    info.write_text("processor\t: 0\n")
+    assert cpu_flags(str(info)) is None
+
+
+def test_the_cpu_backend_on_this_host_defaults_to_the_dtype_its_flags_call_for() -> None:
+    from slotune import platforms
+
+    plat = platforms.detect()
+    if plat.backend != "cpu":
+        pytest.skip("not the CPU build of vLLM")
+    assert plat.default_flags.get("dtype") == platforms.cpu_dtype(platforms.cpu_flags())

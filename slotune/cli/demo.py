@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from slotune import paths
+from slotune import paths, platforms
 from slotune.cli.demo_size import BUDGET_S, DEMO_WARMUP, STUDY_WARMUP, DemoSize, Probe, Shape, size_demo
 from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.slo import DEFAULT_SLO
@@ -238,6 +238,9 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, sizing: Sizing) -> tupl
                            startup_timeout=600, slo=slo)
     seat = f" on core(s) {list(demo.server_cpus)}, the load generator on the others" if demo.server_cpus else ""
     click.echo(f"starting vLLM (default flags{seat}): {server.effective_config().serve_command()}")
+    if (dtype := platforms.detect().default_flags.get("dtype")) and config.dtype is None:
+        click.echo(f"  --dtype {dtype}: this CPU has no native bf16 ({' / '.join(sorted(platforms.NATIVE_BF16_FLAGS))}), "
+                   f"where serving in bf16 makes prefill several times slower (slotune/platforms.py)")
     concurrency = sizing.concurrency
     with start_or_explain(server, slo=slo) as launch:
         if not launch.ok:

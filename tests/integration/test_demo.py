@@ -6,6 +6,7 @@ model and real ShareGPT prompts (the default), which must answer its question ri
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 
 import pytest
 
+from slotune import platforms
 from tests.support.paths import CACHE, REPO
 from tests.support.procs import left_behind, live_members, server_groups
 
@@ -44,8 +46,8 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
         proc.kill()
     text = log.read_text()
     assert proc.wait() == 0, text[-4000:]
-    for expected in ("vLLM ready at", "client side", "server side", "TTFT p50 / p95 / p99 (mean)", "diagnosis:",
-                     "trial 0:", "demo done"):
+    for expected in ("vLLM ready at", "sizing: vLLM start", "12 requests at concurrency 2", "client side",
+                     "server side", "TTFT p50 / p95 / p99 (mean)", "diagnosis:", "trial 0:", "demo done"):
         assert expected in text, f"{expected!r} missing from:\n{text[-4000:]}"
     assert "Traceback" not in text
     assert groups and with_engine, "no vLLM (with its engine core) seen under the demo's data directory"
@@ -65,6 +67,8 @@ def test_demo_on_the_real_model_answers_and_measures_real_prompts(tmp_path):
     (data / "models").mkdir(parents=True)
     # The demo builds the model into its data directory; the session's cached build is the same files.
     (data / "models" / "smollm2").symlink_to(build_smollm2(CACHE / "models" / "smollm2"))
+    # Small explicit sizes (they win over the demo's sizing): the sizing then picks the longest replies
+    # that 8 requests can have in one of its windows on this host.
     cmd = [sys.executable, "-m", "slotune.cli.main", "demo", "--num-requests", "8", "--concurrency", "2",
            "--trials", "1"]
     env = {**os.environ, "SLOTUNE_DATA_DIR": str(data), "COLUMNS": "160"}
@@ -73,9 +77,18 @@ def test_demo_on_the_real_model_answers_and_measures_real_prompts(tmp_path):
     assert out.returncode == 0, text[-4000:]
     answer = next((line for line in text.splitlines() if "smollm2 answers:" in line), "")
     assert "paris" in answer.lower(), text[-4000:]
-    for expected in ("SmolLM2-135M-Instruct", "workload 'sharegpt-demo'", "client side", "server side",
-                     "diagnosis:", "trial 0:", "re-measuring", "verdict:", "demo done"):
+    for expected in ("SmolLM2-135M-Instruct", "sizing: vLLM start", "workload 'sharegpt-demo'",
+                     "8 requests at concurrency 2", "client side", "server side", "diagnosis:", "trial 0:",
+                     "re-measuring", "verdict:", "demo done"):
         assert expected in text, f"{expected!r} missing from:\n{text[-4000:]}"
+    # The caps the sizing line names are the ones the workload file (and the load line) carries.
+    sizing = next(line for line in text.splitlines() if line.startswith("sizing:"))
+    caps = re.search(r"prompts <= (\d+) tokens, replies <= (\d+)", sizing)
+    assert caps, sizing
+    assert f"ShareGPT prompts up to {caps[1]} tokens, replies capped at {caps[2]}" in text
+    # On a CPU without native bf16 the platform serves in float32, and the demo says so.
+    if platforms.cpu_dtype(platforms.cpu_flags()) == "float32":
+        assert "--dtype float32" in text and "no native bf16" in text
     assert "Traceback" not in text
     assert left_behind(data) == []
 

@@ -105,7 +105,7 @@ def demo_shapes(demo: DemoModel, workload: str, requests: int = 44) -> list[Shap
     import itertools
 
     from slotune.loadgen.prompts import load_tokenizer
-    from slotune.loadgen.workload import load_workload, workload_from_mapping
+    from slotune.loadgen.workload import CHAT_TEMPLATE_MARGIN, load_workload, workload_from_mapping
 
     if is_shortened(workload):
         wls = [workload_from_mapping(_demo_mapping(p, o), "demo") for p, o in DEMO_CAPS]
@@ -116,8 +116,10 @@ def demo_shapes(demo: DemoModel, workload: str, requests: int = 44) -> list[Shap
         wl = wl.with_tokenizer(demo.path) if wl.prompts is not None else wl
         tokenizer = load_tokenizer(wl.tokenizer) if wl.tokenizer else None
         drawn = list(itertools.islice(wl.shapes(0, tokenizer), requests))
+        # a chat request's prompt also carries the chat template's tokens
+        margin = CHAT_TEMPLATE_MARGIN if wl.endpoint == "chat" else 0
         shapes.append(Shape(prompt_cap=wl.prompt_len.upper, output_cap=wl.output_len.upper,
-                            mean_prompt=sum(r.prompt_len for r in drawn) / len(drawn),
+                            mean_prompt=margin + sum(r.prompt_len for r in drawn) / len(drawn),
                             mean_output=sum(r.output_len for r in drawn) / len(drawn)))
     return shapes
 

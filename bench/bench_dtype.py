@@ -20,12 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_realmodel import NAME, p50, serve, spread, stamp
+from bench_realmodel import CACHE, NAME, p50, serve, spread, stamp
 
 from slotune.loadgen.runner import run_load
 from slotune.loadgen.workload import Workload, load_workload
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -39,8 +37,7 @@ def main() -> None:
     from slotune.cli.demo import demo_workload_file
     from slotune.smollm2 import build_smollm2
 
-    cache = Path(os.environ.get("SLOTUNE_TEST_CACHE", REPO / ".slotune-test"))
-    model = build_smollm2(cache / "models" / "smollm2")
+    model = build_smollm2(CACHE / "models" / "smollm2")
     avail = sorted(os.sched_getaffinity(0))
     cpus = (avail[-1],) if len(avail) >= 2 else None
     if cpus:

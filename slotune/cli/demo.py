@@ -328,7 +328,7 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
                     server_cpus=demo.server_cpus, temperature=demo.temperature, top_p=demo.top_p,
                     startup_timeout=600)
     spec = spec.model_copy(update={"study_name": spec.name()})
-    click.echo(f"tuning: study {spec.study_name}, {trials} trials (baseline first, then remedies, then TPE), "
+    click.echo(f"tuning: study {spec.study_name}, {trials} trial{'' if trials == 1 else 's'} (baseline first, then remedies, then TPE), "
                f"then the default and the best measured again, interleaved, for a verdict at 95 % confidence")
 
     def progress(trial: int, stage: str) -> None:

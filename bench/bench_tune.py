@@ -44,7 +44,8 @@ PART` forgets a part's record. Sizes are small on purpose: on a 2-core AVX2 host
 float32, meant to get fp32 (on this AVX2-only host bf16 prefill is ~6x slower). It does NOT: vLLM
 0.32's CPU backend still loads it in bf16 (its log: `dtype=torch.bfloat16`), so every real-model
 figure so far is bf16. Real fp32 needs `--dtype float32` on every server, the baseline included,
-which `TuneSpec` cannot give today (its base config is model, environment and served name).
+which `TuneSpec` cannot give (its base config is model, environment and served name); slotune's
+CPU platform now adds it by default on a CPU without native bf16 (slotune/platforms.py).
 vLLM runs on the last core, every client on the others.
 
     .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop grid sharegpt]

@@ -46,9 +46,19 @@ def raise_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta |
 
 
 def lower_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta | None:
-    """Smaller prefill chunks interleave with decodes (better ITL, TTFT of short prompts)."""
+    """Smaller prefill chunks interleave with decodes (better ITL, TTFT of short prompts). None when
+    the steps never come near the halved budget: a budget no step reaches splits nothing (a saturated
+    CPU server's 16 short prompts make steps of ~65 tokens against 2048, and halving it changes no step).
+    The steps' p99 is a bucket quantile: from 8 tokens up vLLM's step-token buckets double, so twice the figure is at
+    least its bucket's upper bound, and that bound at most the new budget means no step is cut."""
     cur = _int(f["max_num_batched_tokens"])
-    return None if cur is None or cur <= 512 else {"max_num_batched_tokens": max(cur // 2, 512)}
+    if cur is None or cur <= 512:
+        return None
+    new = max(cur // 2, 512)
+    p99 = f.get("step_tokens_p99")
+    if p99 is not None and 2 * p99 <= new:
+        return None
+    return {"max_num_batched_tokens": new}
 
 
 _SMALL_BUDGET = 256

@@ -287,3 +287,16 @@ def test_tpot_growing_with_the_batch_is_a_compute_limit_on_an_accelerator() -> N
     assert not any("concurrency" in a.lower() for a in _actions(f))
     # The same batch without the lighter window to compare with: nothing says the steps slow down.
     assert fired(heavy)["low_gpu_utilization"]["cause"] == "low_offered_load"
+
+
+def test_a_prefill_budget_no_step_reaches_is_not_lowered() -> None:
+    # Beyond the knee on the real model (16 short prompts at once on one CPU core): TTFT is mostly
+    # "prefill" because every step is shared, and the steps hold ~65 tokens against a 2048 budget.
+    # Halving the budget would cut no step: the remedy is left out. Steps that fill it keep it.
+    slow = {"ttft_at_slo": 9.4, "ttft_queue_share": 0.0, "ttft_prefill_share": 1.0}
+    lower = "Lower max_num_batched_tokens"
+    assert lower not in _actions(fired(facts(**slow, step_tokens_p99=120))["high_ttft"])
+    kept = fired(facts(**slow, step_tokens_p99=1900))["high_ttft"]
+    assert {"max_num_batched_tokens": 1024} in [r["config_delta"] for r in kept["remedies"] if r["action"] == lower]
+    # Unmeasured steps: the remedy stays (nothing says it cuts nothing).
+    assert lower in _actions(fired(facts(**slow))["high_ttft"])

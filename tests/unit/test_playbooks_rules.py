@@ -300,3 +300,14 @@ def test_a_prefill_budget_no_step_reaches_is_not_lowered() -> None:
     assert {"max_num_batched_tokens": 1024} in [r["config_delta"] for r in kept["remedies"] if r["action"] == lower]
     # Unmeasured steps: the remedy stays (nothing says it cuts nothing).
     assert lower in _actions(fired(facts(**slow))["high_ttft"])
+
+
+def test_ttft_of_a_batch_sharing_every_step_is_named_as_such() -> None:
+    # The real model beyond its knee: no queue, 14.6 requests in the batch, short prompts.
+    busy = {"ttft_at_slo": 9.4, "ttft_queue_share": 0.0, "ttft_prefill_share": 1.0, "batch_requests": 14.6,
+            "prompt_len_p95": 90, "step_tokens_p99": 120}
+    f = fired(facts(**busy))["high_ttft"]
+    assert f["cause"] == "shared_steps" and "14.6 requests sharing each engine step" in f["summary"]
+    assert "Add replicas" in _actions(f)
+    # One request at a time: its prefill is its own.
+    assert fired(facts(**{**busy, "batch_requests": 0.95}))["high_ttft"]["cause"] == "prefill"

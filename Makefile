@@ -10,7 +10,7 @@ STAMP := $(VENV)/.slotune-installed
 export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune bench-real clean
+.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune bench-real bench-matrix clean
 
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 
@@ -69,6 +69,9 @@ bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM
 
 bench-real: setup ## the real model: TPOT, prefill cost, capacity, n-gram speedup (ours and vLLM's client; long)
 	$(PY) bench/bench_realmodel.py
+
+bench-matrix: setup ## the playbooks on the real model: 4 real workloads x light / knee / beyond, a Markdown table (~15-25 min; one workload: bench/bench_matrix.py --workload NAME)
+	$(PY) bench/bench_matrix.py
 
 bench-tune: setup ## the tuner on the real model: false wins, edit/sharegpt tuned vs default (vllm.benchmarks.serve), grid replay, early stopping (long; resumable, see docs/tuner.md)
 	$(PY) bench/bench_tune.py

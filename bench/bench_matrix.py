@@ -50,6 +50,10 @@ from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
+from tests.support.paths import CACHE  # noqa: E402  (the built models, $SLOTUNE_TEST_CACHE as in the tests)
+
 NAME = "smollm2"
 WORKLOADS = ("sharegpt", "edit", "long-prompt", "shared-prefix")
 # Met with margin one request at a time on a 2-core AVX2 host in fp32 (TPOT ~0.13 s; prefill
@@ -149,8 +153,7 @@ def main() -> None:
     a = p.parse_args()
     from slotune.smollm2 import build_smollm2
 
-    cache = Path(os.environ.get("SLOTUNE_TEST_CACHE", Path(__file__).resolve().parents[1] / ".slotune-test"))
-    model = build_smollm2(cache / "models" / "smollm2")
+    model = build_smollm2(CACHE / "models" / "smollm2")
     cores = os.cpu_count() or 1
     cpus = (cores - 1,) if cores >= 2 else None
     if cpus:

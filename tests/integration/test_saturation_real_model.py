@@ -171,7 +171,7 @@ def _no_underused(findings: list[dict[str, Any]]) -> None:
     for f in findings:
         cause = f.get("cause") if "cause" in f else f.get("data", {}).get("cause")
         remedies = f.get("remedies") if "remedies" in f else f.get("data", {}).get("remedies", [])
-        assert cause not in UNDERUSED, json.dumps(f, indent=1)
+        assert cause not in UNDERUSED, json.dumps({k: f.get(k) for k in ("playbook", "summary", "data")}, indent=1)
         assert not any("more concurrency" in r["action"].lower() or "more load" in r["action"].lower()
                        for r in remedies), json.dumps(f, indent=1)
 
@@ -205,9 +205,13 @@ def test_beyond_the_knee_the_sidecar_reports_the_burn_and_saturation_not_underus
     assert burns and all(f["severity"] in ALARMING for f in burns)
     assert any("tpot_p95" in f["summary"] or "ttft_p95" in f["summary"] for f in burns), burns[-1]
     saturation = [f for f in seen if f["playbook"] == "low_gpu_utilization"]
-    assert saturation and all(f["data"]["cause"] in COMPUTE for f in saturation), json.dumps(seen[-5:], indent=1)
-    _saturation_remedies(saturation[-1]["data"]["remedies"])
+    causes = [f["data"]["cause"] for f in saturation]
+    # A tick's window is 3 s: one that saw no first token has no TTFT figure and may name the API
+    # server (outside_engine) instead; never an underused cause, and the compute limit is named.
     _no_underused(seen)
+    computed = [f for f in saturation if f["data"]["cause"] in COMPUTE]
+    assert computed, causes
+    _saturation_remedies(computed[-1]["data"]["remedies"])
     # Recommend mode turns the saturation finding into a change that helps there, never more load.
     recs = [r for r in beyond_knee["recommendations"] if r["source"] == "low_gpu_utilization"]
     assert recs and all(r["evidence"]["config_delta"].get("max_num_seqs", 128) < 128 or

@@ -101,6 +101,8 @@ FACTS: dict[str, str] = {
     "engine_steps": "engine steps in the window (each decodes one token for every running request)",
     "generation_tokens": "tokens generated in the window",
     "latency_slo_ratio": "worst latency figure at the SLO's statistic / its target (above 1: a target is missed)",
+    "latency_targets_unjudged": "latency targets of the SLO with no decisive figure in the window (no sample, or "
+                                "inside the bucket that straddles the threshold)",
     "tpot_batch_growth": "p50 TPOT / p50 TPOT of an earlier window with at most half the requests in flight",
     "cpu_backend": "the server runs on vLLM's CPU backend (1) or an accelerator (0)",
     "client_concurrency": "concurrency the load generator offered",
@@ -301,6 +303,9 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     ratios = [v / thresholds[m] for m in judged
               if (v := f.get(f"{m}_at_slo")) is not None and thresholds.get(m)]
     f["latency_slo_ratio"] = max(ratios, default=None)
+    # A window with no figure for a target (a sidecar tick that saw requests finish but no first token,
+    # or a figure inside the bucket that straddles the threshold) cannot say the steps are fast enough.
+    f["latency_targets_unjudged"] = sum(1 for m in judged if f.get(f"{m}_at_slo") is None)
 
 
 def _batch_requests(f: Facts, s: Snapshot | None) -> float | None:

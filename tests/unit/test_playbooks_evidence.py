@@ -150,7 +150,7 @@ def burning(**kw: float | None) -> dict[str, float | None]:
               "batch_requests": 2.56, "batch_share_of_inflight": 0.128, "max_num_seqs": 128,
               "max_num_batched_tokens": 2048, "batch_occupancy": 20 / 128, "step_tokens_mean": 2.56,
               "step_tokens_share": 2.56 / 2048, "preemptions": 0, "requests_running": 20, "requests_waiting": 0,
-              "latency_slo_ratio": 8.0, "tpot_at_slo": 0.4, "cpu_backend": 0})
+              "latency_slo_ratio": 8.0, "tpot_at_slo": 0.4, "cpu_backend": 0, "latency_targets_unjudged": 0})
     f.update(kw)
     return f
 

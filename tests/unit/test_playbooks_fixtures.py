@@ -50,7 +50,7 @@ def test_spec_capture_ttft_breaks_the_default_target_and_is_queueing(fixtures_di
 
 def test_default_server_under_40_concurrent(fixtures_dir: Path) -> None:
     w = window(fixtures_dir, "vllm-0.32-cpu-under-load.prom", "vllm-0.32-cpu-after-load.prom")
-    d = diagnose([w], slo=SloSpec.parse("ttft_p95<=1s,e2e_p95<=5s"), server_config=VllmConfig(model="tiny"))
+    d = diagnose([w], slo=SloSpec.parse("e2e_p95<=5s"), server_config=VllmConfig(model="tiny"))
     found = {f.playbook: f for f in d.findings}
     # Fast and consistent: no latency finding; 40-way load on 128 slots leaves most of the batch empty.
     assert set(found) == {"low_gpu_utilization"}
@@ -58,6 +58,16 @@ def test_default_server_under_40_concurrent(fixtures_dir: Path) -> None:
     assert f.cause == "low_offered_load"
     assert any(e.field == "nvml_available" and e.value == 0 for e in f.evidence)
     assert any("NVML unavailable" in n for n in d.notes)
+
+
+def test_a_window_that_cannot_judge_ttft_calls_nothing_underused(fixtures_dir: Path) -> None:
+    # The capture's second page came after the load: its window saw requests finish but no first
+    # token, so TTFT's target is not judged there and "offer more load" could feed a TTFT burn (the
+    # sidecar's 3 s ticks on the real model beyond its knee did exactly that).
+    w = window(fixtures_dir, "vllm-0.32-cpu-under-load.prom", "vllm-0.32-cpu-after-load.prom")
+    assert w.ttft is None or not w.ttft.count
+    d = diagnose([w], slo=SloSpec.parse("ttft_p95<=1s,e2e_p95<=5s"), server_config=VllmConfig(model="tiny"))
+    assert not [f for f in d.findings if f.playbook == "low_gpu_utilization"], d.findings
 
 
 def test_cumulative_page_without_traffic_is_insufficient_data(fixtures_dir: Path) -> None:

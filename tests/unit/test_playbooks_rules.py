@@ -20,7 +20,7 @@ CFG = VllmConfig(model="m")
 
 # A busy, healthy window: what every case starts from (nothing fires on it).
 HEALTHY: dict[str, float] = {
-    "window_seconds": 10, "requests_finished": 40, "request_rate": 4, "nvml_available": 0,
+    "window_seconds": 10, "requests_finished": 40, "request_rate": 4, "nvml_available": 0, "latency_targets_unjudged": 0,
     "ttft_p50": 0.1, "ttft_p95": 0.2, "ttft_p99": 0.25, "ttft_at_slo": 0.2,
     "e2e_p50": 1.0, "e2e_p95": 1.4, "e2e_p99": 1.6, "e2e_at_slo": 1.4, "e2e_p99_over_p50": 1.6,
     "ttft_p99_over_p50": 2.5, "queue_mean": 0.01, "prefill_mean": 0.09, "ttft_queue_share": 0.1,
@@ -311,3 +311,14 @@ def test_ttft_of_a_batch_sharing_every_step_is_named_as_such() -> None:
     assert "Add replicas" in _actions(f)
     # One request at a time: its prefill is its own.
     assert fired(facts(**{**busy, "batch_requests": 0.95}))["high_ttft"]["cause"] == "prefill"
+
+
+def test_underused_needs_every_latency_target_judged_unless_one_surely_misses() -> None:
+    # A sidecar tick on the real model beyond its knee: 16 requests finished, none got its first token
+    # in the 3 s window, TPOT at half its target. "Offer more load" there fed a TTFT burn.
+    idle_batch = {"mean_concurrency": 16, "batch_occupancy": 16 / 128, "latency_slo_ratio": 0.55}
+    assert fired(facts(**idle_batch, latency_targets_unjudged=0))["low_gpu_utilization"]["cause"] == "low_offered_load"
+    assert "low_gpu_utilization" not in fired(facts(**idle_batch, latency_targets_unjudged=1))
+    # A target it can judge surely misses: the compute limit is named, whatever the other target.
+    burning = fired(facts(**{**idle_batch, "latency_slo_ratio": 3.0}, latency_targets_unjudged=1, cpu_backend=1))
+    assert burning["low_gpu_utilization"]["cause"] == "host_cpu"

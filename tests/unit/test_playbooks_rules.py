@@ -24,7 +24,7 @@ HEALTHY: dict[str, float] = {
     "ttft_p50": 0.1, "ttft_p95": 0.2, "ttft_p99": 0.25, "ttft_at_slo": 0.2,
     "e2e_p50": 1.0, "e2e_p95": 1.4, "e2e_p99": 1.6, "e2e_at_slo": 1.4, "e2e_p99_over_p50": 1.6,
     "ttft_p99_over_p50": 2.5, "queue_mean": 0.01, "prefill_mean": 0.09, "ttft_queue_share": 0.1,
-    "mean_concurrency": 100, "max_num_seqs": 128, "max_num_batched_tokens": 2048, "batch_occupancy": 0.78,
+    "mean_concurrency": 100, "batch_requests": 100, "max_num_seqs": 128, "max_num_batched_tokens": 2048, "batch_occupancy": 0.78,
     "step_tokens_mean": 900, "step_tokens_share": 0.44, "requests_running": 100, "requests_waiting": 0,
     "preemptions": 0, "waiting_capacity": 0, "kv_cache_usage": 0.5, "chunked_prefill_enabled": 1,
     "prefix_caching_enabled": 1, "spec_enabled": 0, "prompt_len_p50": 200, "prompt_len_p95": 400,
@@ -53,7 +53,11 @@ def test_the_healthy_window_fires_nothing() -> None:
 # (playbook, facts that must make it fire, expected cause)
 FIRES = [
     ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.8}, "queueing"),
-    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.2, "ttft_prefill_share": 0.8}, "prefill"),
+    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.2, "ttft_prefill_share": 0.8, "prompt_len_p95": 3000},
+     "prefill"),  # long prompts: prefill itself, whatever the batch
+    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.2, "ttft_prefill_share": 0.8}, "shared_steps"),
+    ("high_ttft", {"ttft_at_slo": 0.9, "ttft_queue_share": 0.2, "ttft_prefill_share": 0.8, "batch_requests": 1},
+     "prefill"),
     ("kv_cache_pressure", {"preemptions": 3}, "runtime"),
     ("kv_cache_pressure", {"waiting_capacity": 2}, "runtime"),
     ("kv_cache_pressure", {"kv_cache_usage": 0.97}, "runtime"),
@@ -293,7 +297,7 @@ def test_a_prefill_budget_no_step_reaches_is_not_lowered() -> None:
     # Beyond the knee on the real model (16 short prompts at once on one CPU core): TTFT is mostly
     # "prefill" because every step is shared, and the steps hold ~65 tokens against a 2048 budget.
     # Halving the budget would cut no step: the remedy is left out. Steps that fill it keep it.
-    slow = {"ttft_at_slo": 9.4, "ttft_queue_share": 0.0, "ttft_prefill_share": 1.0}
+    slow = {"ttft_at_slo": 9.4, "ttft_queue_share": 0.0, "ttft_prefill_share": 1.0, "prompt_len_p95": 3000}
     lower = "Lower max_num_batched_tokens"
     assert lower not in _actions(fired(facts(**slow, step_tokens_p99=120))["high_ttft"])
     kept = fired(facts(**slow, step_tokens_p99=1900))["high_ttft"]

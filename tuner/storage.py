@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from slotune import paths
 from slotune.errors import StoreError
@@ -72,7 +73,10 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
 
 
 def _require_sqlite_file(url: str) -> None:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # not a URL at all: open_store says so in one line
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     if not Path(parsed.database).is_file():
@@ -102,8 +106,6 @@ def _schema_lock(url: str) -> Iterator[None]:
 
 
 def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - never let a bad URL break an error message

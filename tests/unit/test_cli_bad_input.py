@@ -64,6 +64,7 @@ CASES = {
     "sidecar settings not UTF-8": (["sidecar", "--config", "{not_utf8.yaml}"], "not UTF-8"),
     "report on a database that is not there": (["report", "--study", "s", "--storage",
                                                 "sqlite:///{tmp}/typo.db"], "no database at"),
+    "report on a path that is not a URL": (["report", "--study", "s", "--storage", "{tmp}/typo.db"], "URL"),
 }
 
 

@@ -70,8 +70,9 @@ GPU = Platform(
 )
 
 
-# CPU flags (as /proc/cpuinfo names them) that compute bf16 natively.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# CPU flags (as /proc/cpuinfo names them) that compute bf16 natively: x86's `flags`, Arm's
+# `Features` (Graviton3 and later, Neoverse V1/N2: `bf16`, `svebf16`).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "svebf16"})
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:

@@ -48,6 +48,8 @@ def test_cpu_dtype_is_float32_only_without_native_bf16(tmp_path) -> None:
     assert cpu_dtype({"avx2", "fma"}) == "float32"
     assert cpu_dtype({"avx2", "avx512f", "avx512_bf16"}) is None
     assert cpu_dtype({"avx2", "amx_bf16"}) is None
+    assert cpu_dtype({"fp", "asimd", "sve", "bf16", "svebf16"}) is None  # Arm (Graviton3) `Features`
+    assert cpu_dtype({"fp", "asimd"}) == "float32"
     assert cpu_dtype(None) is None  # unknown: the model's own dtype
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma\n")

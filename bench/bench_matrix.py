@@ -154,10 +154,10 @@ def main() -> None:
     from slotune.smollm2 import build_smollm2
 
     model = build_smollm2(CACHE / "models" / "smollm2")
-    cores = os.cpu_count() or 1
-    cpus = (cores - 1,) if cores >= 2 else None
+    cores = sorted(os.sched_getaffinity(0))  # the cores allowed here (a cpuset may not start at 0)
+    cpus = (cores[-1],) if len(cores) >= 2 else None
     if cpus:
-        os.sched_setaffinity(0, set(range(cores - 1)))  # the client off the server's core
+        os.sched_setaffinity(0, set(cores[:-1]))  # the client off the server's core
     print(f"Host: {host_facts(a.dtype, cpus)}\n")
     print("| workload | SLO | load | ok | req/s | TTFT p50 / p95 | TPOT p95 | engine CPU | findings |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)

@@ -40,12 +40,9 @@ PART` forgets a part's record. Sizes are small on purpose: on a 2-core AVX2 host
   `ttft_p95<=3s,tpot_p95<=250ms`; the same study + `vllm.benchmarks.serve` re-measurement as `edit`.
   Figure: the ratio (target >= 1.5x) or the study's verdict "keep vLLM's defaults" with its intervals.
 
-`--real-dtype fp32` (the default) serves a linked copy of the model directory whose config says
-float32, meant to get fp32 (on this AVX2-only host bf16 prefill is ~6x slower). It does NOT: vLLM
-0.32's CPU backend still loads it in bf16 (its log: `dtype=torch.bfloat16`), so every real-model
-figure so far is bf16. Real fp32 needs `--dtype float32` on every server, the baseline included,
-which `TuneSpec` cannot give (its base config is model, environment and served name); slotune's
-CPU platform now adds it by default on a CPU without native bf16 (slotune/platforms.py).
+The real model is served in the platform's dtype like every server slotune starts: float32 on a
+CPU without native bf16 (slotune/platforms.py; on this AVX2-only host bf16 prefill is ~6x slower),
+the baseline included, and the `vllm serve` lines printed say so.
 vLLM runs on the last core, every client on the others.
 
     .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop grid sharegpt]
@@ -160,25 +157,11 @@ def tiny_model() -> Path:
     return build_tiny_model(CACHE / "models" / "tiny-llama")
 
 
-def real_model(dtype: str) -> Path:
-    """SmolLM2 as built by `slotune model smollm2`; for fp32 a sibling directory with the same files
-    (linked) and a config that says float32, so that vLLM's defaults serve it in fp32."""
+def real_model() -> Path:
+    """SmolLM2 as built by `slotune model smollm2` (served in the platform's dtype)."""
     from slotune.smollm2 import build_smollm2
 
-    src = build_smollm2(CACHE / "models" / "smollm2")
-    if dtype == "bf16":
-        return src
-    out = CACHE / "models" / "smollm2-fp32"
-    out.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        dst = out / f.name
-        if f.name == "config.json":
-            cfg = json.loads(f.read_text())
-            cfg["dtype"] = "float32"
-            dst.write_text(json.dumps(cfg, indent=2))
-        elif not dst.exists():
-            dst.symlink_to(f.resolve())
-    return out
+    return build_smollm2(CACHE / "models" / "smollm2")
 
 
 def workload_file(work: Path, name: str, text: str) -> Path:
@@ -463,7 +446,7 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
     from slotune.tuner.measure import LoadSpec, ServerMeasure
     from slotune.tuner.study import TuneSpec, build_space, load_spec_workload, run_study, workload_need
 
-    model = real_model(a.real_dtype)
+    model = real_model()
     work = a.work / "grid"
     work.mkdir(parents=True, exist_ok=True)
     wl_path = workload_file(work, "edit-short", EDIT_YAML)
@@ -567,17 +550,18 @@ def main() -> None:
     p.add_argument("--bench-repeats", type=int, default=2, help="vllm.benchmarks.serve runs per config")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--sharegpt-rate", type=float, default=0.5)
-    p.add_argument("--real-dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--server-cpus", default="last",
                    help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")
     a = p.parse_args()
+    from slotune.errors import ConfigError
     from slotune.platforms import parse_cpus
 
     rec = Record(a.results, a.budget_min)
-    for part in a.fresh:
-        rec.data.pop(part, None)
-    rec.save()
-    if a.report:
+    if a.fresh and not a.report:
+        for part in a.fresh:
+            rec.data.pop(part, None)
+        rec.save()
+    if a.report:  # reads the records only: a running bench may be writing them
         reporters = {"false-wins": report_false_wins, "early-stop": report_early_stop, "grid": report_grid}
         for part in a.part:
             units = (rec.data.get(part) or {}).get("units") or {}
@@ -593,7 +577,10 @@ def main() -> None:
     elif a.server_cpus == "none":
         cpus = None
     else:
-        cpus = parse_cpus(a.server_cpus)
+        try:
+            cpus = parse_cpus(a.server_cpus)
+        except ConfigError as exc:
+            sys.exit(f"error: --server-cpus: {exc}")
     if cpus:
         os.sched_setaffinity(0, set(cores) - set(cpus))  # ours, and vLLM's client as our child
     a.work.mkdir(parents=True, exist_ok=True)
@@ -608,11 +595,11 @@ def main() -> None:
             elif part == "grid":
                 part_grid(rec, a, cpus)
             elif part == "edit":
-                model = real_model(a.real_dtype)
+                model = real_model()
                 wl = workload_file(a.work, "edit-short", EDIT_YAML)
                 tuned_vs_default("edit", rec, a, cpus, model, wl, "tpot_p95<=100ms", {"concurrency": 1}, 6, 2.0)
             elif part == "sharegpt":
-                model = real_model(a.real_dtype)
+                model = real_model()
                 wl = workload_file(a.work, "sharegpt-short", SHAREGPT_YAML)
                 tuned_vs_default("sharegpt", rec, a, cpus, model, wl, "ttft_p95<=3s,tpot_p95<=250ms",
                                  {"rate": a.sharegpt_rate}, 12, 1.5)

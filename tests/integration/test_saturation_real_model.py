@@ -54,14 +54,16 @@ def _short_chat(model: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def seats() -> Iterator[tuple[int, ...] | None]:
-    """vLLM on core 1, this process (and the clients and sidecar it starts) on core 0."""
-    if (os.cpu_count() or 1) < 2:
+    """vLLM on the last core allowed, this process (and the clients and sidecar it starts) on the
+    others (a cpuset container may not hold cores 0 and 1)."""
+    before = os.sched_getaffinity(0)
+    cores = sorted(before)
+    if len(cores) < 2:
         yield None
         return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
+    os.sched_setaffinity(0, set(cores[:-1]))
     try:
-        yield (1,)
+        yield (cores[-1],)
     finally:
         os.sched_setaffinity(0, before)
 
@@ -77,6 +79,10 @@ def server(smollm2: Path, seats: tuple[int, ...] | None, tmp_path_factory: pytes
     try:
         if not result.ok:
             pytest.fail(f"vLLM did not start on the real model: {result.status.value}: {result.message}")
+        # A fresh server's first request is its slowest (lazy set-up): served here, before any
+        # sidecar watches, so no light-load window judges it.
+        httpx.post(f"{srv.base_url}/v1/chat/completions", timeout=300, json={
+            "model": NAME, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}).raise_for_status()
         yield srv
     finally:
         srv.stop()

@@ -170,8 +170,13 @@ class Controller:
             burn = self._burn_finding(window)
             if burn is not None:
                 found.append(burn)
-                # The engine settled its own findings; the burn may now settle some (underused).
-                found, _ = apply_to_dicts(found)
+            # The engine settled its own findings; a burn may now settle some (underused). A burn in
+            # any of the rolling windows counts: one short tick between two waves of a load that burns
+            # the SLO can meet it, and "offer more load" there would feed the burn.
+            if burn is not None or any(self._burn_finding(w) for w in self.rolling.last()):
+                marker = {"playbook": SLO_BURN} if burn is None else None
+                found, _ = apply_to_dicts(found + ([marker] if marker else []))
+                found = [f for f in found if f is not marker]
             with self.store.session() as s:
                 new, resolved = self._reconcile(s, found, window.snapshot_id, now,
                                                 playbooks_ran=diagnosis is not None)

@@ -41,6 +41,7 @@ SLO = SloSpec.parse(SLO_TEXT)
 # fp32: on an AVX2-only host bf16 prefill is ~5x slower (docs/playbooks.md, scenario matrix).
 DTYPE = "float32"
 BEYOND_CONCURRENCY, BEYOND_REQUESTS = 16, 32
+BEYOND_TICK = 10.0  # the sidecar's interval beyond the knee, s
 ALARMING = {"warning", "critical"}
 UNDERUSED = {"low_offered_load", "client_bottleneck", "batch_limits"}
 COMPUTE = {"host_cpu", "compute_per_step"}
@@ -115,8 +116,8 @@ class FindingLog:
         self.thread.join(10)
 
 
-def _sidecar_settings(target: str, workdir: Path) -> dict[str, Any]:
-    return {"target": target, "interval": 3, "slo": SLO_TEXT, "mode": "recommend", "persist_windows": 1,
+def _sidecar_settings(target: str, workdir: Path, interval: float = 3) -> dict[str, Any]:
+    return {"target": target, "interval": interval, "slo": SLO_TEXT, "mode": "recommend", "persist_windows": 1,
             "data_dir": str(workdir / "data")}
 
 
@@ -145,9 +146,14 @@ def beyond_knee(server: Any, smollm2: Path, tmp_path_factory: pytest.TempPathFac
     (recommend mode) watches the same traffic tick by tick."""
     work = tmp_path_factory.mktemp("beyond-knee")
     wl = _workload_file(smollm2, work / "short-chat.yaml")
-    with sidecar(_sidecar_settings(server.base_url, work), work) as sc, FindingLog(sc.url) as log:
+    # Ticks of 10 s (the default is 15): beyond the knee a request lives ~10-20 s, and a tick much
+    # shorter sees its first token and its end in different windows, where latency cannot be judged
+    # (then the sidecar claims nothing about utilization; it never says "underused").
+    settings = _sidecar_settings(server.base_url, work, interval=BEYOND_TICK)
+    with sidecar(settings, work) as sc, FindingLog(sc.url) as log:
         cli = _cli_diagnose(server.base_url, wl, BEYOND_CONCURRENCY, BEYOND_REQUESTS)
-        wait_until(lambda: any(f["playbook"] == "slo_burn" for f in log.seen), 30, "the sidecar's slo_burn")
+        wait_until(lambda: any(f["playbook"] == "slo_burn" for f in log.seen) and any(
+            f["playbook"] == "low_gpu_utilization" for f in log.seen), 3 * BEYOND_TICK, "the sidecar's findings")
         recs = httpx.get(f"{sc.url}/api/v1/recommendations", params={"limit": 200}).json()["items"]
     return {"cli": cli, "sidecar": log.seen, "recommendations": recs}
 

@@ -72,14 +72,6 @@ FAILURE_PATTERNS: tuple[tuple[StartStatus, re.Pattern[str]], ...] = (
 )
 
 
-def with_platform_flags(config: VllmConfig) -> VllmConfig:
-    """`config` with this platform's default flags (`--enforce-eager`, `--dtype float32` on a CPU
-    without native bf16, ...) filled in where it leaves them unset: the flags a server slotune starts
-    really runs with, and so the `vllm serve` line a report should print."""
-    unset = {k: v for k, v in platforms.detect().default_flags.items() if getattr(config, k) is None}
-    return config.model_copy(update=unset) if unset else config
-
-
 @dataclass(frozen=True)
 class StartResult:
     status: StartStatus
@@ -155,8 +147,9 @@ class ManagedServer:
         cfg = self.config
         if self.apply_platform_defaults:
             plat = platforms.detect()
-            cfg = with_platform_flags(cfg)
-            cfg = cfg.model_copy(update={"env": {**plat.default_env, **cfg.env}})
+            unset = {k: v for k, v in plat.default_flags.items() if getattr(cfg, k) is None}
+            env = {**plat.default_env, **cfg.env}
+            cfg = cfg.model_copy(update={**unset, "env": env})
         cfg = with_slo_buckets(cfg, self.slo)
         if self.cpus:  # the compute threads bound inside the same cores; the user's env still wins
             cfg = cfg.model_copy(update={"env": {**platforms.pinned_env(platforms.detect(), list(self.cpus)),

@@ -14,16 +14,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from slotune import paths
 from slotune.errors import StoreError
-from slotune.store import open_store
+from slotune.store import open_store, sqlite_file
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
@@ -73,14 +71,9 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
 
 
 def _require_sqlite_file(url: str) -> None:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # not a URL at all: open_store says so in one line
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return
-    if not Path(parsed.database).is_file():
-        raise StoreError(f"no database at {parsed.database} (nothing has been stored there yet)")
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no database at {path} (nothing has been stored there yet)")
 
 
 @contextmanager

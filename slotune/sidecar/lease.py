@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from slotune.errors import ConfigError, StoreError
-from slotune.store import Store
+from slotune.store import Store, sqlite_file
 
 _KEY = "slotune-sidecar-writer"
 
@@ -50,8 +49,8 @@ class Lease:
                 conn.close()
                 raise busy
             self._conn = conn
-        elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            path = Path(str(engine.url.database)).with_name(Path(str(engine.url.database)).name + ".lease")
+        elif (db_file := sqlite_file(engine.url)) is not None:
+            path = db_file.with_name(db_file.name + ".lease")
             fh = path.open("a+")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

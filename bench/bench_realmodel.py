@@ -7,7 +7,9 @@ default flags unless said. Parts (`--parts`, default all):
 1. `tpot`: per-output-token time, one stream (concurrency 1), 128-token prompts, exactly 128 tokens out.
 2. `prefill`: TTFT of one 1,024- and one 2,048-token prompt at a time (2 tokens out): the prefill cost.
 3. `capacity`: closed-loop throughput (req/s, output tokens/s) and latency at concurrency 4 and 8 on
-   the `sharegpt` and `long-prompt` workloads (real prompts, sampled by seed).
+   the `sharegpt` and `long-prompt` workloads (real prompts, sampled by seed), by slotune's load
+   generator and by `vllm.benchmarks.serve` on the same prompts, in alternating order; replies capped
+   at `--capacity-max-output` tokens (default 256: sharegpt's reach 1,024, minutes each on 2 cores).
 4. `ngram`: n-gram speculative decoding (`{"method": "ngram", "num_speculative_tokens": 4,
    "prompt_lookup_max": 4, "prompt_lookup_min": 2}`) against the default on `edit` (greedy) and on
    `sharegpt` (at `--sharegpt-temperature`, default 0, where little speedup is expected): TPOT at
@@ -100,24 +102,39 @@ def part_prefill(url: str, model: Path, a: argparse.Namespace) -> None:
         print(f"FIGURE real prefill {n} tokens (TTFT p50, c=1): {spread(ttfts, 1.0, 's')} ({stamp()})", flush=True)
 
 
-def part_capacity(url: str, model: Path, a: argparse.Namespace) -> None:
+def part_capacity(url: str, model: Path, a: argparse.Namespace, work: Path) -> None:
     for name in ("sharegpt", "long-prompt"):
         wl = load_workload(name).with_tokenizer(model)
+        if wl.output_len.max > a.capacity_max_output:  # sharegpt's replies reach 1,024 tokens: minutes per request here
+            wl = dataclasses.replace(wl, output_len=dataclasses.replace(wl.output_len, max=a.capacity_max_output))
         for conc in (4, 8):
-            thr, out, ttft, tpot = [], [], [], []
+            figs: dict[str, dict[str, list[float]]] = {}
             for rep in range(a.repeats):
-                d = run_load(url, NAME, wl, concurrency=conc, num_requests=a.capacity_requests, seed=30 + rep,
-                             request_timeout=600).to_dict()
-                thr.append(d["request_throughput"])
-                out.append(d["output_throughput"])
-                ttft.append(p50(d, "ttft_seconds"))
-                tpot.append(p50(d, "tpot_seconds"))
-                print(f"   {name} c={conc} repeat {rep + 1}: {d['request_throughput']:.3f} req/s, "
-                      f"{d['output_throughput']:.1f} output tok/s, {d['completed']} ok, {d['failed']} failed",
-                      flush=True)
-            print(f"FIGURE real capacity {name} c={conc}: {spread(thr, 1.0, 'req/s')}; output "
-                  f"{spread(out, 1.0, 'tok/s')}; TTFT p50 {spread(ttft)}; TPOT p50 {spread(tpot)} ({stamp()})",
-                  flush=True)
+                seed = 30 + rep
+                # Alternate which client goes first so drift on a shared host falls on both alike.
+                for client in (("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")):
+                    if client == "ours":
+                        d = run_load(url, NAME, wl, concurrency=conc, num_requests=a.capacity_requests, seed=seed,
+                                     request_timeout=600).to_dict()
+                        row = (d["request_throughput"], d["output_throughput"], p50(d, "ttft_seconds"),
+                               p50(d, "tpot_seconds"), d["completed"], d["failed"])
+                    else:
+                        v = vllm_client(url, model, wl, a.capacity_requests, seed, work, concurrency=conc)
+                        tp = [x for x in v.tpots() if x is not None]
+                        row = (float(v.summary.get("request_throughput") or 0.0),
+                               float(v.summary.get("output_throughput") or 0.0),
+                               statistics.median(v.ttfts) if v.ttfts else None,
+                               statistics.median(tp) if tp else None, v.completed,
+                               a.capacity_requests - v.completed)
+                    f = figs.setdefault(client, {"thr": [], "out": [], "ttft": [], "tpot": []})
+                    for key, x in zip(("thr", "out", "ttft", "tpot"), row[:4], strict=True):
+                        f[key].append(x)  # type: ignore[arg-type]
+                    print(f"   {name} c={conc} {client} repeat {rep + 1}: {row[0]:.3f} req/s, "
+                          f"{row[1]:.1f} output tok/s, {row[4]} ok, {row[5]} failed", flush=True)
+            for client, f in figs.items():
+                print(f"FIGURE real capacity {name} c={conc} ({client}): {spread(f['thr'], 1.0, 'req/s')}; output "
+                      f"{spread(f['out'], 1.0, 'tok/s')}; TTFT p50 {spread(f['ttft'])}; TPOT p50 {spread(f['tpot'])} "
+                      f"({stamp()})", flush=True)
 
 
 def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int, Snapshot]:
@@ -128,26 +145,29 @@ def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int, 
     return p50(m.client.to_dict(), "tpot_seconds"), m.client.completed, m.server
 
 
-def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int, Snapshot]:
-    """vLLM's client on the same prompts: TPOT p50, requests completed, the server's window."""
-    prompts = work / f"{wl.name}-{seed}.jsonl"
-    prompts.write_text("".join(prompt_lines(wl, seed, n)))  # exactly what `ours` sends with this seed
+def vllm_client(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path, *,
+                concurrency: int = 1) -> VllmBenchResult:
+    """`vllm.benchmarks.serve` on exactly the prompts `run_load` sends with this seed (one JSONL file in
+    vLLM's `custom` format), closed loop at `concurrency`."""
+    prompts = work / f"{wl.name}-{seed}-{n}.jsonl"
+    prompts.write_text("".join(prompt_lines(wl, seed, n)))
     argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", url, "--model", NAME,
-            "--tokenizer", str(model), *custom_dataset_args(prompts), "--num-prompts", str(n), "--max-concurrency", "1", "--request-rate", "inf",
-            "--disable-tqdm", "--seed", str(seed)]
+            "--tokenizer", str(model), *custom_dataset_args(prompts), "--num-prompts", str(n),
+            "--max-concurrency", str(concurrency), "--request-rate", "inf", "--disable-tqdm", "--seed", str(seed)]
     if wl.temperature is not None:
         argv += ["--temperature", str(wl.temperature)]
     if wl.ignore_eos:
         argv.append("--ignore-eos")
+    try:
+        return run_vllm_bench(argv)
+    except VllmBenchError as exc:
+        sys.exit(str(exc))
+
+
+def theirs(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path) -> tuple[float | None, int, Snapshot]:
+    """vLLM's client on the same prompts at concurrency 1: TPOT p50, requests completed, the server's window."""
     runs: list[VllmBenchResult] = []
-
-    def drive() -> None:
-        try:
-            runs.append(run_vllm_bench(argv))
-        except VllmBenchError as exc:
-            sys.exit(str(exc))
-
-    window = measure_window(url, drive, judge=False).server
+    window = measure_window(url, lambda: runs.append(vllm_client(url, model, wl, n, seed, work)), judge=False).server
     (v,) = runs
     tpots = [x for x in v.tpots() if x is not None]
     return (statistics.median(tpots) if tpots else None), v.completed, window
@@ -196,6 +216,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--requests", type=int, default=8, help="requests per concurrency-1 run")
     ap.add_argument("--capacity-requests", type=int, default=24)
+    ap.add_argument("--capacity-max-output", type=int, default=256, help="cap on a reply's tokens in `capacity`")
     ap.add_argument("--sharegpt-temperature", type=float, default=0.0)
     ap.add_argument("--shared-cores", action="store_true", help="vLLM and the clients on every core")
     a = ap.parse_args()
@@ -217,7 +238,10 @@ def main() -> None:
             run_load(url, NAME, Workload.fixed(64, 8), concurrency=1, num_requests=2, seed=1)  # warm-up
             for part in simple:
                 print(f"\n{part}", flush=True)
-                {"tpot": part_tpot, "prefill": part_prefill, "capacity": part_capacity}[part](url, model, a)
+                if part == "capacity":
+                    part_capacity(url, model, a, work)
+                else:
+                    {"tpot": part_tpot, "prefill": part_prefill}[part](url, model, a)
     if "ngram" in a.parts:
         print("\nngram", flush=True)
         part_ngram(model, cpus, work, a)

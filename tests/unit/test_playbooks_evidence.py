@@ -167,6 +167,20 @@ def test_the_servers_cpu_time_names_the_host_cpu_on_any_backend() -> None:
     assert judge([burning(cpu_backend=1)], playbooks=books).findings[0].cause == "host_cpu"
 
 
+def test_a_busy_server_meeting_its_targets_is_at_its_knee_not_short_of_load() -> None:
+    # The real model's matrix, edit at c=2: every target met while vLLM kept 94 % of its core busy;
+    # "offer more concurrency" there would have pushed it past the knee (c=8 missed TTFT by 2.5x).
+    books = [BOOKS["low_gpu_utilization"]]
+    calm = {"latency_slo_ratio": 0.7, "tpot_at_slo": 0.2, "mean_concurrency": 2, "batch_requests": 2,
+            "batch_share_of_inflight": 1.0, "batch_occupancy": 2 / 1024}
+    f = judge([burning(**calm, engine_cpu_utilization=0.94)], playbooks=books).findings[0]
+    assert f.cause == "host_cpu", f.summary
+    assert "keep 94% of their cores busy" in f.summary and "more load would only queue" in f.summary
+    assert not any("concurrency" in r.action.lower() or "load" in r.action.lower() for r in f.remedies)
+    # The same window with the cores idle is short of load.
+    assert judge([burning(**calm, engine_cpu_utilization=0.3)], playbooks=books).findings[0].cause == "low_offered_load"
+
+
 def test_requests_held_outside_the_batch_are_not_called_low_load() -> None:
     books = [BOOKS["low_gpu_utilization"]]
     calm = burning(latency_slo_ratio=0.5, tpot_at_slo=0.02)

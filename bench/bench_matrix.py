@@ -18,6 +18,9 @@ The three loads, found per workload with three closed-loop runs (no sweep):
    requests in flight that keep the server busy; below it latency stays near R1, above it every
    further request only queues). Run third, from the first two.
 
+Each load sends prompts of its own (seeds 100, 200, 300), so no cell replays another's prompts into
+vLLM's prefix cache.
+
 Each workload has an SLO this host meets with margin one request at a time (`SLOS`; `--slo` replaces
 it for every workload), so light load must be quiet and beyond the knee the SLO burns. Outputs are
 capped (`--max-output`, default 32 tokens) and prompts kept as the workload draws them, so a
@@ -92,8 +95,12 @@ def ms(q: dict[str, Any] | None, key: str) -> str:
 
 
 def cell(url: str, wl: Workload, slo: SloSpec, cfg: VllmConfig, pgid: int | None, concurrency: int,
-         n: int, warmup: int = 0) -> Measurement:
-    plan = LoadPlan(wl, concurrency=concurrency, num_requests=n, warmup_requests=warmup, request_timeout=900)
+         n: int, seed: int, warmup: int = 0) -> Measurement:
+    # Each load gets prompts of its own (`seed`): with one seed the knee would replay the prompts the
+    # beyond-the-knee run had just sent, and vLLM's prefix cache would serve their prefills (a 1,900-
+    # token prompt's TTFT fell from ~40 s to ~1 s).
+    plan = LoadPlan(wl, concurrency=concurrency, num_requests=n, warmup_requests=warmup, request_timeout=900,
+                    seed=seed)
     return measure_window(url, plan, model=NAME, slo=slo, server_config=cfg, process_group=pgid)
 
 
@@ -129,15 +136,15 @@ def run_workload(name: str, model: Path, a: argparse.Namespace, cpus: tuple[int,
         if not up.ok:
             sys.exit(f"error: vLLM did not start: {up.started.status.value}: {up.started.message}")
         url, pgid = up.server.base_url, up.server.process_group
-        light = cell(url, wl, slo, cfg, pgid, 1, LIGHT_REQUESTS, warmup=1)
+        light = cell(url, wl, slo, cfg, pgid, 1, LIGHT_REQUESTS, seed=100, warmup=1)
         print(row(name, slo_text, "light: c=1", light), flush=True)
-        beyond = cell(url, wl, slo, cfg, pgid, high, 2 * high)
+        beyond = cell(url, wl, slo, cfg, pgid, high, 2 * high, seed=200)
         assert light.client is not None and beyond.client is not None
         r1 = light.client.to_dict()["e2e_seconds"]["mean"]
         x = beyond.client.to_dict()["request_throughput"]
         knee = max(2, round(x * r1))
         note = "" if knee < high else " (N* not below the high load: raise --high)"
-        at_knee = cell(url, wl, slo, cfg, pgid, knee, 3 * knee)
+        at_knee = cell(url, wl, slo, cfg, pgid, knee, 3 * knee, seed=300)
         print(row(name, slo_text, f"knee: c={knee} (N* = {x:.3f} req/s x {r1:.1f} s){note}", at_knee), flush=True)
         print(row(name, slo_text, f"beyond: c={high}", beyond), flush=True)
     print(f"<!-- {name}: {time.monotonic() - started:.0f} s with the server's start -->", flush=True)

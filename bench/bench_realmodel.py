@@ -10,6 +10,8 @@ default flags unless said. Parts (`--parts`, default all):
    the `sharegpt` and `long-prompt` workloads (real prompts, sampled by seed), by slotune's load
    generator and by `vllm.benchmarks.serve` on the same prompts, in alternating order; replies capped
    at `--capacity-max-output` tokens (default 256: sharegpt's reach 1,024, minutes each on 2 cores).
+   vLLM's prefix cache is reset before every run (the server runs with `VLLM_SERVER_DEV_MODE=1` for
+   `/reset_prefix_cache`), so the second client on the same prompts gets no cached prefills.
 4. `ngram`: n-gram speculative decoding (`{"method": "ngram", "num_speculative_tokens": 4,
    "prompt_lookup_max": 4, "prompt_lookup_min": 2}`) against the default on `edit` (greedy) and on
    `sharegpt` (at `--sharegpt-temperature`, default 0, where little speedup is expected): TPOT at
@@ -36,6 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+
+import httpx
 
 from slotune.collectors.snapshot import Snapshot
 from slotune.loadgen.runner import prompt_lines, run_load
@@ -113,6 +117,9 @@ def part_capacity(url: str, model: Path, a: argparse.Namespace, work: Path) -> N
                 seed = 30 + rep
                 # Alternate which client goes first so drift on a shared host falls on both alike.
                 for client in (("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")):
+                    # Both clients send the same prompts: without a reset the second would find every
+                    # prefill in vLLM's prefix cache (the server runs in dev mode for this endpoint).
+                    httpx.post(f"{url}/reset_prefix_cache", timeout=60).raise_for_status()
                     if client == "ours":
                         d = run_load(url, NAME, wl, concurrency=conc, num_requests=a.capacity_requests, seed=seed,
                                      request_timeout=600).to_dict()
@@ -233,7 +240,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-real-"))
     simple = [p for p in ("tpot", "prefill", "capacity") if p in a.parts]
     if simple:
-        with serve(model, cpus, work) as srv:
+        # Dev mode only adds /reset_prefix_cache (capacity resets it before each run); flags stay vLLM's.
+        with serve(model, cpus, work, env={"VLLM_SERVER_DEV_MODE": "1"}) as srv:
             url = srv.base_url
             run_load(url, NAME, Workload.fixed(64, 8), concurrency=1, num_requests=2, seed=1)  # warm-up
             for part in simple:

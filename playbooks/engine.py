@@ -36,10 +36,13 @@ from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, 
 from slotune.playbooks.relations import decide as relate
 from slotune.playbooks.remedies import COMPUTE
 from slotune.server import StartResult
-from slotune.slo import SloSpec
+from slotune.slo import DEFAULT_SLO, SloResult, SloSpec
 from slotune.vllm_config import VllmConfig
 
-Status = Literal["healthy", "findings", "insufficient_data"]
+# `slo_missed`: no playbook fired, yet a target is surely missed in the newest window (its figure, or
+# the whole bucket it was interpolated in, is over the threshold): the SLO fails for a reason no
+# playbook names, which is never "healthy". `findings` takes precedence (they say why).
+Status = Literal["healthy", "findings", "slo_missed", "insufficient_data"]
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
@@ -103,12 +106,16 @@ class Diagnosis:
     target: str | None = None
     facts: Facts = field(default_factory=dict)  # the newest window's, for display and debugging
     notes: tuple[str, ...] = ()
+    # Each SLO target checked on the newest window's server figures, as `slotune collect --slo` does
+    # (met | missed | no data | inconclusive at this resolution); empty when there was no window.
+    slo: tuple[SloResult, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status, "target": self.target, "window": dict(self.window),
             "findings": [f.to_dict() for f in self.findings], "notes": list(self.notes),
             "facts": {k: v for k, v in self.facts.items() if v is not None},
+            "slo": [r.to_dict() for r in self.slo],
         }
 
 
@@ -283,11 +290,18 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
     diagnosis = judge(per_window, spans, slo=slo, server_config=server_config, playbooks=playbooks,
                       target=snaps[-1].target if snaps else None, bounds=bounds)
     notes = list(diagnosis.notes)
+    status, results = diagnosis.status, ()
     if snaps and not failed:
         notes += resolution_notes(snaps[-1], slo)  # targets the buckets cannot decide are said, not guessed
+        results = tuple((slo or SloSpec.parse(DEFAULT_SLO)).evaluate(snaps[-1].to_dict()))
+        missed = [r for r in results if r.met is False]  # inconclusive ones are None, never False
+        if missed and status == "healthy":
+            status = "slo_missed"
+            notes.append("SLO missed with no playbook naming a cause: " + ", ".join(str(r.target) for r in missed)
+                         + " (the facts and a longer window under load may show one)")
     if snaps and not per_window[-1].get("nvml_available") and not failed:
         notes.append("NVML unavailable: utilization judged on engine evidence (batch occupancy, tokens per step)")
-    return replace(diagnosis, notes=tuple(notes))
+    return replace(diagnosis, status=status, notes=tuple(notes), slo=results)
 
 
 def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None = None, *,

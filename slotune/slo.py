@@ -136,6 +136,22 @@ class SloResult:
                 "threshold": self.target.threshold, "met": self.met, "status": self.status, "bucket": bucket}
 
 
+def result_line(r: Mapping[str, object]) -> str:
+    """One checked target as people read it, from `SloResult.to_dict()`:
+    `e2e_p95<=1s: missed (1500.0 ms, in the 1000-1500 ms bucket)`, `error_rate<=1%: met (0.00%)`."""
+    value, bucket = r.get("value"), r.get("bucket")
+    if not isinstance(value, (int, float)):
+        figure = ""
+    elif r.get("key") in RATIO_METRICS:
+        figure = f" ({value:.2%})"
+    elif isinstance(bucket, (list, tuple)) and len(bucket) == 2 and isinstance(bucket[0], (int, float)):
+        hi = "+Inf" if not isinstance(bucket[1], (int, float)) or math.isinf(bucket[1]) else f"{bucket[1] * 1000:g}"
+        figure = f" ({value * 1000:.1f} ms, in the {bucket[0] * 1000:g}-{hi} ms bucket)"
+    else:
+        figure = f" ({value * 1000:.1f} ms)"
+    return f"{r.get('target')}: {r.get('status')}{figure}"
+
+
 @dataclass(frozen=True)
 class SloSpec:
     targets: tuple[SloTarget, ...]

@@ -13,7 +13,7 @@ import click
 
 from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot, quantile_text
 from slotune.files import to_json
-from slotune.slo import SloSpec
+from slotune.slo import SloSpec, result_line
 
 LATENCY_LABELS = {
     "ttft": "TTFT",
@@ -171,16 +171,7 @@ def register(app: click.Group) -> None:
             else:
                 console.print(render(snap))
                 for r in results:
-                    if r.value is None:
-                        value = ""
-                    elif r.target.metric == "error_rate":
-                        value = f" ({r.value:.2%})"
-                    elif r.bucket is None:
-                        value = f" ({r.value * 1000:.1f} ms)"
-                    else:
-                        hi = "+Inf" if r.bucket[1] == float("inf") else f"{r.bucket[1] * 1000:g}"
-                        value = f" ({r.value * 1000:.1f} ms, in the {r.bucket[0] * 1000:g}-{hi} ms bucket)"
-                    console.print(f"SLO {r.target}: {r.status}{value}")
+                    console.print(f"SLO {result_line(r.to_dict())}")
 
         if once:
             emit(collector.cumulative())

@@ -6,9 +6,10 @@
     common: [--slo SPEC] [--config FILE | --serve-command LINE] [--playbooks FILE|DIR ...] [--json]
             [--save [--db URL]]
 
-`--json` prints the diagnosis object: `status` (healthy | findings | insufficient_data), `findings`
-(each with `playbook`, `severity`, `summary`, `cause`, `evidence`, `window`, `remedies[].config_delta`),
-`window`, `notes`, `facts`. See docs/playbooks.md.
+`--json` prints the diagnosis object: `status` (healthy | findings | slo_missed | insufficient_data),
+`findings` (each with `playbook`, `severity`, `summary`, `cause`, `evidence`, `window`,
+`remedies[].config_delta`), `slo` (each target met | missed | no data | inconclusive, as `slotune
+collect --slo` prints it), `window`, `notes`, `facts`. See docs/playbooks.md.
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ def render(d: dict[str, Any]) -> Any:
     from rich.text import Text
 
     from slotune.playbooks.engine import figure_text
+    from slotune.slo import result_line
 
     parts: list[Any] = []
     win = d.get("window") or {}
     where = d.get("target") or "server"
     span = f" · {win['seconds']:.1f} s window" if win.get("seconds") else ""
-    head = {"healthy": "healthy: no playbook fired", "findings": f"{len(d['findings'])} finding(s)",
+    head = {"healthy": "healthy: no playbook fired, every SLO target met or undecided",
+            "findings": f"{len(d['findings'])} finding(s)",
+            "slo_missed": "SLO missed: no playbook names a cause",
             "insufficient_data": "insufficient data: no request finished in the window"}[d["status"]]
     parts.append(Text(f"{where}{span}: {head}", style="bold"))
+    for r in d.get("slo") or []:
+        parts.append(Text(f"SLO {result_line(r)}", style="bold red" if r.get("met") is False else ""))
     for f in d["findings"]:
         parts.append(Text(""))
         parts.append(Text(f"[{f['severity']}] {f['playbook']}: {f['summary']}", style=SEVERITY_STYLE[f["severity"]]))

@@ -241,7 +241,9 @@ def main() -> None:
     simple = [p for p in ("tpot", "prefill", "capacity") if p in a.parts]
     if simple:
         # Dev mode only adds /reset_prefix_cache (capacity resets it before each run); flags stay vLLM's.
-        with serve(model, cpus, work, env={"VLLM_SERVER_DEV_MODE": "1"}) as srv:
+        # Inherited from this process: a config's env admits no dev switch (slotune.vllm_config).
+        os.environ["VLLM_SERVER_DEV_MODE"] = "1"
+        with serve(model, cpus, work) as srv:
             url = srv.base_url
             run_load(url, NAME, Workload.fixed(64, 8), concurrency=1, num_requests=2, seed=1)  # warm-up
             for part in simple:

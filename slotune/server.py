@@ -72,6 +72,17 @@ FAILURE_PATTERNS: tuple[tuple[StartStatus, re.Pattern[str]], ...] = (
 )
 
 
+def as_served(config: VllmConfig) -> VllmConfig:
+    """`config` as a server slotune starts on this platform runs it: the platform's default flags
+    (`--enforce-eager`, `--dtype float32` on a CPU without native bf16, ...) and environment
+    (`VLLM_CPU_KVCACHE_SPACE`) filled in where `config` leaves them unset. Not the core pinning or the
+    SLO's histogram buckets (those belong to one run). The `vllm serve` line a report prints: without
+    the platform's flags it would start a server several times slower than the one measured."""
+    plat = platforms.detect()
+    unset = {k: v for k, v in plat.default_flags.items() if getattr(config, k) is None}
+    return config.model_copy(update={**unset, "env": {**plat.default_env, **config.env}})
+
+
 @dataclass(frozen=True)
 class StartResult:
     status: StartStatus
@@ -146,10 +157,7 @@ class ManagedServer:
         """The config with this platform's defaults filled in where the user left them unset."""
         cfg = self.config
         if self.apply_platform_defaults:
-            plat = platforms.detect()
-            unset = {k: v for k, v in plat.default_flags.items() if getattr(cfg, k) is None}
-            env = {**plat.default_env, **cfg.env}
-            cfg = cfg.model_copy(update={**unset, "env": env})
+            cfg = as_served(cfg)
         cfg = with_slo_buckets(cfg, self.slo)
         if self.cpus:  # the compute threads bound inside the same cores; the user's env still wins
             cfg = cfg.model_copy(update={"env": {**platforms.pinned_env(platforms.detect(), list(self.cpus)),

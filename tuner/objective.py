@@ -28,6 +28,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
 from slotune import platforms
+from slotune.server import as_served
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
@@ -144,7 +145,9 @@ class TrialObjective:
         # The baseline is vLLM's default config exactly: no tuned flag, not even the user's fixes.
         config = self.space.config_for(self.base, params, apply_fixed=origin != BASELINE)
         trial.set_user_attr("params", jsonable_params(config))
-        trial.set_user_attr("command", config.serve_command())
+        # The line a user copies: with the platform's flags the server really ran with (--dtype float32
+        # on a CPU without native bf16 changes the figures several-fold).
+        trial.set_user_attr("command", as_served(config).serve_command())
         trial.set_user_attr("config", config.model_dump(mode="json", exclude_none=True))
 
         reason = self.space.infeasible_reason(config)

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import select
 
-from slotune.server import ManagedServer
+from slotune.server import ManagedServer, as_served
 from slotune.store import TrialRecord, open_store
 from slotune.tuner.command import parse_serve_command
 from slotune.tuner.study import TuneSpec, run_study
@@ -85,7 +85,8 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
 
     # The printed line, pasted back: it starts a vLLM that answers.
     config = parse_serve_command(d["best"]["command"])
-    assert config == VllmConfig.model_validate(trials[d["best"]["trial"]].user_attrs["config"])
+    # ... with the platform's flags and environment the trial's server ran with (on this CPU: fp32, eager).
+    assert config == as_served(VllmConfig.model_validate(trials[d["best"]["trial"]].user_attrs["config"]))
     with ManagedServer(config.with_changes(served_model_name="best"), log_dir=tmp_path / "logs") as server:
         r = httpx.post(f"{server.base_url}/v1/completions",
                        json={"model": "best", "prompt": "the model", "max_tokens": 4}, timeout=60)

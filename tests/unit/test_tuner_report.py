@@ -173,7 +173,7 @@ def test_the_html_report_shows_intervals_slos_and_the_serve_line(study: TuneSpec
     for key, threshold in (("ttft_p95", "500 ms"), ("tpot_p95", "50 ms")):
         assert re.search(rf"<td>{key}</td><td class=\"num\">{threshold}</td>", text), key  # target and threshold
     assert "450 ms [410 ms, 490 ms]: met" in text and "50 ms [40 ms, 60 ms]: inconclusive" in text
-    assert best["command"].startswith("vllm serve") and best["command"] in text
+    assert "vllm serve /models/tiny" in best["command"] and best["command"] in text
     assert "best K" in text and "7.25" in text  # the K-by-load table
     assert "USD per 1,000" not in text  # no price given: no cost column
 

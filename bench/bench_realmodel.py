@@ -116,7 +116,8 @@ def part_capacity(url: str, model: Path, a: argparse.Namespace, work: Path) -> N
             for rep in range(a.repeats):
                 seed = 30 + rep
                 # Alternate which client goes first so drift on a shared host falls on both alike.
-                for client in (("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")):
+                order = a.capacity_clients if rep % 2 == 0 else a.capacity_clients[::-1]
+                for client in order:
                     # Both clients send the same prompts: without a reset the second would find every
                     # prefill in vLLM's prefix cache (the server runs in dev mode for this endpoint).
                     httpx.post(f"{url}/reset_prefix_cache", timeout=60).raise_for_status()
@@ -223,6 +224,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--requests", type=int, default=8, help="requests per concurrency-1 run")
     ap.add_argument("--capacity-requests", type=int, default=24)
+    ap.add_argument("--capacity-clients", nargs="+", choices=["ours", "vllm"], default=["ours", "vllm"],
+                    help="which clients measure capacity (default both, alternating)")
     ap.add_argument("--capacity-max-output", type=int, default=256, help="cap on a reply's tokens in `capacity`")
     ap.add_argument("--sharegpt-temperature", type=float, default=0.0)
     ap.add_argument("--shared-cores", action="store_true", help="vLLM and the clients on every core")

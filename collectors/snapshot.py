@@ -18,56 +18,12 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from slotune.quantiles import Quantiles  # the collectors' readers import it from here too
+
 UNKNOWN = "unknown"  # how a missing figure reads in tables and summaries (never "None" or "?")
 
 LATENCY_FIELDS = ("ttft", "tpot", "itl", "e2e", "queue", "prefill", "decode")
 DISTRIBUTION_FIELDS = ("prompt_tokens", "output_tokens", "iteration_tokens")
-
-
-@dataclass(frozen=True)
-class Quantiles:
-    """Summary of a distribution over a window. `count` is the number of observations.
-
-    Quantiles from histogram buckets are interpolated inside one bucket; `buckets` keeps, per
-    quantile (`"p95"`), the bounds `(lower, upper)` of that bucket: the true value lies in
-    (lower, upper], the figure itself is an estimate. `upper` is +Inf past the last bound (JSON: null).
-    The mean (`_sum / _count`) is exact."""
-
-    p50: float | None
-    p95: float | None
-    p99: float | None
-    mean: float | None
-    count: float = 0.0
-    p90: float | None = None
-    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def bucket(self, stat: str) -> tuple[float, float] | None:
-        """The bounds of the bucket the quantile `stat` fell in, or None (mean, or not from buckets)."""
-        return self.buckets.get(stat)
-
-    def coarse(self, stat: str) -> bool:
-        """The figure says less than it seems: it lies in the first bucket (from 0), past the last
-        bound, or in a bucket wider than the figure itself."""
-        b, v = self.buckets.get(stat), getattr(self, stat, None)
-        if b is None or v is None:
-            return False
-        lower, upper = b
-        return lower <= 0 or math.isinf(upper) or (upper - lower) > v
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("p50", "p95", "p99", "mean", "count", "p90")}
-        out["buckets"] = {k: [lo, None if math.isinf(hi) else hi] for k, (lo, hi) in self.buckets.items()}
-        out["coarse"] = sorted(k for k in self.buckets if self.coarse(k))
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Quantiles | None:
-        if d is None:
-            return None
-        buckets = {k: (float(v[0]), math.inf if v[1] is None else float(v[1]))
-                   for k, v in (d.get("buckets") or {}).items()}
-        return cls(**{k: d.get(k) for k in ("p50", "p95", "p99", "mean", "p90")}, count=d.get("count") or 0.0,
-                   buckets=buckets)
 
 
 def quantile_text(block: Any, stat: str, scale: float = 1000.0, missing: str = UNKNOWN) -> str:

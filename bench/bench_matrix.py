@@ -45,10 +45,10 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from slotune.loadgen.workload import Workload, load_workload
 from slotune.measurement import LoadPlan, Measurement, measure_window, start_or_explain
+from slotune.quantiles import Quantiles
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
 from slotune.vllm_config import VllmConfig
@@ -82,15 +82,14 @@ def capped(wl: Workload, max_output: int) -> Workload:
 
 def findings(m: Measurement) -> str:
     assert m.diagnosis is not None
-    fs = m.diagnosis.to_dict()["findings"]
+    fs = m.diagnosis.findings
     if not fs:
         return "none"
-    return ", ".join(f"`{f['playbook']}` {f['severity']}" + (f" ({f['cause']})" if f.get("cause") else "")
-                     for f in fs)
+    return ", ".join(f"`{f.playbook}` {f.severity}" + (f" ({f.cause})" if f.cause else "") for f in fs)
 
 
-def ms(q: dict[str, Any] | None, key: str) -> str:
-    v = (q or {}).get(key)
+def ms(q: Quantiles | None, key: str) -> str:
+    v = getattr(q, key) if q is not None else None
     return "-" if v is None else (f"{v:.2f} s" if v >= 1 else f"{v * 1000:.0f} ms")
 
 
@@ -106,11 +105,11 @@ def cell(url: str, wl: Workload, slo: SloSpec, cfg: VllmConfig, pgid: int | None
 
 def row(workload: str, slo: str, label: str, m: Measurement) -> str:
     assert m.client is not None
-    d = m.client.to_dict()
+    d = m.client.figures()
     cpu = m.server.engine_cpu_utilization
-    return (f"| {workload} | `{slo}` | {label} | {d['completed']}/{d['completed'] + d['failed']} | "
-            f"{d['request_throughput']:.3f} | {ms(d['ttft_seconds'], 'p50')} / {ms(d['ttft_seconds'], 'p95')} | "
-            f"{ms(d['tpot_seconds'], 'p95')} | {'-' if cpu is None else f'{cpu:.0%}'} | {findings(m)} |")
+    return (f"| {workload} | `{slo}` | {label} | {d.completed}/{(d.completed or 0) + (d.failed or 0)} | "
+            f"{d.request_throughput:.3f} | {ms(d.ttft, 'p50')} / {ms(d.ttft, 'p95')} | "
+            f"{ms(d.tpot, 'p95')} | {'-' if cpu is None else f'{cpu:.0%}'} | {findings(m)} |")
 
 
 def host_facts(dtype: str, server_cpus: tuple[int, ...] | None) -> str:
@@ -140,8 +139,10 @@ def run_workload(name: str, model: Path, a: argparse.Namespace, cpus: tuple[int,
         print(row(name, slo_text, "light: c=1", light), flush=True)
         beyond = cell(url, wl, slo, cfg, pgid, high, 2 * high, seed=200)
         assert light.client is not None and beyond.client is not None
-        r1 = light.client.to_dict()["e2e_seconds"]["mean"]
-        x = beyond.client.to_dict()["request_throughput"]
+        e2e = light.client.figures().e2e
+        assert e2e is not None and e2e.mean is not None
+        r1 = e2e.mean
+        x = beyond.client.figures().request_throughput or 0.0
         knee = max(2, round(x * r1))
         note = "" if knee < high else " (N* not below the high load: raise --high)"
         at_knee = cell(url, wl, slo, cfg, pgid, knee, 3 * knee, seed=300)

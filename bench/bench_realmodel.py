@@ -150,7 +150,8 @@ def ours(url: str, wl: Workload, n: int, seed: int) -> tuple[float | None, int, 
     m = measure_window(url, LoadPlan(wl, concurrency=1, num_requests=n, seed=seed, request_timeout=600),
                        model=NAME, judge=False)
     assert m.client is not None  # a LoadPlan's window has the client's figures
-    return p50(m.client.to_dict(), "tpot_seconds"), m.client.completed, m.server
+    tpot = m.client.figures().tpot
+    return (tpot.p50 if tpot is not None else None), m.client.completed, m.server
 
 
 def vllm_client(url: str, model: Path, wl: Workload, n: int, seed: int, work: Path, *,

@@ -23,7 +23,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 
 from slotune.errors import ConfigError, TargetError
+from slotune.loadgen.figures import LATENCY_KEYS, LoadFigures, quantiles
 from slotune.loadgen.goodput import RequestLatencies, count_good
 from slotune.loadgen.prompts import PromptBuilder, calibration_text, load_tokenizer
 from slotune.loadgen.schedule import arrival_times
@@ -42,7 +43,6 @@ DEFAULT_REQUESTS = 100
 # With only a duration and a concurrency the count is open; this keeps the loop bounded regardless.
 MAX_REQUESTS = 1_000_000
 PREFLIGHT_TIMEOUT = 10.0
-LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
 READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set here so it is one visible fact)
 
 # Self-checks: a measurement taken while the client itself could not keep up says more about the host
@@ -86,17 +86,6 @@ class RequestRecord:
     def latencies(self) -> RequestLatencies:
         itl_mean = sum(self.itl) / len(self.itl) if self.itl else None
         return RequestLatencies(ok=self.ok, ttft=self.ttft, tpot=self.tpot, itl_mean=itl_mean, e2e=self.e2e)
-
-
-def quantiles(values: list[float]) -> dict[str, float] | None:
-    """The collectors' latency block: {p50, p90, p95, p99, mean, count}; None without data.
-    Percentiles interpolate linearly, as numpy's (and `vllm bench serve`'s) do."""
-    if not values:
-        return None
-    arr = np.asarray(values, dtype=float)
-    p50, p90, p95, p99 = np.percentile(arr, [50, 90, 95, 99])
-    return {"p50": float(p50), "p90": float(p90), "p95": float(p95), "p99": float(p99),
-            "mean": float(arr.mean()), "count": float(arr.size)}
 
 
 @dataclass
@@ -152,43 +141,46 @@ class LoadResult:
     def errors(self, top: int = 5) -> dict[str, int]:
         return dict(Counter(r.error or "unknown" for r in self.records if not r.ok).most_common(top))
 
-    def to_dict(self) -> dict[str, Any]:
+    def figures(self) -> LoadFigures:
+        """The run's figures (see `loadgen.figures`), each SLO target checked against them."""
         dur = self.duration
         done = [r for r in self.records if r.ok]
         total_in = sum(r.prompt_tokens or 0 for r in done)
         total_out = sum(r.output_tokens or 0 for r in done)
         n = len(self.records)
         good = self.good()
-        out: dict[str, Any] = {f"{k}_seconds": quantiles(self.latency_values(k)) for k in LATENCY_KEYS}
-        out.update({
-            "completed": self.completed,
-            "failed": self.failed,
-            "error_rate": self.failed / n if n else 0.0,
-            "duration": dur,
-            "duration_seconds": dur,
-            "request_throughput": self.completed / dur if dur > 0 else 0.0,
-            "output_throughput": total_out / dur if dur > 0 else 0.0,
-            "total_token_throughput": (total_in + total_out) / dur if dur > 0 else 0.0,
-            "goodput": None if good is None else (good / dur if dur > 0 else 0.0),
-            "good_requests": good,
-            "total_input_tokens": total_in,
-            "total_output_tokens": total_out,
-            "workload": self.workload,
-            "rate": self.rate,
-            "concurrency": self.concurrency,
-            "burstiness": self.burstiness,
-            "send_lateness_seconds": quantiles(self.lateness()),
-            "errors": self.errors(),
-            "warnings": self.warnings(),
-        })
-        out["slo"] = [r.to_dict() for r in self.slo.evaluate(out)] if self.slo is not None else []
-        return out
+        figures = LoadFigures(
+            **{k: quantiles(self.latency_values(k)) for k in LATENCY_KEYS},
+            completed=self.completed,
+            failed=self.failed,
+            error_rate=self.failed / n if n else 0.0,
+            duration=dur,
+            request_throughput=self.completed / dur if dur > 0 else 0.0,
+            output_throughput=total_out / dur if dur > 0 else 0.0,
+            total_token_throughput=(total_in + total_out) / dur if dur > 0 else 0.0,
+            goodput=None if good is None else (good / dur if dur > 0 else 0.0),
+            good_requests=good,
+            total_input_tokens=total_in,
+            total_output_tokens=total_out,
+            workload=self.workload,
+            rate=self.rate,
+            concurrency=self.concurrency,
+            burstiness=self.burstiness,
+            send_lateness=quantiles(self.lateness()),
+            errors=self.errors(),
+            warnings=tuple(self.warnings()),
+        )
+        return replace(figures, slo=tuple(self.slo.evaluate(figures))) if self.slo is not None else figures
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's figures as JSON (`LoadFigures.to_dict()`)."""
+        return self.figures().to_dict()
 
     def meets_slo(self) -> bool:
         """Every SLO target met (a target without data is not met)."""
         if self.slo is None:
             return True
-        return all(r.met is True for r in self.slo.evaluate(self.to_dict()))
+        return all(r.met is True for r in self.slo.evaluate(self.figures()))
 
 
 # -- target ----------------------------------------------------------------------------------------

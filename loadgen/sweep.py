@@ -26,10 +26,9 @@ class SweepPoint:
     result: LoadResult
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.result.to_dict()
-        return {"rate": self.rate, "met": self.met, "goodput": d["goodput"],
-                "request_throughput": d["request_throughput"], "completed": d["completed"],
-                "failed": d["failed"], "slo": d["slo"]}
+        f = self.result.figures()
+        return {"rate": self.rate, "met": self.met, "goodput": f.goodput, "request_throughput": f.request_throughput,
+                "completed": f.completed, "failed": f.failed, "slo": [r.to_dict() for r in f.slo]}
 
 
 @dataclass

@@ -8,7 +8,7 @@ holds in each of its last `for` windows; its evidence is read from the newest. F
 contradict each other are then settled by the table in `relations.yaml` (one excluded, with a note
 saying why, or one qualified). A start-up failure
 is one decisive event: it is judged alone and `for` does not apply. `client` (the load generator's
-result) belongs to the newest window.
+figures, `LoadFigures`) belongs to the newest window.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from slotune.collectors.snapshot import UNKNOWN, Snapshot
+from slotune.loadgen.figures import LoadFigures
 from slotune.playbooks.facts import (
     FACTS,
     PERCENT_FACTS,
@@ -67,6 +68,13 @@ class Evidence:
             out["bounds"] = [lo, None if math.isinf(hi) else hi]
         return out
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Evidence:
+        """The inverse of `to_dict()`."""
+        b = d.get("bounds")
+        bounds = (float(b[0]), math.inf if b[1] is None else float(b[1])) if b is not None else None
+        return cls(d["field"], d.get("value"), d.get("op"), d.get("threshold"), d.get("description", ""), bounds)
+
 
 @dataclass(frozen=True)
 class RemedyOut:
@@ -76,6 +84,11 @@ class RemedyOut:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RemedyOut:
+        """The inverse of `to_dict()`; a key it lacks reads empty."""
+        return cls(str(d.get("action") or ""), str(d.get("why") or ""), dict(d.get("config_delta") or {}))
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,17 @@ class Finding:
             "cause": self.cause, "evidence": [e.to_dict() for e in self.evidence], "window": dict(self.window),
             "windows": self.windows, "remedies": [r.to_dict() for r in self.remedies],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Finding:
+        """The inverse of `to_dict()` (a stored finding read back). Raises `KeyError` without a playbook."""
+        return cls(
+            playbook=d["playbook"], title=d.get("title") or "", severity=d.get("severity") or "",
+            summary=d.get("summary") or "", cause=d.get("cause"),
+            evidence=tuple(Evidence.from_dict(e) for e in d.get("evidence") or ()), window=dict(d.get("window") or {}),
+            remedies=tuple(RemedyOut.from_dict(r) for r in d.get("remedies") or () if isinstance(r, Mapping)),
+            windows=int(d.get("windows") or 1),
+        )
 
 
 @dataclass(frozen=True)
@@ -273,7 +297,7 @@ def _judge(pb: Playbook, per_window: Sequence[Facts], slo: Mapping[str, float]) 
 
 
 def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_config: VllmConfig | None = None,
-             startup_failure: StartResult | None = None, client: dict[str, Any] | None = None,
+             startup_failure: StartResult | None = None, client: LoadFigures | None = None,
              playbooks: Sequence[Playbook] | None = None) -> Diagnosis:
     """Judge the windows (oldest first) of one target against the playbooks (built-in by default)."""
     snaps = list(windows)

@@ -11,12 +11,11 @@ Booleans are 1.0/0.0. Latencies are seconds, shares and rates are fractions (0..
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from slotune import platforms
 from slotune.collectors.snapshot import Quantiles, Snapshot
+from slotune.loadgen.figures import LoadFigures
 from slotune.server import StartResult, StartStatus
 from slotune.slo import (
     DEFAULT_SLO,
@@ -155,9 +154,9 @@ def _quantiles(out: Facts, prefix: str, q: Quantiles | None) -> None:
         out[f"{prefix}_{s}"] = getattr(q, s) if q is not None else None
 
 
-def _client_figure(client: Mapping[str, Any] | None, metric: str, stat: str) -> float | None:
-    block = (client or {}).get(f"{metric}_seconds")
-    v = block.get(stat) if isinstance(block, Mapping) else None
+def _client_figure(client: LoadFigures | None, metric: str, stat: str) -> float | None:
+    block = client.latency(metric) if client is not None else None
+    v = getattr(block, stat, None) if block is not None else None
     return float(v) if isinstance(v, (int, float)) else None
 
 
@@ -180,7 +179,7 @@ def _on_this_host(target: str) -> bool:
 
 
 def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config: VllmConfig | None = None,
-                client: Mapping[str, Any] | None = None, startup_failure: StartResult | None = None) -> Facts:
+                client: LoadFigures | None = None, startup_failure: StartResult | None = None) -> Facts:
     """The facts of one window (or of a start-up failure, with `snapshot=None`)."""
     f: Facts = dict.fromkeys(FACTS)
     s = snapshot
@@ -401,14 +400,14 @@ def resolution_notes(s: Snapshot | None, slo: SloSpec | None) -> list[str]:
     return notes
 
 
-def _client_facts(f: Facts, client: Mapping[str, Any] | None) -> None:
-    if not client:
+def _client_facts(f: Facts, client: LoadFigures | None) -> None:
+    if client is None:
         return
-    conc = client.get("concurrency")
+    conc = client.concurrency
     if isinstance(conc, (int, float)) and conc > 0:
         f["client_concurrency"] = float(conc)
         f["client_inflight_share"] = _div(f["mean_concurrency"], float(conc))
-    err = client.get("error_rate")
+    err = client.error_rate
     f["client_error_rate"] = float(err) if isinstance(err, (int, float)) else None
 
 

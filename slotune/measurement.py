@@ -123,7 +123,7 @@ def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | 
     if not judge:
         return Measurement(window, client)
     say("diagnosing")
-    figures = client.to_dict() if client is not None else None
+    figures = client.figures() if client is not None else None
     return Measurement(window, client, diagnose([window], slo=slo, server_config=server_config, client=figures,
                                                 playbooks=playbooks))
 

@@ -135,6 +135,20 @@ class SloResult:
         return {"target": str(self.target), "key": self.target.key, "value": self.value,
                 "threshold": self.target.threshold, "met": self.met, "status": self.status, "bucket": bucket}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> SloResult:
+        """The inverse of `to_dict()`. Raises `ConfigError` when the target does not parse."""
+        target = _parse_target(str(d.get("target")))
+        # The JSON keeps the threshold exactly; the target's text may have rounded it (`:g`).
+        threshold = _number(d.get("threshold"))
+        if threshold is not None:
+            target = SloTarget(target.metric, target.stat, threshold)
+        b = d.get("bucket")
+        bucket = (float(b[0]), math.inf if b[1] is None else float(b[1])) if isinstance(b, (list, tuple)) else None
+        met = d.get("met")
+        return cls(target, _number(d.get("value")), met if isinstance(met, bool) else None, bucket,
+                   inconclusive=d.get("status") == INCONCLUSIVE)
+
 
 def result_line(r: Mapping[str, object]) -> str:
     """One checked target as people read it, from `SloResult.to_dict()`:
@@ -197,9 +211,12 @@ class SloSpec:
         """The same thresholds as `vllm bench serve --goodput KEY:MS ...` arguments."""
         return [f"{LATENCY_METRICS[m]}:{_fmt(v * 1000)}" for m, v in self.request_thresholds().items()]
 
-    def evaluate(self, figures: Mapping[str, object]) -> list[SloResult]:
-        """Check each target against figures shaped like the collectors' JSON:
-        `{"ttft_seconds": {"p95": ..., "buckets": {"p95": [lower, upper]}}, ..., "error_rate": ...}`.
+    def evaluate(self, figures: object) -> list[SloResult]:
+        """Check each target against typed figures: an object with one attribute per metric, a
+        quantiles block (`slotune.quantiles.Quantiles`: the stat as an attribute, `bucket(stat)` its
+        histogram bucket) for a latency and a number for a ratio: a window's `Snapshot`, a load
+        run's `LoadFigures`. Their JSON (`{"ttft_seconds": {"p95": ..., "buckets": {"p95": [lower,
+        upper]}}, ..., "error_rate": ...}`) reads alike, for what comes back from a file or a database.
         A quantile whose bucket straddles the threshold is inconclusive, never met or missed."""
         results = []
         for t in self.targets:
@@ -211,22 +228,38 @@ class SloSpec:
         return results
 
 
-def lookup(figures: Mapping[str, object], target: SloTarget) -> float | None:
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _block(figures: object, metric: str) -> object:
+    if isinstance(figures, Mapping):
+        return figures.get(f"{metric}_seconds")
+    return getattr(figures, metric, None)
+
+
+def lookup(figures: object, target: SloTarget) -> float | None:
+    """The figure a target is judged on (None: not measured)."""
     if target.metric in RATIO_METRICS:
-        v = figures.get(target.metric)
-        return float(v) if isinstance(v, (int, float)) else None
-    block = figures.get(f"{target.metric}_seconds")
+        v = figures.get(target.metric) if isinstance(figures, Mapping) else getattr(figures, target.metric, None)
+        return _number(v)
+    block = _block(figures, target.metric)
+    stat = target.stat or "mean"
     if isinstance(block, Mapping):
-        v = block.get(target.stat or "mean")
-        return float(v) if isinstance(v, (int, float)) else None
-    return None
+        return _number(block.get(stat))
+    return _number(getattr(block, stat, None)) if block is not None else None
 
 
-def lookup_bucket(figures: Mapping[str, object], target: SloTarget) -> tuple[float, float] | None:
-    """The bucket bounds behind a quantile figure (collectors' JSON `buckets`), when it has them."""
-    block = figures.get(f"{target.metric}_seconds")
-    buckets = block.get("buckets") if isinstance(block, Mapping) else None
-    b = buckets.get(target.stat) if isinstance(buckets, Mapping) and target.stat else None
+def lookup_bucket(figures: object, target: SloTarget) -> tuple[float, float] | None:
+    """The bucket bounds behind a quantile figure (a server histogram's), when it has them."""
+    block = _block(figures, target.metric)
+    if block is None or not target.stat:
+        return None
+    if not isinstance(block, Mapping):
+        bucket = getattr(block, "bucket", None)
+        return bucket(target.stat) if callable(bucket) else None
+    buckets = block.get("buckets")
+    b = buckets.get(target.stat) if isinstance(buckets, Mapping) else None
     if not isinstance(b, (list, tuple)) or len(b) != 2 or not isinstance(b[0], (int, float)):
         return None
     return float(b[0]), math.inf if b[1] is None else float(b[1])

@@ -162,7 +162,7 @@ def register(app: click.Group) -> None:
                 warned = True  # once: the page's buckets do not change between windows
                 for line in bucket_warnings(slo, collector.last):
                     click.echo(f"warning: {line}", err=True)
-            results = slo.evaluate(snap.to_dict()) if slo is not None else []
+            results = slo.evaluate(snap) if slo is not None else []
             if as_json:
                 out = snap.to_dict()
                 if slo is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,12 @@ from slotune import paths, platforms
 from slotune.cli.demo_size import BUDGET_S, DEMO_WARMUP, STUDY_WARMUP, DemoSize, Probe, Shape, size_demo
 from slotune.cli.options import WORKLOAD_HELP, sampling_options
 from slotune.slo import DEFAULT_SLO
+
+if TYPE_CHECKING:
+    from slotune.collectors.snapshot import Snapshot
+    from slotune.loadgen.figures import LoadFigures
+    from slotune.loadgen.workload import Workload
+    from slotune.quantiles import Quantiles
 
 # The tiny model's answers are noise: it gets the synthetic chat workload. The real model gets real
 # ShareGPT prompts, shortened so the demo stays within minutes on 2 cores (written to a workload file
@@ -56,7 +62,7 @@ class DemoModel:
     temperature: float | None = None
     top_p: float | None = None
 
-    def load_workload(self) -> Any:
+    def load_workload(self) -> Workload:
         from slotune.loadgen.workload import load_workload
 
         wl = load_workload(self.workload).with_sampling(self.temperature, self.top_p)
@@ -132,17 +138,20 @@ def probe(url: str, demo: DemoModel, concurrency: int, start_s: float) -> Probe:
     from slotune.loadgen.runner import run_load
     from slotune.loadgen.workload import Workload
 
-    def run(prompt: int, conc: int) -> dict[str, Any]:
+    def run(prompt: int, conc: int) -> LoadFigures:
         wl = dataclasses.replace(Workload.fixed(prompt, PROBE_OUTPUT), name="demo-probe").with_tokenizer(demo.path)
-        d = run_load(url, demo.name, wl, concurrency=conc, num_requests=conc, seed=7, request_timeout=300).to_dict()
-        if not d.get("completed"):
-            raise TargetError(f"the demo's probe got no answer from the server: {d.get('errors')}")
+        d = run_load(url, demo.name, wl, concurrency=conc, num_requests=conc, seed=7, request_timeout=300).figures()
+        if not d.completed:
+            raise TargetError(f"the demo's probe got no answer from the server: {d.errors}")
         return d
+
+    def mean(q: Quantiles | None) -> float | None:
+        return q.mean if q is not None else None
 
     alone = run(PROBE_PROMPT, 1)
     together = run(8, concurrency)
-    ttft = (alone.get("ttft_seconds") or {}).get("mean")
-    step = (together.get("tpot_seconds") or {}).get("mean") or (alone.get("tpot_seconds") or {}).get("mean")
+    ttft = mean(alone.ttft)
+    step = mean(together.tpot) or mean(alone.tpot)
     if ttft is None or not step:
         raise TargetError("the demo's probe could not time the server (no TTFT or TPOT)")
     return Probe(start_s=start_s, prefill_s_per_token=ttft / PROBE_PROMPT, step_s=step, concurrency=concurrency)
@@ -188,18 +197,20 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     Console().print(table)
 
 
-def _ms(block: Any, stat: str) -> str:
+def _ms(block: Quantiles | None, stat: str) -> str:
     from slotune.collectors.snapshot import quantile_text
 
-    return quantile_text(block, stat, missing="no data") + ("" if block is None or block.get(stat) is None else " ms")
+    return quantile_text(block, stat, missing="no data") + ("" if block is None or getattr(block, stat) is None
+                                                            else " ms")
 
 
-def _latency_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+def _latency_rows(figures: LoadFigures | Snapshot) -> list[tuple[str, str]]:
+    """p50 / p95 / p99 (mean) of each latency the figures have (the client measures no queue time)."""
     rows = []
-    for key, label in (("ttft_seconds", "TTFT"), ("tpot_seconds", "TPOT"), ("itl_seconds", "ITL"),
-                       ("e2e_seconds", "end-to-end"), ("queue_seconds", "queue")):
-        if key in figures:
-            block = figures[key]
+    for metric, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"),
+                          ("queue", "queue")):
+        if hasattr(figures, metric):
+            block = getattr(figures, metric)
             rows.append((f"{label} p50 / p95 / p99 (mean)",
                          f"{_ms(block, 'p50')} / {_ms(block, 'p95')} / {_ms(block, 'p99')} ({_ms(block, 'mean')})"))
     return rows
@@ -273,28 +284,27 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, sizing: Sizing) -> tupl
                                       process_group=server.process_group)
     window, diagnosis = measured.server, measured.diagnosis
     assert measured.client is not None and diagnosis is not None  # a LoadPlan, judged
-    client = measured.client.to_dict()
-    server_fig = window.to_dict()
+    client = measured.client.figures()
 
     _table("client side (slotune's load generator)", [
-        ("requests completed / failed", f"{client.get('completed')} / {client.get('failed')}"),
-        ("request throughput", f"{client.get('request_throughput', 0):.2f} req/s"),
-        ("goodput", f"{client.get('goodput') or 0:.2f} req/s  (SLO {slo})"),
+        ("requests completed / failed", f"{client.completed} / {client.failed}"),
+        ("request throughput", f"{client.request_throughput or 0:.2f} req/s"),
+        ("goodput", f"{client.goodput or 0:.2f} req/s  (SLO {slo})"),
         *_latency_rows(client),
     ])
     # Server quantiles are interpolated inside vLLM's buckets (as histogram_quantile does): where the
     # bucket is coarse (e2e and queue start at 0.3 s) its bounds are shown instead; the mean is exact.
     _table(f"server side (vLLM /metrics, {window.window_seconds:.1f} s window)", [
         ("requests finished", f"{window.requests_finished or 0:.0f}"),
-        *_latency_rows(server_fig),
+        *_latency_rows(window),
         ("KV-cache usage (now)", _pct(window.kv_cache_usage)),
         ("preemptions", f"{window.preemptions or 0:.0f}"),
         ("prefix-cache hit rate", _pct(window.prefix_cache_hit_rate)),
-        ("GPU", "unavailable (no NVML)" if server_fig.get("gpu") is None else _pct(window.gpu.utilization
-                                                                                   if window.gpu else None)),
+        ("GPU", "unavailable (no NVML)" if window.gpu is None or not window.gpu.available
+         else _pct(window.gpu.utilization)),
     ])
     slo_rows = [(str(r.target), f"MISSED ({r.value:.3f})" if r.met is False else r.status)
-                for r in slo.evaluate(server_fig)]
+                for r in slo.evaluate(window)]
     _table("SLO (server-side window)", slo_rows)
 
     store = open_store()
@@ -303,15 +313,13 @@ def measure_and_diagnose(demo: DemoModel, slo_text: str, sizing: Sizing) -> tupl
         save_findings(store, diagnosis, snapshot_id)
     finally:
         store.dispose()
-    out = diagnosis.to_dict()
-    findings = out.get("findings") or []
-    click.echo(f"diagnosis: {out.get('status')}" + (f", {len(findings)} finding(s)" if findings else ""))
+    findings = diagnosis.findings
+    click.echo(f"diagnosis: {diagnosis.status}" + (f", {len(findings)} finding(s)" if findings else ""))
     for f in findings:
-        click.echo(f"  [{f['severity']}] {f['playbook']}: {f.get('summary', '')}")
-        for r in (f.get("remedies") or [])[:2]:
-            delta = r.get("config_delta") or {}
-            click.echo(f"      → {r.get('action', '')}" + (f"  {delta}" if delta else ""))
-    return out, demo, size
+        click.echo(f"  [{f.severity}] {f.playbook}: {f.summary}")
+        for r in f.remedies[:2]:
+            click.echo(f"      → {r.action}" + (f"  {r.config_delta}" if r.config_delta else ""))
+    return diagnosis.to_dict(), demo, size
 
 
 def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, concurrency: int) -> None:

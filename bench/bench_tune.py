@@ -437,7 +437,7 @@ class Replay:
         m = self.stored.get(config.serve_command())
         if m is None:  # a remedy outside the grid: the study spends a trial on it, as it would for real
             return Measurement(ok=False, status="invalid_config", reason="not in the grid")
-        return Measurement(**m)
+        return Measurement.from_dict(m)
 
 
 def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
@@ -515,12 +515,15 @@ def base_slo(text: str) -> Any:
 
 
 def report_grid(units: dict[str, Any]) -> None:
+    from slotune.tuner.measure import Measurement
+
     measured = units.get("measured") or {}
     if not measured:
         return
     print(f"\n  grid measurements ({len(measured)}):")
     for cmd, m in sorted(measured.items(), key=lambda kv: -float(kv[1]["goodput"])):
-        tpot = ((m.get("client") or {}).get("tpot_seconds") or {}).get("p95")
+        client = Measurement.from_dict(m).client
+        tpot = client.tpot.p95 if client is not None and client.tpot is not None else None
         print(f"    goodput {float(m['goodput']):.3f} req/s, TPOT p95 {tpot}, {float(m['seconds']):.0f} s: "
               f"{cmd.split(' ', 2)[-1] if ' --' in cmd else '(defaults)'}")
     r = units.get("replay")

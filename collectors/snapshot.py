@@ -14,7 +14,6 @@ JSON keys (stable): `ttft_seconds`, `tpot_seconds`, `itl_seconds`, `e2e_seconds`
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from slotune.loadgen.figures import LoadFigures
 from slotune.slo import SloSpec
 
 LAUNCH = "launch"
@@ -20,8 +21,9 @@ def constraint_name(key: str) -> str:
     return f"slo:{key}"
 
 
-def slo_constraints(slo: SloSpec, figures: Mapping[str, object]) -> dict[str, float]:
-    """One constraint per SLO target from client-side figures (`LoadResult.to_dict()` shape)."""
+def slo_constraints(slo: SloSpec, figures: LoadFigures | None) -> dict[str, float]:
+    """One constraint per SLO target from the client's figures (None: nothing measured, every
+    target violated)."""
     out: dict[str, float] = {LAUNCH: 0.0}
     for result in slo.evaluate(figures):
         t = result.target

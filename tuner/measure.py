@@ -2,8 +2,8 @@
 
 Launching and the measured window are the measurement floor's (`slotune.measurement.start_or_explain`,
 `measure_window`); this module adds what a trial needs on top (the client's CPU seat, capacity mode,
-mapping outcomes to a status) and keeps the result as the trial's record, `Measurement`, whose parts
-are JSON because Optuna stores them as trial attributes.
+mapping outcomes to a status) and keeps the result as the trial's record, `Measurement`, of typed parts;
+they become JSON only where Optuna stores them as trial attributes, or the database a trial's row.
 
 The study only sees the `Measure` protocol (config in, `Measurement` out), so its mechanics (baseline
 first, remedies, constraints, storage, resume) are testable without a server; `ServerMeasure` is
@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from slotune.collectors.snapshot import Snapshot
 from slotune.errors import ConfigError, TargetError
+from slotune.loadgen.figures import LoadFigures
 from slotune.loadgen.runner import LoadResult, run_load
-from slotune.loadgen.sweep import find_max_rate
+from slotune.loadgen.sweep import SweepPoint, find_max_rate
 from slotune.loadgen.workload import Workload
 from slotune.measurement import Launch, LoadPlan, measure_window, start_or_explain, warm_up
-from slotune.playbooks.engine import Diagnosis
+from slotune.playbooks.engine import Finding, RemedyOut
 from slotune.playbooks.model import SEVERITIES
 from slotune.server import ManagedServer
 from slotune.slo import SloSpec
@@ -37,53 +39,188 @@ Mode = Literal["offered", "capacity"]
 Progress = Callable[[str], None]
 
 
+# The client-side figures a trial's Optuna attributes keep (the full JSON is in slotune_trials).
+TRIAL_CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "completed", "failed",
+                     "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput",
+                     "warnings", "rate", "concurrency")
+# A measured trial with no run to show (capacity mode, no rate met the SLOs): its client figures.
+_NO_RUN = {"goodput": 0.0, "completed": 0, "failed": 0}
+# Attributes only a trial that reached an outcome has (a queued or running one has none of them).
+_MEASURED_ATTRS = ("status", "goodput", "client", "requests")
+_SPEC_FIELDS = ("spec_decode_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
+                "spec_decode_acceptance_rate", "spec_decode_mean_acceptance_length")
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One rate a capacity sweep tried (req/s), whether it met every SLO, and what it achieved."""
+
+    rate: float
+    met: bool
+    goodput: float | None = None  # good requests/s
+    request_throughput: float | None = None  # completed requests/s
+
+    @classmethod
+    def of(cls, point: SweepPoint) -> RatePoint:
+        figures = point.result.figures()
+        return cls(point.rate, point.met, figures.goodput, figures.request_throughput)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "met": self.met, "goodput": self.goodput,
+                "request_throughput": self.request_throughput}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RatePoint:
+        return cls(d["rate"], bool(d.get("met")), d.get("goodput"), d.get("request_throughput"))
+
+
+@dataclass(frozen=True)
+class ProposedRemedy:
+    """A finding's remedy with the playbook that proposed it (what the study queues as a trial)."""
+
+    playbook: str
+    remedy: RemedyOut
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{action, why, config_delta, playbook}`."""
+        return {**self.remedy.to_dict(), "playbook": self.playbook}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProposedRemedy:
+        return cls(str(d.get("playbook") or ""), RemedyOut.from_dict(d))
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """What one trial measured, as stored with the trial: `client` is the load generator's JSON
-    (`LoadResult.to_dict()`), `server` the window's (`Snapshot.to_dict()`), `findings` the diagnosis';
-    `requests` each request's figures (`RunRequests.to_dict()`), what the verdict's intervals are
-    bootstrapped from (None when nothing was measured)."""
+    """What one trial measured, typed: `client` the load generator's figures (None when no load
+    ran: a server that never started or died, or a capacity sweep where no rate met the SLOs),
+    `server` the window's snapshot (None when no window was measured), `findings` the diagnosis'
+    (of the window, or of a failed start), `requests` each request's figures (what the verdict's
+    intervals are bootstrapped from; None when nothing was measured), `sweep` every rate a capacity
+    sweep tried.
+
+    They become JSON only at the edges, each one way and back: `to_attrs()` / `from_attrs()` for
+    the trial's Optuna user attributes (what a resumed or reported study reads), `to_dict()` /
+    `from_dict()` for the full record (`slotune_trials`, the benchmarks' files)."""
 
     ok: bool
     reason: str = ""
-    status: str = "ready"  # a StartStatus value, or "load_failed"
-    goodput: float = 0.0
+    status: str = "ready"  # a StartStatus value, or "load_failed", or "pruned"
+    goodput: float = 0.0  # good requests/s
     rate: float | None = None  # the offered rate, or the highest rate meeting the SLOs (capacity)
-    client: dict[str, Any] = field(default_factory=dict)
-    server: dict[str, Any] | None = None
-    findings: list[dict[str, Any]] = field(default_factory=list)
+    client: LoadFigures | None = None
+    server: Snapshot | None = None
+    findings: tuple[Finding, ...] = ()
     log_path: str | None = None
     seconds: float = 0.0
-    requests: dict[str, Any] | None = None
-    # capacity mode: every rate the sweep tried, `[{"rate", "met", "goodput", "request_throughput"}]`
-    sweep: list[dict[str, Any]] = field(default_factory=list)
+    requests: RunRequests | None = None
+    sweep: tuple[RatePoint, ...] = ()
+
+    def remedies(self) -> list[ProposedRemedy]:
+        """The findings' remedies that change the config, most severe finding first."""
+        def rank(f: Finding) -> int:
+            return SEVERITIES.index(f.severity) if f.severity in SEVERITIES else len(SEVERITIES)
+
+        return [ProposedRemedy(f.playbook, r) for f in sorted(self.findings, key=rank) for r in f.remedies
+                if r.config_delta]
+
+    def spec_decode(self) -> dict[str, float | None] | None:
+        """Drafting's own record over the window, from the server's counters (`{drafts, draft_tokens,
+        accepted_tokens, acceptance_rate, mean_acceptance_length}`); None without drafting."""
+        if self.server is None or self.server.spec_decode_drafts is None:
+            return None
+        return {k.removeprefix("spec_decode_"): getattr(self.server, k) for k in _SPEC_FIELDS}
+
+    # -- the edges ---------------------------------------------------------------------------------
+
+    def client_json(self) -> dict[str, Any]:
+        """The client figures' JSON (`LoadFigures.to_dict()`); `{}` when nothing ran."""
+        if self.client is not None:
+            return self.client.to_dict()
+        return dict(_NO_RUN) if self.ok else {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The full record as JSON: `{ok, reason, status, goodput, rate, client, server, findings,
+        log_path, seconds, requests, sweep}`."""
+        return {
+            "ok": self.ok, "reason": self.reason, "status": self.status, "goodput": self.goodput, "rate": self.rate,
+            "client": self.client_json(), "server": self.server.to_dict() if self.server is not None else None,
+            "findings": [f.to_dict() for f in self.findings], "log_path": self.log_path, "seconds": self.seconds,
+            "requests": self.requests.to_dict() if self.requests is not None else None,
+            "sweep": [p.to_dict() for p in self.sweep],
+        }
 
-    def remedies(self) -> list[dict[str, Any]]:
-        """The findings' remedies, most severe finding first, each with its `config_delta`."""
-        def rank(f: dict[str, Any]) -> int:
-            sev = f.get("severity")
-            return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES)
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
+        """The inverse of `to_dict()`. Raises `ValueError` or `KeyError` on a record of another shape."""
+        return cls(
+            ok=bool(d["ok"]), reason=d.get("reason") or "", status=d.get("status") or "ready",
+            goodput=float(d.get("goodput") or 0.0), rate=d.get("rate"),
+            client=LoadFigures.from_dict(d["client"]) if d.get("client") else None,
+            server=Snapshot.from_dict(d["server"]) if d.get("server") is not None else None,
+            findings=tuple(Finding.from_dict(f) for f in d.get("findings") or ()), log_path=d.get("log_path"),
+            seconds=float(d.get("seconds") or 0.0), requests=RunRequests.from_dict(d.get("requests")),
+            sweep=tuple(RatePoint.from_dict(p) for p in d.get("sweep") or ()),
+        )
 
-        out = []
-        for f in sorted(self.findings, key=rank):
-            for r in f.get("remedies") or []:
-                if isinstance(r, dict) and r.get("config_delta"):
-                    out.append({**r, "playbook": f.get("playbook")})
-        return out
+    def to_attrs(self, slo: SloSpec) -> dict[str, Any]:
+        """The trial's Optuna user attributes this measurement sets, in the order they are set:
+        `reason`, `status`, `goodput`, `rate`, `sweep` (capacity mode only), `slo` (each target of
+        `slo` checked against the client figures; `[]` when nothing was measured), `client` (the
+        figures in `TRIAL_CLIENT_KEYS`), `log_path`, `findings` (playbook names), `remedies`
+        (`ProposedRemedy.to_dict()`, most severe first), `requests`, `spec_decode`."""
+        client = self.client_json()
+        attrs: dict[str, Any] = {"reason": self.reason, "status": self.status, "goodput": self.goodput,
+                                 "rate": self.rate}
+        if self.sweep:  # capacity mode: the rates tried, drawn by the report as goodput against rate
+            attrs["sweep"] = [p.to_dict() for p in self.sweep]
+        attrs["slo"] = [r.to_dict() for r in slo.evaluate(self.client)] if self.ok else []
+        attrs["client"] = {k: client.get(k) for k in TRIAL_CLIENT_KEYS if k in client}
+        attrs["log_path"] = self.log_path
+        attrs["findings"] = [f.playbook for f in self.findings]
+        attrs["remedies"] = [r.to_dict() for r in self.remedies()]
+        # Each request's figures: the verdict bootstraps its intervals from them (tuner.confidence).
+        attrs["requests"] = self.requests.to_dict() if self.requests is not None else None
+        attrs["spec_decode"] = self.spec_decode()
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Measurement | None:
+        """A stored trial's measurement, from its user attributes (`to_attrs()`, every format
+        stored so far); None when the trial has none (it never got to an outcome).
+
+        The attributes keep less than the trial measured: the client figures of `TRIAL_CLIENT_KEYS`,
+        no server window (`spec_decode` stays an attribute of its own), each finding as its playbook
+        and its remedies (severity unknown, in the stored order, which is the diagnosis' own: most
+        severe first), no `seconds`."""
+        if not any(k in attrs for k in _MEASURED_ATTRS):
+            return None
+        by_playbook: dict[str, list[RemedyOut]] = {}
+        for r in attrs.get("remedies") or ():
+            if isinstance(r, Mapping):
+                by_playbook.setdefault(str(r.get("playbook") or ""), []).append(RemedyOut.from_dict(r))
+        findings = tuple(Finding(playbook=name, title="", severity="", summary="", cause=None, evidence=(),
+                                 window={}, remedies=tuple(by_playbook.get(name, ())))
+                         for name in attrs.get("findings") or () if isinstance(name, str))
+        client = attrs.get("client")
+        return cls(
+            ok=attrs.get("state") != "infeasible", reason=attrs.get("reason") or "", status=attrs.get("status") or "ready",
+            goodput=float(attrs.get("goodput") or 0.0), rate=attrs.get("rate"),
+            client=LoadFigures.from_dict(client) if client else None, findings=findings,
+            log_path=attrs.get("log_path"), requests=RunRequests.from_dict(attrs.get("requests")),
+            sweep=tuple(RatePoint.from_dict(p) for p in attrs.get("sweep") or ()),
+        )
 
 
 class Measure(Protocol):
     """Config in, `Measurement` out. A measure with `probes = True` also takes `check`: it then sends a
-    short probe at the study's load first and hands its figures (`LoadResult.to_dict()`) and request
-    count to `check`; a reason back stops the trial there (status `pruned`, the probe's figures)."""
+    short probe at the study's load first and hands its figures (`LoadFigures`) and request count to
+    `check`; a reason back stops the trial there (status `pruned`, the probe's figures)."""
 
     def __call__(self, config: VllmConfig, progress: Progress | None = None) -> Measurement: ...
 
 
-ProbeCheck = Callable[[dict[str, Any], int], "str | None"]
+ProbeCheck = Callable[[LoadFigures, int], "str | None"]
 
 
 def probe_size(num_requests: int | None) -> int:
@@ -158,7 +295,7 @@ class ServerMeasure:
     def _start_failed(self, launch: Launch, started: float) -> Measurement:
         result = launch.started
         detail = f": {result.log_lines[-1]}" if result.log_lines else ""
-        findings = _findings(launch.diagnosis)
+        findings = launch.diagnosis.findings if launch.diagnosis is not None else ()
         return Measurement(
             ok=False, status=result.status.value, reason=f"{result.status.value}{detail}",
             findings=findings, log_path=str(result.log_path), seconds=time.monotonic() - started,
@@ -179,7 +316,7 @@ class ServerMeasure:
                     say("warming up")
                     warm_up(url, model, plan)
                 swept: list[float | None] = []
-                points: list[dict[str, Any]] = []
+                points: list[RatePoint] = []
                 measured = measure_window(url, lambda: self._capacity(url, model, swept, points), model=model,
                                           slo=load.slo, server_config=config, progress=say,
                                           process_group=server.process_group)
@@ -195,11 +332,11 @@ class ServerMeasure:
                     say(f"probing ({probe} requests)")
                     figures = run_load(url, model, load.workload, rate=load.rate, concurrency=load.concurrency,
                                        num_requests=probe, slo=load.slo, seed=load.seed + 2,
-                                       request_timeout=plan.request_timeout).to_dict()
+                                       request_timeout=plan.request_timeout).figures()
                     reason = check(figures, probe)  # type: ignore[misc]
                     if reason:
                         return Measurement(ok=True, status="pruned", reason=reason,
-                                           goodput=float(figures.get("goodput") or 0.0), rate=rate, client=figures,
+                                           goodput=float(figures.goodput or 0.0), rate=rate, client=figures,
                                            log_path=str(server.log_path), seconds=time.monotonic() - started)
                     plan = replace(plan, warmup_requests=0)
                 measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say,
@@ -211,36 +348,29 @@ class ServerMeasure:
                 ok=False, status="load_failed", reason=f"server failed under load: {exc}" + ("" if alive else " (exited)"),
                 log_path=str(server.log_path), seconds=time.monotonic() - started,
             )
-        # Optuna keeps a trial's figures as JSON attributes: the typed parts are serialised here.
-        client = measured.client.to_dict() if measured.client is not None else {"goodput": 0.0, "completed": 0,
-                                                                                  "failed": 0}
+        client = measured.client.figures() if measured.client is not None else None
         return Measurement(
-            ok=True, status="ready", goodput=float(client.get("goodput") or 0.0), rate=rate, client=client,
-            server=measured.server.to_dict(), findings=_findings(measured.diagnosis), log_path=str(server.log_path),
-            seconds=time.monotonic() - started, requests=run_requests(measured.client, load.slo),
-            sweep=points if load.mode == "capacity" else [],
+            ok=True, status="ready", goodput=float(client.goodput or 0.0) if client is not None else 0.0, rate=rate,
+            client=client, server=measured.server,
+            findings=measured.diagnosis.findings if measured.diagnosis is not None else (),
+            log_path=str(server.log_path), seconds=time.monotonic() - started,
+            requests=run_requests(measured.client, load.slo), sweep=tuple(points) if load.mode == "capacity" else (),
         )
 
     def _capacity(self, url: str, model: str, swept: list[float | None],
-                  points: list[dict[str, Any]]) -> LoadResult | None:
+                  points: list[RatePoint]) -> LoadResult | None:
         """The highest rate that still meets every SLO (appended to `swept`, every rate tried to
         `points`, for the report's goodput-against-rate figure) and the load measured at it."""
         load = self.load
         found = find_max_rate(url, model, load.workload, load.slo, num_requests=load.num_requests, seed=load.seed)
         swept.append(found.max_rate)
-        points.extend({k: v for k, v in p.to_dict().items() if k in ("rate", "met", "goodput", "request_throughput")}
-                      for p in found.points)
+        points.extend(RatePoint.of(p) for p in found.points)
         return found.best
 
 
-def run_requests(result: LoadResult | None, slo: SloSpec) -> dict[str, Any] | None:
-    """The measured requests as compact columns (`RunRequests.to_dict()`), good per `slo`'s thresholds."""
+def run_requests(result: LoadResult | None, slo: SloSpec) -> RunRequests | None:
+    """The measured requests as compact columns, good per `slo`'s thresholds."""
     if result is None:
         return None
-    run = RunRequests.from_latencies((r.latencies() for r in result.records), slo.request_thresholds(),
-                                     result.duration)
-    return run.to_dict()
-
-
-def _findings(diagnosis: Diagnosis | None) -> list[dict[str, Any]]:
-    return list(diagnosis.to_dict().get("findings") or []) if diagnosis is not None else []
+    return RunRequests.from_latencies((r.latencies() for r in result.records), slo.request_thresholds(),
+                                      result.duration)

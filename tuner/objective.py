@@ -28,6 +28,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
 from slotune import platforms
+from slotune.loadgen.figures import LoadFigures
 from slotune.server import as_served
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
@@ -67,9 +68,9 @@ def wall_times(trials: list[FrozenTrial], study_attrs: Mapping[str, Any]) -> dic
     return {"study": study_attrs.get(WALL), "trials": round(sum(per.values()), 3), "per_trial": per}
 
 
-def ttft_p95(client: dict[str, Any]) -> float | None:
-    block = client.get("ttft_seconds")
-    value = block.get("p95") if isinstance(block, dict) else None
+def ttft_p95(client: LoadFigures | None) -> float | None:
+    """The client's p95 TTFT in seconds (None: not measured)."""
+    value = client.ttft.p95 if client is not None and client.ttft is not None else None
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
@@ -85,7 +86,7 @@ def _takes_check(measure: Any) -> bool:
         return False
 
 
-def worst_excess(slo: SloSpec, figures: Mapping[str, Any]) -> tuple[str, float, float, float] | None:
+def worst_excess(slo: SloSpec, figures: LoadFigures) -> tuple[str, float, float, float] | None:
     """The SLO target the figures miss by the largest factor: (key, measured / threshold, measured,
     threshold), or None when no target with a positive threshold was measured. Targets of zero
     (error_rate<=0%) are left out: one failed request in a probe is no measure of "how far"."""
@@ -182,7 +183,7 @@ class TrialObjective:
         return measured.goodput
 
     def _probe_check(self, trial: optuna.Trial) -> ProbeCheck:
-        def check(figures: dict[str, Any], requests: int) -> str | None:
+        def check(figures: LoadFigures, requests: int) -> str | None:
             worst = worst_excess(self.slo, figures)
             if worst is None:
                 return None
@@ -192,7 +193,7 @@ class TrialObjective:
             if self.pareto:  # Optuna keeps no intermediate values for several objectives
                 stop = requests >= self.pruner.min_requests and ratio >= self.pruner.factor  # type: ignore[union-attr]
             else:
-                trial.report(float(figures.get("goodput") or 0.0), step=requests)
+                trial.report(float(figures.goodput or 0.0), step=requests)
                 stop = trial.should_prune()
             if not stop:
                 return None
@@ -221,48 +222,26 @@ class TrialObjective:
     def _annotate(self, trial: optuna.Trial, m: Measurement, state: str, feasible: bool) -> None:
         trial.set_user_attr("state", state)
         trial.set_user_attr("feasible", feasible)
-        trial.set_user_attr("reason", m.reason)
-        trial.set_user_attr("status", m.status)
-        trial.set_user_attr("goodput", m.goodput)
-        trial.set_user_attr("rate", m.rate)
-        if m.sweep:  # capacity mode: the rates tried, drawn by the report as goodput against rate
-            trial.set_user_attr("sweep", m.sweep)
-        trial.set_user_attr("slo", [r.to_dict() for r in self.slo.evaluate(m.client)] if m.ok else [])
-        trial.set_user_attr("client", {k: m.client.get(k) for k in _CLIENT_KEYS if k in m.client})
-        trial.set_user_attr("log_path", m.log_path)
-        trial.set_user_attr("findings", [f.get("playbook") for f in m.findings])
-        trial.set_user_attr("remedies", m.remedies())
-        # Each request's figures: the verdict bootstraps its intervals from them (tuner.confidence).
-        trial.set_user_attr("requests", m.requests)
+        for key, value in m.to_attrs(self.slo).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr(WALL, self._wall())
-        # Drafting's own record, from the server's counters over the trial's window (None: no drafting).
-        spec = {k.removeprefix("spec_decode_"): (m.server or {}).get(k) for k in _SPEC_KEYS}
-        trial.set_user_attr("spec_decode", spec if spec["drafts"] is not None else None)
 
     def _wall(self) -> float:
         return round(time.monotonic() - getattr(self, "_started", time.monotonic()), 3)
 
     def _record(self, number: int, state: str, reason: str, config: VllmConfig, m: Measurement,
                 constraints: dict[str, float]) -> None:
+        full = m.to_dict()
         metrics = {"goodput": m.goodput, "rate": m.rate, "status": m.status, "seconds": m.seconds,
-                   WALL: self._wall(), "constraints": constraints, "client": m.client, "server": m.server,
-                   "requests": m.requests}
+                   WALL: self._wall(), "constraints": constraints, "client": full["client"], "server": full["server"],
+                   "requests": full["requests"]}
         with self.store.session() as s:
             s.add(TrialRecord(
                 study_name=self.study_name, trial_number=number, state=state, reason=reason,
                 params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
-                metrics=metrics, findings=m.findings, log_path=m.log_path,
+                metrics=metrics, findings=full["findings"], log_path=m.log_path,
             ))
 
     def _emit(self, trial: optuna.Trial, stage: str) -> None:
         if self.events is not None:
             self.events(trial.number, stage)
-
-
-_SPEC_KEYS = ("spec_decode_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
-              "spec_decode_acceptance_rate", "spec_decode_mean_acceptance_length")
-
-# The client-side figures worth keeping on the Optuna trial (the full JSON is in slotune_trials).
-_CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds", "completed", "failed",
-                "error_rate", "duration_seconds", "request_throughput", "output_throughput", "goodput", "warnings",
-                "rate", "concurrency")

@@ -19,7 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
+from slotune.loadgen.figures import LoadFigures
 from slotune.tuner import speculation
+from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import _safe, open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
@@ -194,7 +196,8 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
 
 def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
     ua = t.user_attrs
-    client = ua.get("client") or {}
+    m = Measurement.from_attrs(ua)
+    client = m.client if m is not None else None
     slo = {r["key"]: {"value": r["value"], "threshold": r["threshold"], "met": r["met"], "status": r.get("status")}
            for r in ua.get("slo") or []}
     config = ua.get("config")
@@ -212,17 +215,19 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "feasible": bool(ua.get("feasible")),
         "slo": slo,
         "ttft_p95": ttft_p95(client),
-        "tpot_p95": _p95(client, "tpot_seconds"),
-        "e2e_p95": _p95(client, "e2e_seconds"),
-        "request_throughput": client.get("request_throughput"),
-        "output_throughput": client.get("output_throughput"),  # output tokens/s, all completed requests
-        "rate": ua.get("rate"),  # offered req/s, or the highest rate meeting the SLOs (capacity mode)
-        "sweep": ua.get("sweep") or [],  # capacity mode: [{"rate", "met", "goodput", "request_throughput"}]
+        "tpot_p95": _p95(client, "tpot"),
+        "e2e_p95": _p95(client, "e2e"),
+        "request_throughput": client.request_throughput if client is not None else None,
+        # output tokens/s, all completed requests
+        "output_throughput": client.output_throughput if client is not None else None,
+        "rate": m.rate if m is not None else None,  # offered req/s, or the highest rate meeting the SLOs (capacity)
+        # capacity mode: [{"rate", "met", "goodput", "request_throughput"}]
+        "sweep": [p.to_dict() for p in m.sweep] if m is not None else [],
         # The load generator's self-checks: a trial measured on a starved host is not evidence.
-        "measurement_warnings": client.get("warnings") or [],
+        "measurement_warnings": list(client.warnings) if client is not None else [],
         "command": ua.get("command"),
         "flag_file": flag_file,
-        "findings": ua.get("findings") or [],
+        "findings": [f.playbook for f in m.findings] if m is not None else [],
         "spec_decode": ua.get("spec_decode"),
         "wall_seconds": ua.get(WALL),
         "log_path": ua.get("log_path"),
@@ -231,19 +236,20 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
 
 def row(t: FrozenTrial) -> dict[str, Any]:
     ua = t.user_attrs
-    client = ua.get("client") or {}
+    m = Measurement.from_attrs(ua)
+    client = m.client if m is not None else None
     state = {TrialState.PRUNED: "infeasible"}.get(t.state, t.state.name.lower())
     if t.state is TrialState.PRUNED and ua.get("state") == PRUNED:
         state = PRUNED
     return {"trial": t.number, "origin": ua.get(ORIGIN), "state": state, "feasible": ua.get("feasible"),
-            "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot_seconds"),
+            "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot"),
             "params": ua.get("params") or {}, "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
-            "findings": ua.get("findings") or [], "wall_seconds": ua.get(WALL)}
+            "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL)}
 
 
-def _p95(client: dict[str, Any], key: str) -> float | None:
-    block = client.get(key)
-    return block.get("p95") if isinstance(block, dict) else None
+def _p95(client: LoadFigures | None, metric: str) -> float | None:
+    block = client.latency(metric) if client is not None else None
+    return block.p95 if block is not None else None
 
 
 def pareto_front(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
@@ -251,7 +257,8 @@ def pareto_front(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     pts = []
     for t in trials:
         if t.state is TrialState.COMPLETE and t.user_attrs.get("feasible"):
-            ttft = ttft_p95(t.user_attrs.get("client") or {})
+            m = Measurement.from_attrs(t.user_attrs)
+            ttft = ttft_p95(m.client) if m is not None else None
             if ttft is not None:
                 pts.append((float(t.user_attrs.get("goodput") or 0.0), ttft, t))
     front = [p for p in pts if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0], q[1]) != (p[0], p[1]) for q in pts)]

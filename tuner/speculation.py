@@ -17,6 +17,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from slotune.tuner.measure import Measurement
+
 ENGINE_APPLIES_SCHEDULE = True
 EVIDENCE = ("vllm/v1/core/sched/scheduler.py: Scheduler.schedule looks K up per step "
             "(dynamic_sd_lookup[len(num_scheduled_tokens)]); vllm/v1/worker/gpu_model_runner.py: "
@@ -45,8 +47,10 @@ def k_by_load(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
         return []
     levels: dict[tuple[Any, Any], list[FrozenTrial]] = {}
     for t in measured:
-        client = t.user_attrs.get("client") or {}
-        levels.setdefault((client.get("concurrency"), client.get("rate")), []).append(t)
+        m = Measurement.from_attrs(t.user_attrs)
+        client = m.client if m is not None else None
+        load = (client.concurrency, client.rate) if client is not None else (None, None)
+        levels.setdefault(load, []).append(t)
     rows = []
     for (conc, rate), group in levels.items():
         ok = [t for t in group if t.user_attrs.get("feasible")] or group

@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slotune import paths
 from slotune.errors import ConfigError
+from slotune.loadgen.workload import Workload
 from slotune.slo import SloSpec
 from slotune.store import open_store
-from slotune.tuner.measure import LoadSpec, Measure, ServerMeasure
+from slotune.tuner.measure import LoadSpec, Measure, Measurement, ServerMeasure
 from slotune.tuner.objective import (
     BASELINE,
     DEFAULT_PRUNE_FACTOR,
@@ -144,8 +145,8 @@ class TuneSpec(BaseModel):
         )
 
 
-def load_spec_workload(spec: TuneSpec) -> Any:
-    from slotune.loadgen.workload import Workload, load_workload
+def load_spec_workload(spec: TuneSpec) -> Workload:
+    from slotune.loadgen.workload import load_workload
 
     if spec.workload is not None:
         # Real prompts count their tokens with the served model's tokenizer when it is a local directory.
@@ -157,14 +158,9 @@ def load_spec_workload(spec: TuneSpec) -> Any:
     return workload.with_sampling(spec.temperature, spec.top_p)
 
 
-def workload_need(workload: Any) -> int | None:
+def workload_need(workload: Workload) -> int | None:
     """Longest prompt + longest output the workload can send (what max_model_len must hold)."""
-    for attr in ("max_total_tokens", "max_model_len_needed", "max_tokens_needed"):
-        value = getattr(workload, attr, None)
-        value = value() if callable(value) else value
-        if isinstance(value, int):
-            return value
-    return None
+    return workload.max_total_tokens()
 
 
 def build_space(spec: TuneSpec, need: int | None) -> SearchSpace:
@@ -290,13 +286,14 @@ def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> lis
         return []
     queued = []
     start = {k: v for k, v in base.params.items()}
-    for remedy in base.user_attrs.get("remedies") or []:
+    measured = Measurement.from_attrs(base.user_attrs)
+    for proposed in measured.remedies() if measured is not None else []:
         if len(queued) >= limit:
             break
-        params = space.params_for_delta(start, remedy.get("config_delta") or {})
+        params = space.params_for_delta(start, proposed.remedy.config_delta)
         if params is None or params in [q["params"] for q in queued]:
             continue
-        why = f"{remedy.get('playbook')}: {remedy.get('why', '')}".strip(": ")
+        why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ")
         study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why}, skip_if_exists=True)
         queued.append({"params": params, "why": why})
     study.set_user_attr(REMEDIES_DONE, True)
@@ -311,7 +308,7 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events | None = None,
-              workload: Any = None) -> StudyResult:
+              workload: Workload | None = None) -> StudyResult:
     """Run (or resume) a study to its trial budget or timeout; re-measure; write the results."""
     from slotune.tuner.report import summarize, write_outputs
     from slotune.tuner.verdict import remeasure

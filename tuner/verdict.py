@@ -36,7 +36,7 @@ from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
-from slotune.tuner.measure import Measure
+from slotune.tuner.measure import Measure, Measurement
 from slotune.tuner.objective import BASELINE, ORIGIN, Events, jsonable_params
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
@@ -137,10 +137,10 @@ def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any], slo: SloSpec 
     defaults to the study's. A run stored without its requests has no interval (it cannot win)."""
     slo = slo if slo is not None else study_slo(study_attrs)
     extra = study_attrs.get(f"{ATTR}{trial.number}") or []
-    goodputs = [float(trial.user_attrs.get("goodput") or 0.0)] + [float(s["goodput"]) for s in extra]
+    own = Measurement.from_attrs(trial.user_attrs)
+    goodputs = [own.goodput if own is not None else 0.0] + [float(s["goodput"]) for s in extra]
     feasible = [bool(trial.user_attrs.get("feasible"))] + [bool(s["feasible"]) for s in extra]
-    stored = [trial.user_attrs.get("requests")] + [s.get("requests") for s in extra]
-    runs = [RunRequests.from_dict(r) for r in stored]
+    runs = [own.requests if own is not None else None] + [RunRequests.from_dict(s.get("requests")) for s in extra]
     if any(r is None for r in runs):
         return Samples(trial.number, tuple(goodputs), tuple(feasible), confidence=confidence)
     kept = [r for r in runs if r is not None]
@@ -280,14 +280,16 @@ def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure
         m = measure(config, (lambda stage, n=number: events(n, f"re-measure: {stage}")) if events else None)
         constraints = slo_constraints(slo, m.client) if m.ok else {}
         feasible = m.ok and all(v <= 0 for v in constraints.values())
+        full = m.to_dict()
         done.append({"goodput": m.goodput, "feasible": feasible, "status": m.status, "reason": m.reason,
-                     "round": rnd, "requests": m.requests})
+                     "round": rnd, "requests": full["requests"]})
         study.set_user_attr(key, done)
         with store.session() as s:
             s.add(TrialRecord(
                 study_name=study.study_name, trial_number=number, state="remeasure", reason=m.reason,
                 params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
                 metrics={"goodput": m.goodput, "feasible": feasible, "constraints": constraints,
-                         "client": m.client, "server": m.server, "requests": m.requests, "round": rnd},
-                findings=m.findings, log_path=m.log_path,
+                         "client": full["client"], "server": full["server"], "requests": full["requests"],
+                         "round": rnd},
+                findings=full["findings"], log_path=m.log_path,
             ))

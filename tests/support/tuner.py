@@ -11,7 +11,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slotune.collectors.snapshot import Snapshot
+from slotune.loadgen.figures import LoadFigures
 from slotune.loadgen.goodput import RequestLatencies
+from slotune.playbooks.engine import Finding, RemedyOut
+from slotune.quantiles import Quantiles
 from slotune.tuner.confidence import RunRequests
 from slotune.tuner.measure import Measurement
 from slotune.vllm_config import VllmConfig
@@ -21,8 +25,8 @@ N_REQUESTS = 100
 GOOD_SHARE = 0.8
 
 
-def requests(goodput: float, ttft_p95: float, n: int = N_REQUESTS, good_share: float = GOOD_SHARE) -> dict:
-    """A run's requests (`RunRequests.to_dict()`) whose goodput is `goodput` req/s and whose TTFT p95
+def requests(goodput: float, ttft_p95: float, n: int = N_REQUESTS, good_share: float = GOOD_SHARE) -> RunRequests:
+    """A run's requests whose goodput is `goodput` req/s and whose TTFT p95
     is about `ttft_p95`: `good_share` of the `n` requests good (the rest finished but slow, or
     failed when every request is good), TTFTs spread evenly up to `ttft_p95 / 0.95`."""
     good = round(n * good_share)
@@ -32,16 +36,27 @@ def requests(goodput: float, ttft_p95: float, n: int = N_REQUESTS, good_share: f
            for i in range(n)]
     run = RunRequests.from_latencies(lat, {}, duration)
     flags = tuple(i < good for i in range(n))
-    return RunRequests(run.duration, run.ok, flags, run.ttft, run.tpot, run.itl, run.e2e).to_dict()
+    return RunRequests(run.duration, run.ok, flags, run.ttft, run.tpot, run.itl, run.e2e)
 
 
-def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> dict:
-    def block(p95: float) -> dict:
-        return {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2, "mean": p95 / 2, "count": 20}
+def client(ttft_p95: float, goodput: float, tpot_p95: float = 0.02) -> LoadFigures:
+    """A run of 20 requests, all completed, at `goodput` req/s; each latency's quantiles around its p95."""
+    def block(p95: float) -> Quantiles:
+        return Quantiles(p50=p95 / 2, p95=p95, p99=p95 * 1.2, mean=p95 / 2, count=20)
 
-    return {"ttft_seconds": block(ttft_p95), "tpot_seconds": block(tpot_p95), "itl_seconds": block(tpot_p95),
-            "e2e_seconds": block(ttft_p95 + 1), "completed": 20, "failed": 0, "error_rate": 0.0,
-            "request_throughput": goodput, "goodput": goodput}
+    return LoadFigures(ttft=block(ttft_p95), tpot=block(tpot_p95), itl=block(tpot_p95), e2e=block(ttft_p95 + 1),
+                       completed=20, failed=0, error_rate=0.0, request_throughput=goodput, goodput=goodput)
+
+
+def finding(playbook: str, severity: str, summary: str, *remedies: tuple[dict, str]) -> Finding:
+    """A playbook's finding with these remedies (config delta, why), as the engine would report it."""
+    return Finding(playbook=playbook, title=playbook, severity=severity, summary=summary, cause=None, evidence=(),
+                   window={}, remedies=tuple(RemedyOut("", why, delta) for delta, why in remedies))
+
+
+def window(**figures: object) -> Snapshot:
+    """A one-second server window with these figures (`Snapshot` fields)."""
+    return Snapshot(target="http://fake", window_start=0.0, window_end=1.0, **figures)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -73,13 +88,13 @@ class FakeMeasure:
             if reason:
                 return Measurement(ok=True, status="pruned", reason=reason, goodput=goodput,
                                    client=client(ttft, goodput), log_path="/tmp/fake.log", seconds=0.5)
-        findings = []
+        findings: tuple[Finding, ...] = ()
         if config.enable_chunked_prefill is None:
-            findings = [{"playbook": "high_ttft", "severity": "warning", "summary": "TTFT high",
-                         "remedies": [{"config_delta": {"enable_chunked_prefill": True}, "why": "split prefills"},
-                                      {"config_delta": {"max_num_seqs": 60}, "why": "bigger batches"}]}]
+            findings = (finding("high_ttft", "warning", "TTFT high",
+                                ({"enable_chunked_prefill": True}, "split prefills"),
+                                ({"max_num_seqs": 60}, "bigger batches")),)
         return Measurement(ok=True, goodput=goodput, rate=None, client=client(ttft, goodput),
-                           server={"kv_cache_usage": 0.5}, findings=findings, log_path="/tmp/fake.log",
+                           server=window(kv_cache_usage=0.5), findings=findings, log_path="/tmp/fake.log",
                            requests=requests(goodput, ttft))
 
 

@@ -147,13 +147,14 @@ def test_a_load_result_kept_as_requests_gives_the_load_generators_own_figures():
                                      output_tokens=16 if ok else None, error=None if ok else "boom"))
     slo = SloSpec.parse("ttft_p95<=300ms,tpot_p95<=50ms,error_rate<=10%")
     result = LoadResult(records, duration=12.0, workload="fixed", slo=slo)
-    figures = result.to_dict()
-    run = RunRequests.from_dict(run_requests(result, slo))
-    assert goodput_figure([run]).estimate == pytest.approx(figures["goodput"])
+    figures = result.figures()
+    run = run_requests(result, slo)
+    assert run is not None and RunRequests.from_dict(run.to_dict()) == run
+    assert goodput_figure([run]).estimate == pytest.approx(figures.goodput)
     judged = judge_slos([run], slo)
-    assert judged["ttft_p95"].figure.estimate == pytest.approx(figures["ttft_seconds"]["p95"], abs=1e-6)
-    assert judged["tpot_p95"].figure.estimate == pytest.approx(figures["tpot_seconds"]["p95"], abs=1e-6)
-    assert judged["error_rate"].figure.estimate == pytest.approx(figures["error_rate"])
+    assert judged["ttft_p95"].figure.estimate == pytest.approx(figures.ttft.p95, abs=1e-6)
+    assert judged["tpot_p95"].figure.estimate == pytest.approx(figures.tpot.p95, abs=1e-6)
+    assert judged["error_rate"].figure.estimate == pytest.approx(figures.error_rate)
 
 
 def test_the_quantile_interval_covers_the_true_p95_and_has_no_upper_bound_with_few_requests():

@@ -4,6 +4,8 @@ runs in full; wall time per trial and per study lands in the result; capacity mo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -87,7 +89,7 @@ def test_the_pruning_decision():
     slo = SloSpec.parse("ttft_p95<=500ms,tpot_p95<=50ms,error_rate<=0%")
     key, ratio, *_ = worst_excess(slo, client(0.4, 1.0, tpot_p95=0.2))
     assert key == "tpot_p95" and ratio == pytest.approx(4.0)
-    failed = {**client(0.1, 1.0), "error_rate": 0.5}
+    failed = replace(client(0.1, 1.0), error_rate=0.5)
     assert worst_excess(slo, failed)[0] != "error_rate"  # a zero target says nothing about "how far"
 
     study = optuna.create_study(pruner=SloPruner(2.0), direction="maximize")

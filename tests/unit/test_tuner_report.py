@@ -22,6 +22,7 @@ from rich.console import Console
 
 from slotune.cli.main import main
 from slotune.tuner.html_report import fmt_value
+from slotune.tuner.measure import RatePoint
 from slotune.tuner.report import (
     StudyResult,
     cost_per_1k_tokens,
@@ -49,7 +50,7 @@ class TokenMeasure(FakeMeasure):
         m = super().__call__(config, progress)
         if not m.ok:
             return m
-        return dataclasses.replace(m, client={**m.client, "output_throughput": 100.0 * m.goodput})
+        return dataclasses.replace(m, client=dataclasses.replace(m.client, output_throughput=100.0 * m.goodput))
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +253,8 @@ class SweepMeasure(TokenMeasure):
         if not m.ok:
             return m
         scale = m.goodput / 2
-        sweep = [{"rate": r, "met": r <= 2, "goodput": round(min(r, 2) * scale, 3), "request_throughput": r}
-                 for r in (4.0, 1.0, 2.0)]
+        sweep = tuple(RatePoint(rate=r, met=r <= 2, goodput=round(min(r, 2) * scale, 3), request_throughput=r)
+                      for r in (4.0, 1.0, 2.0))
         return dataclasses.replace(m, rate=2.0, sweep=sweep)
 
 

@@ -3,20 +3,22 @@ measured at each offered load (`speculation.k_by_load`), read from storage like 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 
 from slotune.tuner.measure import Measurement
 from slotune.tuner.study import TuneSpec, run_study
-from tests.support.tuner import client
+from tests.support.tuner import client, window
 
 
 def _measure(config, progress=None, check=None):
     spec = config.speculative_config
     k = spec.num_speculative_tokens if spec else 0
     goodput = {0: 1.0, 2: 1.6, 4: 2.4}.get(k, 1.2)
-    server = {"spec_decode_drafts": 50.0, "spec_decode_draft_tokens": 50.0 * k, "spec_decode_accepted_tokens": 30.0 * k,
-              "spec_decode_acceptance_rate": 0.6, "spec_decode_mean_acceptance_length": 1 + 0.6 * k} if k else {}
-    return Measurement(ok=True, goodput=goodput, client={**client(0.1, goodput), "concurrency": 1, "rate": None},
+    server = window(spec_decode_drafts=50.0, spec_decode_draft_tokens=50.0 * k, spec_decode_accepted_tokens=30.0 * k,
+                    spec_decode_acceptance_rate=0.6, spec_decode_mean_acceptance_length=1 + 0.6 * k) if k else window()
+    return Measurement(ok=True, goodput=goodput, client=replace(client(0.1, goodput), concurrency=1, rate=None),
                        server=server)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -197,7 +198,7 @@ def test_load_generator_warnings_travel_with_the_trial(tmp_path):
         from tests.support.tuner import client
 
         starved = config.tuned_params() == {}
-        c = {**client(0.1, 2.0), "warnings": ["requests left up to 250 ms late (p99)"] if starved else []}
+        c = replace(client(0.1, 2.0), warnings=("requests left up to 250 ms late (p99)",) if starved else ())
         return Measurement(ok=True, goodput=2.0, client=c)
 
     result = run_study(spec(tmp_path, trials=2, slo="ttft_p95<=2s", max_remedies=0), measure=measure)

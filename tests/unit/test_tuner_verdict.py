@@ -18,7 +18,8 @@ SLO = "ttft_p95<=500ms"
 
 
 def _runs(goodputs, ttft=0.2, good_share=1.0):
-    return [requests(g, ttft, good_share=good_share) for g in goodputs]
+    """Runs as a study stores them (`RunRequests.to_dict()`)."""
+    return [requests(g, ttft, good_share=good_share).to_dict() for g in goodputs]
 
 
 def _study(base: list[dict], cands: list[list[dict]], slo: str = SLO):
@@ -77,16 +78,16 @@ def test_a_candidate_measured_once_beside_a_remeasured_one_is_not_chosen():
 
 
 def test_a_baseline_that_surely_misses_an_slo_the_candidate_surely_meets_loses():
-    slow = [requests(g, 0.9, good_share=1.0) for g in BASE]  # TTFT p95 ~0.9 s against 0.5 s
-    fast = [requests(g - 0.5, 0.2, good_share=1.0) for g in BASE]  # less goodput, but meets the SLO
+    slow = [requests(g, 0.9, good_share=1.0).to_dict() for g in BASE]  # TTFT p95 ~0.9 s against 0.5 s
+    fast = [requests(g - 0.5, 0.2, good_share=1.0).to_dict() for g in BASE]  # less goodput, but meets the SLO
     v = decide(*_study(slow, [fast]))
     assert v.samples[0].slo["ttft_p95"].outcome == "missed" and v.samples[1].slo["ttft_p95"].outcome == "met"
     assert v.recommendation == "tuned" and v.winner == 1 and "miss ttft_p95" in v.message
 
 
 def test_an_inconclusive_slo_does_not_rescue_a_missing_baseline():
-    slow = [requests(g, 0.9) for g in BASE]
-    edge = [requests(g, 0.5) for g in BASE]  # TTFT p95 right at the threshold: inconclusive
+    slow = [requests(g, 0.9).to_dict() for g in BASE]
+    edge = [requests(g, 0.5).to_dict() for g in BASE]  # TTFT p95 right at the threshold: inconclusive
     v = decide(*_study(slow, [edge]))
     assert v.samples[1].slo["ttft_p95"].outcome == "inconclusive"
     assert v.recommendation == "baseline", v.message
@@ -94,8 +95,8 @@ def test_an_inconclusive_slo_does_not_rescue_a_missing_baseline():
 
 
 def test_more_goodput_does_not_win_by_trading_away_an_slo_the_baseline_meets():
-    fast = [requests(g, 0.2) for g in BASE]
-    greedy = [requests(g * 3, 0.9) for g in BASE]  # x3 goodput, TTFT missed
+    fast = [requests(g, 0.2).to_dict() for g in BASE]
+    greedy = [requests(g * 3, 0.9).to_dict() for g in BASE]  # x3 goodput, TTFT missed
     v = decide(*_study(fast, [greedy]))
     assert v.recommendation == "baseline" and "misses ttft_p95" in v.message
 

@@ -317,7 +317,7 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
     status, results = diagnosis.status, ()
     if snaps and not failed:
         notes += resolution_notes(snaps[-1], slo)  # targets the buckets cannot decide are said, not guessed
-        results = tuple((slo or SloSpec.parse(DEFAULT_SLO)).evaluate(snaps[-1].to_dict()))
+        results = tuple((slo or SloSpec.parse(DEFAULT_SLO)).evaluate(snaps[-1]))
         missed = [r for r in results if r.met is False]  # inconclusive ones are None, never False
         if missed and status == "healthy":
             status = "slo_missed"

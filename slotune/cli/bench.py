@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from slotune.errors import ConfigError, TargetError
 from slotune.files import to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
 
+if TYPE_CHECKING:
+    from slotune.loadgen.figures import LoadFigures
+
 ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "end-to-end"))
 
 
@@ -31,42 +34,42 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.1f}"
 
 
-def render(d: dict[str, Any], target: str) -> Any:
-    """A rich renderable of one load result (`LoadResult.to_dict()`)."""
+def render(f: LoadFigures, target: str) -> Any:
+    """A rich renderable of one load run's figures."""
     from rich.console import Group
     from rich.table import Table
 
-    mode = f"rate {d['rate']:g}/s" if d.get("rate") else "no rate limit"
-    if d.get("concurrency"):
-        mode += f", concurrency {d['concurrency']}"
-    lat = Table(title=f"{target} · {d['workload']} · {mode}", title_justify="left")
+    mode = f"rate {f.rate:g}/s" if f.rate else "no rate limit"
+    if f.concurrency:
+        mode += f", concurrency {f.concurrency}"
+    lat = Table(title=f"{target} · {f.workload} · {mode}", title_justify="left")
     for col in ("client latency (ms)", "p50", "p90", "p95", "p99", "mean", "count"):
         lat.add_column(col, justify="left" if col.startswith("client") else "right")
     for key, label in ROWS:
-        q = d.get(f"{key}_seconds")
+        q = f.latency(key)
         if q is None:
             lat.add_row(label, "no data", "", "", "", "", "0")
         else:
-            lat.add_row(label, *(_ms(q[s]) for s in ("p50", "p90", "p95", "p99", "mean")), f"{q['count']:.0f}")
+            lat.add_row(label, *(_ms(getattr(q, s)) for s in ("p50", "p90", "p95", "p99", "mean")), f"{q.count:.0f}")
     summary = Table(show_header=False, box=None)
     summary.add_column(style="bold")
     summary.add_column()
-    goodput = "-" if d.get("goodput") is None else f"{d['goodput']:.2f} req/s ({d['good_requests']} good)"
+    goodput = "-" if f.goodput is None else f"{f.goodput:.2f} req/s ({f.good_requests} good)"
     rows = [
-        ("completed / failed", f"{d['completed']} / {d['failed']} (error rate {d['error_rate']:.1%})"),
-        ("duration", f"{d['duration']:.2f} s"),
-        ("request throughput", f"{d['request_throughput']:.2f} req/s"),
-        ("output throughput", f"{d['output_throughput']:.1f} tok/s"),
-        ("tokens in / out", f"{d['total_input_tokens']} / {d['total_output_tokens']}"),
+        ("completed / failed", f"{f.completed} / {f.failed} (error rate {f.error_rate:.1%})"),
+        ("duration", f"{f.duration:.2f} s"),
+        ("request throughput", f"{f.request_throughput:.2f} req/s"),
+        ("output throughput", f"{f.output_throughput:.1f} tok/s"),
+        ("tokens in / out", f"{f.total_input_tokens} / {f.total_output_tokens}"),
         ("goodput", goodput),
     ]
-    for s in d.get("slo") or []:
-        met = {True: "met", False: "MISSED", None: "no data"}[s["met"]]
-        value = "-" if s["value"] is None else (f"{s['value']:.2%}" if s["key"] == "error_rate" else _ms(s["value"]) + " ms")
-        rows.append((f"SLO {s['target']}", f"{met} ({value})"))
-    for err, n in (d.get("errors") or {}).items():
+    for r in f.slo:
+        met = {True: "met", False: "MISSED", None: "no data"}[r.met]
+        value = "-" if r.value is None else (f"{r.value:.2%}" if r.target.key == "error_rate" else _ms(r.value) + " ms")
+        rows.append((f"SLO {r.target}", f"{met} ({value})"))
+    for err, n in f.errors.items():
         rows.append(("error", f"{n} x {err}"))
-    for warning in d.get("warnings") or []:
+    for warning in f.warnings:
         rows.append(("[yellow]warning[/]", warning))
     for k, v in rows:
         summary.add_row(k, v)
@@ -177,9 +180,9 @@ def register(app: click.Group) -> None:
 
             def show(point: Any) -> None:
                 if json_out != "-":
-                    d = point.result.to_dict()
+                    f = point.result.figures()
                     console.print(f"rate {point.rate:g}/s: {'meets' if point.met else 'misses'} the SLOs "
-                                  f"(goodput {d['goodput']:.2f} req/s, {d['completed']} ok, {d['failed']} failed)")
+                                  f"(goodput {f.goodput:.2f} req/s, {f.completed} ok, {f.failed} failed)")
 
             found = sweep(url, model, wl, slo, num_requests=num_requests, seed=seed, burstiness=burstiness,
                           start_rate=start_rate,
@@ -191,17 +194,17 @@ def register(app: click.Group) -> None:
                     console.print(f"no rate tried meets {slo}")
                 else:
                     console.print(f"highest rate meeting {slo}: {found.max_rate:g} req/s")
-                    console.print(render(found.best.to_dict(), url))
+                    console.print(render(found.best.figures(), url))
             return
 
         result = run_load(url, model, wl, rate=rate, concurrency=concurrency, num_requests=num_requests,
                           duration=duration, slo=slo, seed=seed, burstiness=burstiness, progress=progress,
                           request_timeout=request_timeout)
-        d = result.to_dict()
+        figures = result.figures()
         if json_out is not None:
-            _write_json(d, json_out)  # written even when every request failed: the errors are in it
+            _write_json(figures.to_dict(), json_out)  # written even when every request failed: the errors are in it
         if json_out != "-":
-            console.print(render(d, url))
-        if d["completed"] == 0 and d["failed"]:
-            first = next(iter(d["errors"]), "unknown error")
-            raise TargetError(f"every request failed ({d['failed']}): {first}")
+            console.print(render(figures, url))
+        if figures.completed == 0 and figures.failed:
+            first = next(iter(figures.errors), "unknown error")
+            raise TargetError(f"every request failed ({figures.failed}): {first}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slotune.collectors.histogram import Histogram
-from slotune.errors import TargetError
+from slotune.errors import NoStatsError, TargetError
 from slotune.metric_names import Kind, canonical_name, lookup
 
 Labels = tuple[tuple[str, str], ...]
@@ -122,7 +122,8 @@ def _labels(body: str | None, lineno: int, line: str, url: str) -> dict[str, str
 
 
 def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
-    """One `/metrics` page → `Scrape`. Raises `TargetError` on garbage or when no vLLM metric is there."""
+    """One `/metrics` page → `Scrape`. Raises `TargetError` on garbage, `NoStatsError` (a `TargetError`)
+    when the page carries no vLLM sample."""
     # key → rank of the spelling (0 = current name) → labels → value / histogram parts
     flat: dict[str, dict[int, dict[Labels, float]]] = defaultdict(lambda: defaultdict(dict))
     hist: dict[str, dict[int, dict[Labels, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
@@ -205,7 +206,7 @@ def parse(text: str, url: str = "", timestamp: float | None = None) -> Scrape:
             labels: _histogram(names[(key, rank)], parts, url) for labels, parts in by_rank[rank].items()
         }
     if not (set(scrape.sources) - {"process_start"}):
-        raise TargetError(f"{url}: {no_vllm_reason(declared, http)}")
+        raise NoStatsError(f"{url}: {no_vllm_reason(declared, http)}")
     return scrape
 
 

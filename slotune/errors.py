@@ -27,6 +27,12 @@ class TargetError(SlotuneError):
     """A target server could not be reached or answered garbage."""
 
 
+class NoStatsError(TargetError):
+    """The target answered its /metrics, but the page carries none of vLLM's stats (the message names
+    the known cause: `--disable-log-stats`, `--api-server-count` above 1, an engine before its first
+    request, or not a vLLM page). The server is up; there is only nothing to measure."""
+
+
 def validation_message(errors: Sequence[Mapping[str, Any]], *, limit: int = 1, skip: Container[str] = ()) -> str:
     """pydantic's errors (`exc.errors()`) as one line for a user: `where: what` for the first `limit`,
     then how many more. Location parts in `skip` (a tagged union's tag) and pydantic's

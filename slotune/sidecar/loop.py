@@ -5,7 +5,8 @@ mode (recommend: publish a recommended config; apply: hand over to the `Applier`
 
 The clock and the scrape function are injected, so tests drive ticks without sleeping. A target
 that is down or slow is a finding of the sidecar's own (`target_down`), never an exception out of
-`tick()`; so is an SLO whose error budget burns faster than allowed (`slo_burn`).
+`tick()`; so is one that answers without vLLM's stats (`no_vllm_stats`: it is up, there is only
+nothing to measure) and an SLO whose error budget burns faster than allowed (`slo_burn`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from slotune.collectors.exposition import Scrape
 from slotune.collectors.snapshot import Snapshot
 from slotune.collectors.vllm_metrics import derive
 from slotune.collectors.vllm_metrics import scrape as scrape_page
-from slotune.errors import SlotuneError
+from slotune.errors import NoStatsError, SlotuneError
 from slotune.playbooks.relations import apply_to_dicts
 from slotune.settings import Settings
 from slotune.sidecar import outbox
@@ -41,6 +42,7 @@ from slotune.vllm_config import VllmConfig
 log = logging.getLogger("slotune.sidecar")
 
 TARGET_DOWN = "target_down"
+NO_STATS = "no_vllm_stats"
 SLO_BURN = "slo_burn"
 FAST_BURN = 14.4  # SRE workbook's page threshold; above it an slo_burn finding is critical
 
@@ -109,7 +111,8 @@ class Controller:
         self.playbooks = load_playbooks(list(settings.playbook_files))  # parsed once, not per tick
         self.rolling = Rolling(settings.windows)
         self.previous: Scrape | None = None
-        self.failures = 0
+        self.failures = 0  # scrapes in a row the target did not answer (or answered garbage)
+        self.statless = 0  # answers in a row that carried no vLLM stats
         self.last_diagnosis: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.ticks = 0
@@ -126,9 +129,12 @@ class Controller:
         now = self.clock()
         self.scrape_started = time.monotonic()
         started = time.perf_counter()
+        statless = False
         try:
             after: Scrape | None = self.scrape(self.target)
             error = None
+        except NoStatsError as exc:  # it answered: up, with nothing to measure
+            after, error, statless = None, str(exc), True
         except SlotuneError as exc:  # TargetError, or a ConfigError for a garbage page
             after, error = None, str(exc)
         finally:
@@ -139,15 +145,18 @@ class Controller:
             self.last_tick_at = now
             self.metrics.last_tick.set(now)
             self.metrics.scrapes.labels(self.target).inc()
+            if statless:
+                return self._no_stats(error or "no vLLM stats", now)
             if after is None:
                 return self._scrape_failed(error or "scrape failed", now)
             self.metrics.scrape_seconds.labels(self.target).observe(seconds)
             self.metrics.target_up.labels(self.target).set(1)
             result = TickResult(ok=True)
-            if self.failures or self.ticks == 1:  # a target_down may be open (from before a restart, too)
+            # a target_down or no_vllm_stats may be open (from before a restart, too)
+            if self.failures or self.statless or self.ticks == 1:
                 with self.store.session() as s:
-                    result.resolved += self._resolve(s, TARGET_DOWN, now)
-            self.failures, self.last_error = 0, None
+                    result.resolved += self._resolve(s, TARGET_DOWN, now) + self._resolve(s, NO_STATS, now)
+            self.failures, self.statless, self.last_error = 0, 0, None
             before, self.previous = self.previous, after
             if before is None:
                 return result  # the first scrape only sets the base of the first window
@@ -187,8 +196,33 @@ class Controller:
                 self._finding_metrics(s)
             return result
 
+    def _no_stats(self, cause: str, now: float) -> TickResult:
+        """The target answered a page without vLLM's stats: it is up (an open `target_down` ends), and
+        after `down_after` such answers in a row a warning `no_vllm_stats` names the cause. No window."""
+        self.metrics.target_up.labels(self.target).set(1)
+        self.failures, self.last_error = 0, cause
+        self.statless += 1
+        self.previous = None  # nothing to difference against; the first page with stats is the new base
+        log.warning("target answers without vLLM stats (%d in a row): %s", self.statless, cause)
+        result = TickResult(ok=True, error=cause)
+        with self.store.session() as s:
+            result.resolved += self._resolve(s, TARGET_DOWN, now)
+            if self.statless >= self.settings.down_after:
+                finding = {"playbook": NO_STATS, "severity": "warning",
+                           "summary": f"target {self.target} answers its /metrics but exports no vLLM stats "
+                                      f"({self.statless} scrapes in a row): {cause}",
+                           "evidence": [{"field": "consecutive_scrapes_without_stats", "value": float(self.statless),
+                                         "op": ">=", "threshold": float(self.settings.down_after),
+                                         "description": cause}],
+                           "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
+                new, _ = self._reconcile(s, [finding], None, now, only=NO_STATS)
+                result.new_findings += new
+            self._finding_metrics(s)
+        return result
+
     def _scrape_failed(self, error: str, now: float) -> TickResult:
         self.failures += 1
+        self.statless = 0
         self.last_error = error
         self.metrics.scrape_errors.labels(self.target).inc()
         self.metrics.target_up.labels(self.target).set(0)
@@ -204,6 +238,7 @@ class Controller:
                        "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
             with self.store.session() as s:
                 new, _ = self._reconcile(s, [finding], None, now, only=TARGET_DOWN)
+                result.resolved += self._resolve(s, NO_STATS, now)  # it no longer answers at all
                 self._finding_metrics(s)
             result.new_findings += new
         return result
@@ -259,7 +294,7 @@ class Controller:
         for pb, row in open_rows.items():
             if pb in seen or (only is not None and pb != only):
                 continue
-            if not playbooks_ran and pb not in (TARGET_DOWN, SLO_BURN):
+            if not playbooks_ran and pb not in (TARGET_DOWN, NO_STATS, SLO_BURN):
                 continue  # no verdict this tick: keep the playbooks' findings as they were
             resolved += self._resolve_row(s, row, now)
         return new, resolved
@@ -330,9 +365,9 @@ class Controller:
         with self.lock:
             last = self.rolling.last(1)
             slo = [f.to_dict() for f in last[0].figures] if last else []
-            if self.failures:
-                return {"status": "target_down", "target": self.target, "error": self.last_error, "findings": [],
-                        "as_of": self.last_tick_at, "slo": slo}
+            if self.failures or self.statless:
+                return {"status": "target_down" if self.failures else NO_STATS, "target": self.target,
+                        "error": self.last_error, "findings": [], "as_of": self.last_tick_at, "slo": slo}
             diagnosis = self.last_diagnosis
             if diagnosis is None:
                 diagnosis = {"status": "insufficient_data" if not len(self.rolling) else "unavailable",

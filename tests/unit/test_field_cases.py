@@ -165,3 +165,42 @@ def test_diagnose_cli_on_the_medusa_pages(serve_file, capsys):
     f = next(x for x in d["findings"] if x["playbook"] == "spec_decode_no_speedup")
     assert f["cause"] == "none_accepted"
     assert {e["field"]: e["value"] for e in f["evidence"]}["spec_drafts"] == 549
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("07-v0-0.5.4-disable-log-stats-help-only.prom", "--disable-log-stats"),
+    ("10-api-server-count-4-no-vllm-series.prom", "--api-server-count"),
+])
+def test_sidecar_on_a_stat_less_page_is_up_with_a_warning_not_down(tmp_path, name, cause):
+    """07/10 over real HTTP: every scrape answers 200 without vLLM's stats. The target is up; after
+    `down_after` such answers a warning `no_vllm_stats` names the cause; never a `target_down`."""
+    from sqlalchemy import select
+
+    from slotune.sidecar.config import load_settings
+    from slotune.sidecar.loop import NO_STATS, TARGET_DOWN
+    from slotune.sidecar.runtime import Sidecar
+    from slotune.store import Finding, open_store
+    from tests.support.sidecar import Clock, ticks
+
+    with page_server((FIELD_CASES / name).read_text()) as srv:
+        clock = Clock()
+        settings = load_settings(None, target=srv.url, data_dir=tmp_path, interval=10, down_after=2)
+        sidecar = Sidecar(settings, store=open_store(f"sqlite:///{tmp_path / 'db.sqlite'}"), clock=clock)
+        sidecar.start(threads=False)
+        try:
+            results = ticks(sidecar, clock, 4)
+            assert srv.served == 4
+            assert [r.new_findings for r in results] == [[], [NO_STATS], [], []]
+            assert all(r.ok and r.window is None and cause in (r.error or "") for r in results)
+            text = sidecar.metrics_text()[0].decode()
+            assert f'slotune_target_up{{target="{srv.url}"}} 1.0' in text
+            with sidecar.store.session() as s:
+                rows = {f.playbook: f for f in s.scalars(select(Finding))}
+            assert set(rows) == {NO_STATS} and TARGET_DOWN not in rows
+            assert rows[NO_STATS].severity == "warning" and cause in rows[NO_STATS].summary
+            d = sidecar.controller.fresh_diagnosis()
+            assert d["status"] == NO_STATS and cause in d["error"]
+            ready, _ = sidecar.ready()
+            assert ready
+        finally:
+            sidecar.stop()

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from slotune.sidecar.loop import SLO_BURN, TARGET_DOWN
+from slotune.sidecar.loop import NO_STATS, SLO_BURN, TARGET_DOWN
 from slotune.sidecar.windows import attainment
 from slotune.store import Finding, OutboxMessage, Recommendation, Snapshot
 from tests.support.pages import AFTER, SPEC_AFTER, SPEC_UNDER, UNDER, page
+from tests.support.paths import FIELD_CASES
 from tests.support.sidecar import TARGET, Script, make, ticks
 
 
@@ -65,6 +66,31 @@ def test_down_target_is_a_finding_not_a_crash(tmp_path: Path) -> None:
     text = sidecar.metrics_text()[0].decode()
     assert f'slotune_scrape_errors_total{{target="{TARGET}"}} 3.0' in text
     assert f'slotune_target_up{{target="{TARGET}"}} 1.0' in text
+
+
+def test_stat_less_answers_end_an_outage_and_stats_end_the_warning(tmp_path: Path) -> None:
+    # down, down (target_down), then answers without stats (up: target_down resolves; no_vllm_stats
+    # opens after down_after such answers), then real pages (no_vllm_stats resolves, windows resume).
+    help_only = (FIELD_CASES / "07-v0-0.5.4-disable-log-stats-help-only.prom").read_text()
+    sidecar, clock, _ = make(tmp_path, [None, None, help_only, help_only, page(UNDER), page(AFTER)], down_after=2)
+    r = ticks(sidecar, clock, 6)
+    assert [x.ok for x in r] == [False, False, True, True, True, True]
+    assert r[1].new_findings == [TARGET_DOWN] and r[2].resolved == [TARGET_DOWN]
+    assert r[2].new_findings == [] and r[3].new_findings == [NO_STATS]
+    assert "disable-log-stats" in (r[3].error or "")
+    assert r[4].resolved == [NO_STATS] and r[4].window is None  # the first page with stats is the base
+    assert r[5].window is not None
+    text = sidecar.metrics_text()[0].decode()
+    assert f'slotune_scrape_errors_total{{target="{TARGET}"}} 2.0' in text  # answers are not failures
+
+
+def test_an_outage_after_stat_less_answers_resolves_the_warning(tmp_path: Path) -> None:
+    help_only = (FIELD_CASES / "07-v0-0.5.4-disable-log-stats-help-only.prom").read_text()
+    sidecar, clock, _ = make(tmp_path, [help_only, None, None], down_after=1)
+    r = ticks(sidecar, clock, 3)
+    assert r[0].new_findings == [NO_STATS]
+    assert r[1].new_findings == [TARGET_DOWN] and NO_STATS in r[1].resolved
+    assert sidecar.controller.fresh_diagnosis()["status"] == TARGET_DOWN
 
 
 def test_silenced_finding_comes_back_after_its_silence(tmp_path: Path) -> None:

@@ -85,6 +85,8 @@ FACTS: dict[str, str] = {
     "batch_share_of_inflight": "requests in the engine's batch / requests in flight",
     "batch_occupancy": "requests in flight / max_num_seqs",
     "step_tokens_share": "mean tokens per engine step / max_num_batched_tokens",
+    "step_budget_reached": "engine steps come near max_num_batched_tokens (1: twice the p99 step is over it) "
+                           "or none does (0): a budget no step reaches limits nothing",
     "ttft_queue_share": "share of TTFT spent queued (queue / (queue + prefill); exact means from _sum/_count)",
     "ttft_prefill_share": "share of TTFT spent in prefill (prefill / (queue + prefill); exact means from _sum/_count)",
     "engine_cpu_utilization": "CPU time of every process of the server slotune started / window / cores allowed "
@@ -278,6 +280,11 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     inflight = max((v for v in (f["mean_concurrency"], f["requests_running"]) if v is not None), default=None)
     f["batch_occupancy"] = _div(inflight, f["max_num_seqs"])
     f["step_tokens_share"] = _div(f["step_tokens_mean"], f["max_num_batched_tokens"])
+    # The p99 step is a bucket quantile; vLLM's step-token buckets double from 8 tokens up, so twice
+    # the figure is at least its bucket's upper bound: at most the budget, and no step but the top
+    # 1 % comes near it.
+    p99, budget = f["step_tokens_p99"], f["max_num_batched_tokens"]
+    f["step_budget_reached"] = None if p99 is None or not budget else _b(2 * p99 > budget)
     q, p = f["queue_mean"], f["prefill_mean"]
     if q is not None and p is not None and q + p > 0:
         f["ttft_queue_share"], f["ttft_prefill_share"] = q / (q + p), p / (q + p)

@@ -34,13 +34,18 @@ def _int(v: float | None) -> int | None:
 
 
 def raise_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Twice the batch limit. A rule proposes it where the batch is what binds (full, or requests
+    queue while the token budget has room); None at the cap."""
     cur = _int(f["max_num_seqs"])
     return None if cur is None or cur >= _MAX_SEQS_CAP else {"max_num_seqs": min(cur * 2, _MAX_SEQS_CAP)}
 
 
 def raise_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta | None:
+    """Twice the token budget per step. None when no step comes near the current budget
+    (`step_budget_reached` 0): a larger budget than no step reaches changes no step (steps of ~8
+    tokens against 512 are bound by the batch limit, not the budget)."""
     cur = _int(f["max_num_batched_tokens"])
-    if cur is None or cur >= _MAX_TOKENS_CAP:
+    if cur is None or cur >= _MAX_TOKENS_CAP or f.get("step_budget_reached") == 0:
         return None
     return {"max_num_batched_tokens": min(cur * 2, _MAX_TOKENS_CAP)}
 

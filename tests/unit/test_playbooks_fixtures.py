@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from slotune.collectors.exposition import parse
 from slotune.collectors.snapshot import Snapshot
@@ -44,8 +47,30 @@ def test_spec_capture_ttft_breaks_the_default_target_and_is_queueing(fixtures_di
     cfg = VllmConfig(model="tiny", max_num_seqs=8, max_num_batched_tokens=512, speculative_config=NGRAM)
     found = {f["playbook"]: f for f in diagnose([w], server_config=cfg).to_dict()["findings"]}
     assert found["high_ttft"]["cause"] == "queueing"
-    assert {"max_num_batched_tokens": 1024} in [r["config_delta"] for r in found["high_ttft"]["remedies"]]
+    # Steps of ~8 tokens against a budget of 512: the 8 batch slots bind, not the budget.
+    deltas = [r["config_delta"] for r in found["high_ttft"]["remedies"]]
+    assert {"max_num_seqs": 16} in deltas
+    assert not any("max_num_batched_tokens" in d for d in deltas), deltas
     assert "kv_cache_pressure" not in found
+
+
+def test_diagnose_snapshot_cli_raises_the_binding_limit(fixtures_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`collect --once --json` of the spec capture, judged offline with the server's flags: the
+    remedy raises max_num_seqs (8 slots, 20 requests), never a token budget no step reaches."""
+    from slotune.cli.main import main
+    from slotune.files import to_json
+
+    snap = derive(None, parse((fixtures_dir / "vllm-0.32-cpu-specdecode-after-load.prom").read_text(),
+                              timestamp=1000.0), target="http://127.0.0.1:8000")
+    (tmp_path / "snap.json").write_text(to_json(snap.to_dict()))
+    assert main(["diagnose", "--snapshot", str(tmp_path / "snap.json"), "--json", "--serve-command",
+                 "vllm serve tiny --max-num-seqs 8 --max-num-batched-tokens 512"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    ttft = next(f for f in d["findings"] if f["playbook"] == "high_ttft")
+    deltas = [r["config_delta"] for r in ttft["remedies"]]
+    assert deltas == [{"max_num_seqs": 16}], deltas
+    assert d["facts"]["step_budget_reached"] == 0
 
 
 def test_default_server_under_40_concurrent(fixtures_dir: Path) -> None:

@@ -183,6 +183,39 @@ def test_for_needs_consecutive_windows() -> None:
     assert f.windows == 2
 
 
+@pytest.mark.parametrize(("overrides", "raised"), [
+    ({"batch_occupancy": 1.0, "requests_waiting": 30, "step_tokens_share": 0.1, "step_tokens_p99": 300},
+     {"max_num_seqs"}),  # the slots bind; the budget has room
+    ({"nvml_available": 1, "gpu_utilization": 0.5, "batch_occupancy": 0.5, "requests_waiting": 30,
+      "step_tokens_share": 0.95, "step_tokens_p99": 2048},
+     {"max_num_batched_tokens"}),  # the budget binds; half the slots are free
+    ({"nvml_available": 1, "gpu_utilization": 0.5, "batch_occupancy": 1.0, "requests_waiting": 30,
+      "step_tokens_share": 0.95, "step_tokens_p99": 2048},
+     {"max_num_seqs", "max_num_batched_tokens"}),
+])
+def test_batch_limits_raises_only_the_limit_that_binds(overrides: dict[str, float], raised: set[str]) -> None:
+    found = fired(facts(**overrides), only="low_gpu_utilization")["low_gpu_utilization"]
+    assert found["cause"] == "batch_limits"
+    keys = {k for r in found["remedies"] for k in r["config_delta"]} & {"max_num_seqs", "max_num_batched_tokens"}
+    assert keys == raised
+
+
+@pytest.mark.parametrize(("p99", "budget", "expected"), [
+    (27.5, 512, None),  # steps of ~8-30 tokens never come near 512: doubling it changes no step
+    (300, 512, {"max_num_batched_tokens": 1024}),
+    (None, 512, {"max_num_batched_tokens": 1024}),  # no step histogram: cannot tell, the remedy stays
+])
+def test_a_token_budget_no_step_reaches_is_never_raised(p99: float | None, budget: int,
+                                                        expected: dict[str, int] | None) -> None:
+    from slotune.playbooks.facts import build_facts
+    from slotune.playbooks.remedies import raise_max_num_batched_tokens
+
+    f = facts(max_num_batched_tokens=budget, step_tokens_p99=p99)
+    f["step_budget_reached"] = None if p99 is None else float(2 * p99 > budget)
+    assert raise_max_num_batched_tokens(f, None) == expected
+    assert "step_budget_reached" in build_facts(None)
+
+
 def test_insufficient_data_and_healthy() -> None:
     assert judge([], server_config=CFG).status == "insufficient_data"
     empty = dict.fromkeys(FACTS)

@@ -26,7 +26,7 @@ from slotune.slo import (
     SloTarget,
     straddles,
 )
-from slotune.slo_buckets import flag_for
+from slotune.slo_buckets import bound_advice
 from slotune.vllm_config import VllmConfig
 
 Facts = dict[str, float | None]
@@ -401,9 +401,9 @@ def resolution_notes(s: Snapshot | None, slo: SloSpec | None) -> list[str]:
         bucket = _inconclusive(s, metric, stat, threshold)
         if bucket is not None:
             hi = "+Inf" if math.isinf(bucket[1]) else f"{bucket[1]:g} s"
-            flag = flag_for(SloSpec((SloTarget(metric, stat, threshold),)))
+            advice = bound_advice(SloSpec((SloTarget(metric, stat, threshold),)))
             notes.append(f"{metric}_{stat} <= {threshold:g} s: {INCONCLUSIVE} (vLLM's bucket {bucket[0]:g} s-{hi} "
-                         f"straddles the target; to make it a bucket bound start vLLM with {flag})")
+                         f"straddles the target; to make it a bucket bound: {advice})")
     return notes
 
 

@@ -36,7 +36,7 @@ import yaml
 from slotune.errors import ConfigError
 from slotune.metric_names import default_buckets, name_of
 from slotune.slo import DEFAULT_SLO, RATIO_METRICS, SloSpec, SloTarget, error_reason_selector
-from slotune.slo_buckets import flag_for
+from slotune.slo_buckets import bound_advice
 
 AGG = "job, instance, model_name"
 LEVEL = "instance"
@@ -242,8 +242,7 @@ def slo_rules(spec: SloSpec, windows: tuple[BurnWindow, ...] = SRE_WINDOWS) -> t
             record.append({"record": SLO_THRESHOLD, "expr": f"vector({t.threshold:g})", "labels": labels})
             if abs(bound - t.threshold) > 1e-12:
                 notes.append(f"{t}: {t.threshold:g}s is not a bound of vLLM's default buckets: a server without it "
-                             f"is counted against the {bound:g}s bound (lenient); make it one: start vLLM with "
-                             f"{flag_for(SloSpec((t,)))}")
+                             f"is counted against the {bound:g}s bound (lenient); make it one: {bound_advice(SloSpec((t,)))}")
         for span in spans:
             record.append({"record": SLO_ERRORS + span, "expr": bad_ratio_expr(t, span), "labels": labels})
         for bw in windows:

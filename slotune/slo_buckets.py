@@ -5,7 +5,8 @@ off the buckets when the threshold is a bucket bound. vLLM 0.32's `--custom-hist
 (a JSON object: bucket family → strictly increasing positive bounds, replacing that family's
 defaults) makes it one. When slotune starts vLLM it adds the SLO's thresholds to the defaults of
 the families they need (`with_slo_buckets`); when it only observes, `unbounded_targets` names the
-targets that are not bounds and `flag_for` prints the flag that would make them bounds.
+targets that are not bounds and `bound_advice` says what would make them bounds (the flag on the
+server's own bounds, or why no flag is printed: never "None").
 """
 
 from __future__ import annotations
@@ -70,14 +71,59 @@ def unbounded_targets(slo: SloSpec | None, observed: Mapping[str, Sequence[float
     return out
 
 
+def bound_advice(slo: SloSpec | None, observed: Mapping[str, Sequence[float]] | None = None) -> str:
+    """What makes `slo`'s quantile thresholds bucket bounds, as a clause that never reads "None"
+    (docs/collectors.md). `observed`: SLO metric → the finite bounds this server's page carries
+    (else vLLM 0.32's defaults are assumed). With them, the flag keeps the server's own bounds and
+    adds the thresholds; where those bounds are not vLLM 0.32's defaults the server may be an older
+    vLLM without the flag, and that is said. Where the defaults have the thresholds already (a
+    caller that saw the server's bucket straddle one), no flag is printed: the server is older or
+    runs custom buckets, and the clause says so."""
+    targets = _latency_targets(slo)
+    current: dict[str, list[float]] = {}
+    for t in targets:
+        bounds = (observed or {}).get(t.metric)
+        if bounds:
+            current.setdefault(FAMILY[t.metric], [float(b) for b in bounds])
+    flag = flag_for(slo, current)
+    thresholds = ", ".join(f"{t.threshold:g} s" for t in targets)
+    if flag is None:
+        return (f"vLLM 0.32's default buckets have a bound at {thresholds}, this server's do not: it is an "
+                f"older vLLM (no flag adds bounds there) or runs custom buckets (add {thresholds} to its {FLAG})")
+    foreign = [f for f, b in current.items() if not _same_bounds(b, DEFAULT_BUCKETS[f])]
+    if not foreign:
+        return f"start vLLM with {flag}"
+    return (f"start vLLM with {flag} (vLLM 0.32's flag, on this server's own {', '.join(foreign)} bounds: they are "
+            "not vLLM 0.32's defaults, so this may be an older vLLM, which has no such flag; there attainment can "
+            "only be read against the bounds it has)")
+
+
+def _same_bounds(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(_is_bound(x, [y]) for x, y in zip(a, b, strict=True))
+
+
+def _neighbours(threshold: float, bounds: Sequence[float]) -> str:
+    below = max((b for b in bounds if b < threshold), default=None)
+    above = min((b for b in bounds if b > threshold), default=None)
+    if above is None:
+        return f"past the last bound, {below:g} s" if below is not None else "no finite bound"
+    return f"between the bounds {0 if below is None else below:g} s and {above:g} s"
+
+
 def warnings(slo: SloSpec | None, observed: Mapping[str, Sequence[float]] | None = None) -> list[str]:
-    """One line per target that is not a bucket bound, then the flag that would make them bounds."""
+    """One line per target that is not a bucket bound (where it falls between the bounds), then what
+    would make them bounds (`bound_advice`). `observed` as in `unbounded_targets`."""
     missing = unbounded_targets(slo, observed)
     if not missing:
         return []
-    lines = [f"{t}: {t.threshold:g} s is not a bucket bound of vLLM's {FAMILY[t.metric]} histogram; "
-             "attainment read from the buckets is counted against a neighbouring bound" for t in missing]
-    return [*lines, f"make the thresholds bucket bounds: start vLLM with {flag_for(SloSpec(tuple(missing)))}"]
+    whose = "this server's" if observed else "vLLM's"
+    lines = []
+    for t in missing:
+        bounds = (observed or {}).get(t.metric) or DEFAULT_BUCKETS[FAMILY[t.metric]]
+        lines.append(f"{t}: {t.threshold:g} s is not a bucket bound of {whose} {FAMILY[t.metric]} histogram "
+                     f"({_neighbours(t.threshold, bounds)}); attainment read from the buckets is counted against "
+                     "a neighbouring bound")
+    return [*lines, f"make the thresholds bucket bounds: {bound_advice(SloSpec(tuple(missing)), observed)}"]
 
 
 def with_slo_buckets(config: VllmConfig, slo: SloSpec | None) -> VllmConfig:

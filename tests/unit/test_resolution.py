@@ -238,3 +238,39 @@ def test_requests_in_flight_are_bounded_by_the_gauges_under_steady_load():
     b, a = parse(running(page(UNDER), 2), timestamp=1000.0), parse(running(page(AFTER), 2), timestamp=1010.0)
     snap = derive(b, a, "t")
     assert snap.in_flight_cap == 2 and build_facts(snap)["mean_concurrency"] == 2
+
+
+# -- the advice never reads "None" (docs/collectors.md) ---------------------------------------------
+
+def _without_e2e_bound(text: str, le: str) -> str:
+    """The page as a server without that e2e bound writes it (an older vLLM, or custom buckets)."""
+    return "\n".join(ln for ln in text.splitlines()
+                     if not ("e2e_request_latency_seconds_bucket{" in ln and f'le="{le}"' in ln)) + "\n"
+
+
+def test_collect_on_an_older_servers_buckets_names_its_bounds_never_none(capsys):
+    """01 (vLLM 0.6 under Ray Serve): its e2e buckets lack 2 s, vLLM 0.32's defaults have it."""
+    from tests.support.http_servers import page_server
+
+    with page_server((FIELD_CASES / "01-ray-serve-ray_vllm-colon.prom").read_text()) as srv:
+        assert main(["collect", "--target", f"{srv.url}/metrics", "--once", "--slo", "e2e_p95<=2s"]) == 0
+    err = capsys.readouterr().err
+    assert "None" not in err
+    assert "e2e_p95<=2s: 2 s is not a bucket bound of this server's request_latency histogram " \
+           "(between the bounds 1 s and 2.5 s)" in err
+    advice = next(ln for ln in err.splitlines() if "make the thresholds bucket bounds" in ln)
+    flag = json.loads(advice.split("--custom-histogram-buckets '")[1].split("'")[0])
+    assert flag == {"request_latency": [1.0, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]}  # its own + 2 s
+    assert "older vLLM" in advice
+
+
+def test_a_straddled_default_bound_is_explained_never_none(fixtures_dir):
+    """The window's e2e buckets lack 1.5 s (vLLM 0.32's defaults have it): p95 lies in (1, 2], the
+    target is inconclusive, and the note says why instead of printing a flag of None."""
+    pages = [_without_e2e_bound((fixtures_dir / n).read_text(), "1.5") for n in (UNDER, AFTER)]
+    snap = derive(parse(pages[0], timestamp=1000.0), parse(pages[1], timestamp=1010.0), "t")
+    d = diagnose([snap], slo=SloSpec.parse("e2e_p95<=1.5s"))
+    note = next(n for n in d.notes if "inconclusive" in n)
+    assert "None" not in note and "older vLLM" in note and "1.5 s" in note
+    assert all("None" not in ln for ln in warnings(SloSpec.parse("e2e_p95<=1.5s"),
+                                                   {"e2e": [0.3, 0.5, 0.8, 1.0, 2.0, 2.5, 5.0]}))

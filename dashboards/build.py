@@ -181,7 +181,7 @@ def slo_overview() -> Json:
                       "requests interrupting decode."),
         timeseries("slotune's view: attainment and burn", [
             q('slotune_slo_attainment_ratio{target=~".*($instance).*"}', "attainment {{slo}}", "A"),
-            q('slotune_error_budget_burn_rate{target=~".*($instance).*"}', "burn {{slo}} {{window}}", "B"),
+            q('slotune_slo_error_budget_burn_ratio{target=~".*($instance).*"}', "burn {{slo}}", "B"),
         ], "short", "The sidecar's own SLO evaluation (the same SLO spec the tuner uses)."),
         table("Firing alerts", [q('ALERTS{alertstate="firing"}', "", instant=True, fmt="table")],
               "Alerts Prometheus is firing now; Alertmanager sends them to the slotune sidecar for a diagnosis."),
@@ -280,10 +280,12 @@ def gpu() -> Json:
 
 def tuning() -> Json:
     panels = [
-        timeseries("Tuning trials", [q("sum by (study, state) (slotune_tuning_trials_total)", "{{study}} {{state}}")],
-                   "short", "Optuna trials per study and state (complete, pruned, fail).", None, stack=True),
-        timeseries("Best goodput", [q("slotune_tuning_best_goodput_requests_per_second", "{{study}}")], "reqps",
-                   "Requests per second meeting every SLO target, best trial so far.", None),
+        timeseries("Tuning trials", [q("slotune_tuning_trials_finished", "finished {{study}}", "A"),
+                                     q("slotune_tuning_trials_planned", "planned {{study}}", "B")],
+                   "short", "Trials finished (any state) against the trial budget, per study the sidecar ran.", None),
+        timeseries("Tuning studies running", [q("slotune_tuning_studies_running", "running")], "short",
+                   "1 while the sidecar runs a study (`POST /api/v1/studies`); the best config and its goodput "
+                   "are in `GET /api/v1/studies` and `slotune report`.", None),
         timeseries("Active findings", [q("sum by (playbook, severity) (slotune_findings_active)",
                                          "{{playbook}} ({{severity}})")], "short",
                    "Diagnoses the sidecar holds open, by playbook.", None, stack=True),
@@ -292,14 +294,14 @@ def tuning() -> Json:
                    "Applied, rolled-back and refused config changes (apply mode).", None),
         timeseries("Notifications", [q("sum by (receiver, outcome) (rate(slotune_notifications_total[$__rate_interval]))",
                                        "{{receiver}} {{outcome}}", "A"),
-                                     q("slotune_outbox_pending", "outbox pending", "B")], "short",
+                                     q("slotune_outbox_pending_messages", "outbox pending", "B")], "short",
                    "Outgoing notifications by receiver and outcome, and the outbox backlog.", None),
         timeseries("Sidecar scrapes", [q("sum by (target) (rate(slotune_scrapes_total[$__rate_interval]))",
                                          "scrapes {{target}}", "A"),
                                        q("sum by (target) (rate(slotune_scrape_errors_total[$__rate_interval]))",
                                          "errors {{target}}", "B")], "short",
                    "The sidecar's scrapes of its vLLM target.", None),
-        table("Applied config", [q("slotune_config_info == 1", "", instant=True, fmt="table")],
+        table("Applied config", [q("slotune_applied_config_info == 1", "", instant=True, fmt="table")],
               "The vLLM flags slotune last applied (one row per target)."),
     ]
     return dashboard("slotune-tuning", "slotune / Tuning and findings",

@@ -92,3 +92,41 @@ def load_yaml_mapping(path: Path | str, *, what: str = "", expected: str = "a ma
     if not isinstance(data, dict):
         raise ConfigError(f"{f'{what} {path}'.strip()}: expected {expected}")
     return data
+
+
+def writable_dir(path: Path | str, *, what: str = "") -> Path:
+    """Make sure files can be written in directory `path` (created with its parents if missing), before any
+    long work. Raises `ConfigError("WHAT PATH: cannot create (reason)" / "... not writable (reason)")`."""
+    import tempfile
+
+    out = Path(path)
+    label = f"{what} {out}".strip()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{label}: exists and is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot create ({exc.strerror or exc})") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{label}: not writable ({exc.strerror or exc})") from None
+    return out
+
+
+def writable_file(path: Path | str, *, what: str = "") -> Path:
+    """Make sure file `path` can be written (its directory created if missing; an existing file must be
+    writable), without creating the file. `-` (stdout) passes. Raises `ConfigError` naming the path."""
+    import os
+
+    out = Path(path)
+    if str(out) == "-":
+        return out
+    label = f"{what} {out}".strip()
+    if out.is_dir():
+        raise ConfigError(f"{label}: is a directory")
+    writable_dir(out.parent, what=f"{label}: directory")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ConfigError(f"{label}: not writable")
+    return out

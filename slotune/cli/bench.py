@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from slotune.cli.options import WORKLOAD_HELP, sampling_options
+from slotune.cli.options import WORKLOAD_HELP, sampling_options, writable_file_option
 from slotune.errors import ConfigError, TargetError
 from slotune.files import to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
@@ -93,6 +93,7 @@ def register(app: click.Group) -> None:
     @click.option("--tokenizer", default=None, metavar="DIR",
                   help="the served model's directory (or tokenizer.json): exact prompt lengths and caps")
     @click.option("--write-prompts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  callback=writable_file_option,
                   metavar="FILE.jsonl", help="write the prompts this run would send (vllm bench serve's custom "
                   "format: --dataset-name custom) and exit without sending; needs no --target")
     @click.option("--input-len", type=click.IntRange(min=1), default=None, metavar="N", help="fixed prompt tokens")

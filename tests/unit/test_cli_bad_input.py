@@ -65,6 +65,17 @@ CASES = {
     "report on a database that is not there": (["report", "--study", "s", "--storage",
                                                 "sqlite:///{tmp}/typo.db"], "no database at"),
     "report on a path that is not a URL": (["report", "--study", "s", "--storage", "{tmp}/typo.db"], "URL"),
+    # Output paths are tried when the command line is read, before any long work (a study, a build).
+    "report --out unwritable": (["report", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db", "--out",
+                                 "/proc/nope"], "--out /proc/nope: cannot create"),
+    "report --out under a file": (["report", "--study", "s", "--out", "{tmp}/a_file/out"], "--out "),
+    "tune --out unwritable": (["tune", "--model", "m", *TUNE, "--out", "/proc/nope"], "--out /proc/nope"),
+    "tune --json unwritable": (["tune", "--model", "m", *TUNE, "--json", "/proc/nope/r.json"], "--json /proc/nope"),
+    "model tiny unwritable": (["model", "tiny", "/proc/nope"], "/proc/nope: parent directory"),
+    "model smollm2 unwritable": (["model", "smollm2", "/proc/nope"], "/proc/nope: parent directory"),
+    "rules --out unwritable": (["rules", "--out", "/proc/nope/r.yml"], "--out /proc/nope/r.yml"),
+    "rules --write-dir unwritable": (["rules", "--write-dir", "/proc/nope"], "--write-dir /proc/nope"),
+    "bench --write-prompts unwritable": (["bench", "--write-prompts", "/proc/nope/p.jsonl"], "--write-prompts"),
 }
 
 

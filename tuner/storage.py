@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from slotune import paths
 from slotune.errors import StoreError
-from slotune.store import open_store, sqlite_file
+from slotune.store import open_store, sqlite_file, sqlite_tables
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
@@ -72,8 +72,14 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
 
 def _require_sqlite_file(url: str) -> None:
     path = sqlite_file(url)
-    if path is not None and not path.is_file():
+    if path is None:
+        return
+    if not path.is_file():
         raise StoreError(f"no database at {path} (nothing has been stored there yet)")
+    # A reader must not create slotune's and Optuna's tables in another application's file.
+    if "studies" not in sqlite_tables(path):
+        raise StoreError(f"{path} holds no tuning studies (no Optuna tables: another application's database, "
+                         "or nothing tuned there yet); nothing was written to it")
 
 
 @contextmanager

@@ -75,6 +75,21 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(parsed.database)
 
 
+def sqlite_tables(path: Path) -> set[str]:
+    """Names of the tables in SQLite file `path`, read without writing anything (read-only open, so no
+    journal or schema is created). Raises `StoreError` naming the file when it is not a SQLite database."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read as a SQLite database ({exc})") from None
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     # WAL lets the sidecar's API read while its loop writes; busy_timeout rides out short locks.
     cur = dbapi_conn.cursor()

@@ -115,3 +115,33 @@ def test_sidecar_port_in_use_is_one_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("foreign_tables", [["CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)"],
+                                            ["CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+                                             "INSERT INTO alembic_version VALUES ('abc123')"]],
+                         ids=["plain", "own-alembic"])
+def test_report_never_writes_into_another_applications_sqlite(foreign_tables: list[str], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only command on a file without Optuna's tables refuses, naming the file, and leaves it as it
+    was (it once created ~20 slotune/Optuna tables there, or asked to upgrade Optuna)."""
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        for stmt in foreign_tables:
+            conn.execute(stmt)
+    conn.close()
+    before = db.read_bytes()
+    assert main(["report", "--study", "x", "--storage", f"sqlite:///{db}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(db) in err[0] and "no tuning studies" in err[0], err
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]  # no -wal/-journal left either
+
+
+def test_report_on_a_file_that_is_not_sqlite(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    f = files["not_utf8.json"]
+    assert main(["report", "--study", "x", "--storage", f"sqlite:///{f}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(f) in err[0], err

@@ -44,3 +44,19 @@ def validation_message(errors: Sequence[Mapping[str, Any]], *, limit: int = 1, s
         parts.append(f"{loc or '(top level)'}: {msg}")
     more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def one_line(text: object, limit: int = 160) -> str:
+    """A short excerpt of another program's message for a one-line error: HTML tags dropped, the first
+    non-empty line, at most `limit` characters (`…` marks a cut). SQLAlchemy's "(Background on this
+    error at ...)" and an HTTP error page's 14 lines both become one line."""
+    import re
+
+    raw = str(text)
+    title = re.search(r"<title[^>]*>(.*?)</title>", raw, re.S | re.I)
+    s = re.sub(r"<[^>]*>", " ", raw)
+    line = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
+    line = " ".join(line.split())
+    if title and (t := " ".join(title.group(1).split())) and t not in line:
+        line = f"{line} {t}".strip()
+    return line if len(line) <= limit else line[:limit - 1] + "…"

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slotune.errors import ConfigError, TargetError
+from slotune.errors import ConfigError, TargetError, one_line
 
 # The repo's dashboards/ (a source checkout); override with --dir or SLOTUNE_DASHBOARDS_DIR.
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "dashboards"
@@ -40,19 +40,34 @@ def push(dashboards: dict[str, dict[str, Any]], grafana_url: str, token: str, fo
     api = GrafanaApi.from_url(grafana_url, credential=token, timeout=10.0)
     folder_uid = _folder_uid(folder)
     try:
-        if not any(f.get("uid") == folder_uid for f in api.folder.get_all_folders()):
+        folders = _answer(api.folder.get_all_folders(), list, grafana_url, "GET /api/folders", "a list of folders")
+        if not any(isinstance(f, dict) and f.get("uid") == folder_uid for f in folders):
             api.folder.create_folder(folder, uid=folder_uid)
         results = []
         for name, dash in dashboards.items():
             body = {k: v for k, v in dash.items() if k not in ("id", "version")}  # uid decides, not id
-            r = api.dashboard.update_dashboard({"dashboard": body, "folderUid": folder_uid, "overwrite": True,
-                                                "message": f"slotune dashboards push ({name})"})
+            r = _answer(api.dashboard.update_dashboard({"dashboard": body, "folderUid": folder_uid,
+                                                        "overwrite": True,
+                                                        "message": f"slotune dashboards push ({name})"}),
+                        dict, grafana_url, "POST /api/dashboards/db", "an object")
             results.append({"file": name, "uid": r.get("uid"), "version": r.get("version"), "url": r.get("url")})
         return results
     except GrafanaException as exc:
-        raise TargetError(f"Grafana at {grafana_url} refused the push: {exc.status_code} {exc.message}") from None
+        raise TargetError(f"Grafana at {grafana_url} refused the push: {exc.status_code} "
+                          f"{one_line(exc.message)}") from None
     except OSError as exc:  # niquests' ConnectionError, Timeout, ... are OSErrors
-        raise TargetError(f"cannot reach Grafana at {grafana_url}: {exc}") from None
+        raise TargetError(f"cannot reach Grafana at {grafana_url}: {one_line(exc)}") from None
+    except ValueError as exc:  # a body that is not the JSON it claims to be
+        raise TargetError(f"Grafana at {grafana_url} answered something that is not Grafana's API: "
+                          f"{one_line(exc)}") from None
+
+
+def _answer(data: Any, kind: type, url: str, call: str, shape: str) -> Any:
+    # Whatever answers at --grafana-url may not be Grafana (a proxy, another app): check the shape.
+    if not isinstance(data, kind) or (kind is list and not all(isinstance(x, dict) for x in data)):
+        raise TargetError(f"Grafana at {url}: {call} did not answer {shape} (got {one_line(json.dumps(data), 80)}); "
+                          "is --grafana-url Grafana's base URL?")
+    return data
 
 
 def _folder_uid(title: str) -> str:

@@ -137,3 +137,56 @@ def test_empty_directory_is_a_config_error(tmp_path, capsys) -> None:  # type: i
     assert main(["dashboards", "push", "--grafana-url", "http://127.0.0.1:1", "--token", TOKEN,
                  "--dir", str(tmp_path)]) == 1
     assert "no dashboard JSON files" in capsys.readouterr().err
+
+
+HTML_404 = "<!DOCTYPE html>\n<html>\n<head>\n<title>404 Not Found</title>\n</head>\n<body>\n" + \
+    "<h1>Not Found</h1>\n" * 6 + "</body>\n</html>\n"
+
+
+class _OddHandler(BaseHTTPRequestHandler):
+    """Answers every request with the server's one canned reply: something that is not Grafana."""
+    reply: tuple[int, str, str]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        code, ctype, body = self.server.reply  # type: ignore[attr-defined]
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+
+ODD = {
+    "folders is a JSON string": ((200, "application/json", '"hello"'), "folders"),
+    "folders is a JSON object": ((200, "application/json", '{"message": "ok"}'), "folders"),
+    "folders is a list of strings": ((200, "application/json", '["a", "b"]'), "folders"),
+    "folders is not JSON": ((200, "text/plain", "hello\nworld\n"), "Grafana at"),
+    "404 with an HTML page": ((404, "text/html", HTML_404), "404"),
+    "500 with a long JSON body": ((500, "application/json", json.dumps({"message": "x" * 5000})), "500"),
+}
+
+
+@pytest.mark.parametrize("reply,expected", list(ODD.values()), ids=list(ODD))
+def test_a_server_that_is_not_grafana_is_a_one_line_error(reply: tuple[int, str, str], expected: str,
+                                                          capsys) -> None:  # type: ignore[no-untyped-def]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OddHandler)
+    server.reply = reply  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = main(["dashboards", "push", "--grafana-url", f"http://127.0.0.1:{server.server_address[1]}",
+                     "--token", TOKEN])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err and len(err) < 400 and "<html>" not in err, err
+    if reply[0] == 404:
+        assert "404 Not Found" in err  # the page's title says what it is

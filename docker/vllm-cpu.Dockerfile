@@ -13,6 +13,7 @@ COPY collectors ./collectors
 COPY loadgen ./loadgen
 COPY playbooks ./playbooks
 COPY tuner ./tuner
+COPY dashboards ./dashboards
 RUN pip install --no-cache-dir --no-deps . && pip install --no-cache-dir click pyyaml pydantic sqlalchemy \
  && slotune model tiny /models/tiny-llama
 ENV VLLM_CPU_KVCACHE_SPACE=1

@@ -11,8 +11,9 @@ import click
 
 from slotune.errors import ConfigError, TargetError, one_line
 
-# The repo's dashboards/ (a source checkout); override with --dir or SLOTUNE_DASHBOARDS_DIR.
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "dashboards"
+# slotune/dashboards: the repo's dashboards/ (a symlink in a checkout; package data `slotune.dashboards`
+# in a wheel); override with --dir or SLOTUNE_DASHBOARDS_DIR.
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "dashboards"
 
 
 def load_dashboards(directory: Path) -> dict[str, dict[str, Any]]:
@@ -93,7 +94,7 @@ def list_cmd(directory: Path | None) -> None:
 @click.option("--token", envvar="GRAFANA_TOKEN", required=True, help="service-account token (or $GRAFANA_TOKEN)")
 @click.option("--folder", default="slotune", show_default=True, help="folder title (created if missing)")
 @click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="dashboard JSON directory (default: the repo's dashboards/)")
+              help="dashboard JSON directory (default: the ones installed with slotune)")
 def push_cmd(grafana_url: str, token: str, folder: str, directory: Path | None) -> None:
     """Upload the dashboards; idempotent (updates in place, keeps each uid)."""
     for r in push(load_dashboards(directory or _default_dir()), grafana_url, token, folder):

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.paths import REPO
 
-SOURCES = ("pyproject.toml", "README.md", "slotune", "collectors", "loadgen", "playbooks", "tuner")
+SOURCES = ("pyproject.toml", "README.md", "slotune", "collectors", "loadgen", "playbooks", "tuner", "dashboards")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def test_the_wheel_holds_one_top_level_name(wheel: Path) -> None:
                  "tuner/templates/report.html.j2",
                  "cli/main.py"):
         assert f"slotune/{part}" in names
+    # every committed dashboard, so `slotune dashboards list/push` work from an installed wheel
+    dashboards = sorted(p.name for p in (REPO / "dashboards").glob("*.json"))
+    assert dashboards and [n for n in dashboards if f"slotune/dashboards/{n}" not in names] == []
 
 
 def test_only_slotune_imports_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
@@ -74,3 +77,19 @@ def test_only_slotune_imports_from_the_installed_wheel(wheel: Path, tmp_path: Pa
     tpl = run("from importlib.resources import files; "
               "print((files('slotune.tuner') / 'templates' / 'report.html.j2').read_text()[:15])")
     assert tpl.returncode == 0 and tpl.stdout.startswith("<!DOCTYPE html>"), tpl.stderr
+
+
+def test_dashboards_list_works_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    """`slotune dashboards list` finds the dashboards installed as package data, not the checkout's."""
+    target = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                           "--target", str(target), str(wheel)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    code = ("import sys, slotune; assert slotune.__file__.startswith(sys.argv[1]), slotune.__file__; "
+            "from slotune.cli.main import main; sys.exit(main(['dashboards', 'list']))")
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    uids = sorted(line.split("\t")[1] for line in out.stdout.splitlines())
+    assert uids == ["slotune-engine", "slotune-gpu", "slotune-slo", "slotune-specdecode", "slotune-tuning"]

@@ -36,7 +36,9 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from slotune.errors import ConfigError, validation_message
 from slotune.files import parse_yaml, read_text
 
-_STRICT = ConfigDict(extra="forbid")
+# allow_inf_nan=False: YAML's `.nan`/`.inf` would pass every range check and reach the request body
+# (`"temperature": Infinity` is not JSON) or a `vllm bench serve` line.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 BUILTINS = ("chat", "long-context", "mixed-tail", "shared-prefix", "sharegpt", "edit", "long-prompt")
 # Chat templates add a few tokens around each message; counted into max_total_tokens so a chat
 # workload never asks for more context than it declares.
@@ -194,7 +196,10 @@ class Workload:
 
         changes = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("sampling_seed", seed))
                    if v is not None}
-        return dataclasses.replace(self, **changes) if changes else self
+        try:
+            return dataclasses.replace(self, **changes) if changes else self
+        except ValidationError as exc:  # `--temperature inf`: one line, as for a workload file
+            raise ConfigError(f"bad sampling override: {validation_message(exc.errors(), limit=1)}") from None
 
     def with_tokenizer(self, model_dir: str | Path) -> Workload:
         """This workload counting tokens with the served model's tokenizer, when it has none and the

@@ -23,11 +23,22 @@ WORKLOAD_HELP = ("built-in (chat, long-context, mixed-tail, shared-prefix, share
                  "workload YAML file, or a .jsonl file of prompts (vllm bench serve's custom format, sent as chat)")
 
 
+def finite_option(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: `inf`/`nan` pass click's FloatRange (NaN compares false) but no request can carry them."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
+
+
 def sampling_options(f: F) -> F:
     """`--temperature` and `--top-p` (as `vllm bench serve`): override the workload's sampling."""
     f = click.option("--top-p", "top_p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+                     callback=finite_option,
                      metavar="P", help="nucleus sampling for every request (default: the workload's)")(f)
     return click.option("--temperature", type=click.FloatRange(min=0), default=None, metavar="T",
+                        callback=finite_option,
                         help="sampling temperature for every request; 0 is greedy (default: the workload's; "
                              "a workload without one gets the server's default, 1.0 in vLLM)")(f)
 

@@ -65,6 +65,9 @@ CASES = {
     "report on a database that is not there": (["report", "--study", "s", "--storage",
                                                 "sqlite:///{tmp}/typo.db"], "no database at"),
     "report on a path that is not a URL": (["report", "--study", "s", "--storage", "{tmp}/typo.db"], "URL"),
+    "bench --temperature inf": (["bench", "--target", "http://127.0.0.1:1", "--temperature", "inf"], "finite"),
+    "bench --top-p nan": (["bench", "--target", "http://127.0.0.1:1", "--top-p", "nan"], "finite"),
+    "tune --temperature nan": (["tune", "--model", "m", *TUNE, "--temperature", "nan"], "finite"),
     # Output paths are tried when the command line is read, before any long work (a study, a build).
     "report --out unwritable": (["report", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db", "--out",
                                  "/proc/nope"], "--out /proc/nope: cannot create"),

@@ -68,6 +68,12 @@ def test_file_with_shorthand_lengths(tmp_path: Path) -> None:
     ("prompt_len: 10\noutput_len: 5\nshared_prefix: {fraction: 2, length: 5}\n", "shared_prefix"),
     ("prompt_len: 10\n", "output_len"),
     ("prompt_len: 10\noutput_len: 0\n", "output_len"),
+    # non-finite numbers pass range checks (NaN compares false) and are not JSON
+    ("prompt_len: 10\noutput_len: 5\ntemperature: .nan\n", "temperature"),
+    ("prompt_len: 10\noutput_len: 5\ntemperature: .inf\n", "temperature"),
+    ("prompt_len: 10\noutput_len: 5\ntop_p: .nan\n", "top_p"),
+    ("prompt_len: {dist: normal, min: 1, max: 10, mean: .nan, std: 1}\noutput_len: 5\n", "prompt_len"),
+    ("prompt_len: 10\noutput_len: 5\nshared_prefix: {fraction: .nan, length: 5}\n", "shared_prefix"),
 ])
 def test_bad_file_names_file_and_field(tmp_path: Path, body: str, field: str) -> None:
     f = tmp_path / "bad.yaml"
@@ -88,3 +94,11 @@ def test_not_yaml_and_unknown_name(tmp_path: Path) -> None:
         load_workload(f)
     with pytest.raises(ConfigError, match=r"unknown workload 'nope'.*chat"):
         load_workload("nope")
+
+
+@pytest.mark.parametrize("override", [{"temperature": float("inf")}, {"temperature": float("nan")},
+                                      {"top_p": float("nan")}])
+def test_non_finite_sampling_override_is_a_config_error(override: dict[str, float]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_workload("chat").with_sampling(**override)
+    assert next(iter(override)) in str(exc.value) and "\n" not in str(exc.value)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slotune import paths
-from slotune.errors import RefusedValueError, StoreError
+from slotune.errors import RefusedValueError, StoreError, one_line
 from slotune.store.models import Base
 
 log = logging.getLogger("slotune.store")
@@ -114,13 +114,14 @@ def open_store(url: str | None = None) -> Store:
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        raise StoreError(f"cannot open database {url!r}: {exc}") from None
+        raise StoreError(f"cannot open database {url!r}: {one_line(exc, 200)}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         _create_schema(engine)
     except SQLAlchemyError as exc:
         raise StoreError(
-            f"cannot create slotune's tables in {engine.url.render_as_string(hide_password=True)}: {exc}"
+            f"cannot create slotune's tables in {engine.url.render_as_string(hide_password=True)}: "
+            f"{exc.__class__.__name__}: {_reason(exc)}"
         ) from None
     return Store(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))

@@ -25,6 +25,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "mistyped.json": b'[{"target": "x", "window_start": "soon", "window_end": 2}]',
         "mistyped_quantiles.json": b'[{"target": "x", "window_start": 1, "window_end": 2, "ttft_seconds": 5}]',
         "a_file": b"x",
+        "window.json": b'[{"target": "x", "window_start": 1, "window_end": 2}]',
+        "not_a.db": b"this is not a SQLite database, though its name says so\n" * 20,
         "infinite.json": b'[{"target": "x", "window_start": 1, "window_end": 2, "kv_cache_usage": Infinity}]',
     }
     for name, data in out.items():
@@ -65,6 +67,12 @@ CASES = {
     "report on a database that is not there": (["report", "--study", "s", "--storage",
                                                 "sqlite:///{tmp}/typo.db"], "no database at"),
     "report on a path that is not a URL": (["report", "--study", "s", "--storage", "{tmp}/typo.db"], "URL"),
+    # SQLAlchemy adds "(Background on this error at: ...)" on a second line; the error stays one line
+    "collect --store on a file that is not SQLite": (["collect", "--target", "http://127.0.0.1:1", "--once",
+                                                      "--store", "--db", "sqlite:///{tmp}/not_a.db"],
+                                                     "file is not a database"),
+    "diagnose --save on a file that is not SQLite": (["diagnose", "--snapshot", "{window.json}", "--save", "--db",
+                                                      "sqlite:///{tmp}/not_a.db"], "file is not a database"),
     "bench --temperature inf": (["bench", "--target", "http://127.0.0.1:1", "--temperature", "inf"], "finite"),
     "bench --top-p nan": (["bench", "--target", "http://127.0.0.1:1", "--top-p", "nan"], "finite"),
     "tune --temperature nan": (["tune", "--model", "m", *TUNE, "--temperature", "nan"], "finite"),
@@ -148,3 +156,14 @@ def test_report_on_a_file_that_is_not_sqlite(files: dict[str, Path], capsys: pyt
     assert main(["report", "--study", "x", "--storage", f"sqlite:///{f}"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(f) in err[0], err
+
+
+def test_sidecar_database_that_is_not_sqlite_is_one_line(files: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    settings = tmp_path / "sidecar.yaml"
+    settings.write_text(f"target: http://127.0.0.1:1\ndatabase_url: sqlite:///{files['not_a.db']}\n")
+    assert main(["sidecar", "--config", str(settings)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "file is not a database" in err[0], err

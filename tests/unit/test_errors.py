@@ -51,3 +51,14 @@ def test_json_output_is_always_rfc_json():
     text = to_json({"prompt_tokens_per_second": 1.7e308 * 2, "nested": [math.nan, 1.5], "n": 3})
     assert json.loads(text, parse_constant=lambda name: pytest.fail(name)) == {
         "prompt_tokens_per_second": None, "nested": [None, 1.5], "n": 3}
+
+
+def test_one_line_keeps_the_first_line_and_an_html_title() -> None:
+    from slotune.errors import one_line
+
+    assert one_line("(sqlite3.DatabaseError) file is not a database\n(Background on this error at: x)") == \
+        "(sqlite3.DatabaseError) file is not a database"
+    page = "404: <!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n<body>\n<h1>Not Found</h1>\n</body>"
+    assert one_line(page) == "404: 404 Not Found"
+    assert one_line("x" * 500, 20) == "x" * 19 + "…"
+    assert one_line("") == ""

@@ -47,6 +47,10 @@ SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "medusa", "mlp_specul
 # The longest n-gram window slotune passes to vLLM (prompt_lookup_min/max); a longer one finds no
 # more drafts in real prompts and only costs lookup time.
 NGRAM_LOOKUP_MAX = 64
+# Counts and token budgets are C ints inside vLLM (int32 tensors, scheduler arithmetic); a JSON 1e20 or a
+# 23-digit --fix must be refused here, not overflow in vLLM or in a BIGINT column.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -190,23 +194,23 @@ class VllmConfig(BaseModel):
     served_model_name: str | None = None
     dtype: str | None = None
     seed: int | None = None
-    max_num_seqs: int | None = Field(default=None, ge=1)
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_model_len: int | None = Field(default=None, ge=16, le=INT32_MAX)
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
     quantization: str | None = None
     kv_cache_dtype: str | None = None
     speculative_config: SpeculativeConfig | None = None
-    long_prefill_token_threshold: int | None = Field(default=None, ge=0)
+    long_prefill_token_threshold: int | None = Field(default=None, ge=0, le=INT32_MAX)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
-    num_gpu_blocks_override: int | None = Field(default=None, ge=1)
-    block_size: int | None = Field(default=None, ge=1)
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    num_gpu_blocks_override: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    block_size: int | None = Field(default=None, ge=1, le=INT32_MAX)
     enforce_eager: bool | None = None
     optimization_level: int | None = Field(default=None, ge=0, le=3)
-    tensor_parallel_size: int | None = Field(default=None, ge=1)
-    max_logprobs: int | None = Field(default=None, ge=0)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_logprobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
     # vLLM 0.32: bucket family -> strictly increasing, positive, finite bounds (slotune.slo_buckets).
     custom_histogram_buckets: dict[str, list[float]] | None = None
 

@@ -24,7 +24,7 @@ from slotune.sidecar.loop import Controller, recommendation_event
 from slotune.sidecar.metrics import SidecarMetrics
 from slotune.sidecar.studies import StudyRunner
 from slotune.store import AlertReceipt, Recommendation, RecommendationStatus, Store, open_store
-from slotune.vllm_config import VllmConfig, check_tuning_only
+from slotune.vllm_config import VllmConfig, check_tuning_only, validate_combination
 
 log = logging.getLogger("slotune.sidecar")
 
@@ -253,6 +253,7 @@ class Sidecar:
                                               source="proposal")
         else:
             checked = VllmConfig.from_mapping({"model": "probe", **config}, source="proposal")
+        validate_combination(checked)  # what `slotune serve` and the tuner refuse before a launch
         typed = checked.model_dump(mode="json")
         config = {key: typed[key] for key in config}
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)

@@ -373,3 +373,19 @@ def test_alert_intake_commits_a_request_whole(client: TestClient, sidecar: Sidec
     monkeypatch.setattr(outbox, "enqueue", real)
     retry = client.post("/api/v1/alerts/alertmanager", json=alert_payload(5), headers=AM).json()
     assert retry["duplicates"] == 0 and len(retry["notifications"]) == 1
+
+
+@pytest.mark.parametrize(("config", "reason"), [
+    ({"max_num_seqs": 64, "enable_chunked_prefill": False, "max_num_batched_tokens": 16},
+     "max_num_batched_tokens (16) must be >= max_num_seqs (64)"),
+    ({"max_num_seqs": 1e20}, "max_num_seqs"),
+    ({"max_num_batched_tokens": 2**31}, "max_num_batched_tokens"),
+    ({"kv_cache_memory_bytes": 2**64}, "kv_cache_memory_bytes"),
+])
+def test_proposals_slotune_would_not_launch_are_refused(client: TestClient, config: dict[str, object],
+                                                         reason: str) -> None:
+    """The same checks as `slotune serve` (VllmConfig and validate_combination): a 422 with the reason, and
+    nothing stored that an operator could approve."""
+    r = client.post("/api/v1/recommendations", json={"config": config}, headers=AUTH)
+    assert r.status_code == 422 and reason in r.json()["detail"], r.text
+    assert client.get("/api/v1/recommendations").json()["total"] == 0

@@ -21,6 +21,7 @@ from slotune.store import (
     FindingStatus,
     OutboxMessage,
     Recommendation,
+    RecommendationStatus,
     Snapshot,
     TrialRecord,
 )
@@ -37,7 +38,9 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
 # No NUL byte: PostgreSQL cannot hold one in text, so a filter with one can match nothing.
 NO_NUL = r"^[^\x00]*$"
 Filter = Annotated[str | None, Query(max_length=500, pattern=NO_NUL)]
-StatusFilter = Annotated[str | None, Query(alias="status", max_length=20, pattern=NO_NUL)]
+# Typed, so `?status=bogus` is a 422 naming the states rather than an empty 200.
+FindingStatusFilter = Annotated[FindingStatus | None, Query(alias="status")]
+RecommendationStatusFilter = Annotated[RecommendationStatus | None, Query(alias="status")]
 
 
 def _row_id(what: str) -> Any:
@@ -101,7 +104,7 @@ def get_snapshot(snapshot_id: SnapshotId, svc: Svc) -> Any:
 
 
 @reads.get("/findings", response_model=schemas.Page[schemas.FindingOut])
-def list_findings(svc: Svc, status_: StatusFilter = None,
+def list_findings(svc: Svc, status_: FindingStatusFilter = None,
                   playbook: Filter = None, target: Filter = None, limit: Limit = 50,
                   offset: Offset = 0) -> dict[str, Any]:
     return _page(svc, Finding, schemas.FindingOut, limit, offset, status=status_, playbook=playbook, target=target)
@@ -125,7 +128,7 @@ def list_trials(svc: Svc, study: Filter = None, limit: Limit = 50, offset: Offse
 
 
 @reads.get("/recommendations", response_model=schemas.Page[schemas.RecommendationOut])
-def list_recommendations(svc: Svc, status_: StatusFilter = None,
+def list_recommendations(svc: Svc, status_: RecommendationStatusFilter = None,
                          limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     return _page(svc, Recommendation, schemas.RecommendationOut, limit, offset, status=status_)
 

@@ -20,6 +20,23 @@ def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) ->
         raise click.BadParameter(f"must be a finite number, not {value}", param=param)
     return value
 
+# No accelerator or host holds more KV cache than this (4 TiB); a typo's 99999999 is refused up front.
+KV_CACHE_MAX_GIB = 4096
+
+
+def _check_up_front(spec: Any) -> None:
+    """What `check_spec` checks (workload, space, base config), and the fixed values (`--fix`, `--space`) as
+    a launch config, so `--fix max_num_seqs=1e23` is one line now, not a study of failed trials."""
+    from slotune.tuner.study import build_space, check_spec, load_spec_workload, workload_need
+
+    check_spec(spec)
+    space = build_space(spec, workload_need(load_spec_workload(spec)))
+    try:
+        space.config_for(spec.base_config(), {})
+    except ConfigError as exc:
+        raise ConfigError(f"fixed values (--fix, --space): {exc}") from None
+
+
 def _spec(**kw: Any) -> Any:
     from pydantic import ValidationError
 
@@ -86,7 +103,8 @@ def register(app: click.Group) -> None:
     @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop starting trials after S seconds")
     @click.option("--mode", type=click.Choice(["offered", "capacity"]), default="offered", show_default=True,
                   help="goodput at the given load, or at the highest rate meeting the SLOs")
-    @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="offered request rate (req/s)")
+    @click.option("--rate", type=click.FloatRange(min=0, min_open=True), callback=_finite,
+                  help="offered request rate (req/s)")
     @click.option("--concurrency", type=click.IntRange(min=1), help="fixed number of requests in flight")
     @click.option("--num-requests", type=click.IntRange(min=1), default=40, show_default=True,
                   help="requests per trial")
@@ -101,7 +119,7 @@ def register(app: click.Group) -> None:
     @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
     @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
                   callback=writable_file_option, help="write the result as JSON ('-' for stdout)")
-    @click.option("--kv-cache-max-gib", type=click.IntRange(min=1), metavar="GIB",
+    @click.option("--kv-cache-max-gib", type=click.IntRange(min=1, max=KV_CACHE_MAX_GIB), metavar="GIB",
                   help="search the KV-cache size up to this many GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: "
                        "--kv-cache-memory-bytes); nothing above it is tried (default: not searched)")
     @click.option("--prune-at", "prune_factor", type=click.FloatRange(min=1, min_open=True), default=2.0,
@@ -129,6 +147,7 @@ def register(app: click.Group) -> None:
         if no_prune:
             kw["prune_factor"] = None
         spec = _spec(remeasure_top=remeasure, **kw)
+        _check_up_front(spec)
         spec = spec.model_copy(update={"study_name": spec.name()})  # named now, so it can be resumed
         quiet = json_out is not None and str(json_out) == "-"
         if quiet:

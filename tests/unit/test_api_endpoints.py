@@ -238,7 +238,7 @@ def test_filters_apply(client: TestClient, sidecar: Sidecar) -> None:
     assert client.get("/api/v1/snapshots", params={"target": "http://other"}).json()["total"] == 0
     # every list endpoint's filters name real columns (a wrong one would be a 500, not an empty page)
     assert client.get("/api/v1/trials", params={"study": "nope"}).json()["total"] == 0
-    assert client.get("/api/v1/recommendations", params={"status": "nope"}).json()["total"] == 0
+    assert client.get("/api/v1/recommendations", params={"status": "rejected"}).json()["total"] == 0
 
 
 def test_snapshots_say_how_precise_their_quantiles_are(client: TestClient) -> None:
@@ -389,3 +389,11 @@ def test_proposals_slotune_would_not_launch_are_refused(client: TestClient, conf
     r = client.post("/api/v1/recommendations", json={"config": config}, headers=AUTH)
     assert r.status_code == 422 and reason in r.json()["detail"], r.text
     assert client.get("/api/v1/recommendations").json()["total"] == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/findings", "/api/v1/recommendations"])
+def test_an_unknown_status_filter_is_a_422(client: TestClient, path: str) -> None:
+    r = client.get(path, params={"status": "bogus"}, headers=AUTH)
+    assert r.status_code == 422 and "status" in r.json()["detail"], r.text
+    ok = client.get(path, params={"status": "active" if "findings" in path else "pending"}, headers=AUTH)
+    assert ok.status_code == 200, ok.text

@@ -76,6 +76,12 @@ CASES = {
     "bench --temperature inf": (["bench", "--target", "http://127.0.0.1:1", "--temperature", "inf"], "finite"),
     "bench --top-p nan": (["bench", "--target", "http://127.0.0.1:1", "--top-p", "nan"], "finite"),
     "tune --temperature nan": (["tune", "--model", "m", *TUNE, "--temperature", "nan"], "finite"),
+    # refused when the command line is read, not after a study of failed trials
+    "tune --fix beyond int32": (["tune", "--model", "m", *TUNE, "--fix", "max_num_seqs=99999999999999999999999"],
+                                "max_num_seqs"),
+    "tune --rate inf": (["tune", "--model", "m", *TUNE, "--rate", "inf"], "finite"),
+    "tune --kv-cache-max-gib huge": (["tune", "--model", "m", *TUNE, "--kv-cache-max-gib", "99999999"],
+                                     "--kv-cache-max-gib"),
     # Output paths are tried when the command line is read, before any long work (a study, a build).
     "report --out unwritable": (["report", "--study", "s", "--storage", "sqlite:///{tmp}/typo.db", "--out",
                                  "/proc/nope"], "--out /proc/nope: cannot create"),

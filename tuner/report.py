@@ -20,10 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
 from slotune.loadgen.figures import LoadFigures
+from slotune.store import shown_url
 from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
-from slotune.tuner.storage import _safe, open_storage, storage_url
+from slotune.tuner.storage import open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
 
@@ -153,7 +154,7 @@ def load(storage: str | None, study_name: str) -> optuna.Study:
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url, must_exist=True))]
         known = f" (studies here: {', '.join(names[:10])})" if names else " (no studies there)"
-        raise ConfigError(f"no study named {study_name!r} in {_safe(url)}{known}") from None
+        raise ConfigError(f"no study named {study_name!r} in {shown_url(url)}{known}") from None
 
 
 def summarize(storage: str | None, study_name: str) -> StudyResult:
@@ -181,7 +182,7 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     recommended = by_number.get(verdict.winner) if verdict.winner is not None else None
     return StudyResult(
         study=study_name,
-        storage=_safe(storage_url(storage)),
+        storage=shown_url(storage_url(storage)),
         settings=dict(attrs.get("slotune_spec") or {}),
         counts=counts,
         baseline=entry(base_t, attrs) if base_t else None,

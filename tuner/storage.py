@@ -17,11 +17,10 @@ from contextlib import contextmanager
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy.engine import make_url
 
 from slotune import paths
 from slotune.errors import StoreError
-from slotune.store import open_store, sqlite_file, sqlite_tables
+from slotune.store import open_store, shown_url, sqlite_file, sqlite_tables
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
@@ -67,7 +66,7 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
             )
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike become one line
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise StoreError(f"cannot open Optuna storage on {_safe(url)}: {type(exc).__name__}: {first}") from None
+        raise StoreError(f"cannot open Optuna storage on {shown_url(url)}: {type(exc).__name__}: {first}") from None
 
 
 def _require_sqlite_file(url: str) -> None:
@@ -104,8 +103,3 @@ def _schema_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
-def _safe(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - never let a bad URL break an error message
-        return "<database url>"

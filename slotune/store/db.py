@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,12 +110,21 @@ def _create_schema(engine: Engine) -> None:
         Base.metadata.create_all(conn)
 
 
+def shown_url(url: str) -> str:
+    """`url` fit for an error message or a log: its password replaced by `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError, TypeError):  # not a URL SQLAlchemy reads: mask user:password@ by hand
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
 def open_store(url: str | None = None) -> Store:
     url = url or paths.default_database_url()
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        raise StoreError(f"cannot open database {url!r}: {one_line(exc, 200)}") from None
+        shown = shown_url(url)  # the driver's message may quote the URL, password and all
+        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:

@@ -31,7 +31,7 @@ from slotune import platforms
 from slotune.loadgen.figures import LoadFigures
 from slotune.server import as_served
 from slotune.slo import SloSpec
-from slotune.store import Store, TrialRecord
+from slotune.store import Store, TrialRecord, TrialRowState
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
 from slotune.tuner.measure import Measure, Measurement, ProbeCheck
 from slotune.tuner.space import SearchSpace
@@ -41,7 +41,7 @@ ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler
 BASELINE = "baseline"
 REMEDY = "remedy"
 TTFT_KEY = "ttft_p95"
-PRUNED = "pruned"  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
+PRUNED = TrialRowState.PRUNED.value  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
 DEFAULT_PRUNE_FACTOR = 2.0
 
@@ -124,6 +124,22 @@ class SloPruner(BasePruner):
         return trial.last_step >= self.min_requests and isinstance(ratio, (int, float)) and ratio >= self.factor
 
 
+def record_trial(store: Store, study_name: str, number: int, state: TrialRowState, reason: str, config: VllmConfig,
+                 m: Measurement, constraints: dict[str, float], **extra: Any) -> None:
+    """The one writer of `slotune_trials` rows (a trial, or one re-measurement of it for the verdict):
+    its params and config, its figures as `Measurement.to_dict()` gives them (goodput, client, server,
+    requests, findings) plus the constraints and `extra` (rate, wall time, round, ...) in `metrics`."""
+    full = m.to_dict()
+    metrics = {"goodput": m.goodput, "constraints": constraints, "client": full["client"], "server": full["server"],
+               "requests": full["requests"], **extra}
+    with store.session() as s:
+        s.add(TrialRecord(
+            study_name=study_name, trial_number=number, state=str(state), reason=reason,
+            params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
+            metrics=metrics, findings=full["findings"], log_path=m.log_path,
+        ))
+
+
 @dataclass
 class TrialObjective:
     space: SearchSpace
@@ -175,7 +191,7 @@ class TrialObjective:
             trial.set_constraint(key, value)
         feasible = all(v <= 0 for v in constraints.values())
         self._annotate(trial, measured, "complete", feasible)
-        self._record(trial.number, "complete", "", config, measured, constraints)
+        self._record(trial.number, TrialRowState.COMPLETE, "", config, measured, constraints)
         self._emit(trial, f"done: goodput {measured.goodput:.3g} req/s" + ("" if feasible else " (misses SLO)"))
         if self.pareto:
             ttft = ttft_p95(measured.client)
@@ -207,7 +223,7 @@ class TrialObjective:
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         self._annotate(trial, measured, PRUNED, False)
-        self._record(trial.number, PRUNED, measured.reason, config, measured, constraints)
+        self._record(trial.number, TrialRowState.PRUNED, measured.reason, config, measured, constraints)
         self._emit(trial, measured.reason)
         raise optuna.TrialPruned(measured.reason)
 
@@ -216,7 +232,7 @@ class TrialObjective:
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         self._annotate(trial, measured, "infeasible", False)
-        self._record(trial.number, "infeasible", measured.reason, config, measured, constraints)
+        self._record(trial.number, TrialRowState.INFEASIBLE, measured.reason, config, measured, constraints)
         raise optuna.TrialPruned(f"infeasible: {measured.reason}")
 
     def _annotate(self, trial: optuna.Trial, m: Measurement, state: str, feasible: bool) -> None:
@@ -229,18 +245,10 @@ class TrialObjective:
     def _wall(self) -> float:
         return round(time.monotonic() - getattr(self, "_started", time.monotonic()), 3)
 
-    def _record(self, number: int, state: str, reason: str, config: VllmConfig, m: Measurement,
+    def _record(self, number: int, state: TrialRowState, reason: str, config: VllmConfig, m: Measurement,
                 constraints: dict[str, float]) -> None:
-        full = m.to_dict()
-        metrics = {"goodput": m.goodput, "rate": m.rate, "status": m.status, "seconds": m.seconds,
-                   WALL: self._wall(), "constraints": constraints, "client": full["client"], "server": full["server"],
-                   "requests": full["requests"]}
-        with self.store.session() as s:
-            s.add(TrialRecord(
-                study_name=self.study_name, trial_number=number, state=state, reason=reason,
-                params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
-                metrics=metrics, findings=full["findings"], log_path=m.log_path,
-            ))
+        record_trial(self.store, self.study_name, number, state, reason, config, m, constraints,
+                     rate=m.rate, status=m.status, seconds=m.seconds, **{WALL: self._wall()})
 
     def _emit(self, trial: optuna.Trial, stage: str) -> None:
         if self.events is not None:

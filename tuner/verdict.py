@@ -33,11 +33,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
 from slotune.slo import SloSpec
-from slotune.store import Store, TrialRecord
+from slotune.store import Store, TrialRowState
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
 from slotune.tuner.measure import Measure, Measurement
-from slotune.tuner.objective import BASELINE, ORIGIN, Events, jsonable_params
+from slotune.tuner.objective import BASELINE, ORIGIN, Events, record_trial
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
@@ -284,12 +284,5 @@ def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure
         done.append({"goodput": m.goodput, "feasible": feasible, "status": m.status, "reason": m.reason,
                      "round": rnd, "requests": full["requests"]})
         study.set_user_attr(key, done)
-        with store.session() as s:
-            s.add(TrialRecord(
-                study_name=study.study_name, trial_number=number, state="remeasure", reason=m.reason,
-                params=jsonable_params(config), config=config.model_dump(mode="json", exclude_none=True),
-                metrics={"goodput": m.goodput, "feasible": feasible, "constraints": constraints,
-                         "client": full["client"], "server": full["server"], "requests": full["requests"],
-                         "round": rnd},
-                findings=full["findings"], log_path=m.log_path,
-            ))
+        record_trial(store, study.study_name, number, TrialRowState.REMEASURE, m.reason, config, m, constraints,
+                     feasible=feasible, round=rnd)

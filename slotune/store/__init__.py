@@ -15,6 +15,7 @@ from slotune.store.models import (
     RecommendationStatus,
     Snapshot,
     TrialRecord,
+    TrialRowState,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "TrialRecord",
+    "TrialRowState",
     "open_store",
     "shown_url",
     "sqlite_file",

@@ -55,6 +55,17 @@ class RecommendationStatus(_State):
     REJECTED = "rejected"
 
 
+class TrialRowState(_State):
+    """What a `slotune_trials` row records: a trial measured in full (complete), refused or missing
+    an SLO by its constraints (infeasible), stopped early (pruned), or one interleaved
+    re-measurement of a config for the verdict (remeasure). Rows are written once, never moved."""
+
+    COMPLETE = "complete"
+    INFEASIBLE = "infeasible"
+    PRUNED = "pruned"
+    REMEASURE = "remeasure"
+
+
 class ChangeStatus(_State):
     """canary (the new config runs and is being judged) -> kept | rolled_back | failed (did not start)."""
 
@@ -109,7 +120,7 @@ class TrialRecord(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_name: Mapped[str] = mapped_column(String(200), index=True)
     trial_number: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(20))  # complete | infeasible | failed
+    state: Mapped[str] = mapped_column(String(20))  # a TrialRowState
     reason: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, Any]]
     config: Mapped[dict[str, Any]]

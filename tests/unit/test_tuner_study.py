@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from slotune.errors import ConfigError
-from slotune.store import TrialRecord, open_store
+from slotune.store import TrialRecord, TrialRowState, open_store
 from slotune.tuner.measure import Measurement, client_seat
 from slotune.tuner.report import summarize
 from slotune.tuner.study import TuneSpec, run_study
@@ -148,8 +148,12 @@ def test_remeasurement_is_interleaved_and_stored_with_its_requests(tmp_path):
     assert again == [1, 2, 3] and all(e["requests"]["good"] for e in study.user_attrs["remeasure:0"])
     store = open_store(s.storage)
     with store.session() as sess:
-        rows = sess.scalars(select(TrialRecord).where(TrialRecord.state == "remeasure")).all()
+        rows = sess.scalars(select(TrialRecord).where(TrialRecord.state == TrialRowState.REMEASURE)).all()
+        states = sorted(sess.scalars(select(TrialRecord.state)).all())
     assert len(rows) == 6 and all(r.metrics["requests"]["duration"] > 0 for r in rows)
+    assert all(r.metrics["round"] in (1, 2, 3) and r.metrics["client"] for r in rows)
+    # One writer, one vocabulary: the two trials and the six re-measurements.
+    assert states == ["complete"] * 2 + ["remeasure"] * 6 and set(states) <= set(TrialRowState)
     # Resuming a finished study measures nothing again, and the verdict is the same from storage alone.
     log.clear()
     resumed = run_study(s, measure=_goodputs([], [], log))

@@ -208,17 +208,23 @@ class Controller:
         with self.store.session() as s:
             result.resolved += self._resolve(s, TARGET_DOWN, now)
             if self.statless >= self.settings.down_after:
-                finding = {"playbook": NO_STATS, "severity": "warning",
-                           "summary": f"target {self.target} answers its /metrics but exports no vLLM stats "
-                                      f"({self.statless} scrapes in a row): {cause}",
-                           "evidence": [{"field": "consecutive_scrapes_without_stats", "value": float(self.statless),
-                                         "op": ">=", "threshold": float(self.settings.down_after),
-                                         "description": cause}],
-                           "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
+                finding = self._streak_finding(
+                    NO_STATS, "warning", f"target {self.target} answers its /metrics but exports no vLLM stats "
+                    f"({self.statless} scrapes in a row): {cause}", "consecutive_scrapes_without_stats",
+                    self.statless, cause, now)
                 new, _ = self._reconcile(s, [finding], None, now, only=NO_STATS)
                 result.new_findings += new
             self._finding_metrics(s)
         return result
+
+    def _streak_finding(self, playbook: str, severity: str, summary: str, field: str, streak: int, cause: str,
+                        now: float) -> dict[str, Any]:
+        """The sidecar's own finding after `down_after` scrapes in a row went one way (no answer, no
+        stats): evidence is the streak against `down_after`, the window the instant of this tick."""
+        return {"playbook": playbook, "severity": severity, "summary": summary,
+                "evidence": [{"field": field, "value": float(streak), "op": ">=",
+                              "threshold": float(self.settings.down_after), "description": cause}],
+                "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
 
     def _scrape_failed(self, error: str, now: float) -> TickResult:
         self.failures += 1
@@ -230,12 +236,9 @@ class Controller:
         log.warning("scrape failed (%d in a row): %s", self.failures, error)
         result = TickResult(ok=False, error=error)
         if self.failures >= self.settings.down_after:
-            finding = {"playbook": TARGET_DOWN, "severity": "critical",
-                       "summary": f"target {self.target} did not answer {self.failures} scrapes in a row: {error}",
-                       "evidence": [{"field": "consecutive_scrape_failures", "value": float(self.failures),
-                                     "op": ">=", "threshold": float(self.settings.down_after),
-                                     "description": error}],
-                       "window": {"start": now, "end": now, "seconds": 0.0}, "remedies": []}
+            finding = self._streak_finding(
+                TARGET_DOWN, "critical", f"target {self.target} did not answer {self.failures} scrapes in a row: {error}",
+                "consecutive_scrape_failures", self.failures, error, now)
             with self.store.session() as s:
                 new, _ = self._reconcile(s, [finding], None, now, only=TARGET_DOWN)
                 result.resolved += self._resolve(s, NO_STATS, now)  # it no longer answers at all

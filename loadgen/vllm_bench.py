@@ -68,8 +68,11 @@ class VllmBenchResult:
 
 def custom_dataset_args(prompts: Path) -> list[str]:
     """The flags that make vLLM's client send a JSONL prompt file's rows as they are, in file order
-    (slotune's `prompt_lines` writes such files; the prompts are already chat-templated or raw)."""
-    return ["--dataset-name", "custom", "--dataset-path", str(prompts), "--skip-chat-template", "--disable-shuffle"]
+    (slotune's `prompt_lines` writes such files; the prompts are already chat-templated or raw), each
+    with its own `output_tokens` as the reply cap: `--custom-output-len -1`, because its default (256)
+    overrides every row's length."""
+    return ["--dataset-name", "custom", "--dataset-path", str(prompts), "--custom-output-len", "-1",
+            "--skip-chat-template", "--disable-shuffle"]
 
 
 def run_vllm_bench(args: Sequence[str], *, timeout: float | None = None) -> VllmBenchResult:

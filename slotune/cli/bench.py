@@ -159,7 +159,7 @@ def register(app: click.Group) -> None:
             except OSError as exc:
                 raise ConfigError(f"{write_prompts}: cannot write ({exc.strerror})") from None
             click.echo(f"{len(lines)} prompts of workload {wl.name!r} (seed {seed}) written to {write_prompts}: "
-                       f"vllm bench serve --dataset-name custom --dataset-path {write_prompts} --disable-shuffle "
+                       f"vllm bench serve --dataset-name custom --dataset-path {write_prompts} --custom-output-len -1 --disable-shuffle "
                        f"--skip-chat-template "
                        f"--backend {'openai-chat --endpoint /v1/chat/completions' if wl.endpoint == 'chat' else 'vllm'}"
                        + (" --ignore-eos" if wl.ignore_eos else "")

@@ -99,6 +99,9 @@ def test_both_clients_send_the_same_prompts_from_one_jsonl_file(tmp_path: Path, 
             timeout=600)
     assert done.completed == len(rows) == len(done.ttfts) == len(done.start_times)
     assert ours.stats.prompts == theirs.stats.prompts == [row["prompt"] for row in rows]
+    # And the same reply caps: vLLM's client once capped every request at its own default of 256
+    # (`--custom-output-len` overrides the file's `output_tokens` unless it is -1).
+    assert ours.stats.max_tokens == theirs.stats.max_tokens == [row["output_tokens"] for row in rows]
 
 
 def test_vllm_client_refusing_its_command_line_is_an_error_with_its_reason() -> None:

@@ -34,6 +34,7 @@ class Stats:
     connections: int = 0  # TCP connections accepted (a client that reuses them keeps this low)
     arrivals: list[float] = field(default_factory=list)  # loop time at which each request arrived
     prompts: list[str] = field(default_factory=list)  # each request's prompt (messages joined), in arrival order
+    max_tokens: list[int] = field(default_factory=list)  # each recorded request's reply cap, in arrival order
 
 
 @dataclass
@@ -139,6 +140,7 @@ class _Handler:
                 n = int(req.get("max_tokens") or 16)
             if self.cfg.record_prompts:
                 s.prompts.append(prompt)
+                s.max_tokens.append(n)
             p = len(prompt.split())
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             kind = "chat.completion.chunk" if chat else "text_completion"

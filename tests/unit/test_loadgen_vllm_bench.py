@@ -43,3 +43,5 @@ def test_a_prompt_file_is_sent_as_it_is_in_file_order() -> None:
     args = custom_dataset_args(Path("/p.jsonl"))
     assert args[:4] == ["--dataset-name", "custom", "--dataset-path", "/p.jsonl"]
     assert {"--skip-chat-template", "--disable-shuffle"} <= set(args)
+    # each row's own output_tokens: vLLM's default of 256 would override them
+    assert args[args.index("--custom-output-len") + 1] == "-1"

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from slotune import paths
-from slotune.errors import StoreError
+from slotune.errors import StoreError, one_line
 from slotune.store import open_store, shown_url, sqlite_file, sqlite_tables
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
@@ -40,12 +40,13 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
                  grace_period: int | None = None, must_exist: bool = False) -> RDBStorage:
     """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors.
 
-    `must_exist`: for readers (`tune report`): a SQLite file that is not there is an error, not a
-    new empty database left behind by a typo.
+    `must_exist`: for readers (`tune report`): a database without Optuna's tables (a SQLite file that is
+    not there, another application's database on any server) is an error, and nothing is written to it;
+    a reader must not leave a new empty database behind a typo, nor ~20 tables in someone else's.
     """
     url = storage_url(url)
     if must_exist:
-        _require_sqlite_file(url)
+        _require_studies(url)
     try:
         open_store(url).dispose()  # slotune's tables first: fails early with slotune's message
     except StoreError as exc:
@@ -69,16 +70,36 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
         raise StoreError(f"cannot open Optuna storage on {shown_url(url)}: {type(exc).__name__}: {first}") from None
 
 
-def _require_sqlite_file(url: str) -> None:
+def _require_studies(url: str) -> None:
+    """Raises `StoreError` unless Optuna's `studies` table is in the database `url` names; reads only."""
     path = sqlite_file(url)
-    if path is None:
-        return
-    if not path.is_file():
-        raise StoreError(f"no database at {path} (nothing has been stored there yet)")
-    # A reader must not create slotune's and Optuna's tables in another application's file.
-    if "studies" not in sqlite_tables(path):
-        raise StoreError(f"{path} holds no tuning studies (no Optuna tables: another application's database, "
+    if path is not None:
+        if not path.is_file():
+            raise StoreError(f"no database at {path} (nothing has been stored there yet)")
+        where, tables = str(path), sqlite_tables(path)  # read-only open: no journal, no schema
+    else:
+        where, tables = shown_url(url), _server_tables(url)
+    if "studies" not in tables:
+        raise StoreError(f"{where} holds no tuning studies (no Optuna tables: another application's database, "
                          "or nothing tuned there yet); nothing was written to it")
+
+
+def _server_tables(url: str) -> set[str]:
+    """Table names in the default schema of a database server's `url`, through a throwaway engine that
+    creates nothing."""
+    from sqlalchemy import create_engine, inspect
+
+    shown = shown_url(url)
+    try:
+        engine = create_engine(url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver: one line, as open_store says it
+        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
+    try:
+        return set(inspect(engine).get_table_names())
+    except Exception as exc:  # noqa: BLE001 - refused, unreachable, no such database: one line
+        raise StoreError(f"cannot read database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
+import psutil
 
 T = TypeVar("T")
 
@@ -35,15 +36,34 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
         time.sleep(interval)
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` or one of its children holds a listening socket on TCP `port`."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for p in procs for c in p.net_connections(kind="inet"))
+    except psutil.Error:
+        return False
+
+
 def wait_http_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Callable[[], str],
                     interval: float = 0.1) -> None:
-    """Wait until GET `url` answers 200. Raises AssertionError with the tail of `log()` when the
-    process exits first or `timeout` seconds pass (the caller stops the process)."""
+    """Wait until `proc` listens on `url`'s port and GET `url` answers 200. Raises AssertionError with
+    the tail of `log()` when the process exits first or `timeout` seconds pass (the caller stops the
+    process).
+
+    The port check is there because a port from `free_port()` may be taken by another test's server
+    before `proc` binds it: that server's 200 must not pass for `proc`'s (a sidecar test once read
+    another sidecar's findings this way)."""
     name = proc.args[0] if isinstance(proc.args, list) else proc.args
+    port = httpx.URL(url).port
 
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{name} exited with {proc.returncode}: {log()[-3000:]}")
+        if port is not None and not listens_on(proc.pid, port):
+            return False
         try:
             return httpx.get(url, timeout=1).status_code == 200
         except httpx.HTTPError:

@@ -59,7 +59,17 @@ class SidecarProcess:
 
 @contextmanager
 def sidecar(settings: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> Iterator[SidecarProcess]:
-    proc = SidecarProcess({"host": "127.0.0.1", "port": free_port(), **settings}, workdir, env).start()
+    """A started sidecar on a free port; a port another process took between `free_port()` and the
+    sidecar's bind is retried with a new one (twice), since that race is the machine's, not the code's."""
+    for attempt in range(3):
+        proc = SidecarProcess({"host": "127.0.0.1", "port": free_port(), **settings}, workdir, env)
+        try:
+            proc.start()
+            break
+        except AssertionError:
+            proc.stop()
+            if attempt == 2 or "cannot listen" not in proc.log() or "port" in settings:
+                raise
     try:
         yield proc
     finally:

@@ -103,6 +103,16 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def fmt_figure(key: str, value: float | None) -> str:
+    """An SLO figure (`key` as in `SloTarget.key`) in its unit for people: a share (`error_rate`) as a
+    percentage, a latency in ms below 1 s and in s from there; '-' when missing."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return "-"
+    if key in RATIO_METRICS:
+        return f"{value:.2%}"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
 INCONCLUSIVE = "inconclusive at this resolution"
 
 

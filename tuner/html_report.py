@@ -20,19 +20,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from slotune.slo import RATIO_METRICS, fmt_figure
 from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, interval_pair, k_by_load_of, load_label
 
 TEMPLATE = "report.html.j2"
-RATIO_KEYS = ("error_rate",)  # SLO keys that are shares, not seconds
 
 
 def fmt_value(key: str, v: Any) -> str:
-    """An SLO figure in its unit: a share as %, a latency in ms (s past 1 s); '-' when missing."""
-    if not isinstance(v, (int, float)):
-        return "-"
-    if key in RATIO_KEYS:
-        return f"{v:.2%}"
-    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+    """An SLO figure in its unit (`slotune.slo.fmt_figure`)."""
+    return fmt_figure(key, v)
 
 
 def slo_rows(result: StudyResult) -> list[dict[str, Any]]:
@@ -106,7 +102,7 @@ def _plot_slo(rows: list[dict[str, Any]], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
     for ax, r in zip(axes[0], rows, strict=True):
-        scale, unit = (100, "%") if r["key"] in RATIO_KEYS else (1000, "ms")
+        scale, unit = (100, "%") if r["key"] in RATIO_METRICS else (1000, "ms")
         labels = []
         for i, label in enumerate(("baseline", "best")):
             s = r[label]

@@ -242,9 +242,14 @@ def row(t: FrozenTrial) -> dict[str, Any]:
     state = {TrialState.PRUNED: "infeasible"}.get(t.state, t.state.name.lower())
     if t.state is TrialState.PRUNED and ua.get("state") == PRUNED:
         state = PRUNED
+    # A queued trial has no flags yet (its objective sets them when it runs); its queued dimension values
+    # (non-default ones) stand in, so a queued remedy never reads as "(vLLM defaults)".
+    queued = ({k: v for k, v in (t.system_attrs.get("fixed_params") or {}).items() if v is not None}
+              if t.state is TrialState.WAITING and not ua.get("params") else {})
     return {"trial": t.number, "origin": ua.get(ORIGIN), "state": state, "feasible": ua.get("feasible"),
             "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot"),
-            "params": ua.get("params") or {}, "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
+            "params": ua.get("params") or {}, "queued_params": queued,
+            "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
             "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL)}
 
 
@@ -342,7 +347,9 @@ def trial_tables(result: StudyResult, width: int = 80) -> tuple[Any, Any]:
                         f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
                         _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo,
                         *((f"{ws:.0f}" if isinstance(ws, (int, float)) else "-",) if wall else ()))
-        detail = _fmt_params(r["params"]) + (f"  [{r['reason']}]" if r["reason"] else "")
+        queued = r.get("queued_params")
+        detail = (f"queued: {_fmt_params(queued)}" if queued else _fmt_params(r["params"])) + (
+            f"  [{r['reason']}]" if r["reason"] else "")
         flags.add_row(str(r["trial"]), Text(detail))  # Text: "[reason]" is data, not rich markup
     return figures, flags
 
@@ -396,6 +403,14 @@ def render(result: StudyResult, console: Any = None) -> None:
         console.print(rec["command"], soft_wrap=True, markup=False, highlight=False)
 
 
+def serve_script(command: str, comment: str) -> str:
+    """A POSIX sh script that runs `command` (a `vllm serve` line, possibly led by `VAR=value`
+    assignments such as `VLLM_CPU_KVCACHE_SPACE=4`). `exec env` because a plain `exec VAR=1 vllm`
+    takes the assignment for the program's name."""
+    comment = " ".join(comment.split())  # one comment line whatever the message holds
+    return f"#!/bin/sh\n# {comment}\nexec env {command}\n"
+
+
 def write_outputs(result: StudyResult, study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     """summary.json, best.yaml (flag file), best.sh (serve line), the plots (PNG + HTML), and
     report.html (self-contained, with its figures also as PNG: see `slotune.tuner.html_report`)."""
@@ -409,7 +424,7 @@ def write_outputs(result: StudyResult, study: optuna.Study, out_dir: Path) -> di
     rec = result.recommended
     if rec and rec.get("flag_file"):
         (out_dir / "best.yaml").write_text(rec["flag_file"])
-        (out_dir / "best.sh").write_text(f"#!/bin/sh\n# {result.verdict.message}\nexec {rec['command']}\n")
+        (out_dir / "best.sh").write_text(serve_script(rec["command"], result.verdict.message))
         written["flag_file"] = out_dir / "best.yaml"
         written["command"] = out_dir / "best.sh"
     written.update(write_plots(study, out_dir))

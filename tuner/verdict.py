@@ -7,6 +7,9 @@ goodput and SLO figures then come with a `CONFIDENCE` (95 %) interval, from its 
 its runs (`tuner.confidence`: a bootstrap over requests, stratified by run, enveloped with a
 Student-t interval over the runs), and each SLO is met, missed or inconclusive at that confidence.
 
+A candidate's own run, the one it was picked on, is left out of its samples once it has 2 or more
+re-measurements (the winner's curse: the best of several noisy runs is biased upward).
+
 A candidate wins only when it was measured more than once, no SLO it has is confidently missed or
 judged worse than the baseline's, and either
 - its goodput interval clears the baseline's (its lower bound above the baseline's upper bound) and
@@ -32,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
-from slotune.slo import SloSpec
+from slotune.slo import SloSpec, fmt_figure
 from slotune.store import Store, TrialRowState
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
@@ -48,12 +51,14 @@ _RANK = {"missed": 0, "inconclusive": 1, "met": 2}
 # up with, every request is good on both sides and goodput differs only by when the last request
 # ended (a few percent of a short run), with intervals too narrow to hide it.
 MIN_GAIN = 0.05
+# Re-measurements a candidate needs before its selection run is left out of its samples (samples_of).
+SELECTION_FREE_ROUNDS = 2
 
 
 @dataclass(frozen=True)
 class Samples:
-    """One config's runs: goodput (req/s) and SLO feasibility per run, the trial's own first; its
-    goodput interval and each SLO target's figure, interval and outcome at `confidence`."""
+    """One config's runs: goodput (req/s) and SLO feasibility per run, the trial's own first (a
+    candidate's own run left out after `SELECTION_FREE_ROUNDS` re-measurements); its goodput interval and each SLO target's figure, interval and outcome at `confidence`."""
 
     trial: int
     goodputs: tuple[float, ...]
@@ -134,13 +139,21 @@ def study_slo(study_attrs: Mapping[str, Any]) -> SloSpec | None:
 def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any], slo: SloSpec | None = None,
                confidence: float = CONFIDENCE) -> Samples:
     """The trial's runs (its own measurement, then its re-measurements) with their intervals; `slo`
-    defaults to the study's. A run stored without its requests has no interval (it cannot win)."""
+    defaults to the study's. A run stored without its requests has no interval (it cannot win).
+
+    A candidate's own run is the one it was picked on (the best of several noisy measurements), so it
+    is biased upward: the winner's curse. Once a candidate has `SELECTION_FREE_ROUNDS` interleaved
+    re-measurements, its own run is left out and only those count; with fewer (`slotune demo`'s
+    single round) it is pooled, since one run alone is never a verdict. The baseline was not picked,
+    so its own run always counts."""
     slo = slo if slo is not None else study_slo(study_attrs)
     extra = study_attrs.get(f"{ATTR}{trial.number}") or []
     own = Measurement.from_attrs(trial.user_attrs)
     goodputs = [own.goodput if own is not None else 0.0] + [float(s["goodput"]) for s in extra]
     feasible = [bool(trial.user_attrs.get("feasible"))] + [bool(s["feasible"]) for s in extra]
     runs = [own.requests if own is not None else None] + [RunRequests.from_dict(s.get("requests")) for s in extra]
+    if trial.user_attrs.get(ORIGIN) != BASELINE and len(extra) >= SELECTION_FREE_ROUNDS:
+        goodputs, feasible, runs = goodputs[1:], feasible[1:], runs[1:]
     if any(r is None for r in runs):
         return Samples(trial.number, tuple(goodputs), tuple(feasible), confidence=confidence)
     kept = [r for r in runs if r is not None]
@@ -155,9 +168,11 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _fmt_ci(f: SloFigure) -> str:
-    ci = f.figure.ci
-    return f"{f.target.key} {f.figure.estimate:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and f.figure.estimate is not None \
-        else f"{f.target.key} (no interval)"
+    """'ttft_p95 800 ms [775 ms, 825 ms]': the figure and its interval in the target's unit."""
+    ci, key = f.figure.ci, f.target.key
+    if not ci or f.figure.estimate is None:
+        return f"{key} (no interval)"
+    return f"{key} {fmt_figure(key, f.figure.estimate)} [{fmt_figure(key, ci[0])}, {fmt_figure(key, ci[1])}]"
 
 
 def why_not(c: Samples, base: Samples | None) -> str | None:

@@ -361,3 +361,55 @@ def test_k_by_load_in_the_speculation_block_by_rate(study: TuneSpec, tmp_path: P
     text = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert '<td class="num">2 req/s</td><td class="num">3</td>' in text
     assert any(re.match(r"^\s*2 req/s\s+3\s+1\.9\s*$", ln) for ln in screen(result, 60))
+
+
+def test_a_queued_trial_shows_the_flags_it_will_try(study: TuneSpec, tmp_path: Path) -> None:
+    """A remedy queued but not yet run once read "(vLLM defaults)": its flags are set only when it runs."""
+    import shutil
+
+    import optuna
+
+    from slotune.tuner.report import summarize
+
+    db = tmp_path / "q.db"
+    shutil.copy(study.storage.removeprefix("sqlite:///"), db)
+    url = f"sqlite:///{db}"
+    optuna.load_study(study_name="s", storage=url).enqueue_trial(
+        {"max_num_seqs": 8, "max_num_batched_tokens": None}, user_attrs={"origin": "remedy"})
+    result = summarize(url, "s")
+    queued = [r for r in result.rows if r["state"] == "waiting"]
+    assert len(queued) == 1 and queued[0]["queued_params"] == {"max_num_seqs": 8}, queued
+    lines = screen(result, 80)
+    mine = [ln for ln in lines if "queued:" in ln]
+    assert len(mine) == 1 and "max_num_seqs=8" in mine[0] and mine[0].split()[0] == str(queued[0]["trial"]), lines
+
+
+@pytest.mark.parametrize("command", [
+    "VLLM_CPU_KVCACHE_SPACE=1 vllm serve /models/m --max-num-seqs 8",
+    "vllm serve /models/m --speculative-config '{\"method\": \"ngram\", \"num_speculative_tokens\": 4}'",
+])
+def test_best_sh_runs_the_serve_line_with_its_environment(command: str, tmp_path: Path) -> None:
+    """`best.sh` once said `exec VLLM_CPU_KVCACHE_SPACE=1 vllm serve ...`: sh took the assignment for the
+    program (exit 127). Run it with a `vllm` on PATH that prints what it got."""
+    import os
+    import subprocess
+
+    from slotune.tuner.report import serve_script
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "vllm"
+    fake.write_text('#!/bin/sh\necho "space=${VLLM_CPU_KVCACHE_SPACE:-unset}"\nfor a in "$@"; do echo "arg=$a"; done\n')
+    fake.chmod(0o755)
+    script = tmp_path / "best.sh"
+    script.write_text(serve_script(command, "trial 3 beats vLLM's defaults:\nx1.5"))
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    run = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={**env, "PATH": f"{bindir}:{env['PATH']}"},
+                         check=False, timeout=30)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == ("space=1" if command.startswith("VLLM_CPU") else "space=unset")
+    assert lines[1:3] == ["arg=serve", "arg=/models/m"]
+    if "speculative" in command:
+        assert lines[-1] == 'arg={"method": "ngram", "num_speculative_tokens": 4}'
+    assert script.read_text().count("\n") == 3  # shebang, one comment line, the command

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.slotune-installed
 export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit test-integration lint rules-test bench bench-vs-vllm bench-tune bench-real bench-matrix clean
+.PHONY: setup system-packages demo test test-unit test-integration lint bench bench-vs-vllm bench-tune bench-real bench-matrix clean
 
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 

@@ -97,6 +97,7 @@ def load_yaml_mapping(path: Path | str, *, what: str = "", expected: str = "a ma
 def writable_dir(path: Path | str, *, what: str = "") -> Path:
     """Make sure files can be written in directory `path` (created with its parents if missing), before any
     long work. Raises `ConfigError("WHAT PATH: cannot create (reason)" / "... not writable (reason)")`."""
+    import errno
     import tempfile
 
     out = Path(path)
@@ -111,7 +112,9 @@ def writable_dir(path: Path | str, *, what: str = "") -> Path:
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise ConfigError(f"{label}: not writable ({exc.strerror or exc})") from None
+        # ENOENT on a directory that exists: a pseudo-filesystem (/proc, /sys) that takes no new files.
+        why = "takes no new files" if exc.errno == errno.ENOENT else (exc.strerror or str(exc))
+        raise ConfigError(f"{label}: not writable ({why})") from None
     return out
 
 

@@ -88,7 +88,7 @@ CASES = {
     "report --out under a file": (["report", "--study", "s", "--out", "{tmp}/a_file/out"], "--out "),
     "tune --out unwritable": (["tune", "--model", "m", *TUNE, "--out", "/proc/nope"], "--out /proc/nope"),
     "tune --json unwritable": (["tune", "--model", "m", *TUNE, "--json", "/proc/nope/r.json"], "--json /proc/nope"),
-    "model tiny unwritable": (["model", "tiny", "/proc/nope"], "/proc/nope: parent directory"),
+    "model tiny unwritable": (["model", "tiny", "/proc/nope"], "/proc/nope: parent directory /proc: not writable (takes no new files)"),
     "model smollm2 unwritable": (["model", "smollm2", "/proc/nope"], "/proc/nope: parent directory"),
     "rules --out unwritable": (["rules", "--out", "/proc/nope/r.yml"], "--out /proc/nope/r.yml"),
     "rules --write-dir unwritable": (["rules", "--write-dir", "/proc/nope"], "--write-dir /proc/nope"),

@@ -365,14 +365,18 @@ def test_k_by_load_in_the_speculation_block_by_rate(study: TuneSpec, tmp_path: P
 
 def test_a_queued_trial_shows_the_flags_it_will_try(study: TuneSpec, tmp_path: Path) -> None:
     """A remedy queued but not yet run once read "(vLLM defaults)": its flags are set only when it runs."""
-    import shutil
+    import sqlite3
 
     import optuna
 
     from slotune.tuner.report import summarize
 
     db = tmp_path / "q.db"
-    shutil.copy(study.storage.removeprefix("sqlite:///"), db)
+    # SQLite's backup API: a plain file copy would miss what is still in the study's write-ahead log.
+    with sqlite3.connect(study.storage.removeprefix("sqlite:///")) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
     url = f"sqlite:///{db}"
     optuna.load_study(study_name="s", storage=url).enqueue_trial(
         {"max_num_seqs": 8, "max_num_batched_tokens": None}, user_attrs={"origin": "remedy"})

@@ -21,19 +21,21 @@ from typing import Any, Literal
 
 from slotune.collectors.snapshot import UNKNOWN, Snapshot
 from slotune.loadgen.figures import LoadFigures
+from slotune.playbooks import changes
 from slotune.playbooks.facts import (
     FACTS,
     PERCENT_FACTS,
     FactBounds,
     Facts,
     add_history,
+    backend_basis,
     build_facts,
     fact_bounds,
     resolution_notes,
     slo_thresholds,
     wide,
 )
-from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks
+from slotune.playbooks.model import SEVERITIES, Check, Group, Playbook, Remedy, load_playbooks, sample_floor
 from slotune.playbooks.relations import decide as relate
 from slotune.playbooks.remedies import COMPUTE
 from slotune.server import StartResult
@@ -271,16 +273,10 @@ def _delta(r: Remedy, facts: Facts, config: VllmConfig | None) -> dict[str, Any]
         if computed is None:
             return None
         delta.update(computed)
-    # A change to what is already configured is no remedy.
-    if config is not None and delta and all(_same(getattr(config, k, None), v) for k, v in delta.items()):
+    # A change to what the server already runs with (configured, or in effect by default) is no remedy.
+    if delta and all(changes.same(changes.current(k, facts, config), v) for k, v in delta.items()):
         return None
     return delta
-
-
-def _same(current: Any, value: Any) -> bool:
-    if hasattr(current, "model_dump"):
-        current = current.model_dump(exclude_none=True)
-    return current == value
 
 
 def _judge(pb: Playbook, per_window: Sequence[Facts], slo: Mapping[str, float]) -> tuple[bool, list[Evidence]]:
@@ -298,22 +294,31 @@ def _judge(pb: Playbook, per_window: Sequence[Facts], slo: Mapping[str, float]) 
 
 def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_config: VllmConfig | None = None,
              startup_failure: StartResult | None = None, client: LoadFigures | None = None,
-             playbooks: Sequence[Playbook] | None = None) -> Diagnosis:
-    """Judge the windows (oldest first) of one target against the playbooks (built-in by default)."""
+             playbooks: Sequence[Playbook] | None = None, backend: str | None = None,
+             min_requests: float | None = None) -> Diagnosis:
+    """Judge the windows (oldest first) of one target against the playbooks (built-in by default).
+    `backend`: the target's vLLM backend as the user states it ("cpu" | "gpu"; None: assumed, and a
+    note says from what, see `facts.backend_basis`). `min_requests`: the least finished requests a
+    window needs for a finding to propose a flag change (None: `sample.yaml`'s; the tuner passes its own)."""
     snaps = list(windows)
     failed = startup_failure is not None and not startup_failure.ok
     if failed:
-        per_window = [build_facts(None, slo=slo, config=server_config, startup_failure=startup_failure)]
+        per_window = [build_facts(None, slo=slo, config=server_config, startup_failure=startup_failure,
+                                  backend=backend)]
     elif snaps:
-        per_window = [build_facts(s, slo=slo, config=server_config, client=client if i == len(snaps) - 1 else None)
+        per_window = [build_facts(s, slo=slo, config=server_config, client=client if i == len(snaps) - 1 else None,
+                                  backend=backend)
                       for i, s in enumerate(snaps)]
     else:
         return Diagnosis("insufficient_data", (), {}, notes=("no window to judge",))
     spans = [{} for _ in per_window] if failed else [_window([s]) for s in snaps]
     bounds = fact_bounds(snaps[-1], per_window[-1], slo) if snaps and not failed else None
     diagnosis = judge(per_window, spans, slo=slo, server_config=server_config, playbooks=playbooks,
-                      target=snaps[-1].target if snaps else None, bounds=bounds)
+                      target=snaps[-1].target if snaps else None, bounds=bounds, min_requests=min_requests)
     notes = list(diagnosis.notes)
+    assumed = backend_basis(snaps[-1] if snaps and not failed else None, backend)[1]
+    if assumed is not None and diagnosis.findings:  # it decides defaults and remedies: say it was assumed
+        notes.append(assumed)
     status, results = diagnosis.status, ()
     if snaps and not failed:
         notes += resolution_notes(snaps[-1], slo)  # targets the buckets cannot decide are said, not guessed
@@ -331,12 +336,13 @@ def diagnose(windows: Sequence[Snapshot], *, slo: SloSpec | None = None, server_
 def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None = None, *,
           slo: SloSpec | None = None, server_config: VllmConfig | None = None,
           playbooks: Sequence[Playbook] | None = None, target: str | None = None,
-          bounds: FactBounds | None = None) -> Diagnosis:
+          bounds: FactBounds | None = None, min_requests: float | None = None) -> Diagnosis:
     """The evaluator proper, on facts (one dict per window, oldest first): what `diagnose` runs after
     building the facts, and what rule tests call with hand-written facts. `bounds`: the newest
     window's bucket bounds of its estimated facts (`facts.fact_bounds`); evidence carries them and
-    summaries print a wide one as its bounds."""
+    summaries print a wide one as its bounds. `min_requests`: see `diagnose`."""
     bounds = bounds or {}
+    floor = sample_floor().min_requests if min_requests is None else min_requests
     ranged: set[str] = set()
     books = list(playbooks) if playbooks is not None else load_playbooks()
     thresholds = slo_thresholds(slo)
@@ -365,14 +371,19 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
         if cause is not None:
             summary += " " + _render(cause.summary, newest, thresholds, bounds, ranged)
         n = 1 if failed else pb.for_
+        remedies = _remedies(pb, cause.id if cause else None, newest, server_config, thresholds, bounds, ranged)
+        short = None if failed else _short_sample(pb, newest, thresholds, floor)
+        if short is not None and any(r.config_delta for r in remedies):
+            remedies = tuple(r for r in remedies if not r.config_delta)
+            summary += " " + short
         findings.append(Finding(
             playbook=pb.id, title=pb.title, severity=pb.severity, summary=summary,
             cause=cause.id if cause else None, evidence=tuple(evidence), window=_merge(spans[-n:]),
-            remedies=_remedies(pb, cause.id if cause else None, newest, server_config, thresholds, bounds, ranged),
-            windows=n,
+            remedies=remedies, windows=n,
         ))
     findings, excluded = _relate(findings)
     notes += excluded
+    findings = _settle(findings, newest, server_config)
     if ranged and findings:
         notes.append(RANGE_NOTE)
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
@@ -384,6 +395,54 @@ def judge(per_window: Sequence[Facts], spans: Sequence[dict[str, float]] | None 
     else:
         status = "healthy"
     return Diagnosis(status, tuple(findings), _merge(spans), target, newest, tuple(notes))
+
+
+def _short_sample(pb: Playbook, facts: Facts, slo: Mapping[str, float], floor: float) -> str | None:
+    """Why the window is too small to change a flag on (None: it is not): fewer finished requests
+    than the floor (`sample.yaml`, or the caller's), or the rule's own `sample` not met."""
+    done = facts.get("requests_finished")
+    if done is not None and done < floor:
+        return (f"Too few requests to change a flag on: {_fmt(done)} finished in the window (at least "
+                f"{_fmt(floor)} needed); its flag changes are held back until a longer window confirms it.")
+    if pb.sample is not None and not evaluate(pb.sample, facts, pb.params, slo)[0]:
+        have = ", ".join(dict.fromkeys(f"{c.field} {_fmt(facts.get(c.field))}" for c in pb.sample.checks()))
+        return (f"Too small a sample to change a flag on: the window has {have}, the rule needs "
+                f"{_cond_text(pb.sample, pb.params, slo)}; its flag changes are held back until a longer window "
+                "confirms it.")
+    return None
+
+
+def _cond_text(g: Group, params: Mapping[str, float], slo: Mapping[str, float]) -> str:
+    """`a >= 100 or (b == 0 and c >= 64)`: a condition as a reader takes it."""
+    parts = [f"({_cond_text(i, params, slo)})" if isinstance(i, Group) else
+             f"{i.field} {i.op} {_fmt(_threshold(i.threshold, params, slo))}" for i in g.items]
+    return (" and " if g.all is not None else " or ").join(parts)
+
+
+def _settle(findings: list[Finding], facts: Facts, config: VllmConfig | None) -> list[Finding]:
+    """No two findings' remedies pull one flag opposite ways: the more severe finding's (on a tie,
+    the one judged first) stays; the other's is dropped, and its summary says which it gave way to."""
+    order = sorted(range(len(findings)), key=lambda i: SEVERITIES.index(findings[i].severity))
+    kept: list[tuple[str, RemedyOut]] = []  # (playbook, remedy) of the findings settled so far
+    out = list(findings)
+    for i in order:
+        f = out[i]
+        mine: list[RemedyOut] = []
+        said: list[str] = []
+        for r in f.remedies:
+            clash = next(((p, k) for p, k in kept
+                          if any(flag in k.config_delta and changes.opposed(flag, v, k.config_delta[flag], facts, config)
+                                 for flag, v in r.config_delta.items())), None)
+            if clash is None:
+                mine.append(r)
+            else:
+                said.append(f"Its remedy \"{r.action}\" ({changes.describe(r.config_delta)}) is left out: it "
+                            f"conflicts with {clash[0]}'s remedy \"{clash[1].action}\" "
+                            f"({changes.describe(clash[1].config_delta)}).")
+        kept += [(f.playbook, r) for r in mine]
+        if said:
+            out[i] = replace(f, remedies=tuple(mine), summary=" ".join([f.summary, *said]))
+    return out
 
 
 def _relate(findings: list[Finding]) -> tuple[list[Finding], list[str]]:

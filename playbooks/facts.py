@@ -101,6 +101,9 @@ FACTS: dict[str, str] = {
     "spec_speedup_measured": "a TPOT speedup was measured against windows without drafting (1) or not (0)",
     "engine_steps": "engine steps in the window (each decodes one token for every running request)",
     "generation_tokens": "tokens generated in the window",
+    **{f"{m}_slo_ratio": f"{desc} at the SLO's statistic / the SLO's own {m} target (None: the SLO sets no "
+                         f"{m} target, or the window cannot decide it)" for m, desc in _LATENCY.items()
+       if m in LATENCY_METRICS},
     "latency_slo_ratio": "worst latency figure at the SLO's statistic / its target (above 1: a target is missed)",
     "latency_targets_unjudged": "latency targets of the SLO with no decisive figure in the window (no sample, or "
                                 "inside the bucket that straddles the threshold)",
@@ -162,17 +165,37 @@ def _client_figure(client: LoadFigures | None, metric: str, stat: str) -> float 
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def backend_of(snapshot: Snapshot | None) -> str:
-    """GPU when the window carries NVML readings. Otherwise this machine's vLLM build, but only for a
-    server on this machine (a start-up failure, a loopback target, a page with no URL): the build
-    installed beside slotune says nothing about a remote server, which is taken to be vLLM's usual
-    accelerator deployment."""
+BACKENDS = ("cpu", "gpu")  # what a user may state a target runs on
+
+
+def backend_of(snapshot: Snapshot | None, stated: str | None = None) -> str:
+    """The backend the target is judged on: `backend_basis`'s first element."""
+    return backend_basis(snapshot, stated)[0]
+
+
+def backend_basis(snapshot: Snapshot | None, stated: str | None = None) -> tuple[str, str | None]:
+    """(backend, how it was assumed). Stated by the user (`stated`, e.g. `--backend gpu`): that, no
+    note. GPU when the window carries NVML readings: measured, no note. Otherwise assumed, and the
+    second element says from what: this machine's vLLM build, but only for a server on this machine
+    (a start-up failure, a loopback target, a page with no URL: a loopback target may also be a
+    port-forward to another host, which only the user can say); a remote server is taken to be vLLM's
+    usual accelerator deployment. The build installed beside slotune says nothing about a remote one."""
+    if stated is not None:
+        if stated not in BACKENDS:
+            raise ValueError(f"backend {stated!r}: expected one of {', '.join(BACKENDS)}")
+        return stated, None
     if snapshot is not None and snapshot.gpu is not None and snapshot.gpu.available and snapshot.gpu.devices:
-        return "gpu"
+        return "gpu", None
     if snapshot is not None and not _on_this_host(snapshot.target):
-        return "gpu"
-    backend = platforms.detect().backend
-    return "gpu" if backend == "none" else backend
+        return "gpu", (f"backend assumed gpu: {snapshot.target} is another host, taken to be vLLM's usual "
+                       "accelerator deployment (no NVML reading in the window); state it with --backend")
+    plat = platforms.detect()
+    if plat.backend == "none":
+        return "gpu", "backend assumed gpu: no vLLM build on this host to go by; state it with --backend"
+    where = snapshot.target if snapshot is not None and snapshot.target else "the server"
+    return plat.backend, (f"backend assumed {plat.backend}: {where} is on this host, so it is taken to run this "
+                          f"host's vLLM build ({plat.distribution} {plat.version or ''}".rstrip() + "); if it is a "
+                          "port-forward to another server, state that server's backend with --backend")
 
 
 def _on_this_host(target: str) -> bool:
@@ -181,8 +204,10 @@ def _on_this_host(target: str) -> bool:
 
 
 def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config: VllmConfig | None = None,
-                client: LoadFigures | None = None, startup_failure: StartResult | None = None) -> Facts:
-    """The facts of one window (or of a start-up failure, with `snapshot=None`)."""
+                client: LoadFigures | None = None, startup_failure: StartResult | None = None,
+                backend: str | None = None) -> Facts:
+    """The facts of one window (or of a start-up failure, with `snapshot=None`). `backend`: the
+    target's vLLM backend as the user states it ("cpu" | "gpu"; None: `backend_basis` assumes it)."""
     f: Facts = dict.fromkeys(FACTS)
     s = snapshot
     if s is not None:
@@ -220,7 +245,7 @@ def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config
             if f.get(f"{m}_{st}") is None:
                 f[f"{m}_{st}"] = _client_figure(client, m, st)
 
-    _config_facts(f, s, config)
+    _config_facts(f, s, config, backend)
     _derived(f, s, slo)
     _client_facts(f, client)
     if startup_failure is not None:
@@ -229,11 +254,11 @@ def build_facts(snapshot: Snapshot | None, *, slo: SloSpec | None = None, config
     return f
 
 
-def _config_facts(f: Facts, s: Snapshot | None, config: VllmConfig | None) -> None:
+def _config_facts(f: Facts, s: Snapshot | None, config: VllmConfig | None, stated: str | None = None) -> None:
     gpu_mem = None
     if s is not None and s.gpu is not None and s.gpu.devices:
         gpu_mem = s.gpu.devices[0].memory_total_bytes
-    backend = backend_of(s)
+    backend = backend_of(s, stated)
     f["cpu_backend"] = _b(backend == "cpu")
     seqs, tokens = effective_limits(config, backend, gpu_mem)
     f["max_num_seqs"], f["max_num_batched_tokens"] = float(seqs), float(tokens)
@@ -306,8 +331,10 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     # figure the buckets cannot decide is left out, as above).
     thresholds = slo_thresholds(slo)
     judged = [t.metric for t in (slo or SloSpec.parse(DEFAULT_SLO)).targets if t.metric in LATENCY_METRICS]
-    ratios = [v / thresholds[m] for m in judged
-              if (v := f.get(f"{m}_at_slo")) is not None and thresholds.get(m)]
+    for m in judged:  # per target: a remedy worth it only while one target burns names it
+        v = f.get(f"{m}_at_slo")
+        f[f"{m}_slo_ratio"] = v / thresholds[m] if v is not None and thresholds.get(m) else None
+    ratios = [v for m in judged if (v := f.get(f"{m}_slo_ratio")) is not None]
     f["latency_slo_ratio"] = max(ratios, default=None)
     # A window with no figure for a target (a sidecar tick that saw requests finish but no first token,
     # or a figure inside the bucket that straddles the threshold) cannot say the steps are fast enough.

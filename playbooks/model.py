@@ -16,6 +16,8 @@ A rule file is YAML, in the spirit of a Prometheus alerting rule:
     remedies:
       - {action: ..., why: ..., set: {enable_chunked_prefill: true}, when: {...}, causes: [prefill]}
       - {action: ..., why: ..., compute: raise_max_num_batched_tokens}
+    sample:                      # optional: what a window must hold (beyond sample.yaml's finished
+      all: [...]                 # requests) before a flag change is proposed
 
 `threshold` is a number, `slo.<metric>` / `slo.<key>` (the user's SLO, else the default targets)
 or `params.<name>` (the playbook's own parameter). Fields are facts from `playbooks.facts.FACTS`.
@@ -173,6 +175,9 @@ class Playbook(_Strict):
     evidence: list[str] = Field(default_factory=list)
     causes: list[Cause] = Field(default_factory=list)
     remedies: list[Remedy] = Field(default_factory=list)
+    # What the window must hold, beyond `sample.yaml`'s finished requests, before this finding may
+    # propose a flag change (e.g. drafted tokens for spec decoding); below it the finding still shows.
+    sample: Group | None = None
     source: str = Field(default="", exclude=True)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -187,7 +192,7 @@ class Playbook(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Playbook:
-        groups = [self.when, *(c.when for c in self.causes), *(r.when for r in self.remedies)]
+        groups = [self.when, self.sample, *(c.when for c in self.causes), *(r.when for r in self.remedies)]
         for g in groups:
             for check in g.checks() if g is not None else ():
                 t = check.threshold
@@ -219,6 +224,22 @@ def load_file(path: Path) -> list[Playbook]:
             raise ConfigError(f"{path}: playbooks: expected a list")
         return [parse_playbook(d, f"{path}: playbooks.{i}") for i, d in enumerate(items)]
     return [parse_playbook(data, str(path))]
+
+
+class SampleFloor(_Strict):
+    """`sample.yaml`: the least a window must hold before any finding proposes a flag change."""
+
+    min_requests: float = Field(ge=0)
+
+
+@lru_cache(maxsize=1)
+def sample_floor() -> SampleFloor:
+    path = Path(str(resources.files("slotune.playbooks") / "sample.yaml"))
+    data = load_yaml(path)
+    try:
+        return SampleFloor.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_message(exc.errors())}") from None
 
 
 def builtin_dir() -> Path:

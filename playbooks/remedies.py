@@ -24,9 +24,14 @@ _MAX_TOKENS_CAP = 16384
 
 
 def _platform(f: Facts) -> platforms.Platform:
-    """The target's backend: a GPU when NVML reads one, else this machine's vLLM build."""
+    """The target's backend as the facts judge it (`cpu_backend`: stated, measured or assumed, see
+    `facts.backend_basis`); this machine's build stands for it where it is that backend."""
     plat = platforms.detect()
-    return platforms.GPU if f["nvml_available"] or plat.backend == "none" else plat
+    if f.get("cpu_backend") is None:  # facts written without it (rule tests): NVML, else this build
+        return platforms.GPU if f.get("nvml_available") or plat.backend == "none" else plat
+    if f["cpu_backend"] == 1:
+        return plat if plat.backend == "cpu" else platforms.CPU
+    return plat if plat.backend == "gpu" else platforms.GPU
 
 
 def _int(v: float | None) -> int | None:

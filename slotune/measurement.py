@@ -82,7 +82,8 @@ def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | 
                    slo: SloSpec | None = None, server_config: VllmConfig | None = None,
                    playbooks: Sequence[Playbook] | None = None, gpu: GpuCollector | None = None,
                    judge: bool = True, progress: Progress | None = None,
-                   process_group: int | None = None) -> Measurement:
+                   process_group: int | None = None, backend: str | None = None,
+                   min_requests: float | None = None) -> Measurement:
     """Measure one window of the vLLM server at `target` (its base URL).
 
     `load`: a `LoadPlan` (warm-up, then slotune's generator; `model` defaults to the config's served
@@ -90,7 +91,8 @@ def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | 
     to watch the server's own traffic. `gpu`: read the GPUs at the window's end (None: not read).
     `judge=False` skips the playbooks. `process_group`: the group of a server slotune started
     (`ManagedServer.process_group`): its processes' CPU time over the window becomes the snapshot's
-    `engine_cpu_utilization` (vLLM's own page covers only the API server process). Raises `TargetError` when the server cannot be scraped or
+    `engine_cpu_utilization` (vLLM's own page covers only the API server process). `backend`,
+    `min_requests`: as `playbooks.engine.diagnose` takes them. Raises `TargetError` when the server cannot be scraped or
     stops answering under the load."""
     say = progress or (lambda _msg: None)
     client: LoadResult | None = None
@@ -125,7 +127,7 @@ def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | 
     say("diagnosing")
     figures = client.figures() if client is not None else None
     return Measurement(window, client, diagnose([window], slo=slo, server_config=server_config, client=figures,
-                                                playbooks=playbooks))
+                                                playbooks=playbooks, backend=backend, min_requests=min_requests))
 
 
 def _group_cpu(pgid: int | None) -> process_cpu.GroupCpu | None:

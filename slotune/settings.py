@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     interval: float = Field(default=15.0, gt=0, le=3600, description="seconds between scrapes")
+    backend: Literal["cpu", "gpu"] | None = Field(
+        default=None, description="the target's vLLM backend; None: NVML, else assumed (this host's build for a "
+                                  "loopback target, a GPU for a remote one; the diagnosis notes it)")
     scrape_timeout: float = Field(default=5.0, gt=0, le=300)
     slo: str | None = Field(default=None, min_length=1,
                             description="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s'; None: slotune.slo's default")

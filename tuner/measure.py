@@ -47,6 +47,11 @@ TRIAL_CLIENT_KEYS = ("ttft_seconds", "tpot_seconds", "itl_seconds", "e2e_seconds
 _NO_RUN = {"goodput": 0.0, "completed": 0, "failed": 0}
 # Attributes only a trial that reached an outcome has (a queued or running one has none of them).
 _MEASURED_ATTRS = ("status", "goodput", "client", "requests")
+# The least finished requests a trial's window needs for its findings to propose flag changes: lower
+# than the playbooks' own floor (`playbooks/sample.yaml`), because a trial's window is all the tuner
+# has and a remedy it queues is a candidate it measures in a trial of its own, never a change applied
+# to a serving server. Trials of 4 requests (the real-model tests' and benches') still get theirs.
+TUNER_MIN_REQUESTS = 4
 _SPEC_FIELDS = ("spec_decode_drafts", "spec_decode_draft_tokens", "spec_decode_accepted_tokens",
                 "spec_decode_acceptance_rate", "spec_decode_mean_acceptance_length")
 
@@ -319,7 +324,7 @@ class ServerMeasure:
                 points: list[RatePoint] = []
                 measured = measure_window(url, lambda: self._capacity(url, model, swept, points), model=model,
                                           slo=load.slo, server_config=config, progress=say,
-                                          process_group=server.process_group)
+                                          process_group=server.process_group, min_requests=TUNER_MIN_REQUESTS)
                 rate = swept[0] if swept else None
             else:
                 probe = probe_size(load.num_requests) if check is not None else 0
@@ -340,7 +345,7 @@ class ServerMeasure:
                                            log_path=str(server.log_path), seconds=time.monotonic() - started)
                     plan = replace(plan, warmup_requests=0)
                 measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say,
-                                          process_group=server.process_group)
+                                          process_group=server.process_group, min_requests=TUNER_MIN_REQUESTS)
         except TargetError as exc:
             # The server died or stopped answering under load: this config does not serve the workload.
             alive = server.is_running()

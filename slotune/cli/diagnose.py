@@ -3,7 +3,7 @@
     slotune diagnose --target URL [--window S | --load WORKLOAD [--concurrency C] [--num-requests N]]
     slotune diagnose --snapshot FILE           # offline: a window saved by `slotune collect --json`
     slotune diagnose --launch CONFIG [--load WORKLOAD]   # start a managed server; a failed start is judged
-    common: [--slo SPEC] [--config FILE | --serve-command LINE] [--playbooks FILE|DIR ...] [--json]
+    common: [--slo SPEC] [--config FILE | --serve-command LINE] [--backend cpu|gpu] [--playbooks FILE|DIR ...] [--json]
             [--save [--db URL]]
 
 `--json` prints the diagnosis object: `status` (healthy | findings | slo_missed | insufficient_data),
@@ -125,6 +125,9 @@ def register(app: click.Group) -> None:
     @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                   help="the server's flags (YAML/JSON VllmConfig): without them vLLM's defaults are assumed")
     @click.option("--serve-command", default=None, metavar="LINE", help="the server's 'vllm serve ...' line")
+    @click.option("--backend", type=click.Choice(["cpu", "gpu"]), default=None,
+                  help="the server's vLLM backend (default: measured from NVML, else assumed: this host's vLLM "
+                       "build for a loopback target, a GPU for a remote one; a note says so)")
     @click.option("--playbooks", "playbook_paths", multiple=True, type=click.Path(path_type=Path),
                   metavar="PATH", help="add or override playbooks (a YAML file or a directory); repeatable")
     @click.option("--json", "as_json", is_flag=True, help="print the diagnosis as JSON")
@@ -132,8 +135,8 @@ def register(app: click.Group) -> None:
     @click.option("--db", "db_url", default=None, metavar="URL", help="database URL for --save")
     def diagnose(target: str | None, snapshot_file: Path | None, launch_file: Path | None, window: float,
                  load_name: str | None, concurrency: int, num_requests: int, model: str | None, slo_text: str,
-                 config_file: Path | None, serve_command: str | None, playbook_paths: tuple[Path, ...],
-                 as_json: bool, save: bool, db_url: str | None) -> None:
+                 config_file: Path | None, serve_command: str | None, backend: str | None,
+                 playbook_paths: tuple[Path, ...], as_json: bool, save: bool, db_url: str | None) -> None:
         """Name what makes an SLO fail, show the evidence and the flag changes that address it."""
         from slotune.playbooks.model import load_playbooks
 
@@ -160,13 +163,13 @@ def register(app: click.Group) -> None:
             from slotune.playbooks.engine import diagnose as judge
 
             windows = read_snapshots(snapshot_file)
-            result = judge(windows, slo=slo, server_config=config, playbooks=books)
+            result = judge(windows, slo=slo, server_config=config, playbooks=books, backend=backend)
         elif target is not None:
             from slotune.collectors.gpu import GpuCollector
             from slotune.measurement import measure_window
 
             measured = measure_window(target, load or window, model=model, slo=slo, server_config=config,
-                                      playbooks=books, gpu=GpuCollector())
+                                      playbooks=books, gpu=GpuCollector(), backend=backend)
             result, windows = measured.diagnosis, [measured.server]
         else:
             result, windows = _launch(config, load, window, slo, books)

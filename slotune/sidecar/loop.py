@@ -78,7 +78,7 @@ def load_playbooks(files: list[Any]) -> list[Any] | None:
 
 
 def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | None,
-                 playbooks: list[Any] | None) -> dict[str, Any] | None:
+                 playbooks: list[Any] | None, backend: str | None = None) -> dict[str, Any] | None:
     """The playbooks' verdict over the windows; None when the engine is missing or failed (logged)."""
     if not windows or playbooks is None:
         return None
@@ -88,7 +88,7 @@ def run_diagnose(windows: list[Snapshot], slo: SloSpec, config: VllmConfig | Non
         log.warning("playbooks engine not available: %s", exc)
         return None
     try:
-        return diagnose(windows, slo=slo, server_config=config, playbooks=playbooks).to_dict()
+        return diagnose(windows, slo=slo, server_config=config, playbooks=playbooks, backend=backend).to_dict()
     except SlotuneError as exc:
         log.warning("diagnosis failed: %s", exc)
         return None
@@ -172,7 +172,8 @@ class Controller:
             self.rolling.append(window)
             result.window = window
             self.metrics.observe_window(self.target, figures)
-            diagnosis = run_diagnose(self.rolling.snapshots(), self.slo, self.current_config(), self.playbooks)
+            diagnosis = run_diagnose(self.rolling.snapshots(), self.slo, self.current_config(), self.playbooks,
+                                     self.settings.backend)
             self.last_diagnosis, self.last_diagnosis_at = diagnosis, now
             result.diagnosis = diagnosis
             found = list((diagnosis or {}).get("findings", []))

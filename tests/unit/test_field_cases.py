@@ -141,8 +141,14 @@ def test_v0_medusa_page_without_draft_counter_is_judged_none_accepted():
     assert len(f.evidence) == len(set(f.evidence)), [e.field for e in f.evidence]
     assert " 1 tokens" not in f.summary and "unknownx" not in f.summary, f.summary
     assert ev["spec_mean_acceptance_length"] == 1.0 and ev["spec_acceptance_rate"] == 0
-    assert f.remedies[0].config_delta == {"speculative_config": None}
+    # 3 requests finished in the 30-s window: below the floor of 8 for a flag change (review 3) ...
+    assert [r.config_delta for r in f.remedies if r.config_delta] == []
+    assert "Too few requests to change a flag on: 3 finished" in f.summary, f.summary
     assert "None" not in f.summary and "?" not in f.summary
+    # ... and with a caller's lower floor, switching drafting off comes first
+    d = diagnose([w], server_config=read_config(FIELD_CASES / "04-config-medusa.yaml"), min_requests=3)
+    f = next(x for x in d.findings if x.playbook == "spec_decode_no_speedup")
+    assert f.remedies[0].config_delta == {"speculative_config": None}
 
 
 def test_v0_medusa_page_without_its_config_still_fires_and_says_unknown():

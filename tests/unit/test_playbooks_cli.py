@@ -33,14 +33,17 @@ def test_offline_json(spec_snapshot: Path, capsys: pytest.CaptureFixture[str]) -
     assert d["status"] == "findings"
     (f,) = d["findings"]
     assert (f["playbook"], f["severity"]) == ("spec_decode_no_speedup", "warning")
-    assert {"speculative_config": None} in [r["config_delta"] for r in f["remedies"]]
+    # 1 draft of 3 tokens in the window: named, but no flag change from so small a sample (review 3)
+    assert [r["config_delta"] for r in f["remedies"] if r["config_delta"]] == []
+    assert "spec_draft_tokens 3" in f["summary"], f["summary"]
 
 
 def test_offline_table_and_store(spec_snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 's.db'}"
     assert main(["diagnose", "--snapshot", str(spec_snapshot), "--save", "--db", db]) == 0
     out = capsys.readouterr().out
-    assert "spec_decode_no_speedup" in out and "Disable speculative decoding" in out
+    # the window drafted 3 tokens: the finding shows, switching drafting off is held back (review 3)
+    assert "spec_decode_no_speedup" in out and "Disable speculative decoding" not in out
     from slotune import store
 
     with store.open_store(db).session() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def test_other_startup_failures_find_nothing(tmp_path: Path) -> None:
 def test_remedies_feed_the_tuner_space(fixtures_dir: Path) -> None:
     plat = platforms.CPU
     cfg = VllmConfig(model="m", speculative_config=NGRAM5)
-    d = diagnose([spec_window(fixtures_dir)], server_config=cfg)
+    # The capture drafted 3 tokens, too few to change a flag on: scaled to a window with enough drafting
+    # (this test is about the remedies' mapping to the tuner's space, not the sample).
+    w = dataclasses.replace(spec_window(fixtures_dir), spec_decode_drafts=100.0, spec_decode_draft_tokens=300.0)
+    d = diagnose([w], server_config=cfg)
     spec = next(f for f in d.findings if f.playbook == "spec_decode_no_speedup")
     space = SearchSpace.default(plat=plat)
     start = {**space.baseline_params(), SPEC_METHOD: "ngram", SPEC_TOKENS: 5}

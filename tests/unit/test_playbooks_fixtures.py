@@ -34,10 +34,10 @@ def test_ngram_on_random_weights_is_diagnosed(fixtures_dir: Path) -> None:
     ev = {e["field"]: e for e in f["evidence"]}
     assert {"value": 0.0, "op": "<", "threshold": 0.05}.items() <= ev["spec_acceptance_rate"].items()
     assert ev["spec_mean_acceptance_length"]["value"] == 1.0
-    deltas = [r["config_delta"] for r in f["remedies"]]
-    assert deltas[0] == {"speculative_config": None}
-    assert {"speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 4,
-                                   "prompt_lookup_min": 2}} in deltas
+    # The capture's window drafted once (3 tokens): named, but too small a sample to switch drafting
+    # off or change K on (review 3); test_playbooks_rules covers those remedies on enough drafting.
+    assert [r["config_delta"] for r in f["remedies"] if r["config_delta"]] == []
+    assert "Too small a sample to change a flag on" in f["summary"], f["summary"]
     assert f["window"] == {"start": 1000.0, "end": 1010.0, "seconds": 10.0}
 
 

@@ -145,8 +145,8 @@ def test_remedies_are_concrete_flag_changes() -> None:
     # Cap the input length at what requests need: p99 prompt + output rounded up to 256.
     assert {"max_model_len": 768} in deltas
 
-    spec = fired(facts(spec_enabled=1, spec_drafts=9, spec_acceptance_rate=0.3, spec_mean_acceptance_length=1.2),
-                 config=cfg)
+    spec = fired(facts(spec_enabled=1, spec_drafts=90, spec_draft_tokens=270, spec_acceptance_rate=0.3,
+                       spec_mean_acceptance_length=1.2), config=cfg)
     deltas = [r["config_delta"] for r in spec["spec_decode_no_speedup"]["remedies"]]
     assert deltas[0] == {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3,
                                                 "prompt_lookup_max": 4, "prompt_lookup_min": 2}}
@@ -228,7 +228,7 @@ def test_spec_decode_compares_tpot_with_earlier_windows_without_drafting() -> No
     cfg = VllmConfig(model="m", speculative_config=SpeculativeConfig(method="ngram", num_speculative_tokens=4))
     before = facts(tpot_p50=0.010, spec_drafts=None)
     # Acceptance 70 % looks fine, but TPOT did not improve on the windows without drafting.
-    slower = facts(tpot_p50=0.012, spec_enabled=1, spec_drafts=300, spec_acceptance_rate=0.7)
+    slower = facts(tpot_p50=0.012, spec_enabled=1, spec_drafts=300, spec_draft_tokens=1200, spec_acceptance_rate=0.7)
     found = judge([before, slower], server_config=cfg, playbooks=[BOOKS["spec_decode_no_speedup"]]).findings
     (f,) = found
     assert f.cause == "no_faster"
@@ -293,7 +293,8 @@ def test_the_sidecars_burn_excludes_underused_but_not_a_compute_limit(cause: str
 
 # Issue 18's window: TPOT p95 400 ms against a 50 ms target, 20 requests in flight on 128 slots,
 # 2.56 tokens per step against 2048, on the CPU backend.
-SATURATED_CPU = {"tpot_p95": 0.4, "tpot_at_slo": 0.4, "tpot_p50": 0.3, "latency_slo_ratio": 8.0, "cpu_backend": 1,
+SATURATED_CPU = {"tpot_p95": 0.4, "tpot_at_slo": 0.4, "tpot_p50": 0.3, "latency_slo_ratio": 8.0, "tpot_slo_ratio": 8.0,
+                 "cpu_backend": 1,
                  "mean_concurrency": 20, "batch_occupancy": 20 / 128, "step_tokens_mean": 2.56,
                  "step_tokens_share": 2.56 / 2048, "requests_running": 20}
 

@@ -164,6 +164,14 @@ class ManagedServer:
                                                  **cfg.env}})
         return cfg
 
+    def launch_config(self) -> VllmConfig:
+        """`effective_config()` checked as a launch is: ConfigError (one line) for a flag combination
+        vLLM refuses. `start()` and `slotune serve --print-command` both go through here, so a printed
+        line is one slotune would also launch."""
+        cfg = self.effective_config()
+        validate_combination(cfg)
+        return cfg
+
     @property
     def base_url(self) -> str:
         assert self.port is not None, "server not started"
@@ -173,8 +181,7 @@ class ManagedServer:
 
     def start(self) -> StartResult:
         """Launch and wait for health. Invalid combinations raise ConfigError before anything runs."""
-        cfg = self.effective_config()
-        validate_combination(cfg)
+        cfg = self.launch_config()
         self.effective = cfg
         self.port = cfg.port or self.port or free_port(cfg.host)
         self.log_dir.mkdir(parents=True, exist_ok=True)

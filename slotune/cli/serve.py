@@ -16,7 +16,7 @@ from slotune.cli.options import vllm_config_from
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of vLLM flags")
 @click.option("--port", type=click.IntRange(1, 65535), help="port (default: a free one)")
 @click.option("--host", default=None, help="address to bind (default 127.0.0.1)")
-@click.option("--print-command", is_flag=True, help="only print the `vllm serve` line and exit")
+@click.option("--print-command", is_flag=True, help="only print the `vllm serve` line (checked as a launch is) and exit")
 @click.option("--startup-timeout", type=float, default=300.0, show_default=True)
 def serve(model, config_file, port, host, print_command, startup_timeout) -> None:  # type: ignore[no-untyped-def]
     """Start vLLM with slotune's lifecycle (health wait, failure classes, no orphans)."""
@@ -25,7 +25,7 @@ def serve(model, config_file, port, host, print_command, startup_timeout) -> Non
     cfg = vllm_config_from(model, config_file, {"port": port, "host": host})
     server = ManagedServer(cfg, log_dir=paths.logs_dir(), startup_timeout=startup_timeout)
     if print_command:
-        click.echo(server.effective_config().serve_command())
+        click.echo(server.launch_config().serve_command())
         return
     stop_on_signals()
     result = server.start()

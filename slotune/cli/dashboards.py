@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from slotune.cli.options import http_url_option
 from slotune.errors import ConfigError, TargetError, one_line
 
 # slotune/dashboards: the repo's dashboards/ (a symlink in a checkout; package data `slotune.dashboards`
@@ -90,7 +91,7 @@ def list_cmd(directory: Path | None) -> None:
 
 
 @dashboards.command("push")
-@click.option("--grafana-url", required=True, help="e.g. http://localhost:3000")
+@click.option("--grafana-url", required=True, callback=http_url_option, help="e.g. http://localhost:3000")
 @click.option("--token", envvar="GRAFANA_TOKEN", required=True, help="service-account token (or $GRAFANA_TOKEN)")
 @click.option("--folder", default="slotune", show_default=True, help="folder title (created if missing)")
 @click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None,

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         default=None, description="the target's vLLM backend; None: NVML, else assumed (this host's build for a "
                                   "loopback target, a GPU for a remote one; the diagnosis notes it)")
     scrape_timeout: float = Field(default=5.0, gt=0, le=300)
-    slo: str | None = Field(default=None, min_length=1,
+    slo: str | None = Field(default=None,
                             description="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s'; None: slotune.slo's default")
     mode: Mode = "observe"
     data_dir: Path | None = None
@@ -177,6 +177,15 @@ class Settings(BaseSettings):
     @classmethod
     def _target(cls, v: str | None) -> str | None:
         return None if v is None else _http_url(v)
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: str | None) -> str | None:
+        # Only blankness here (slotune.slo is on this floor, not below it); the sidecar parses the spec.
+        if v is not None and not v.strip():
+            raise ValueError("empty SLO spec: leave 'slo' out for the default, or write targets like "
+                             "'ttft_p95<=500ms,e2e_p95<=2s'")
+        return v
 
     @field_validator("api_token", "alert_token", "webhook_secret")
     @classmethod

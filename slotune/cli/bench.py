@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from slotune.cli.options import WORKLOAD_HELP, sampling_options, writable_file_option
+from slotune.cli.options import WORKLOAD_HELP, sampling_options, slo_option, writable_file_option
 from slotune.errors import ConfigError, TargetError
 from slotune.files import to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
@@ -108,7 +108,7 @@ def register(app: click.Group) -> None:
                   help="requests to send (default 100 unless --duration)")
     @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
                   help="stop sending after S seconds")
-    @click.option("--slo", "slo_text", default=None, metavar="SPEC",
+    @click.option("--slo", "slo_text", default=None, metavar="SPEC", callback=slo_option,
                   help=f"SLO targets for attainment and goodput (default {DEFAULT_SLO!r})")
     @click.option("--find-max-rate", is_flag=True, help="search the highest rate meeting every SLO target")
     @click.option("--start-rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,

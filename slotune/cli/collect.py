@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from slotune.cli.options import slo_option
 from slotune.collectors.snapshot import LATENCY_FIELDS, UNKNOWN, Snapshot, quantile_text
 from slotune.files import to_json
 from slotune.slo import SloSpec, result_line
@@ -132,7 +133,7 @@ def register(app: click.Group) -> None:
     @click.option("--store", "persist", is_flag=True, help="also save each window to slotune's database")
     @click.option("--db", "db_url", default=None, metavar="URL",
                   help="database URL for --store (default: SQLite under $SLOTUNE_DATA_DIR)")
-    @click.option("--slo", "slo_text", default=None, metavar="SPEC",
+    @click.option("--slo", "slo_text", default=None, metavar="SPEC", callback=slo_option,
                   help="also check SLO targets, e.g. 'ttft_p95<=300ms' (met, missed or inconclusive)")
     def collect(target: str, interval: float, once: bool, as_json: bool, count: int | None,
                 persist: bool, db_url: str | None, slo_text: str | None) -> None:

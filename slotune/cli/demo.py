@@ -23,7 +23,7 @@ import click
 
 from slotune import paths, platforms
 from slotune.cli.demo_size import BUDGET_S, DEMO_WARMUP, STUDY_WARMUP, DemoSize, Probe, Shape, size_demo
-from slotune.cli.options import WORKLOAD_HELP, sampling_options
+from slotune.cli.options import WORKLOAD_HELP, sampling_options, slo_option
 from slotune.slo import DEFAULT_SLO
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
 
 def register(app: click.Group) -> None:
     @app.command()
-    @click.option("--slo", "slo_text", default=None,
+    @click.option("--slo", "slo_text", default=None, callback=slo_option,
                   help=f"SLO targets (default: {REAL_SLO!r} for smollm2, whose ShareGPT replies run "
                        f"up to {DEMO_OUTPUT_MAX} tokens; {DEFAULT_SLO!r} for tiny)")
     @click.option("--num-requests", type=click.IntRange(min=1, max=2000), default=None,

@@ -32,6 +32,38 @@ def finite_option(_ctx: click.Context, param: click.Parameter, value: float | No
     return value
 
 
+def slo_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for every `--slo SPEC`: the spec is parsed when the command line is read, so a bad
+    or empty one (`--slo ''` would check nothing, or silently fall back to the default) is one usage
+    error before any work starts. The text itself is passed on."""
+    if value is None:
+        return None
+    from slotune.slo import SloSpec
+
+    try:
+        SloSpec.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
+def http_url_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for a server's base URL (`--grafana-url`): http(s), a host, a port that is a
+    number; else one usage error ("expected http://HOST:PORT") instead of the HTTP client's own."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}; expected http://HOST:PORT", param=param) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r}: expected http://HOST:PORT", param=param)
+    return value
+
+
 def sampling_options(f: F) -> F:
     """`--temperature` and `--top-p` (as `vllm bench serve`): override the workload's sampling."""
     f = click.option("--top-p", "top_p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,

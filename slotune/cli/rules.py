@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slotune.cli.options import writable_dir_option, writable_file_option
+from slotune.cli.options import slo_option, writable_dir_option, writable_file_option
 from slotune.errors import ConfigError
 from slotune.slo import DEFAULT_SLO, SloSpec
 
@@ -20,7 +20,7 @@ def _write(path: Path, text: str) -> None:
 
 
 @click.command("rules")
-@click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True,
+@click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, callback=slo_option,
               help="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s,error_rate<=1%'")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), callback=writable_file_option,
               help="write the SLO rule file here (default: stdout)")

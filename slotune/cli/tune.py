@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from slotune.cli.options import WORKLOAD_HELP, sampling_options, writable_dir_option, writable_file_option
+from slotune.cli.options import (
+    WORKLOAD_HELP,
+    sampling_options,
+    slo_option,
+    writable_dir_option,
+    writable_file_option,
+)
 from slotune.errors import ConfigError, validation_message
 from slotune.files import to_json
 
@@ -98,7 +104,7 @@ def register(app: click.Group) -> None:
     @sampling_options
     @click.option("--input-len", type=click.IntRange(min=1), help="fixed prompt length (with --output-len)")
     @click.option("--output-len", type=click.IntRange(min=1), help="fixed output length (with --input-len)")
-    @click.option("--slo", required=True, help="targets, e.g. 'ttft_p95<=500ms,tpot_p95<=50ms'")
+    @click.option("--slo", required=True, callback=slo_option, help="targets, e.g. 'ttft_p95<=500ms,tpot_p95<=50ms'")
     @click.option("--trials", type=click.IntRange(min=1), help="trial budget for the study (default 10)")
     @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop starting trials after S seconds")
     @click.option("--mode", type=click.Choice(["offered", "capacity"]), default="offered", show_default=True,

@@ -45,6 +45,8 @@ def test_committed_compose_settings_load(monkeypatch: pytest.MonkeyPatch) -> Non
     ({"target": "vllm:8000"}, "target: expected an http(s)"),
     ({"target": "http://x:1", "interval": 0}, "interval:"),
     ({"target": "http://x:1", "slo": "ttft<=1s"}, "slo: bad SLO target"),
+    ({"target": "http://x:1", "slo": ""}, "empty SLO spec"),
+    ({"target": "http://x:1", "slo": "  "}, "empty SLO spec"),
     ({"target": "http://x:1", "mode": "yolo"}, "mode:"),
     ({"target": "http://x:1", "mode": "apply"}, "needs a 'managed' server"),
     ({}, "give 'target'"),

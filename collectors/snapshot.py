@@ -14,8 +14,12 @@ JSON keys (stable): `ttft_seconds`, `tpot_seconds`, `itl_seconds`, `e2e_seconds`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from functools import cache
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from slotune.quantiles import Quantiles  # the collectors' readers import it from here too
 
@@ -192,33 +196,105 @@ class Snapshot:
                         devs = tuple(GpuDevice(**x) for x in value.get("devices", ()))
                         value = GpuSnapshot(value.get("available", True), value.get("reason", ""), devs)
                 elif f.name in ("spec_decode_per_position", "models", "notes"):
-                    value = tuple(value or ())
-                elif f.name == "per_model":
-                    value = {m: cls.from_dict(v) for m, v in (value or {}).items()}
+                    value = () if value is None else tuple(value) if isinstance(value, list) else value
+                elif f.name == "per_model" and isinstance(value, dict):
+                    value = {m: _nested(cls, m, v) for m, v in value.items()}
+                elif f.name == "per_model" and value is None:
+                    value = {}
                 kwargs[f.name] = value
             snap = cls(**kwargs)
-        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        except ValueError:
+            raise
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
             raise ValueError(f"bad field ({exc})") from None
         _check_numbers(snap)
         return snap
 
 
-def _check_numbers(snap: Snapshot) -> None:
-    """Every number of a snapshot (window bounds, figures, quantiles) is a number or None."""
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _nested(cls: type[Snapshot], model: str, d: Any) -> Snapshot:
+    try:
+        return cls.from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"per_model.{model}: {exc}") from None
 
-    for name in ("window_start", "window_end"):
-        if not number(getattr(snap, name)):
-            raise ValueError(f"{name}: expected a number, not {getattr(snap, name)!r}")
-    for f in fields(snap):
-        value = getattr(snap, f.name)
-        if f.type in ("float | None", "float") and value is not None and not number(value):
-            raise ValueError(f"{f.name}: expected a number, not {value!r}")
-        if isinstance(value, Quantiles):
-            for k in ("p50", "p90", "p95", "p99", "mean", "count"):
-                q = getattr(value, k)
-                if q is not None and not number(q):
-                    raise ValueError(f"{f.name}.{k}: expected a number, not {q!r}")
-        elif f.name in LATENCY_FIELDS + DISTRIBUTION_FIELDS and value is not None:
-            raise ValueError(f"{f.name}: expected an object of quantiles, not {value!r}")
+
+# Figures that are shares of a whole (0..1); every other number of a snapshot is a count, a rate, a
+# duration or a unix time, so >= 0. The per-position acceptance rates are shares too.
+FRACTIONS = frozenset({"kv_cache_usage", "prefix_cache_hit_rate", "spec_decode_acceptance_rate", "error_rate",
+                       "utilization", "spec_decode_per_position"})
+
+
+def _check_numbers(snap: Snapshot) -> None:
+    """Every field of a snapshot (and of its quantiles, capacity, GPU devices and per-model windows)
+    against its declared type, checked from the dataclasses' own annotations so a new field is
+    covered without a new check: numbers are finite and >= 0 (`FRACTIONS` at most 1; a bucket's upper
+    bound may be +Inf), mappings have string keys, sequences the declared items; and the window does
+    not end before it starts. Raises ValueError naming the field (`per_model.m.ttft.p95`)."""
+    _conform(snap, Snapshot, "")
+
+
+def _conform(value: Any, tp: Any, where: str) -> None:
+    name = re.sub(r"\[\d+\]$", "", where.rsplit(".", 1)[-1])  # `spec_decode_per_position[2]` is a share too
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return
+        kinds = [a for a in args if a is not type(None)]
+        if value is None:
+            raise ValueError(f"{where}: expected {_kind(kinds[0])}, not null")
+        _conform(value, kinds[0], where)
+        return
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, not {value!r}")
+    elif tp in (int, float):
+        # JSON writes a whole number as 16 or 16.0 alike; a bool is not a number here (True is 1 in Python)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                tp is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{where}: expected {_kind(tp)}, not {value!r}")
+        if math.isnan(value) or (math.isinf(value) and ".buckets." not in where):
+            raise ValueError(f"{where}: expected a finite number, not {value!r}")
+        if value < 0:
+            raise ValueError(f"{where}: must be >= 0, not {value!r}")
+        if name in FRACTIONS and value > 1:
+            raise ValueError(f"{where}: a share of a whole, must be <= 1, not {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, not {value!r}")
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, not {value!r}")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: keys must be strings, not {k!r}")
+            _conform(v, args[1], f"{where}.{k}")
+    elif origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"{where}: expected a list, not {value!r}")
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ValueError(f"{where}: expected {len(items)} items, not {value!r}")
+        for i, (item, item_tp) in enumerate(zip(value, items, strict=True)):
+            _conform(item, item_tp, f"{where}[{i}]")
+    elif is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ValueError(f"{where}: expected an object, not {value!r}")
+        for f, f_tp in _hints(tp).items():
+            _conform(getattr(value, f), f_tp, f"{where}.{f}" if where else f)
+        if tp is Snapshot and value.window_end < value.window_start:
+            raise ValueError(f"{where + '.' if where else ''}window_end ({value.window_end}) is before "
+                             f"window_start ({value.window_start})")
+    else:  # a type the snapshot does not use: a new field needs a rule here
+        raise TypeError(f"{where}: no check for type {tp!r}")
+
+
+@cache
+def _hints(tp: type) -> dict[str, Any]:
+    """A dataclass's field types, resolved from its (string) annotations."""
+    hints = get_type_hints(tp)
+    return {f.name: hints[f.name] for f in fields(tp)}
+
+
+def _kind(tp: Any) -> str:
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, "a list" if get_origin(tp) is tuple else "an object")

@@ -55,8 +55,9 @@ class Quantiles:
     def from_dict(cls, d: dict[str, Any] | None) -> Quantiles | None:
         if d is None:
             return None
-        buckets = {k: (float(v[0]), math.inf if v[1] is None else float(v[1]))
-                   for k, v in (d.get("buckets") or {}).items()}
+        # Values as given (no float() that would turn `true` or "1" into a bound): whoever reads a file
+        # checks them (collectors.snapshot's field checks).
+        buckets = {k: (v[0], math.inf if v[1] is None else v[1]) for k, v in (d.get("buckets") or {}).items()}
         return cls(**{k: d.get(k) for k in ("p50", "p95", "p99", "mean", "p90")}, count=d.get("count") or 0.0,
                    buckets=buckets)
 

@@ -18,6 +18,7 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -338,6 +339,58 @@ def _first_error(exc: ValidationError) -> str:
         allowed = ", ".join(sorted(VllmConfig.model_fields))
         return f"unknown flag {'.'.join(map(str, err['loc']))!r} (allowed: {allowed})"
     return validation_message(exc.errors())
+
+
+# -- every flag `vllm serve` knows -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeFlag:
+    """One option of `vllm serve` as vLLM's own parser declares it (slotune/vllm_serve_flags.json)."""
+
+    names: tuple[str, ...]  # the long name first, then `--no-` forms and short aliases (`-tp`)
+    value: str | int  # words that follow: none, one, optional (0-1), many (1+), any (0+), or a count
+    type: str | None = None  # human_readable_int(_or_auto): `32k` and `1K` are numbers too
+
+    @property
+    def name(self) -> str:
+        """The long name (`--tensor-parallel-size`; vLLM lists `-h` before `--help`)."""
+        return next((n for n in self.names if n.startswith("--")), self.names[0])
+
+    def negates(self, name: str) -> bool:
+        """`name` is this switch's `--no-` form (BooleanOptionalAction)."""
+        return name != self.name and name == "--no-" + self.name[2:]
+
+
+@lru_cache(maxsize=1)
+def serve_flags() -> dict[str, ServeFlag]:
+    """Every name `vllm serve` accepts (long names, `--no-` forms, short aliases) → its flag. Read from
+    the data file generated from vLLM's parser (tests/support/vllm_flags.py), so what slotune accepts in
+    a serve line is what vLLM accepts, not a hand-written list."""
+    from importlib.resources import files
+
+    data = json.loads(files("slotune").joinpath("vllm_serve_flags.json").read_text(encoding="utf-8"))
+    out: dict[str, ServeFlag] = {}
+    for entry in data["flags"]:
+        flag = ServeFlag(tuple(entry["names"]), entry["value"], entry.get("type"))
+        out.update(dict.fromkeys(flag.names, flag))
+    return out
+
+
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kKmMgGtT])")
+
+
+def human_readable_int(text: str) -> int:
+    """vLLM's reading of a token count or byte size (vllm/utils/argparse_utils.py): `25.6k` = 25600
+    (k m g t: powers of 1000), `1K` = 1024 (K M G T: powers of 1024, whole numbers only), else an int.
+    ValueError for anything else."""
+    m = _HUMAN_INT.fullmatch(text.strip())
+    if not m:
+        return int(text)
+    number, suffix = m.groups()
+    if suffix.islower():
+        return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
+    return int(number) * 1024 ** ("KMGT".index(suffix) + 1)
 
 
 # -- combinations vLLM rejects --------------------------------------------------------------------

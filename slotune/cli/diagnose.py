@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from slotune.cli.options import slo_option
 from slotune.errors import ConfigError
 from slotune.files import parse_json, read_text, to_json
 from slotune.slo import DEFAULT_SLO, SloSpec
@@ -121,7 +122,8 @@ def register(app: click.Group) -> None:
     @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="with --load")
     @click.option("--num-requests", type=click.IntRange(min=1), default=20, show_default=True, help="with --load")
     @click.option("--model", default=None, help="model name for --load (default: the server's first)")
-    @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, help="SLO targets")
+    @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, callback=slo_option,
+                  help="SLO targets")
     @click.option("--config", "config_file", type=click.Path(path_type=Path), metavar="FILE",
                   help="the server's flags (YAML/JSON VllmConfig): without them vLLM's defaults are assumed")
     @click.option("--serve-command", default=None, metavar="LINE", help="the server's 'vllm serve ...' line")
@@ -153,9 +155,13 @@ def register(app: click.Group) -> None:
         elif config_file is not None:
             config = read_config(config_file)
         elif serve_command is not None:
-            from slotune.tuner.command import parse_serve_command
+            from slotune.tuner.command import parse_serve_line
 
-            config = parse_serve_command(serve_command)
+            parsed = parse_serve_line(serve_command)
+            config = parsed.config
+            if parsed.skipped:  # said, not silent: these flags are the server's, slotune does not judge them
+                click.echo(f"note: the serve line's {', '.join(parsed.skipped)} are not flags slotune tunes; "
+                           "diagnosing without them", err=True)
         load = _load_plan(load_name, concurrency, num_requests)
 
         windows: list[Any] = []

@@ -46,7 +46,7 @@ def test_the_wheel_holds_one_top_level_name(wheel: Path) -> None:
     assert not outside, f"files outside slotune/ in the wheel: {outside}"
     for part in ("collectors/snapshot.py", "loadgen/runner.py", "playbooks/engine.py", "tuner/study.py",
                  "playbooks/rules/high_ttft.yaml", "playbooks/relations.yaml", "loadgen/workloads/chat.yaml",
-                 "tuner/templates/report.html.j2",
+                 "tuner/templates/report.html.j2", "vllm_serve_flags.json",
                  "cli/main.py"):
         assert f"slotune/{part}" in names
     # every committed dashboard, so `slotune dashboards list/push` work from an installed wheel

@@ -34,8 +34,9 @@ def finite_option(_ctx: click.Context, param: click.Parameter, value: float | No
 
 def slo_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback for every `--slo SPEC`: the spec is parsed when the command line is read, so a bad
-    or empty one (`--slo ''` would check nothing, or silently fall back to the default) is one usage
-    error before any work starts. The text itself is passed on."""
+    or empty one (`--slo ''` would check nothing, or silently fall back to the default) is one
+    `error: --slo: ...` line (exit 1, as a bad spec always was) before any work starts. The text itself
+    is passed on."""
     if value is None:
         return None
     from slotune.slo import SloSpec
@@ -43,7 +44,7 @@ def slo_option(_ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         SloSpec.parse(value)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
+        raise ConfigError(f"--slo: {exc}") from None
     return value
 
 

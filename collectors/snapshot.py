@@ -228,8 +228,8 @@ def _check_numbers(snap: Snapshot) -> None:
     """Every field of a snapshot (and of its quantiles, capacity, GPU devices and per-model windows)
     against its declared type, checked from the dataclasses' own annotations so a new field is
     covered without a new check: numbers are finite and >= 0 (`FRACTIONS` at most 1; a bucket's upper
-    bound may be +Inf), mappings have string keys, sequences the declared items; and the window does
-    not end before it starts. Raises ValueError naming the field (`per_model.m.ttft.p95`)."""
+    bound may be +Inf), mappings have string keys, sequences the declared items; and a window between
+    two scrapes does not end before it starts. Raises ValueError naming the field (`per_model.m.ttft.p95`)."""
     _conform(snap, Snapshot, "")
 
 
@@ -281,7 +281,9 @@ def _conform(value: Any, tp: Any, where: str) -> None:
             raise ValueError(f"{where}: expected an object, not {value!r}")
         for f, f_tp in _hints(tp).items():
             _conform(getattr(value, f), f_tp, f"{where}.{f}" if where else f)
-        if tp is Snapshot and value.window_end < value.window_start:
+        # Two scrapes of a window are both on the collector's clock; a cumulative window starts at the
+        # server's start (the server's clock), which a skewed collector clock may place after "now".
+        if tp is Snapshot and not value.cumulative and value.window_end < value.window_start:
             raise ValueError(f"{where + '.' if where else ''}window_end ({value.window_end}) is before "
                              f"window_start ({value.window_start})")
     else:  # a type the snapshot does not use: a new field needs a rule here

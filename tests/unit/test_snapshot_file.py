@@ -82,8 +82,15 @@ def test_every_field_is_checked(path: tuple[Any, ...], bad: Any) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_a_cumulative_window_may_start_after_the_collectors_now() -> None:
+    """Its start is the server's process start on the server's clock; the collector's may lag it."""
+    d = {**FULL.to_dict(), "cumulative": True, "window_end": 99.0}
+    assert Snapshot.from_dict(d).window_seconds == 0.0
+
+
 @pytest.mark.parametrize(("change", "needle"), [
     ({"window_end": 99.0}, "window_end (99.0) is before window_start (100.0)"),
+    ({"window_end": 99.0, "cumulative": True, "requests_finished": -1}, "requests_finished"),
     ({"requests_finished": -3}, "requests_finished: must be >= 0"),
     ({"kv_cache_usage": 1.5}, "kv_cache_usage: a share of a whole, must be <= 1"),
     ({"spec_decode_per_position": [0.5, 2]}, "spec_decode_per_position[1]: a share"),

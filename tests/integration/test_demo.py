@@ -98,4 +98,4 @@ def test_demo_refuses_a_bad_slo_before_starting_anything(tmp_path):
     out = subprocess.run([sys.executable, "-m", "slotune.cli.main", "demo", "--slo", "ttft<=1"],
                          check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert out.returncode == 1
-    assert out.stderr.startswith("error: bad SLO target") and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("error: --slo: bad SLO target") and len(out.stderr.strip().splitlines()) == 1

@@ -96,14 +96,26 @@ def part_tpot(url: str, model: Path, a: argparse.Namespace) -> None:
     print(f"FIGURE real tpot c=1 128/128: {spread(tpots)} ({stamp()})", flush=True)
 
 
-def part_prefill(url: str, model: Path, a: argparse.Namespace) -> None:
+def part_prefill(url: str, model: Path, a: argparse.Namespace, work: Path) -> None:
+    """TTFT of 1,024- and 2,048-token prompts one at a time, by both clients on the same prompts
+    (alternating which goes first; vLLM's prefix cache reset before each run, or the second client's
+    prefills would be cache hits)."""
     for n in (1024, 2048):
         wl = dataclasses.replace(Workload.fixed(n, 2), tokenizer=str(model))
-        ttfts = []
+        k = max(3, a.requests // 2)
+        ttfts: dict[str, list[float | None]] = {"ours": [], "vllm": []}
         for rep in range(a.repeats):
-            d = run_load(url, NAME, wl, concurrency=1, num_requests=max(3, a.requests // 2), seed=20 + rep).to_dict()
-            ttfts.append(p50(d, "ttft_seconds"))
-        print(f"FIGURE real prefill {n} tokens (TTFT p50, c=1): {spread(ttfts, 1.0, 's')} ({stamp()})", flush=True)
+            for client in (("ours", "vllm") if rep % 2 == 0 else ("vllm", "ours")):
+                httpx.post(f"{url}/reset_prefix_cache", timeout=60).raise_for_status()
+                if client == "ours":
+                    d = run_load(url, NAME, wl, concurrency=1, num_requests=k, seed=20 + rep).to_dict()
+                    ttfts["ours"].append(p50(d, "ttft_seconds"))
+                else:
+                    v = vllm_client(url, model, wl, k, 20 + rep, work)
+                    ttfts["vllm"].append(statistics.median(v.ttfts) if v.ttfts else None)
+        for client, xs in ttfts.items():
+            print(f"FIGURE real prefill {n} tokens (TTFT p50, c=1, {client}): {spread(xs, 1.0, 's')} ({stamp()})",
+                  flush=True)
 
 
 def part_capacity(url: str, model: Path, a: argparse.Namespace, work: Path) -> None:
@@ -160,7 +172,9 @@ def vllm_client(url: str, model: Path, wl: Workload, n: int, seed: int, work: Pa
     vLLM's `custom` format), closed loop at `concurrency`."""
     prompts = work / f"{wl.name}-{seed}-{n}.jsonl"
     prompts.write_text("".join(prompt_lines(wl, seed, n)))
-    argv = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", url, "--model", NAME,
+    endpoint = (["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"] if wl.endpoint == "chat"
+                else ["--backend", "vllm", "--endpoint", "/v1/completions"])
+    argv = [*endpoint, "--base-url", url, "--model", NAME,
             "--tokenizer", str(model), *custom_dataset_args(prompts), "--num-prompts", str(n),
             "--max-concurrency", str(concurrency), "--request-rate", "inf", "--disable-tqdm", "--seed", str(seed)]
     if wl.temperature is not None:
@@ -254,8 +268,10 @@ def main() -> None:
                 print(f"\n{part}", flush=True)
                 if part == "capacity":
                     part_capacity(url, model, a, work)
+                elif part == "prefill":
+                    part_prefill(url, model, a, work)
                 else:
-                    {"tpot": part_tpot, "prefill": part_prefill}[part](url, model, a)
+                    part_tpot(url, model, a)
     if "ngram" in a.parts:
         print("\nngram", flush=True)
         part_ngram(model, cpus, work, a)

@@ -44,6 +44,10 @@ DEFAULT_REQUESTS = 100
 MAX_REQUESTS = 1_000_000
 PREFLIGHT_TIMEOUT = 10.0
 READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set here so it is one visible fact)
+# An idle pooled connection is dropped before the server closes it: vLLM's uvicorn closes idle
+# connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by default), and a request sent on a connection
+# the server is closing at that moment fails with "Server disconnected" (a POST is not retried).
+KEEPALIVE_SECONDS = 2.0
 
 # Self-checks: a measurement taken while the client itself could not keep up says more about the host
 # than about the server. On a 2-core box running vLLM beside the client, near saturation the client was
@@ -475,7 +479,7 @@ async def _sleep_until(when: float) -> None:
 async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
     # As vllm.benchmarks.serve: one connection per request in flight (0: no limit), kept alive.
     connector = aiohttp.TCPConnector(limit=plan.concurrency or 0, limit_per_host=plan.concurrency or 0,
-                                     ttl_dns_cache=300, use_dns_cache=True, keepalive_timeout=60,
+                                     ttl_dns_cache=300, use_dns_cache=True, keepalive_timeout=KEEPALIVE_SECONDS,
                                      force_close=False)
     # The whole request is bounded by `send_request`'s wait_for; aiohttp bounds only the connect.
     timeout = aiohttp.ClientTimeout(total=None, connect=min(plan.timeout, PREFLIGHT_TIMEOUT))

@@ -35,7 +35,9 @@ def run(server: Any, workload: Workload, *, concurrency: int, num_requests: int,
     plan = LoadPlan(workload, concurrency=concurrency, num_requests=num_requests, request_timeout=120.0)
     measured = measure_window(server.base_url, plan, model="tiny", slo=slo, server_config=config, gpu=GpuCollector())
     assert measured.diagnosis is not None
-    assert measured.client is not None and measured.client.completed == num_requests, measured.client.to_dict()
+    assert measured.client is not None
+    failed = [(r.index, r.error) for r in measured.client.records if not r.ok]
+    assert measured.client.completed == num_requests, failed
     return measured.diagnosis.to_dict()
 
 

@@ -162,3 +162,18 @@ def test_url_normalization() -> None:
 def test_bad_arguments(kw: dict) -> None:
     with pytest.raises(ConfigError):
         run_load("http://127.0.0.1:1", "m", Workload.fixed(5, 2), **kw)
+
+
+def test_an_idle_connection_is_dropped_before_vllm_closes_it() -> None:
+    # vLLM's uvicorn closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds; a request sent
+    # on one it is closing fails ("Server disconnected"). Read the installed vLLM's default (no import).
+    import importlib.util
+
+    from slotune.loadgen import runner
+
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.submodule_search_locations
+    envs = Path(next(iter(spec.submodule_search_locations))) / "envs.py"
+    default = re.search(r'"VLLM_HTTP_TIMEOUT_KEEP_ALIVE",\s*"(\d+)"', envs.read_text())
+    assert default is not None, "vLLM's keep-alive default moved: read it again"
+    assert runner.KEEPALIVE_SECONDS < int(default.group(1)) - 1

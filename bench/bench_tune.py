@@ -5,7 +5,7 @@ order below). Every unit of work (a study, a re-measured config, a grid config) 
 results file (`--results`, default `.slotune-test/bench-tune/results.json`) as soon as it ends, so a
 part can be run in several short chunks (`--budget-min M`: start no new unit after M minutes) and
 resumed where it stopped; `--report` prints the recorded figures without starting anything, `--fresh
-PART` forgets a part's record. Sizes are small on purpose: on a 2-core AVX2 host the real model
+PART` forgets a part's record and its stored studies. Sizes are small on purpose: on a 2-core AVX2 host the real model
 (SmolLM2-135M-Instruct) decodes ~120-140 ms per token in fp32 and prefills 128 tokens in ~0.6 s (bf16:
 ~85 ms and ~3.4 s), and every vLLM start costs ~30-60 s.
 
@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -563,6 +564,7 @@ def main() -> None:
     if a.fresh and not a.report:
         for part in a.fresh:
             rec.data.pop(part, None)
+            shutil.rmtree(a.work / part, ignore_errors=True)  # its studies too: a resume would reuse them
         rec.save()
     if a.report:  # reads the records only: a running bench may be writing them
         reporters = {"false-wins": report_false_wins, "early-stop": report_early_stop, "grid": report_grid}

@@ -15,12 +15,17 @@ PYTEST_ARGS ?=
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 
 # Prometheus, Alertmanager (with promtool/amtool) and PostgreSQL: real servers the tests start as
-# plain processes. Installed only where missing.
+# plain processes. python3-venv where `python3 -m venv` lacks ensurepip; libnuma1 and libgomp1, which
+# vLLM's CPU kernels (_C*.abi3.so) link (docker/vllm-cpu.Dockerfile installs them too). Installed
+# only where missing.
 system-packages:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v alertmanager >/dev/null || command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	/sbin/ldconfig -p | grep -q 'libnuma.so.1' || missing="$$missing libnuma1"; \
+	/sbin/ldconfig -p | grep -q 'libgomp.so.1' || missing="$$missing libgomp1"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -64,7 +69,7 @@ lint: setup
 bench: setup ## parser, load generator and sidecar benchmarks (figures, not assertions)
 	$(PY) bench/run_all.py
 
-bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95 at concurrency 1 and 4, ~12 min)
+bench-vs-vllm: setup ## load generator vs vllm.benchmarks.serve on one tiny vLLM (TTFT/TPOT p50/p95 at concurrency 1 and 4, ~12-13 min)
 	$(PY) bench/bench_loadgen.py --seconds 3 --vs-vllm
 
 bench-real: setup ## the real model: TPOT, prefill cost, capacity, n-gram speedup (ours and vLLM's client; long)

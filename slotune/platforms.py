@@ -8,7 +8,7 @@ uses 128-token blocks, and starts in about half the time with eager execution an
 On a CPU without native bf16 instructions (neither AVX512-BF16 nor AMX-BF16 among its flags) the CPU
 backend serves a bf16 model in float32 (`--dtype float32`, `cpu_dtype`): on a 2-core AVX2-only EPYC the
 real model's 128-token prefill took 0.7 s in fp32 against 4.6 s in bf16, and decoding was no slower at
-the demo's concurrency (bench/bench_dtype.py, figures in README.md).
+the demo's concurrency (bench/bench_dtype.py, figures in docs/loadgen.md).
 """
 
 from __future__ import annotations

@@ -451,6 +451,7 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
 
     from slotune.tuner.measure import LoadSpec, ServerMeasure
     from slotune.tuner.study import TuneSpec, build_space, load_spec_workload, run_study, workload_need
+    from slotune.vllm_config import VllmConfig
 
     model = real_model()
     work = a.work / "grid"
@@ -500,7 +501,8 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
             trials = optuna.load_study(study_name=name, storage=base.storage).get_trials()
             hit, wall = None, 0.0
             for t in sorted(trials, key=lambda t: t.number):
-                cmd = t.user_attrs.get("command")
+                # The trial's `command` attr is the served line (platform flags added): no key here.
+                cmd = VllmConfig(**t.user_attrs["config"]).serve_command() if "config" in t.user_attrs else ""
                 wall += float(measured.get(cmd, {}).get("seconds") or 0.0)
                 if float(t.user_attrs.get("goodput") or 0.0) >= 0.95 * best:
                     hit = t.number + 1

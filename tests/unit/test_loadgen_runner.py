@@ -176,4 +176,5 @@ def test_an_idle_connection_is_dropped_before_vllm_closes_it() -> None:
     envs = Path(next(iter(spec.submodule_search_locations))) / "envs.py"
     default = re.search(r'"VLLM_HTTP_TIMEOUT_KEEP_ALIVE",\s*"(\d+)"', envs.read_text())
     assert default is not None, "vLLM's keep-alive default moved: read it again"
-    assert runner.KEEPALIVE_SECONDS < int(default.group(1)) - 1
+    server_keepalive = int(default.group(1))
+    assert server_keepalive - 1 > runner.KEEPALIVE_SECONDS  # a margin of more than a second

@@ -495,7 +495,8 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
         best = max(float(m["goodput"]) for m in measured.values())
         for seed in range(a.seeds):
             name = f"replay-{seed}-{int(time.time())}"
-            # Up to twice the grid's size: the sampler may draw a config again (measured again, for real).
+            # Up to twice the grid's size: the sampler may draw a config again (a duplicate trial, not
+            # measured again: tuner/objective.py).
             run_study(base.model_copy(update={"study_name": name, "trials": 2 * len(commands), "seed": seed}),
                       measure=replay, workload=workload)
             trials = optuna.load_study(study_name=name, storage=base.storage).get_trials()
@@ -503,7 +504,8 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
             for t in sorted(trials, key=lambda t: t.number):
                 # The trial's `command` attr is the served line (platform flags added): no key here.
                 cmd = VllmConfig(**t.user_attrs["config"]).serve_command() if "config" in t.user_attrs else ""
-                wall += float(measured.get(cmd, {}).get("seconds") or 0.0)
+                if t.user_attrs.get("state") != "duplicate":  # a duplicate starts no server: no time
+                    wall += float(measured.get(cmd, {}).get("seconds") or 0.0)
                 if float(t.user_attrs.get("goodput") or 0.0) >= 0.95 * best:
                     hit = t.number + 1
                     break

@@ -9,6 +9,8 @@ trial's fate to Optuna's states, the way Optuna's own `_run_trial` splits them:
 - stopped early (a short probe at the study's load already misses an SLO target by far: `SloPruner`)
                                  → PRUNED with state `pruned`, the probe's figures and the reason;
                                    the baseline is never stopped early (every verdict compares with it)
+- a config already measured in this study → PRUNED, state `duplicate`, not measured; Optuna's FAQ on
+                                   duplicated samples (measuring a config again is the verdict's job)
 - anything else (a slotune bug)  → propagates: Optuna records FAIL and re-raises
 
 Every trial, whatever its fate, is written to `slotune_trials` and to the trial's user attrs, with
@@ -25,7 +27,7 @@ from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from slotune import platforms
 from slotune.loadgen.figures import LoadFigures
@@ -42,11 +44,17 @@ BASELINE = "baseline"
 REMEDY = "remedy"
 TTFT_KEY = "ttft_p95"
 PRUNED = TrialRowState.PRUNED.value  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
+# User attr `state` of a trial whose server an earlier trial of the study already measured (Optuna
+# state PRUNED, row state `pruned`: not measured; `duplicate_of` names that trial).
+DUPLICATE = "duplicate"
+DUPLICATE_OF = "duplicate_of"
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
 DEFAULT_PRUNE_FACTOR = 2.0
 
 # (trial number, stage) → the CLI's progress bar
 Events = Callable[[int, str], None]
+# How the last stage a trial's `events` get begins (its outcome): a progress line marks the trial done.
+OUTCOME_STAGES = ("done", "infeasible", "stopped early", "the same server as trial")
 
 
 def jsonable_params(config: VllmConfig) -> dict[str, Any]:
@@ -171,6 +179,7 @@ class TrialObjective:
         if reason is not None:
             self._emit(trial, "infeasible (not launched)")
             self._infeasible(trial, config, Measurement(ok=False, status="invalid_config", reason=reason))
+        self._skip_duplicate(trial, config)
 
         def say(stage: str) -> None:
             self._emit(trial, stage)
@@ -197,6 +206,31 @@ class TrialObjective:
             ttft = ttft_p95(measured.client)
             return measured.goodput, ttft if ttft is not None else 1e9
         return measured.goodput
+
+    def _skip_duplicate(self, trial: optuna.Trial, config: VllmConfig) -> None:
+        """Prune the trial, unmeasured, when an earlier finished trial of the study served the same line
+        (TPE draws its best config again and again; each draw measured anew cost a server start and a
+        load window for nothing new). It takes that trial's constraints, so the sampler still reads
+        the config's feasibility; the interleaved re-measurement is where configs run again."""
+        command = trial.user_attrs.get("command")
+        finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        first = next((t for t in finished if t.number != trial.number and t.user_attrs.get("command") == command
+                      and t.user_attrs.get("state") != DUPLICATE), None)
+        if first is None:
+            return
+        reason = f"the same server as trial {first.number}, measured already: not measured again"
+        constraints = dict(first.constraints)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("state", DUPLICATE)
+        trial.set_user_attr(DUPLICATE_OF, first.number)
+        trial.set_user_attr("feasible", False)
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr(WALL, self._wall())
+        self._record(trial.number, TrialRowState.PRUNED, reason, config,
+                     Measurement(ok=False, status=DUPLICATE, reason=reason), constraints)
+        self._emit(trial, reason)
+        raise optuna.TrialPruned(reason)
 
     def _probe_check(self, trial: optuna.Trial) -> ProbeCheck:
         def check(figures: LoadFigures, requests: int) -> str | None:

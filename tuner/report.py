@@ -23,7 +23,7 @@ from slotune.loadgen.figures import LoadFigures
 from slotune.store import shown_url
 from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
-from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
+from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
@@ -175,10 +175,13 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     counts = {"total": len(trials)}
     for state in TrialState:
         counts[state.name.lower()] = sum(1 for t in trials if t.state is state)
-    # Optuna's PRUNED holds both trials never launched (infeasible) and trials stopped early (pruned).
+    # Optuna's PRUNED holds trials never launched (infeasible), trials stopped early (pruned) and trials
+    # whose server an earlier trial measured (duplicate): each its own count.
     counts.pop("pruned")
-    counts["pruned"] = sum(1 for t in trials if t.state is TrialState.PRUNED and t.user_attrs.get("state") == PRUNED)
-    counts["infeasible"] = sum(1 for t in trials if t.state is TrialState.PRUNED) - counts["pruned"]
+    pruned = [t.user_attrs.get("state") for t in trials if t.state is TrialState.PRUNED]
+    counts["pruned"] = pruned.count(PRUNED)
+    counts["duplicate"] = pruned.count(DUPLICATE)
+    counts["infeasible"] = len(pruned) - counts["pruned"] - counts["duplicate"]
     recommended = by_number.get(verdict.winner) if verdict.winner is not None else None
     return StudyResult(
         study=study_name,
@@ -240,8 +243,8 @@ def row(t: FrozenTrial) -> dict[str, Any]:
     m = Measurement.from_attrs(ua)
     client = m.client if m is not None else None
     state = {TrialState.PRUNED: "infeasible"}.get(t.state, t.state.name.lower())
-    if t.state is TrialState.PRUNED and ua.get("state") == PRUNED:
-        state = PRUNED
+    if t.state is TrialState.PRUNED and ua.get("state") in (PRUNED, DUPLICATE):
+        state = ua["state"]
     # A queued trial has no flags yet (its objective sets them when it runs); its queued dimension values
     # (non-default ones) stand in, so a queued remedy never reads as "(vLLM defaults)".
     queued = ({k: v for k, v in (t.system_attrs.get("fixed_params") or {}).items() if v is not None}
@@ -364,8 +367,10 @@ def render(result: StudyResult, console: Any = None) -> None:
     for table in trial_tables(result, console.width):
         console.print(table)
     c = result.counts
+    dup = c.get("duplicate", 0)
     console.print(f"trials: {c['complete']} measured, {c.get('pruned', 0)} stopped early, {c['infeasible']} "
-                  f"infeasible, {c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
+                  f"infeasible, {dup} duplicate{'' if dup == 1 else 's'} (not measured), {c['fail']} failed, "
+                  f"{c['running']} running, {c['waiting']} waiting")
     if isinstance(result.wall.get("study"), (int, float)):
         console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s")
     v = result.verdict

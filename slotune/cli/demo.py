@@ -327,6 +327,7 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
     winner is named from a single sample (tuner/verdict.py: its goodput interval must clear the
     default's at 95 %). One round keeps the demo short: two runs per config make wide intervals, so
     the demo crowns only a large gain (or an SLO the default surely misses); `slotune tune` runs two."""
+    from slotune.tuner.objective import OUTCOME_STAGES
     from slotune.tuner.report import render
     from slotune.tuner.study import TuneSpec, run_study
 
@@ -340,7 +341,7 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
                f"then the default and the best measured again, interleaved, for a verdict at 95 % confidence")
 
     def progress(trial: int, stage: str) -> None:
-        if stage.startswith(("done", "infeasible", "stopped early", "re-measuring")):
+        if stage.startswith((*OUTCOME_STAGES, "re-measuring")):
             click.echo(f"  trial {trial}: {stage}")
 
     result = run_study(spec, events=progress)

@@ -86,7 +86,9 @@ class _TrialProgress:
         task = self.tasks.get(trial)
         if task is None:
             task = self.tasks[trial] = self.progress.add_task(stage, total=1, trial=trial)
-        done = stage.startswith(("done", "infeasible", "stopped early"))
+        from slotune.tuner.objective import OUTCOME_STAGES
+
+        done = stage.startswith(OUTCOME_STAGES)
         self.progress.update(task, description=stage, completed=1 if done else 0)
 
     def __enter__(self) -> _TrialProgress:  # noqa: PYI034

@@ -1,0 +1,137 @@
+"""A study never measures the same server twice in its search phase: TPE draws the config it rates best
+again and again, and each draw measured anew costs a server start and a load window for nothing new.
+A trial whose served line an earlier trial of the study already ran is PRUNED unmeasured (state
+`duplicate`, `duplicate_of` that trial, its constraints); the report counts it as a duplicate, not as
+infeasible; the verdict (which re-measures configs on purpose) is the one a study without duplicates
+reaches. Real Optuna storage (SQLite) and the synthetic measurement of tests.support.tuner."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from itertools import cycle
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from sqlalchemy import select
+
+from slotune.store import TrialRecord, open_store
+from slotune.tuner.measure import Measurement
+from slotune.tuner.report import render
+from slotune.tuner.study import TuneSpec, run_study
+from tests.support.tuner import FakeMeasure, client, requests
+
+# Every dimension fixed at vLLM's default but max_num_seqs, searched over {default, 32}: whatever TPE
+# draws, the study holds two distinct servers (vLLM's default and --max-num-seqs 32).
+TWO_CONFIGS = """\
+max_num_seqs: [default, 32]
+max_num_batched_tokens: default
+max_model_len: default
+enable_chunked_prefill: default
+enable_prefix_caching: default
+quantization: default
+kv_cache_dtype: default
+speculative_method: default
+"""
+
+
+def spec(tmp_path: Path, **kw) -> TuneSpec:
+    space = tmp_path / "space.yaml"
+    space.write_text(TWO_CONFIGS)
+    base = {"model": "/models/tiny", "input_len": 32, "output_len": 16, "slo": "ttft_p95<=1s", "trials": 6,
+            "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "s", "remeasure_top": 0, "max_remedies": 0,
+            "space_file": space}
+    return TuneSpec(**{**base, **kw})
+
+
+def _trials(s: TuneSpec) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=s.storage).get_trials()
+
+
+def test_each_distinct_server_is_measured_once_and_the_other_draws_are_duplicates(tmp_path):
+    fm = FakeMeasure()
+    s = spec(tmp_path)
+    run_study(s, measure=fm)
+    trials = _trials(s)
+    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    commands = [t.user_attrs["command"] for t in trials]
+    assert len(set(commands)) == 2, commands  # the space holds two servers, and TPE drew both
+    # One measurement per distinct server, in the order the study first met them.
+    assert [c.max_num_seqs for c in fm.calls] == [None, 32]
+    first = {cmd: commands.index(cmd) for cmd in commands}
+    measured = sorted(first.values())
+    for t in trials:
+        if t.number in measured:
+            assert t.state is TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
+            continue
+        n = first[t.user_attrs["command"]]
+        assert t.state is TrialState.PRUNED and t.user_attrs["state"] == "duplicate"
+        assert t.user_attrs["duplicate_of"] == n and t.user_attrs["feasible"] is False
+        assert t.user_attrs["reason"] == f"the same server as trial {n}, measured already: not measured again"
+        assert t.constraints == trials[n].constraints  # the sampler still reads the config's feasibility
+        assert isinstance(t.user_attrs["wall_seconds"], float)
+        assert "goodput" not in t.user_attrs  # nothing measured, nothing pretends to be
+    # slotune's own table: one row per trial, the duplicates as `pruned` (the column's vocabulary) with the reason.
+    with open_store(s.storage).session() as sess:
+        recs = {r.trial_number: r for r in sess.scalars(select(TrialRecord).where(TrialRecord.study_name == "s"))}
+    assert sorted(recs) == list(range(6))
+    for t in trials:
+        if t.number not in measured:
+            r = recs[t.number]
+            assert r.state == "pruned" and r.reason == t.user_attrs["reason"]
+            assert r.metrics["status"] == "duplicate" and r.metrics["constraints"] == trials[first[t.user_attrs["command"]]].constraints
+
+
+def test_the_report_counts_duplicates_as_such_not_as_infeasible(tmp_path):
+    s = spec(tmp_path, out_dir=tmp_path / "out")
+    result = run_study(s, measure=FakeMeasure())
+    c = result.counts
+    assert (c["complete"], c["duplicate"], c["infeasible"], c["pruned"], c["total"]) == (2, 4, 0, 0, 6), c
+    states = Counter(r["state"] for r in result.rows)
+    assert states == {"complete": 2, "duplicate": 4}, states
+    dup = next(r for r in result.rows if r["state"] == "duplicate")
+    assert "the same server as trial" in dup["reason"] and dup["goodput"] is None
+    console = Console(width=100, file=io.StringIO(), record=True, color_system=None)
+    render(result, console)
+    text = " ".join(console.export_text().split())
+    assert "2 measured, 0 stopped early, 0 infeasible, 4 duplicates (not measured), 0 failed" in text, text
+    page = " ".join((tmp_path / "out" / "report.html").read_text().split())
+    assert "2 measured, 0 stopped early, 0 infeasible, 4 duplicates (not measured), 0 failed" in page
+
+
+def _by_config(base: list[float], tuned: list[float], log: list[str]):
+    """A measure that hands out these goodputs in turn, over and over (every request good, TTFT well inside
+    the SLO): `base` for vLLM's default config, `tuned` for any other. A duplicate measured anyway would
+    take the next figure and shift every later sample."""
+    queues = {True: cycle(base), False: cycle(tuned)}
+
+    def measure(config, progress=None):
+        is_base = config.tuned_params() == {}
+        g = next(queues[is_base])
+        log.append("base" if is_base else "tuned")
+        return Measurement(ok=True, goodput=g, client=client(0.1, g), requests=requests(g, 0.1, good_share=1.0))
+
+    return measure
+
+
+def test_the_verdict_is_the_one_a_study_without_duplicates_reaches(tmp_path):
+    # The same two servers, trial 0 (vLLM's default) and trial 1 (--max-num-seqs 32): once alone, once
+    # followed by four sampled trials that can only draw them again.
+    figures = ([2.0, 2.1, 1.9, 2.6], [4.0, 4.1, 3.9, 2.2])
+    runs = {}
+    for trials in (2, 6):
+        where = tmp_path / str(trials)
+        where.mkdir()
+        log: list[str] = []
+        s = spec(where, trials=trials, enqueue=[{"max_num_seqs": 32}], remeasure_top=1, remeasure_repeats=2)
+        runs[trials] = (run_study(s, measure=_by_config(*figures, log)), log, s)
+    alone, with_dups = runs[2][0], runs[6][0]
+    assert with_dups.counts["duplicate"] == 4 and alone.counts["duplicate"] == 0
+    # The search measured each server once; the re-measurement measured the two again, never a duplicate.
+    assert runs[6][1] == runs[2][1] == ["base", "tuned"] + ["base", "tuned"] * 2
+    attrs = optuna.load_study(study_name="s", storage=runs[6][2].storage).user_attrs
+    assert sorted(k for k in attrs if k.startswith("remeasure:")) == ["remeasure:0", "remeasure:1"]
+    assert with_dups.verdict.recommendation == "tuned" and with_dups.verdict.winner == 1, with_dups.verdict.message
+    assert with_dups.verdict.to_dict() == alone.verdict.to_dict()

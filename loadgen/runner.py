@@ -48,6 +48,7 @@ READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set h
 # connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by default), and a request sent on a connection
 # the server is closing at that moment fails with "Server disconnected" (a POST is not retried).
 KEEPALIVE_SECONDS = 2.0
+SEND_RETRIES = 1  # a request whose connection dropped before any response is sent once more
 
 # Self-checks: a measurement taken while the client itself could not keep up says more about the host
 # than about the server. On a 2-core box running vLLM beside the client, near saturation the client was
@@ -78,6 +79,8 @@ class RequestRecord:
     output_tokens: int | None = None
     error: str | None = None
     connect_error: bool = False
+    status: int | None = None  # the HTTP status of the (last) attempt; None: no response at all
+    retries: int = 0  # sent again after its connection dropped before any response (`send_request`)
 
     @property
     def tpot(self) -> float | None:
@@ -130,6 +133,9 @@ class LoadResult:
     def warnings(self) -> list[str]:
         """Why these figures may describe the client's host rather than the server (empty when sound)."""
         out = []
+        if resent := self.resent():
+            out.append(f"{resent} request(s) sent again after their connection dropped before any response "
+                       f"(their TTFT and E2E include the first attempt)")
         late = self.lateness()
         if late and (p99 := float(np.percentile(late, 99))) > LATE_SEND_P99:
             out.append(f"requests left up to {p99 * 1000:.0f} ms late (p99) against their schedule: the client "
@@ -141,6 +147,10 @@ class LoadResult:
             out.append(f"{len(burst)} of {len(long)} streams arrived in one burst (TPOT ~ 0): the server batched "
                        f"them or the client read them late; TTFT is overstated and TPOT/ITL understated")
         return out
+
+    def resent(self) -> int:
+        """Requests sent again after their connection dropped before any response."""
+        return sum(r.retries for r in self.records)
 
     def errors(self, top: int = 5) -> dict[str, int]:
         return dict(Counter(r.error or "unknown" for r in self.records if not r.ok).most_common(top))
@@ -249,19 +259,34 @@ def build_payload(workload: Workload, model: str, shape: RequestShape, prefix: s
 
 async def send_request(session: aiohttp.ClientSession, url: str, body: bytes, rec: RequestRecord, t0: float,
                        timeout: float) -> None:
-    """Send one request and fill `rec` with its timings; never raises (except cancellation)."""
+    """Send one request and fill `rec` with its timings; never raises (except cancellation).
+
+    A request whose connection drops before any response (no status line: a pooled connection the
+    server closed as the request went out) is sent once more, on a fresh connection, within the same
+    timeout; its TTFT and E2E still count from the first send. vLLM never started it, and a load
+    generator must not report the transport's race as the server's failure. A drop after the status
+    line is the server's: recorded, never retried."""
     st = time.perf_counter()
     rec.sent = st - t0
-    try:
-        await asyncio.wait_for(_stream(session, url, body, rec, st), timeout)
-    except asyncio.TimeoutError:
-        rec.ok, rec.error = False, f"timed out after {timeout:g} s"
-    except aiohttp.ClientConnectorError as exc:  # refused, no route, DNS: the server is not there
-        rec.ok, rec.error, rec.connect_error = False, f"cannot connect: {_describe(exc)}", True
-    except aiohttp.ClientError as exc:  # dropped mid-stream, bad HTTP, ...
-        rec.ok, rec.error = False, _describe(exc)
-    except ValueError as exc:  # a chunk that is not JSON (or not UTF-8)
-        rec.ok, rec.error = False, f"bad stream: {exc}"
+    for attempt in range(1 + SEND_RETRIES):
+        rec.error = None
+        try:
+            await asyncio.wait_for(_stream(session, url, body, rec, st), max(st + timeout - time.perf_counter(), 0.0))
+            return
+        except asyncio.TimeoutError:
+            rec.ok, rec.error = False, f"timed out after {timeout:g} s"
+        except aiohttp.ClientConnectorError as exc:  # refused, no route, DNS: the server is not there
+            rec.ok, rec.error, rec.connect_error = False, f"cannot connect: {_describe(exc)}", True
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            rec.ok, rec.error = False, _describe(exc)
+            if rec.status is None and attempt < SEND_RETRIES:
+                rec.retries += 1
+                continue
+        except aiohttp.ClientError as exc:  # dropped mid-stream, bad HTTP, ...
+            rec.ok, rec.error = False, _describe(exc)
+        except ValueError as exc:  # a chunk that is not JSON (or not UTF-8)
+            rec.ok, rec.error = False, f"bad stream: {exc}"
+        return
 
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -284,6 +309,7 @@ async def sse_messages(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: bytes, rec: RequestRecord, st: float) -> None:
     async with session.post(url, data=body, headers=_HEADERS) as resp:
+        rec.status = resp.status
         if resp.status != 200:
             detail = (await resp.read()).decode(errors="replace")
             rec.error = f"HTTP {resp.status}: {_error_message(detail)}"

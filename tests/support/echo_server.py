@@ -32,6 +32,7 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     connections: int = 0  # TCP connections accepted (a client that reuses them keeps this low)
+    dropped: int = 0  # generation requests closed with no response (`EchoConfig.drop_requests`)
     arrivals: list[float] = field(default_factory=list)  # loop time at which each request arrived
     prompts: list[str] = field(default_factory=list)  # each request's prompt (messages joined), in arrival order
     max_tokens: list[int] = field(default_factory=list)  # each recorded request's reply cap, in arrival order
@@ -46,6 +47,9 @@ class EchoConfig:
     record_prompts: bool = False
     serial: bool = False  # one request generates at a time: a server with a capacity, queueing beyond it
     burst: bool = False  # every token of a stream in one write: what a backed-up server or a starved client shows
+    # The first N generation requests are read and their connection closed with no response: what a
+    # client sees when the server closes a pooled keep-alive connection as the request goes out.
+    drop_requests: int = 0
 
 
 def _text(content: Any) -> str:
@@ -94,6 +98,9 @@ class _Handler:
             n = len(str(req.get("prompt", "")).split())
             return await self.json(writer, 200, {"count": n, "tokens": list(range(n)), "max_model_len": 1 << 20})
         if method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
+            if self.stats.dropped < self.cfg.drop_requests:
+                self.stats.dropped += 1
+                raise ConnectionResetError("dropped on purpose: no response")  # the handler closes it
             return await self.generate(path.endswith("chat/completions"), json.loads(body or b"{}"), writer)
         return await self.json(writer, 404, {"error": {"message": f"no route {method} {path}", "code": 404}})
 
@@ -175,9 +182,9 @@ class EchoServer:
     """The echo server on 127.0.0.1 in a background thread (its own event loop), as a context manager."""
 
     def __init__(self, *, model: str = "echo", ttft: float = 0.0, itl: float = 0.0, record_arrivals: bool = False,
-                 record_prompts: bool = False, serial: bool = False, burst: bool = False):
+                 record_prompts: bool = False, serial: bool = False, burst: bool = False, drop_requests: int = 0):
         self.cfg = EchoConfig(model=model, ttft=ttft, itl=itl, record_arrivals=record_arrivals,
-                              record_prompts=record_prompts, serial=serial, burst=burst)
+                              record_prompts=record_prompts, serial=serial, burst=burst, drop_requests=drop_requests)
         self.stats = Stats()
         self.port = 0
         self._ready = threading.Event()

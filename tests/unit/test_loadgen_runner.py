@@ -178,3 +178,22 @@ def test_an_idle_connection_is_dropped_before_vllm_closes_it() -> None:
     assert default is not None, "vLLM's keep-alive default moved: read it again"
     server_keepalive = int(default.group(1))
     assert server_keepalive - 1 > runner.KEEPALIVE_SECONDS  # a margin of more than a second
+
+
+def test_a_request_whose_connection_drops_before_any_response_is_sent_again() -> None:
+    # What a client sees when the server closes a pooled connection as the request goes out: the
+    # server never started it, so it is no failure of the server's; it is sent once more.
+    with EchoServer(drop_requests=2) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=2, num_requests=6)
+    assert srv.stats.dropped == 2
+    assert (r.completed, r.failed, r.resent()) == (6, 0, 2), [(x.error, x.retries) for x in r.records]
+    assert all(x.status == 200 and x.error is None for x in r.records)
+    assert any("sent again" in w for w in r.warnings())
+
+
+def test_a_request_dropped_twice_is_a_failure_with_its_reason() -> None:
+    with EchoServer(drop_requests=2) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=1, num_requests=2)
+    assert (r.completed, r.failed) == (1, 1)
+    bad = next(x for x in r.records if not x.ok)
+    assert bad.retries == 1 and bad.status is None and "disconnect" in (bad.error or "").lower(), bad

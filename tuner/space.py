@@ -361,7 +361,10 @@ class SearchSpace:
         """Turn a playbook remedy's config delta into trial params, snapped to the space's choices.
 
         Fields outside the searched dimensions are dropped (the remedy may still be partly useful);
-        None when nothing of the delta can be expressed, or it changes nothing."""
+        None when nothing of the delta can be expressed, or it changes nothing. Every dimension the
+        remedy turns on and does not set gets its default choice (`remedy_default`): a param left out
+        would be sampled by Optuna, so the trial would measure something else than the remedy (a
+        sampled K-by-batch schedule once made a remedy the duplicate of another trial)."""
         params = dict(start)
         changed = False
         searched = {d.name: d for d in self.dimensions}
@@ -381,6 +384,9 @@ class SearchSpace:
                         params.pop(name, None)
                 if params[SPEC_METHOD] is None:
                     params.pop(SPEC_MAX_BATCH, None)
+                for dim in self.dimensions:
+                    if dim.requires == SPEC_METHOD and dim.active(params[SPEC_METHOD]) and dim.name not in params:
+                        params[dim.name] = remedy_default(dim)
                 changed = changed or params != dict(start)
                 continue
             if fld == "env" and KV_GIB in searched and self.platform.kv_cache_env:
@@ -427,6 +433,17 @@ class SearchSpace:
         if d.name == KV_GIB and self.platform.kv_cache_env:
             return self.platform.kv_cache_env
         return FLAG_BY_FIELD[d.field].flag
+
+
+def remedy_default(dim: Dimension) -> Choice:
+    """The choice a remedy that turns `dim` on without naming it runs with: vLLM's default where the
+    space offers it, else the value `SearchSpace.config_for` fills in (the n-gram window measured on
+    the real model, K's first choice)."""
+    if DEFAULT in dim.choices:
+        return DEFAULT
+    if dim.name in NGRAM_WINDOW:
+        return _snap(dim, NGRAM_WINDOW[dim.name])
+    return dim.choices[0]
 
 
 def draft_schedule(k: int, max_batch: int) -> list[tuple[int, int, int]]:

@@ -49,6 +49,9 @@ def test_an_edit_study_drafts_with_ngram_and_records_its_acceptance(smollm2: Pat
     spec_cfg = drafting.user_attrs["params"]["speculative_config"]
     assert spec_cfg["method"] == "ngram" and spec_cfg["num_speculative_tokens"] == 4
     assert (spec_cfg["prompt_lookup_min"], spec_cfg["prompt_lookup_max"]) == (2, 4)
+    # The remedy as proposed: K at every batch size (a sampled schedule made it a duplicate once).
+    assert "num_speculative_tokens_per_batch_size" not in spec_cfg, spec_cfg
+    assert drafting.user_attrs["state"] == "complete", drafting.user_attrs.get("reason")
     acceptance = drafting.user_attrs["spec_decode"]
     assert acceptance["drafts"] > 0, acceptance
     # Measured 68-70 % on code renames (greedy); random prompts draft nothing at all.

@@ -285,3 +285,21 @@ def test_an_ngram_window_end_fixed_at_default_is_not_compared():
     assert space().narrowed({LOOKUP_MIN: "default"}) is not None
     with pytest.raises(ConfigError, match="at most 64"):
         space().narrowed({LOOKUP_MAX: [4, 100]})
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_remedy_is_measured_as_proposed_never_partly_sampled(seed):
+    # A remedy that turns n-gram drafting on names no K-by-batch schedule: Optuna must not draw one
+    # (a drawn schedule once made the remedy trial a duplicate of another, so it was never measured).
+    s = space()
+    p = s.params_for_delta(s.baseline_params(), {"speculative_config": {
+        "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}})
+    assert p[SPEC_MAX_BATCH] is None
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study.enqueue_trial(p)
+    trial = study.ask()
+    assert s.suggest(trial) == p
+    assert "num_speculative_tokens_per_batch_size" not in s.config_for(BASE, p).speculative_config.model_dump(
+        exclude_none=True)
+    bare = s.params_for_delta(s.baseline_params(), {"speculative_config": {"method": "ngram"}})
+    assert (bare[SPEC_TOKENS], bare[LOOKUP_MIN], bare[LOOKUP_MAX], bare[SPEC_MAX_BATCH]) == (1, 2, 4, None)

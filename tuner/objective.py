@@ -9,8 +9,9 @@ trial's fate to Optuna's states, the way Optuna's own `_run_trial` splits them:
 - stopped early (a short probe at the study's load already misses an SLO target by far: `SloPruner`)
                                  → PRUNED with state `pruned`, the probe's figures and the reason;
                                    the baseline is never stopped early (every verdict compares with it)
-- a config already measured in this study → PRUNED, state `duplicate`, not measured; Optuna's FAQ on
-                                   duplicated samples (measuring a config again is the verdict's job)
+- a config already measured in this study, or being measured by another worker → PRUNED, state
+                                   `duplicate`, not measured; Optuna's FAQ on duplicated samples
+                                   (measuring a config again is the verdict's job)
 - anything else (a slotune bug)  → propagates: Optuna records FAIL and re-raises
 
 Every trial, whatever its fate, is written to `slotune_trials` and to the trial's user attrs, with
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,9 @@ PRUNED = TrialRowState.PRUNED.value  # user attr `state` of a trial stopped earl
 # state PRUNED, row state `pruned`: not measured; `duplicate_of` names that trial).
 DUPLICATE = "duplicate"
 DUPLICATE_OF = "duplicate_of"
+# User attr: this trial measures its server (set under `TrialObjective.claims`): a running trial with
+# the claim makes a later trial of the same server a duplicate, whichever worker runs it.
+CLAIMED = "claimed"
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
 DEFAULT_PRUNE_FACTOR = 2.0
 
@@ -160,6 +165,9 @@ class TrialObjective:
     events: Events | None = None
     # Probe before the full run and stop the trials this pruner condemns (None: never stop early).
     pruner: SloPruner | None = None
+    # A lock every worker of the study shares (`study.setup_lock`): checking for a twin and claiming
+    # the server is one step, or two workers drawing the same config at once would both measure it.
+    claims: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self._started = time.monotonic()
@@ -179,7 +187,7 @@ class TrialObjective:
         if reason is not None:
             self._emit(trial, "infeasible (not launched)")
             self._infeasible(trial, config, Measurement(ok=False, status="invalid_config", reason=reason))
-        self._skip_duplicate(trial, config)
+        self._skip_duplicate(trial, config, origin)
 
         def say(stage: str) -> None:
             self._emit(trial, stage)
@@ -207,19 +215,27 @@ class TrialObjective:
             return measured.goodput, ttft if ttft is not None else 1e9
         return measured.goodput
 
-    def _skip_duplicate(self, trial: optuna.Trial, config: VllmConfig) -> None:
-        """Prune the trial, unmeasured, when an earlier finished trial of the study served the same line
-        (TPE draws its best config again and again; each draw measured anew cost a server start and a
-        load window for nothing new). It takes that trial's constraints, so the sampler still reads
-        the config's feasibility; the interleaved re-measurement is where configs run again."""
+    def _skip_duplicate(self, trial: optuna.Trial, config: VllmConfig, origin: str) -> None:
+        """Prune the trial, unmeasured, when another trial of the study serves the same line and has
+        measured it, or is measuring it now on another worker (TPE draws its best config again and
+        again; each draw measured anew cost a server start and a load window for nothing new). It takes
+        that trial's constraints (none while it runs), so the sampler still reads the config's
+        feasibility; the interleaved re-measurement is where configs run again. The baseline is
+        always measured: every verdict is drawn against it."""
         command = trial.user_attrs.get("command")
-        finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        first = next((t for t in finished if t.number != trial.number and t.user_attrs.get("command") == command
-                      and t.user_attrs.get("state") != DUPLICATE), None)
-        if first is None:
-            return
-        reason = f"the same server as trial {first.number}, measured already: not measured again"
-        constraints = dict(first.constraints)
+        with self.claims():
+            others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                    TrialState.RUNNING))
+            first = next((t for t in others if t.number != trial.number and t.user_attrs.get("command") == command
+                          and t.user_attrs.get("state") != DUPLICATE
+                          and (t.state is not TrialState.RUNNING or t.user_attrs.get(CLAIMED))), None)
+            if first is None or origin == BASELINE:
+                trial.set_user_attr(CLAIMED, True)
+                return
+        running = first.state is TrialState.RUNNING
+        reason = (f"the same server as trial {first.number}, " +
+                  ("being measured by another worker" if running else "measured already") + ": not measured again")
+        constraints = dict(first.constraints or {})
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         trial.set_user_attr("state", DUPLICATE)

@@ -330,7 +330,7 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
 
     study = open_study(spec, slo, space, name)
     objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events,
-                               pruner=study_pruner(spec))
+                               pruner=study_pruner(spec), claims=lambda: setup_lock(url, f"slotune-claims:{name}"))
 
     def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(ORIGIN) == BASELINE:

@@ -135,3 +135,50 @@ def test_the_verdict_is_the_one_a_study_without_duplicates_reaches(tmp_path):
     assert sorted(k for k in attrs if k.startswith("remeasure:")) == ["remeasure:0", "remeasure:1"]
     assert with_dups.verdict.recommendation == "tuned" and with_dups.verdict.winner == 1, with_dups.verdict.message
     assert with_dups.verdict.to_dict() == alone.verdict.to_dict()
+
+
+def _served_line_of_32(tmp_path: Path) -> str:
+    """The served line of --max-num-seqs 32, as a study of its own records it."""
+    where = tmp_path / "probe"
+    where.mkdir()
+    probe = spec(where, trials=2, enqueue=[{"max_num_seqs": 32}])
+    run_study(probe, measure=FakeMeasure())
+    command = _trials(probe)[1].user_attrs["command"]
+    assert "--max-num-seqs 32" in command
+    return command
+
+
+def _running_elsewhere(s: TuneSpec, command: str, *, claimed: bool) -> int:
+    """A trial another worker is running now (RUNNING, serving `command`): its number."""
+    trial = optuna.create_study(study_name="s", storage=s.storage).ask()
+    trial.set_user_attr("command", command)
+    if claimed:
+        trial.set_user_attr("claimed", True)
+    return trial.number
+
+
+def test_a_server_another_worker_is_measuring_is_not_measured_again(tmp_path):
+    # Two workers drawing one config at once both measured it (the twin was still running, so the
+    # check saw no finished trial): CI's threaded two-worker test caught it once in many runs. Here the
+    # other worker's trial is a RUNNING trial of the same server that claimed it, made by hand.
+    command = _served_line_of_32(tmp_path)
+    s = spec(tmp_path, trials=3, enqueue=[{"max_num_seqs": 32}])
+    other = _running_elsewhere(s, command, claimed=True)
+    fm = FakeMeasure()
+    run_study(s, measure=fm)
+    assert [c.max_num_seqs for c in fm.calls] == [None], fm.calls  # the baseline only
+    dup = next(t for t in _trials(s) if t.number != other and t.user_attrs.get("command") == command)
+    assert dup.state is TrialState.PRUNED and dup.user_attrs["state"] == "duplicate"
+    assert dup.user_attrs["duplicate_of"] == other
+    assert dup.user_attrs["reason"] == (f"the same server as trial {other}, being measured by another worker: "
+                                        "not measured again")
+
+
+def test_a_running_trial_that_never_claimed_its_server_is_no_twin(tmp_path):
+    # One stored by a slotune before claims, or not yet at its check: it does not stop a measurement.
+    command = _served_line_of_32(tmp_path)
+    s = spec(tmp_path, trials=2, enqueue=[{"max_num_seqs": 32}])
+    _running_elsewhere(s, command, claimed=False)
+    fm = FakeMeasure()
+    run_study(s, measure=fm)
+    assert [c.max_num_seqs for c in fm.calls] == [None, 32]

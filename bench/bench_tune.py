@@ -39,8 +39,9 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
   the same to reach a config within the best's noise (its 95 % goodput interval, bootstrapped over
   requests, overlaps the best's): the grid's best of 12 noisy measurements is partly luck.
 - `sharegpt` (b): the real model on short `sharegpt` prompts (4-128 tokens, replies capped at 32)
-  at `--sharegpt-rate` (0.5 req/s; measured 2026-12-01 it is below the default's knee on the 2-core
-  host: every request met both SLOs, so pass a higher rate to test the knee) with
+  at `--sharegpt-rate` (0.8 req/s: the defaults' knee on the 2-core host, vLLM on one core, measured
+  2026-12-01 with `slotune bench --find-max-rate`, 30 requests a step, at 1.0 and 0.56 req/s with
+  seeds 0 and 1; at 0.5 req/s every request met both SLOs) with
   `ttft_p95<=3s,tpot_p95<=250ms`; the same study + `vllm.benchmarks.serve` re-measurement as `edit`.
   Figure: the ratio (target >= 1.5x) or the study's verdict "keep vLLM's defaults" with its intervals.
 
@@ -601,7 +602,7 @@ def main() -> None:
     p.add_argument("--study-trials", type=int, default=3, help="trials per study in edit and sharegpt")
     p.add_argument("--bench-repeats", type=int, default=2, help="vllm.benchmarks.serve runs per config")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--sharegpt-rate", type=float, default=0.5)
+    p.add_argument("--sharegpt-rate", type=float, default=0.8)
     p.add_argument("--grid-requests", type=int, default=12, help="requests per grid config (after 1 warm-up)")
     p.add_argument("--server-cpus", default="last",
                    help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")

@@ -9,9 +9,10 @@ trial's fate to Optuna's states, the way Optuna's own `_run_trial` splits them:
 - stopped early (a short probe at the study's load already misses an SLO target by far: `SloPruner`)
                                  → PRUNED with state `pruned`, the probe's figures and the reason;
                                    the baseline is never stopped early (every verdict compares with it)
-- a config already measured in this study, or being measured by another worker → PRUNED, state
-                                   `duplicate`, not measured; Optuna's FAQ on duplicated samples
-                                   (measuring a config again is the verdict's job)
+- a config already measured in this study → PRUNED, state `duplicate`, not measured, its twin's
+                                   constraints (after waiting for the twin when another worker is
+                                   measuring it); Optuna's FAQ on duplicated samples (measuring a
+                                   config again is the verdict's job)
 - anything else (a slotune bug)  → propagates: Optuna records FAIL and re-raises
 
 Every trial, whatever its fate, is written to `slotune_trials` and to the trial's user attrs, with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ DUPLICATE_OF = "duplicate_of"
 # User attr: this trial measures its server (set under `TrialObjective.claims`): a running trial with
 # the claim makes a later trial of the same server a duplicate, whichever worker runs it.
 CLAIMED = "claimed"
+TWIN_POLL_SECONDS = 2.0  # how often a trial waiting for its twin on another worker looks again
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
 DEFAULT_PRUNE_FACTOR = 2.0
 
@@ -60,6 +63,20 @@ DEFAULT_PRUNE_FACTOR = 2.0
 Events = Callable[[int, str], None]
 # How the last stage a trial's `events` get begins (its outcome): a progress line marks the trial done.
 OUTCOME_STAGES = ("done", "infeasible", "stopped early", "the same server as trial")
+
+
+def _twin(trial: optuna.Trial, command: str | None) -> FrozenTrial | None:
+    """The first other trial that measured `command` (finished) or claimed it (running), duplicates
+    aside. Read past Optuna's trial cache (`_CachedStorage` re-reads only trials above the highest
+    finished id it has seen, so a twin committed out of id order could stay unseen)."""
+    storage = trial.study._storage
+    backend = getattr(storage, "_backend", storage)
+    others = backend.get_all_trials(trial.study._study_id, deepcopy=False,
+                                    states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return next((t for t in sorted(others, key=lambda t: t.number)
+                 if t.number != trial.number and t.user_attrs.get("command") == command
+                 and t.user_attrs.get("state") != DUPLICATE
+                 and (t.state is not TrialState.RUNNING or t.user_attrs.get(CLAIMED))), None)
 
 
 def jsonable_params(config: VllmConfig) -> dict[str, Any]:
@@ -217,24 +234,33 @@ class TrialObjective:
 
     def _skip_duplicate(self, trial: optuna.Trial, config: VllmConfig, origin: str) -> None:
         """Prune the trial, unmeasured, when another trial of the study serves the same line and has
-        measured it, or is measuring it now on another worker (TPE draws its best config again and
-        again; each draw measured anew cost a server start and a load window for nothing new). It takes
-        that trial's constraints (none while it runs), so the sampler still reads the config's
-        feasibility; the interleaved re-measurement is where configs run again. The baseline is
-        always measured: every verdict is drawn against it."""
+        measured it (TPE draws its best config again and again; each draw measured anew cost a server
+        start and a load window for nothing new). It takes that trial's constraints, so the sampler
+        still reads the config's feasibility; the interleaved re-measurement is where configs run
+        again. When another worker is measuring that line now, it waits for that trial's outcome (a
+        duplicate without constraints would rank as feasible in TPE); when that trial fails (its
+        worker died: stale heartbeat), this one measures. The baseline is always measured: every
+        verdict is drawn against it."""
         command = trial.user_attrs.get("command")
-        with self.claims():
-            others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                    TrialState.RUNNING))
-            first = next((t for t in others if t.number != trial.number and t.user_attrs.get("command") == command
-                          and t.user_attrs.get("state") != DUPLICATE
-                          and (t.state is not TrialState.RUNNING or t.user_attrs.get(CLAIMED))), None)
-            if first is None or origin == BASELINE:
-                trial.set_user_attr(CLAIMED, True)
-                return
-        running = first.state is TrialState.RUNNING
-        reason = (f"the same server as trial {first.number}, " +
-                  ("being measured by another worker" if running else "measured already") + ": not measured again")
+        if trial.user_attrs.get(CLAIMED):  # a retry of a dead worker's trial copies its attrs: not its claim
+            trial.set_user_attr(CLAIMED, False)
+        said = False
+        while True:
+            with self.claims():
+                first = _twin(trial, command)
+                if first is None or origin == BASELINE:
+                    trial.set_user_attr(CLAIMED, True)
+                    return
+            if first.state is not TrialState.RUNNING:
+                break
+            if not said:
+                self._emit(trial, f"waiting for trial {first.number}: another worker is measuring the same server")
+                said = True
+            time.sleep(TWIN_POLL_SECONDS)
+            with warnings.catch_warnings():  # experimental since Optuna 2.9, and what its own workers call
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(trial.study)  # a dead worker's twin turns FAIL: then measure
+        reason = f"the same server as trial {first.number}, measured already: not measured again"
         constraints = dict(first.constraints or {})
         for key, value in constraints.items():
             trial.set_constraint(key, value)

@@ -16,6 +16,7 @@ their own free ports.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import time
@@ -207,7 +208,9 @@ def setup_lock(url: str, key: str) -> Iterator[None]:
             engine.dispose()
         return
     if url.startswith("sqlite:///"):
-        lock_path = Path(url.removeprefix("sqlite:///") + ".slotune-lock")
+        # One file per key: a worker re-measuring under the setup lock must not stall others' claims.
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        lock_path = Path(url.removeprefix("sqlite:///") + f".slotune-lock-{digest}")
         with open(lock_path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

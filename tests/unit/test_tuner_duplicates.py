@@ -8,6 +8,7 @@ reaches. Real Optuna storage (SQLite) and the synthetic measurement of tests.sup
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from itertools import cycle
 from pathlib import Path
@@ -148,30 +149,56 @@ def _served_line_of_32(tmp_path: Path) -> str:
     return command
 
 
-def _running_elsewhere(s: TuneSpec, command: str, *, claimed: bool) -> int:
-    """A trial another worker is running now (RUNNING, serving `command`): its number."""
-    trial = optuna.create_study(study_name="s", storage=s.storage).ask()
+def _running_elsewhere(s: TuneSpec, command: str, *, claimed: bool,
+                       then: TrialState | None = None, after: float = 1.5) -> int:
+    """A trial another worker is running now (RUNNING, serving `command`): its number. With `then`,
+    that worker ends it `after` seconds later: COMPLETE with goodput 1.0 and a met constraint, or FAIL."""
+    import threading
+
+    study = optuna.create_study(study_name="s", storage=s.storage)
+    trial = study.ask()
     trial.set_user_attr("command", command)
     if claimed:
         trial.set_user_attr("claimed", True)
+    if then is not None:
+        def end() -> None:
+            time.sleep(after)
+            if then is TrialState.COMPLETE:
+                trial.set_constraint("ttft_p95", -0.5)
+                study.tell(trial, 1.0)
+            else:
+                study.tell(trial, state=then)
+        threading.Thread(target=end, daemon=True).start()
     return trial.number
 
 
-def test_a_server_another_worker_is_measuring_is_not_measured_again(tmp_path):
+def test_a_server_another_worker_is_measuring_is_waited_for_not_measured_again(tmp_path):
     # Two workers drawing one config at once both measured it (the twin was still running, so the
     # check saw no finished trial): CI's threaded two-worker test caught it once in many runs. Here the
-    # other worker's trial is a RUNNING trial of the same server that claimed it, made by hand.
+    # other worker's trial is a RUNNING trial of the same server that claimed it, made by hand, and
+    # ended by "its worker" 1.5 s later: the duplicate waits for it and takes its constraints (without
+    # any, TPE would rank the duplicate as feasible).
     command = _served_line_of_32(tmp_path)
     s = spec(tmp_path, trials=3, enqueue=[{"max_num_seqs": 32}])
-    other = _running_elsewhere(s, command, claimed=True)
+    other = _running_elsewhere(s, command, claimed=True, then=TrialState.COMPLETE)
     fm = FakeMeasure()
     run_study(s, measure=fm)
     assert [c.max_num_seqs for c in fm.calls] == [None], fm.calls  # the baseline only
     dup = next(t for t in _trials(s) if t.number != other and t.user_attrs.get("command") == command)
     assert dup.state is TrialState.PRUNED and dup.user_attrs["state"] == "duplicate"
-    assert dup.user_attrs["duplicate_of"] == other
-    assert dup.user_attrs["reason"] == (f"the same server as trial {other}, being measured by another worker: "
-                                        "not measured again")
+    assert dup.user_attrs["duplicate_of"] == other and dup.constraints == {"ttft_p95": -0.5}
+    assert dup.user_attrs["wall_seconds"] >= 1.0  # it waited for the other worker's outcome
+    assert dup.user_attrs["reason"] == f"the same server as trial {other}, measured already: not measured again"
+
+
+def test_when_the_twin_fails_the_waiting_trial_measures(tmp_path):
+    # The other worker died (its trial FAIL, as a stale heartbeat makes it): nobody measured the server.
+    command = _served_line_of_32(tmp_path)
+    s = spec(tmp_path, trials=3, enqueue=[{"max_num_seqs": 32}])
+    _running_elsewhere(s, command, claimed=True, then=TrialState.FAIL, after=1.0)
+    fm = FakeMeasure()
+    run_study(s, measure=fm)
+    assert [c.max_num_seqs for c in fm.calls][:2] == [None, 32], fm.calls
 
 
 def test_a_running_trial_that_never_claimed_its_server_is_no_twin(tmp_path):

@@ -511,10 +511,11 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
             for t in sorted(trials, key=lambda t: t.number):
                 # The trial's `command` attr is the served line (platform flags added): no key here.
                 cmd = VllmConfig(**t.user_attrs["config"]).serve_command() if "config" in t.user_attrs else ""
-                if t.user_attrs.get("state") != "duplicate":  # a duplicate starts no server: no time
+                served = t.user_attrs.get("state") != "duplicate"  # a duplicate starts no server: no time
+                if served:
                     wall += float(measured.get(cmd, {}).get("seconds") or 0.0)
                     started += cmd in measured
-                if noisy is None and cmd in near and t.user_attrs.get("state") != "duplicate":
+                if noisy is None and served and cmd in near:
                     noisy = (t.number + 1, started)
                 if float(t.user_attrs.get("goodput") or 0.0) >= 0.95 * best:
                     hit = t.number + 1
@@ -541,10 +542,14 @@ def goodput_ci(m: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def within_noise_of_best(measured: dict[str, dict[str, Any]]) -> set[str]:
-    """The grid's configs whose goodput interval overlaps the best-measured config's (the best included)."""
+    """The grid's configs whose goodput interval overlaps the best-measured config's (the best included;
+    a measurement without an interval counts as its point estimate)."""
+    def interval(m: dict[str, Any]) -> tuple[float, float]:
+        return goodput_ci(m) or (float(m["goodput"]),) * 2
+
     best = max(measured, key=lambda c: float(measured[c]["goodput"]))
-    lo = (goodput_ci(measured[best]) or (float(measured[best]["goodput"]),) * 2)[0]
-    return {c for c, m in measured.items() if (goodput_ci(m) or (float(m["goodput"]),) * 2)[1] >= lo}
+    lo = interval(measured[best])[0]
+    return {c for c, m in measured.items() if interval(m)[1] >= lo}
 
 
 def base_slo(text: str) -> Any:

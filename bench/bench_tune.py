@@ -23,11 +23,12 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
   prompts the study measured (the same JSONL, vLLM's `custom` dataset, `runner.prompt_lines`),
   `--bench-repeats` (2) runs each, `--goodput tpot:60`. Figure: both goodputs (median and every run)
   and their ratio (target >= 2x; a default goodput of 0 with a tuned one above 0 counts).
-- `early-stop` (e): one study on the tiny model (256+32 tokens at 20 req/s, 400 requests per trial,
+- `early-stop` (e): one study on the tiny model (256+32 tokens at 20 req/s, `--es-requests` per
+  trial (2400: a 2-minute window, long against vLLM's ~30 s start-up, as windows are in production),
   `ttft_p95<=300ms,tpot_p95<=20ms`, 6 trials, seed 0, best re-measured in 1 round) run twice: with
-  early stopping (probe + `SloPruner`, `--prune-at 2`) and without (`--no-prune`: no probe). The
-  first 5 trials after the baseline are TPE's random start-up, the same configs in both. Figure:
-  wall time with / without (target <= half) and both verdicts.
+  early stopping (each window judged as its requests finish, `SloPruner`, `--prune-at 2`) and
+  without (`--no-prune`). The first 5 trials after the baseline are TPE's random start-up, the same
+  configs in both. Figure: wall time with / without (target <= half) and both verdicts.
 - `grid` (c): the real model on the short `edit` workload at concurrency 2 (`--grid-requests` per
   config, 12; 1 warm-up), an exhaustive grid of 12 configs: speculative decoding {default (off), n-gram K 4
   window 2-4} x `max_num_seqs` {default, 1, 2} x `max_num_batched_tokens` {default, 256}, the
@@ -227,8 +228,9 @@ def print_study(tag: str, b: dict[str, Any]) -> None:
     print(f"  {tag}: {b['trials']['total']} trials in {b['wall_s']['study'] / 60:.1f} min; verdict: {b['message']}",
           flush=True)
     for r in b["rows"]:
-        print(f"    #{r['trial']} {r['origin']:9s} {r['state']:10s} goodput {r['goodput']} ttft_p95 {r['ttft_p95']} "
-              f"tpot_p95 {r['tpot_p95']} {r['params'] or ''} {r['reason'] or ''}", flush=True)
+        wall = f"{r['wall_seconds']:.0f} s" if r.get("wall_seconds") is not None else "-"
+        print(f"    #{r['trial']} {r['origin']:9s} {r['state']:10s} {wall} goodput {r['goodput']} ttft_p95 "
+              f"{r['ttft_p95']} tpot_p95 {r['tpot_p95']} {r['params'] or ''} {r['reason'] or ''}", flush=True)
 
 
 # -- vllm.benchmarks.serve on the study's prompts --------------------------------------------------
@@ -396,8 +398,9 @@ def part_early_stop(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | 
     from slotune.tuner.study import TuneSpec
 
     model = tiny_model()
-    settings = {"model": "tiny-llama", "input_len": 256, "output_len": 32, "rate": 20.0, "requests": 400,
-                "slo": "ttft_p95<=300ms,tpot_p95<=20ms", "trials": 6, "seed": 0, "remeasure": "top 1, 1 round"}
+    settings = {"model": "tiny-llama", "input_len": 256, "output_len": 32, "rate": 20.0, "requests": a.es_requests,
+                "slo": "ttft_p95<=300ms,tpot_p95<=20ms", "trials": 6, "seed": 0, "remeasure": "top 1, 1 round",
+                "early_stop": "window judged as its requests finish"}
     units = rec.part("early-stop", settings)
     work = a.work / "early-stop"
     work.mkdir(parents=True, exist_ok=True)
@@ -407,7 +410,7 @@ def part_early_stop(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | 
         rec.check_budget()
         print(f"  study {label} ({stamp()})", flush=True)
         spec = TuneSpec(model=str(model), input_len=256, output_len=32, slo=settings["slo"], trials=6, rate=20.0,
-                        num_requests=400, warmup_requests=4, storage=f"sqlite:///{work}/studies.db",
+                        num_requests=a.es_requests, warmup_requests=4, storage=f"sqlite:///{work}/studies.db",
                         study_name=f"es-{label}", seed=0, remeasure_top=1, remeasure_repeats=1, server_cpus=cpus,
                         prune_factor=factor)
         units[label] = brief(run_study_in_chunks(spec, rec))
@@ -609,6 +612,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--sharegpt-rate", type=float, default=0.8)
     p.add_argument("--grid-requests", type=int, default=12, help="requests per grid config (after 1 warm-up)")
+    p.add_argument("--es-requests", type=int, default=2400, help="requests per early-stop trial (at 20 req/s)")
     p.add_argument("--server-cpus", default="last",
                    help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")
     a = p.parse_args()

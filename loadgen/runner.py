@@ -12,7 +12,9 @@ request (bench/bench_loadgen.py), CPU that a small box shares with the server it
 
 Arrivals are open loop (Poisson/gamma at `rate`), closed loop (`concurrency` requests in flight), or
 both (arrivals at `rate`, at most `concurrency` in flight), as in `vllm bench serve`. A run is bounded
-by `num_requests` and/or `duration`; each request by `request_timeout`.
+by `num_requests` and/or `duration`; each request by `request_timeout`. A `watch` may end it sooner:
+it is shown the requests finished so far as they come in, and a reason back stops the run (the
+tuner's early stop: a trial that already misses an SLO by far need not run to its end).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,6 +107,9 @@ class LoadResult:
     burstiness: float = 1.0
     slo: SloSpec | None = None
     started: float = 0.0  # time.perf_counter() at the start (a system-wide monotonic clock on Linux)
+    # Why a `watch` stopped the run before its end (None: it ran to its end). `records` then hold
+    # only the requests that had finished; those still in flight were dropped unmeasured.
+    stopped: str | None = None
 
     @property
     def completed(self) -> int:
@@ -360,6 +365,11 @@ def _error_message(text: str) -> str:
 
 # -- the run ----------------------------------------------------------------------------------------
 
+# A look at a run so far: the requests finished up to now as a `LoadResult` (duration: from the
+# first send to now). Called off the event loop, so a slow look (a database write) delays no stream
+# the run is timing; a reason back stops the run.
+Watch = Callable[[LoadResult], "str | None"]
+
 
 @dataclass
 class _Plan:
@@ -373,6 +383,9 @@ class _Plan:
     seed: int
     timeout: float
     progress: bool
+    # The run so far (finished records, seconds since the first send) -> a reason to stop, or None.
+    watch: Callable[[list[RequestRecord], float], str | None] | None = None
+    watch_every: int = 1  # look after every this many finished requests
 
 
 def _requests(w: Workload, model: str, seed: int, limit: int, arrivals: np.ndarray | None,
@@ -502,7 +515,9 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(0)
 
 
-async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
+async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float, str | None]:
+    """Send the plan's requests: (the records, the clock at the first send, the run's duration, why
+    its watch stopped it or None)."""
     # As vllm.benchmarks.serve: one connection per request in flight (0: no limit), kept alive.
     connector = aiohttp.TCPConnector(limit=plan.concurrency or 0, limit_per_host=plan.concurrency or 0,
                                      ttl_dns_cache=300, use_dns_cache=True, keepalive_timeout=KEEPALIVE_SECONDS,
@@ -512,6 +527,10 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
     endpoint = "/v1/chat/completions" if plan.workload.endpoint == "chat" else "/v1/completions"
     url = plan.url + endpoint
     records: list[RequestRecord] = []
+    finished: list[RequestRecord] = []
+    looks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+    stopped: list[str] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE) as session:
         builder = await _prepare_builder(session, plan)
         gen = _requests(plan.workload, plan.model, plan.seed, plan.n if plan.n is not None else MAX_REQUESTS,
@@ -522,9 +541,25 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
         tasks: set[asyncio.Task[None]] = set()
         with _Progress(plan.progress, plan.n, plan.duration) as bar:
 
+            async def look(so_far: list[RequestRecord], elapsed: float) -> None:
+                reason = await asyncio.to_thread(plan.watch, so_far, elapsed)  # type: ignore[arg-type]
+                if reason and not stop.is_set():
+                    stopped.append(reason)
+                    stop.set()
+
+            def finish(rec: RequestRecord) -> None:
+                finished.append(rec)
+                # One look at a time: a look still running when the next is due is that look.
+                if (plan.watch is not None and not stop.is_set() and not looks
+                        and len(finished) % plan.watch_every == 0):
+                    task = asyncio.create_task(look(list(finished), time.perf_counter() - t0))
+                    looks.add(task)
+                    task.add_done_callback(looks.discard)
+
             async def one(rec: RequestRecord, body: bytes, t0: float) -> None:
                 try:
                     await send_request(session, url, body, rec, t0, plan.timeout)
+                    finish(rec)
                 finally:
                     if slots is not None:
                         slots.release()
@@ -536,33 +571,51 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float]:
                 for rec, body in items:
                     if rec.due is not None:
                         await _sleep_until(t0 + rec.due)
-                    if time.perf_counter() >= deadline:
+                    if time.perf_counter() >= deadline or stop.is_set():
                         break
                     if slots is not None:
                         await slots.acquire()
-                        if time.perf_counter() >= deadline:
+                        if time.perf_counter() >= deadline or stop.is_set():
                             slots.release()
                             break
                     records.append(rec)
                     task = asyncio.create_task(one(rec, body, t0))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*tasks)
+                while tasks and not stop.is_set():
+                    stopping = asyncio.create_task(stop.wait())
+                    await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                cut = stop.is_set()
+                if cut:  # stopped by the watch: what is in flight is dropped, not measured
+                    await _cancel(tasks)
+                    done = {id(r) for r in finished}
+                    records = [r for r in records if id(r) in done]
+                # A look still running may write to the caller's storage: it ends before the run does
+                # (and, the run being complete, whatever it says no longer stops anything).
+                await asyncio.gather(*looks)
             except asyncio.CancelledError:  # Ctrl-C: stop sending, drop in-flight requests, close cleanly
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel(tasks | looks)
                 raise
             duration = time.perf_counter() - t0
-    return records, t0, duration
+    return records, t0, duration, stopped[0] if cut else None
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_load(base_url: str, model: str, workload: Workload, *, rate: float | None = None,
              concurrency: int | None = None, num_requests: int | None = None, duration: float | None = None,
              slo: SloSpec | None = None, seed: int = 0, burstiness: float = 1.0, progress: bool = False,
-             request_timeout: float = 120.0) -> LoadResult:
+             request_timeout: float = 120.0, watch: Watch | None = None, watch_every: int = 1) -> LoadResult:
     """Drive `workload` at `base_url` and measure it. Blocking; safe to call from a worker thread.
+
+    `watch` (see `Watch`) is shown the run so far after every `watch_every` finished requests; a
+    reason back stops the run: nothing more is sent, requests in flight are dropped, and the result
+    holds the finished ones with `stopped` set to the reason.
 
     Raises TargetError when the server cannot be reached or every request failed to connect;
     ConfigError for bad arguments. Individual failed requests are counted in `failed`."""
@@ -579,6 +632,8 @@ def run_load(base_url: str, model: str, workload: Workload, *, rate: float | Non
         raise ConfigError(f"burstiness must be positive, not {burstiness}")
     if not request_timeout > 0:
         raise ConfigError(f"request_timeout must be positive, not {request_timeout}")
+    if watch_every < 1:
+        raise ConfigError(f"watch_every must be >= 1, not {watch_every}")
     open_rate = rate is not None and not math.isinf(rate)
     if duration is not None and num_requests is None and not open_rate and concurrency is None:
         raise ConfigError("a run bounded only by its duration needs a rate or a concurrency")
@@ -588,14 +643,21 @@ def run_load(base_url: str, model: str, workload: Workload, *, rate: float | Non
     elif n is None and duration is None:
         n = DEFAULT_REQUESTS
     arrivals = arrival_times(n, rate, burstiness, seed) if n is not None else None
+
+    def result_of(records: list[RequestRecord], took: float, started: float = 0.0,
+                  stopped: str | None = None) -> LoadResult:
+        return LoadResult(records=records, duration=took, workload=workload.name, rate=rate, concurrency=concurrency,
+                          burstiness=burstiness, slo=slo, started=started, stopped=stopped)
+
+    looked = None if watch is None else (lambda so_far, elapsed: watch(result_of(so_far, elapsed)))
     plan = _Plan(url=url, model=model, workload=workload, n=n, arrivals=arrivals, concurrency=concurrency,
-                 duration=duration, seed=seed, timeout=request_timeout, progress=progress)
-    records, started, took = asyncio.run(_run(plan))
-    result = LoadResult(records=records, duration=took, workload=workload.name, rate=rate, concurrency=concurrency,
-                        burstiness=burstiness, slo=slo, started=started)
+                 duration=duration, seed=seed, timeout=request_timeout, progress=progress, watch=looked,
+                 watch_every=watch_every)
+    records, started, took, stopped = asyncio.run(_run(plan))
+    result = result_of(records, took, started, stopped)
     if records and result.completed == 0 and all(r.connect_error for r in records):
         raise TargetError(f"every request failed to connect to {url}: {records[0].error}")
     return result
 
 
-__all__ = ["LoadResult", "RequestRecord", "normalize_base_url", "run_load", "served_models"]
+__all__ = ["LoadResult", "RequestRecord", "Watch", "normalize_base_url", "run_load", "served_models"]

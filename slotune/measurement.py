@@ -27,7 +27,7 @@ from slotune.collectors import process_cpu, vllm_metrics
 from slotune.collectors.gpu import GpuCollector
 from slotune.collectors.snapshot import Snapshot
 from slotune.errors import TargetError
-from slotune.loadgen.runner import LoadResult, run_load, served_models
+from slotune.loadgen.runner import LoadResult, Watch, run_load, served_models
 from slotune.loadgen.workload import Workload
 from slotune.playbooks.engine import Diagnosis, diagnose
 from slotune.playbooks.model import Playbook
@@ -57,6 +57,9 @@ class LoadPlan:
     request_timeout: float = 120.0
     warmup_requests: int = 0
     progress: bool = False  # a progress bar on the terminal
+    # A look at the window so far that may end it sooner (`loadgen.runner.Watch`), every this many requests.
+    watch: Watch | None = None
+    watch_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ def measure_window(target: str, load: LoadPlan | Drive | float, *, model: str | 
         say("running the workload")
         client = run_load(target, name, load.workload, rate=load.rate, concurrency=load.concurrency,
                           num_requests=load.num_requests, duration=load.duration, slo=slo, seed=load.seed,
-                          progress=load.progress, request_timeout=load.request_timeout)
+                          progress=load.progress, request_timeout=load.request_timeout, watch=load.watch,
+                          watch_every=load.watch_every)
     elif callable(load):
         before = vllm_metrics.scrape(target)
         cpu_before = _group_cpu(process_group)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 from slotune.collectors.snapshot import Snapshot
 from slotune.errors import ConfigError, TargetError
 from slotune.loadgen.figures import LoadFigures
-from slotune.loadgen.runner import LoadResult, run_load
+from slotune.loadgen.runner import LoadResult
 from slotune.loadgen.sweep import SweepPoint, find_max_rate
 from slotune.loadgen.workload import Workload
 from slotune.measurement import Launch, LoadPlan, measure_window, start_or_explain, warm_up
@@ -218,23 +218,29 @@ class Measurement:
 
 
 class Measure(Protocol):
-    """Config in, `Measurement` out. A measure with `probes = True` also takes `check`: it then sends a
-    short probe at the study's load first and hands its figures (`LoadFigures`) and request count to
-    `check`; a reason back stops the trial there (status `pruned`, the probe's figures)."""
+    """Config in, `Measurement` out. A measure with `watches = True` also takes `check`: it then shows
+    `check` the window's figures so far (`LoadFigures` of the requests finished, and their count) as
+    the requests come in; a reason back stops the trial there (status `pruned`, those figures)."""
 
     def __call__(self, config: VllmConfig, progress: Progress | None = None) -> Measurement: ...
 
 
-ProbeCheck = Callable[[LoadFigures, int], "str | None"]
+PartialCheck = Callable[[LoadFigures, int], "str | None"]
+
+# A trial's window is first judged after this share of its requests (and at least FIRST_LOOK_MIN):
+# a p95 over a handful of requests is their maximum, and one slow request is not a far miss.
+FIRST_LOOK_SHARE = 0.1
+FIRST_LOOK_MIN = 5
+LOOKS = 20  # then every 1/LOOKS of the trial's requests
 
 
-def probe_size(num_requests: int | None) -> int:
-    """Requests in a probe: a quarter of the trial's, at least 5; 0 (no probe) when that would be
-    half the trial or more, where stopping early saves too little to pay for the probe."""
+def look_points(num_requests: int | None) -> tuple[int, int]:
+    """When a window of `num_requests` is judged: (the first look, after that many finished requests;
+    then after every this many). A window bounded by time only is looked at from FIRST_LOOK_MIN, every
+    FIRST_LOOK_MIN."""
     if not num_requests:
-        return 0
-    n = max(5, num_requests // 4)
-    return n if n * 2 <= num_requests else 0
+        return FIRST_LOOK_MIN, FIRST_LOOK_MIN
+    return max(FIRST_LOOK_MIN, round(num_requests * FIRST_LOOK_SHARE)), max(1, num_requests // LOOKS)
 
 
 @dataclass(frozen=True)
@@ -274,10 +280,10 @@ class ServerMeasure:
     log_dir: Path
     startup_timeout: float = 240.0
     server_cpus: tuple[int, ...] | None = None  # vLLM confined here; the load generator on the other cores
-    probes = True
+    watches = True
 
     def __call__(self, config: VllmConfig, progress: Progress | None = None,
-                 check: ProbeCheck | None = None) -> Measurement:
+                 check: PartialCheck | None = None) -> Measurement:
         say = progress or (lambda _msg: None)
         started = time.monotonic()
         server = ManagedServer(config, log_dir=self.log_dir, startup_timeout=self.startup_timeout,
@@ -307,7 +313,7 @@ class ServerMeasure:
         )
 
     def _measure_running(self, server: ManagedServer, config: VllmConfig, say: Progress, started: float,
-                         check: ProbeCheck | None = None) -> Measurement:
+                         check: PartialCheck | None = None) -> Measurement:
         load = self.load
         model = config.served_model_name or config.model
         url = server.base_url
@@ -327,23 +333,14 @@ class ServerMeasure:
                                           process_group=server.process_group, min_requests=TUNER_MIN_REQUESTS)
                 rate = swept[0] if swept else None
             else:
-                probe = probe_size(load.num_requests) if check is not None else 0
-                if probe:
-                    # The probe doubles as the warm-up's successor: same load, another seed, not measured
-                    # again in the window that follows.
-                    if plan.warmup_requests:
-                        say("warming up")
-                        warm_up(url, model, plan)
-                    say(f"probing ({probe} requests)")
-                    figures = run_load(url, model, load.workload, rate=load.rate, concurrency=load.concurrency,
-                                       num_requests=probe, slo=load.slo, seed=load.seed + 2,
-                                       request_timeout=plan.request_timeout).figures()
-                    reason = check(figures, probe)  # type: ignore[misc]
-                    if reason:
-                        return Measurement(ok=True, status="pruned", reason=reason,
-                                           goodput=float(figures.goodput or 0.0), rate=rate, client=figures,
-                                           log_path=str(server.log_path), seconds=time.monotonic() - started)
-                    plan = replace(plan, warmup_requests=0)
+                if check is not None:
+                    first, every = look_points(load.num_requests)
+
+                    def watch(so_far: LoadResult) -> str | None:
+                        n = len(so_far.records)
+                        return check(so_far.figures(), n) if n >= first else None
+
+                    plan = replace(plan, watch=watch, watch_every=every)
                 measured = measure_window(url, plan, model=model, slo=load.slo, server_config=config, progress=say,
                                           process_group=server.process_group, min_requests=TUNER_MIN_REQUESTS)
         except TargetError as exc:
@@ -354,8 +351,10 @@ class ServerMeasure:
                 log_path=str(server.log_path), seconds=time.monotonic() - started,
             )
         client = measured.client.figures() if measured.client is not None else None
+        stopped = measured.client.stopped if measured.client is not None else None
         return Measurement(
-            ok=True, status="ready", goodput=float(client.goodput or 0.0) if client is not None else 0.0, rate=rate,
+            ok=True, status="pruned" if stopped else "ready", reason=stopped or "",
+            goodput=float(client.goodput or 0.0) if client is not None else 0.0, rate=rate,
             client=client, server=measured.server,
             findings=measured.diagnosis.findings if measured.diagnosis is not None else (),
             log_path=str(server.log_path), seconds=time.monotonic() - started,

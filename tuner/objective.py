@@ -6,8 +6,8 @@ trial's fate to Optuna's states, the way Optuna's own `_run_trial` splits them:
 - infeasible (vLLM rejects the combination, the backend lacks a choice, the server failed to start
   or died under load)            → PRUNED with its reason and violated constraints, so TPE ranks it
                                    below every feasible trial and learns the region; the study goes on
-- stopped early (a short probe at the study's load already misses an SLO target by far: `SloPruner`)
-                                 → PRUNED with state `pruned`, the probe's figures and the reason;
+- stopped early (its window's requests so far already miss an SLO target by far: `SloPruner`)
+                                 → PRUNED with state `pruned`, the figures so far and the reason;
                                    the baseline is never stopped early (every verdict compares with it)
 - a config already measured in this study → PRUNED, state `duplicate`, not measured, its twin's
                                    constraints (after waiting for the twin when another worker is
@@ -39,7 +39,7 @@ from slotune.server import as_served
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord, TrialRowState
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
-from slotune.tuner.measure import Measure, Measurement, ProbeCheck
+from slotune.tuner.measure import Measure, Measurement, PartialCheck
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
@@ -105,10 +105,10 @@ def ttft_p95(client: LoadFigures | None) -> float | None:
 
 
 def _takes_check(measure: Any) -> bool:
-    """A measure that says it probes (`probes = True`) and whose call takes `check`."""
+    """A measure that says it watches its window (`watches = True`) and whose call takes `check`."""
     import inspect
 
-    if not getattr(measure, "probes", False):
+    if not getattr(measure, "watches", False):
         return False
     try:
         return "check" in inspect.signature(measure).parameters
@@ -119,7 +119,7 @@ def _takes_check(measure: Any) -> bool:
 def worst_excess(slo: SloSpec, figures: LoadFigures) -> tuple[str, float, float, float] | None:
     """The SLO target the figures miss by the largest factor: (key, measured / threshold, measured,
     threshold), or None when no target with a positive threshold was measured. Targets of zero
-    (error_rate<=0%) are left out: one failed request in a probe is no measure of "how far"."""
+    (error_rate<=0%) are left out: one failed request early in a window is no measure of "how far"."""
     worst = None
     for r in slo.evaluate(figures):
         t = r.target
@@ -131,15 +131,15 @@ def worst_excess(slo: SloSpec, figures: LoadFigures) -> tuple[str, float, float,
     return worst
 
 
-PROBE = "probe"  # user attr: the probe's worst target {requests, target, value, threshold, ratio}
+SO_FAR = "so_far"  # user attr: the worst target of the window so far {requests, target, value, threshold, ratio}
 
 
 class SloPruner(BasePruner):
-    """Optuna pruner over the requests measured so far: a trial whose probe (user attr `probe`, set
-    before the goodput so far is reported at step = requests measured) misses an SLO target by at
-    least `factor` (measured / threshold) stops. A miss by 2x on a short probe is not noise; a miss
-    by 10 % may be, so that trial runs on. The reported value is goodput, the study's own objective,
-    so the sampler ranks stopped trials the right way round."""
+    """Optuna pruner over the requests measured so far: a trial whose window so far (user attr
+    `so_far`, set before the goodput so far is reported at step = requests finished) misses an SLO
+    target by at least `factor` (measured / threshold) stops. A miss by 2x over a tenth of a window
+    is not noise; a miss by 10 % may be, so that trial runs on. The reported value is goodput, the
+    study's own objective, so the sampler ranks stopped trials the right way round."""
 
     def __init__(self, factor: float = DEFAULT_PRUNE_FACTOR, min_requests: int = 5) -> None:
         if not factor > 1:
@@ -147,10 +147,10 @@ class SloPruner(BasePruner):
         self.factor, self.min_requests = factor, min_requests
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        probe = trial.user_attrs.get(PROBE)
-        if not isinstance(probe, dict) or trial.last_step is None or probe.get("requests") != trial.last_step:
+        so_far = trial.user_attrs.get(SO_FAR)
+        if not isinstance(so_far, dict) or trial.last_step is None or so_far.get("requests") != trial.last_step:
             return False
-        ratio = probe.get("ratio")
+        ratio = so_far.get("ratio")
         return trial.last_step >= self.min_requests and isinstance(ratio, (int, float)) and ratio >= self.factor
 
 
@@ -180,7 +180,7 @@ class TrialObjective:
     study_name: str
     pareto: bool = False
     events: Events | None = None
-    # Probe before the full run and stop the trials this pruner condemns (None: never stop early).
+    # Judge each trial's window as its requests finish; stop the trials this pruner condemns (None: never).
     pruner: SloPruner | None = None
     # A lock every worker of the study shares (`study.setup_lock`): checking for a twin and claiming
     # the server is one step, or two workers drawing the same config at once would both measure it.
@@ -211,7 +211,7 @@ class TrialObjective:
 
         # The baseline always runs in full: every verdict is drawn against it.
         if self.pruner is not None and origin != BASELINE and _takes_check(self.measure):
-            measured = self.measure(config, say, check=self._probe_check(trial))
+            measured = self.measure(config, say, check=self._partial_check(trial))
         else:
             measured = self.measure(config, say)
         if measured.status == PRUNED:
@@ -274,13 +274,13 @@ class TrialObjective:
         self._emit(trial, reason)
         raise optuna.TrialPruned(reason)
 
-    def _probe_check(self, trial: optuna.Trial) -> ProbeCheck:
+    def _partial_check(self, trial: optuna.Trial) -> PartialCheck:
         def check(figures: LoadFigures, requests: int) -> str | None:
             worst = worst_excess(self.slo, figures)
             if worst is None:
                 return None
             key, ratio, value, threshold = worst
-            trial.set_user_attr(PROBE, {"requests": requests, "target": key, "value": value, "threshold": threshold,
+            trial.set_user_attr(SO_FAR, {"requests": requests, "target": key, "value": value, "threshold": threshold,
                                         "ratio": ratio})
             if self.pareto:  # Optuna keeps no intermediate values for several objectives
                 stop = requests >= self.pruner.min_requests and ratio >= self.pruner.factor  # type: ignore[union-attr]
@@ -289,12 +289,12 @@ class TrialObjective:
                 stop = trial.should_prune()
             if not stop:
                 return None
-            return (f"stopped early: a probe of {requests} requests measured {key} {value:.3g}, "
+            return (f"stopped early: its first {requests} requests measured {key} {value:.3g}, "
                     f"{ratio:.1f}x its target {threshold:.3g}")
         return check
 
     def _pruned(self, trial: optuna.Trial, config: VllmConfig, measured: Measurement) -> None:
-        # The probe's own figures as constraints: the sampler learns how far this region misses.
+        # The figures so far as constraints: the sampler learns how far this region misses.
         constraints = slo_constraints(self.slo, measured.client)
         for key, value in constraints.items():
             trial.set_constraint(key, value)

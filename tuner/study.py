@@ -2,9 +2,9 @@
 
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
-constraints). Every trial but the baseline first sends a short probe at the study's load; one that
-already misses a target by `prune_factor` (default 2x) stops there, PRUNED with its reason
-(`objective.SloPruner`), and is never a candidate for the verdict. The study's wall time (summed
+constraints). Every trial but the baseline is judged as its window's requests finish; one whose
+requests so far already miss a target by `prune_factor` (default 2x) stops there, PRUNED with its
+reason (`objective.SloPruner`), and is never a candidate for the verdict. The study's wall time (summed
 over resumes) and each trial's are stored (`wall_seconds`). After the search, the baseline and the best few configs are measured again in
 interleaved rounds; a winner's goodput interval must clear the baseline's (see `tuner.verdict`).
 
@@ -99,7 +99,7 @@ class TuneSpec(BaseModel):
     # Sampling for every request (None: the workload's own; a workload without one: the server's default).
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    # Stop a trial whose probe misses a target by this factor (None: every trial runs in full).
+    # Stop a trial whose requests so far miss a target by this factor (None: every trial runs in full).
     prune_factor: float | None = Field(default=DEFAULT_PRUNE_FACTOR, gt=1)
     # The KV-cache ceiling in GiB: the KV-cache size is searched up to it (None: not searched).
     kv_cache_max_gib: int | None = Field(default=None, ge=1)

@@ -68,8 +68,8 @@ class FakeMeasure:
     noise: list[float] = field(default_factory=list)
     # TTFT p95 (s) of configs with these max_num_seqs, overriding the rule above (a far miss, say).
     ttft_by_seqs: dict[int, float] = field(default_factory=dict)
-    probes = True  # takes `check`, like ServerMeasure: a probe's figures are this config's figures
-    probed: list[VllmConfig] = field(default_factory=list)
+    watches = True  # takes `check`, like ServerMeasure: the window so far reads as this config's figures
+    watched: list[VllmConfig] = field(default_factory=list)
 
     def __call__(self, config: VllmConfig, progress=None, check=None) -> Measurement:
         self.calls.append(config)
@@ -83,7 +83,7 @@ class FakeMeasure:
         ttft = 0.3 if config.enable_chunked_prefill else 0.8
         ttft = self.ttft_by_seqs.get(config.max_num_seqs or 0, ttft)
         if check is not None:
-            self.probed.append(config)
+            self.watched.append(config)
             reason = check(client(ttft, goodput), 8)
             if reason:
                 return Measurement(ok=True, status="pruned", reason=reason, goodput=goodput,

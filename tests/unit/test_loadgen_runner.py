@@ -158,7 +158,7 @@ def test_url_normalization() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"rate": 0}, {"concurrency": 0}, {"num_requests": 0}, {"burstiness": 0},
-                                {"duration": 1.0}])
+                                {"duration": 1.0}, {"watch_every": 0}])
 def test_bad_arguments(kw: dict) -> None:
     with pytest.raises(ConfigError):
         run_load("http://127.0.0.1:1", "m", Workload.fixed(5, 2), **kw)
@@ -197,3 +197,64 @@ def test_a_request_dropped_twice_is_a_failure_with_its_reason() -> None:
     assert (r.completed, r.failed) == (1, 1)
     bad = next(x for x in r.records if not x.ok)
     assert bad.retries == 1 and bad.status is None and "disconnect" in (bad.error or "").lower(), bad
+
+
+# -- a watch may end a run sooner (the tuner's early stop) -------------------------------------------
+
+
+def test_a_watch_that_says_stop_ends_the_run_and_keeps_only_finished_requests() -> None:
+    seen: list[int] = []
+
+    def watch(so_far: LoadResult) -> str | None:
+        seen.append(len(so_far.records))
+        assert all(r.ok for r in so_far.records) and so_far.duration > 0
+        return "far too slow" if len(so_far.records) >= 10 else None
+
+    with EchoServer(itl=0.005) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 20), concurrency=4, num_requests=200, watch=watch,
+                     watch_every=5)
+        sent = srv.stats.requests
+    assert r.stopped == "far too slow"
+    assert seen[:2] == [5, 10]  # after every 5 finished requests, one look at a time
+    # Nothing more is sent once the look says stop (a look takes well under the 100 ms a request
+    # streams here); what was in flight then is dropped, not recorded.
+    assert 10 <= len(r.records) < 40 and len(r.records) <= sent <= len(r.records) + 8
+    assert all(r_.ok and r_.e2e is not None for r_ in r.records)
+    assert r.figures().completed == len(r.records)
+
+
+def test_a_watch_runs_off_the_event_loop_one_look_at_a_time() -> None:
+    import threading
+
+    caller = threading.get_ident()
+    lock = threading.Lock()
+    looks: list[tuple[int, int]] = []
+
+    def watch(so_far: LoadResult) -> str | None:
+        assert lock.acquire(blocking=False), "two looks at once"
+        try:
+            time.sleep(0.1)  # slower than requests finish: the looks due meanwhile are skipped
+            looks.append((threading.get_ident(), len(so_far.records)))
+        finally:
+            lock.release()
+        return None
+
+    with EchoServer(itl=0.001) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=4, num_requests=40, watch=watch)
+    assert looks and all(ident != caller for ident, _ in looks)
+    assert len(looks) < 40  # looks due while one ran were not queued behind it
+    assert r.stopped is None and r.completed == 40
+
+
+def test_a_look_that_says_stop_once_every_request_finished_stops_nothing() -> None:
+    looks: list[int] = []
+
+    def watch(so_far: LoadResult) -> str | None:
+        looks.append(len(so_far.records))
+        return "too late to matter"
+
+    with EchoServer(itl=0.001) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=4, num_requests=12, watch=watch,
+                     watch_every=12)
+    assert looks == [12]
+    assert r.stopped is None and len(r.records) == 12 and r.completed == 12

@@ -1,6 +1,7 @@
-"""Spending trials where they matter: a trial whose probe misses an SLO target by far stops early
-(PRUNED, with its reason, never crowned); one near the threshold runs in full; the baseline always
-runs in full; wall time per trial and per study lands in the result; capacity mode never probes."""
+"""Spending trials where they matter: a trial whose requests so far miss an SLO target by far stops
+early (PRUNED, with its reason, never crowned); one near the threshold runs in full; the baseline
+always runs in full; wall time per trial and per study lands in the result; capacity mode is never
+stopped early (its rate search is its own)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from slotune.slo import SloSpec
-from slotune.tuner.measure import probe_size
+from slotune.tuner.measure import look_points
 from slotune.tuner.objective import SloPruner, worst_excess
 from slotune.tuner.study import TuneSpec, run_study
 from tests.support.tuner import FakeMeasure, client
@@ -39,7 +40,7 @@ def test_a_trial_that_misses_by_far_is_pruned_with_its_reason_and_never_crowned(
     assert t.state is TrialState.PRUNED and t.user_attrs["state"] == "pruned"
     assert "stopped early" in t.user_attrs["reason"] and "ttft_p95" in t.user_attrs["reason"]
     assert "4.0x" in t.user_attrs["reason"]
-    assert t.user_attrs["probe"] == {"requests": 8, "target": "ttft_p95", "value": 2.0, "threshold": 0.5,
+    assert t.user_attrs["so_far"] == {"requests": 8, "target": "ttft_p95", "value": 2.0, "threshold": 0.5,
                                      "ratio": 4.0}
     assert t.intermediate_values == {8: t.user_attrs["goodput"]}  # the objective's own figure, for TPE
     assert result.verdict.winner != 1 and (result.best or {}).get("trial") != 1
@@ -52,25 +53,25 @@ def test_a_trial_near_the_threshold_runs_in_full(tmp_path):
     run_study(spec(tmp_path, trials=2, enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
     t = _trials(tmp_path)[1]
     assert t.state is TrialState.COMPLETE and t.user_attrs["feasible"] is False
-    assert len(fm.probed) == 1  # it was probed, and went on
+    assert len(fm.watched) == 1  # it was watched, and went on
 
 
-def test_the_baseline_is_never_probed_nor_pruned(tmp_path):
+def test_the_baseline_is_never_watched_nor_pruned(tmp_path):
     fm = FakeMeasure(ttft_by_seqs={0: 5.0})  # vLLM's default misses by 10x
     run_study(spec(tmp_path, trials=1), measure=fm)
     t = _trials(tmp_path)[0]
-    assert t.user_attrs["origin"] == "baseline" and t.state is TrialState.COMPLETE and fm.probed == []
+    assert t.user_attrs["origin"] == "baseline" and t.state is TrialState.COMPLETE and fm.watched == []
 
 
 def test_no_pruning_when_switched_off_or_in_capacity_mode(tmp_path):
     fm = FakeMeasure(ttft_by_seqs={16: 2.0})
     run_study(spec(tmp_path, trials=2, prune_factor=None,
                    enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
-    assert _trials(tmp_path)[1].state is TrialState.COMPLETE and fm.probed == []
+    assert _trials(tmp_path)[1].state is TrialState.COMPLETE and fm.watched == []
     fm = FakeMeasure(ttft_by_seqs={16: 2.0})
     run_study(spec(tmp_path, trials=2, mode="capacity", study_name="c",
                    enqueue=[{"max_num_seqs": 16, "enable_chunked_prefill": True}]), measure=fm)
-    assert fm.probed == []
+    assert fm.watched == []
 
 
 def test_wall_time_per_trial_and_per_study_in_the_result(tmp_path):
@@ -95,17 +96,18 @@ def test_the_pruning_decision():
     study = optuna.create_study(pruner=SloPruner(2.0), direction="maximize")
     for ratio, step, pruned in ((2.5, 8, True), (2.0, 8, True), (1.9, 8, False), (9.0, 3, False)):
         t = study.ask()
-        t.set_user_attr("probe", {"requests": step, "ratio": ratio})
+        t.set_user_attr("so_far", {"requests": step, "ratio": ratio})
         t.report(1.0, step)
         assert t.should_prune() is pruned, (ratio, step)
         study.tell(t, 0.0)
     t = study.ask()
-    t.report(1.0, 8)  # no probe figures: nothing to judge
+    t.report(1.0, 8)  # no figures so far: nothing to judge
     assert t.should_prune() is False
     with pytest.raises(ValueError):
         SloPruner(1.0)
 
 
-@pytest.mark.parametrize(("n", "probe"), [(40, 10), (20, 5), (12, 5), (9, 0), (None, 0)])
-def test_probe_size(n, probe):
-    assert probe_size(n) == probe
+@pytest.mark.parametrize(("n", "points"), [(400, (40, 20)), (40, (5, 2)), (12, (5, 1)), (3, (5, 1)),
+                                           (None, (5, 5))])
+def test_a_window_is_first_judged_after_a_tenth_of_its_requests(n, points):
+    assert look_points(n) == points

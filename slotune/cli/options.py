@@ -65,6 +65,42 @@ def http_url_option(_ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+# How a `--model` value says it is a path on disk rather than a Hugging Face id (`org/name`).
+MODEL_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def model_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for every `--model` slotune launches vLLM with: a model given as a path (absolute,
+    `./`, `../`, `~`) that is not on disk is one `error: --model PATH: ...` line (exit 1) when the command
+    line is read. vLLM would take it for a repo id and die at start-up ("Repo id must be in the form"),
+    every trial infeasible. A value that exists on disk passes (`~` expanded: vLLM does not expand it);
+    anything else, a Hugging Face id such as `org/name`, passes unchecked (it may be cached or downloaded)."""
+    import os
+
+    if value is None:
+        return None
+    expanded = os.path.expanduser(value)
+    if os.path.exists(expanded):
+        return expanded
+    if value in (".", "..") or value.startswith(MODEL_PATH_PREFIXES):
+        what = param.opts[0] if isinstance(param, click.Option) else "model"
+        raise ConfigError(f"{what} {value}: no such file or directory (a local model must exist; "
+                          "a Hugging Face model id is written ORG/NAME)")
+    return value
+
+
+def storage_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for `--storage URL`: a URL SQLAlchemy cannot read, or whose dialect or driver is not
+    installed (`bogus://x`, a bare file path), is one `error:` line when the command line is read, before
+    anything is printed. Nothing is connected or created (an unreachable server is found when opened)."""
+    if value is None:
+        return None
+    from slotune.store import check_url
+
+    check_url(value)
+    return value
+
+
 def sampling_options(f: F) -> F:
     """`--temperature` and `--top-p` (as `vllm bench serve`): override the workload's sampling."""
     f = click.option("--top-p", "top_p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,

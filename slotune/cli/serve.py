@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from slotune import paths
-from slotune.cli.options import vllm_config_from
+from slotune.cli.options import model_option, vllm_config_from
 
 
 @click.command("serve")
-@click.option("--model", help="model directory or id (or `model:` in --config)")
+@click.option("--model", callback=model_option,
+              help="model directory (must exist) or Hugging Face id ORG/NAME (or `model:` in --config)")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of vLLM flags")
 @click.option("--port", type=click.IntRange(1, 65535), help="port (default: a free one)")
 @click.option("--host", default=None, help="address to bind (default 127.0.0.1)")

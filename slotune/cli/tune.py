@@ -10,8 +10,10 @@ import click
 
 from slotune.cli.options import (
     WORKLOAD_HELP,
+    model_option,
     sampling_options,
     slo_option,
+    storage_option,
     writable_dir_option,
     writable_file_option,
 )
@@ -101,7 +103,8 @@ class _TrialProgress:
 
 def register(app: click.Group) -> None:
     @app.command()
-    @click.option("--model", required=True, help="model directory or id to serve")
+    @click.option("--model", required=True, callback=model_option,
+                  help="model directory (must exist) or Hugging Face id (ORG/NAME) to serve")
     @click.option("--workload", help=WORKLOAD_HELP)
     @sampling_options
     @click.option("--input-len", type=click.IntRange(min=1), help="fixed prompt length (with --output-len)")
@@ -120,7 +123,8 @@ def register(app: click.Group) -> None:
                   help="YAML file narrowing or fixing dimensions")
     @click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE", help="fix one dimension (repeatable)")
     @click.option("--pareto", is_flag=True, help="two objectives: goodput vs p95 TTFT (Pareto front)")
-    @click.option("--storage", help="database URL (default: slotune's SQLite file; PostgreSQL for several workers)")
+    @click.option("--storage", callback=storage_option,
+                  help="database URL (default: slotune's SQLite file; PostgreSQL for several workers)")
     @click.option("--study", "study_name", help="study name; an existing one is resumed")
     @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), callback=writable_dir_option,
                   help="directory for report.html (one self-contained file), summary.json, best.yaml, best.sh, plots")
@@ -132,8 +136,8 @@ def register(app: click.Group) -> None:
                        "--kv-cache-memory-bytes); nothing above it is tried (default: not searched)")
     @click.option("--prune-at", "prune_factor", type=click.FloatRange(min=1, min_open=True), default=2.0,
                   callback=_finite,
-                  show_default=True, help="stop a trial whose short probe misses an SLO target by this factor")
-    @click.option("--no-prune", is_flag=True, help="run every trial in full (no probe, no early stop)")
+                  show_default=True, help="stop a trial whose requests so far miss an SLO target by this factor")
+    @click.option("--no-prune", is_flag=True, help="run every trial in full (no early stop)")
     @click.option("--remeasure", type=click.IntRange(min=0), default=2, show_default=True,
                   help="best configs measured again (with the baseline) before a winner is named")
     @click.option("--remeasure-rounds", "remeasure_repeats", type=click.IntRange(min=1), default=2, show_default=True,

@@ -118,13 +118,26 @@ def shown_url(url: str) -> str:
         return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def open_store(url: str | None = None) -> Store:
-    url = url or paths.default_database_url()
+def _engine(url: str) -> Engine:
+    """An engine for `url` (nothing is connected yet); a URL SQLAlchemy cannot read, or whose dialect or
+    driver is not installed, is one `StoreError` line."""
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         shown = shown_url(url)  # the driver's message may quote the URL, password and all
         raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
+
+
+def check_url(url: str) -> None:
+    """Raises `StoreError` (as `open_store` would) unless `url` is a database URL SQLAlchemy reads, with its
+    dialect and driver installed. Connects to nothing and creates nothing: for checking a command line
+    before any work starts (a server that cannot be reached is found when the database is opened)."""
+    _engine(url).dispose()
+
+
+def open_store(url: str | None = None) -> Store:
+    url = url or paths.default_database_url()
+    engine = _engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:

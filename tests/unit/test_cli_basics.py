@@ -33,8 +33,8 @@ def test_bad_arguments_are_one_line_and_non_zero():
         assert "Traceback" not in out.stderr
 
 
-def test_tune_refuses_a_bad_server_core_list_before_anything_runs():
-    out = run("tune", "--model", "/nonexistent", "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s",
+def test_tune_refuses_a_bad_server_core_list_before_anything_runs(tmp_path):
+    out = run("tune", "--model", str(tmp_path), "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s",
               "--server-cpus", "9999")
     assert out.returncode != 0
     available = sorted(os.sched_getaffinity(0))
@@ -57,3 +57,87 @@ def test_a_config_file_with_a_flag_for_a_value_is_refused(tmp_path):
     cfg.write_text("model: /m\nserved_model_name: --api-key=x\n")
     out = run("serve", "--config", str(cfg), "--print-command")
     assert out.returncode != 0 and "starts with '-'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+# `--model` for a command that launches vLLM: a path that is not on disk is refused when the command line
+# is read (vLLM took it for a repo id, died at start-up, and the study ended "infeasible" with exit 0).
+LAUNCHES = {
+    "tune": ["tune", "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s", "--trials", "1"],
+    "serve": ["serve", "--print-command"],
+}
+
+
+@pytest.fixture()
+def no_launch(monkeypatch):
+    """Were a check below to let a command through, it fails here instead of starting vLLM."""
+    from slotune.server import ManagedServer
+
+    def start(self, *args, **kwargs):
+        raise AssertionError("a vLLM server was started")
+
+    monkeypatch.setattr(ManagedServer, "start", start)
+
+
+@pytest.fixture()
+def elsewhere(tmp_path, monkeypatch, no_launch):
+    """An empty working directory and home, and a data directory of their own: nothing there to find."""
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", list(LAUNCHES))
+@pytest.mark.parametrize("model", ["/nonexistent/model-dir", "./missing", "../missing", "~/missing"])
+def test_a_model_path_that_is_not_there_is_one_error_line(command, model, elsewhere, capsys):
+    argv = [LAUNCHES[command][0], "--model", model, *LAUNCHES[command][1:]]
+    assert main(argv) == 1  # in-process: a traceback would be an exception failing this test
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"error: --model {model}: no such file or directory (a local model must exist; "
+                                "a Hugging Face model id is written ORG/NAME)"], err
+    assert not (elsewhere / "data").exists()  # refused before anything started or was written
+
+
+def test_a_missing_model_path_is_refused_in_a_subprocess_too(tmp_path):
+    # --server-cpus 9999, read after --model, is refused too: without the model check nothing starts either
+    out = run("tune", "--model", str(tmp_path / "missing"), *LAUNCHES["tune"][1:], "--server-cpus", "9999")
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: --model {tmp_path / 'missing'}: no such file or directory")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_hugging_face_id_is_not_checked_on_disk(elsewhere, capsys):
+    assert main(["serve", "--model", "org/name", "--print-command"]) == 0
+    assert "vllm serve org/name " in capsys.readouterr().out
+    # tune reads --model first and passes it on; what stops it here is the storage URL, read after it
+    assert main(["tune", "--model", "org/name", *LAUNCHES["tune"][1:], "--storage", "bogus://x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open database 'bogus://x'") and "--model" not in err, err
+
+
+@pytest.mark.parametrize("model", ["~/m", "./m", "m"])
+def test_a_model_path_that_is_there_passes(model, elsewhere, capsys):
+    """`~` is expanded (vLLM would not expand it, and slotune refuses `~` on a command line); a relative
+    path that exists passes as given."""
+    for where in ("home", "cwd"):
+        (elsewhere / where / "m").mkdir()
+    assert main(["serve", "--model", model, "--print-command"]) == 0
+    shown = str(elsewhere / "home" / "m") if model.startswith("~") else model
+    assert f"vllm serve {shown} " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("storage", ["bogus://x", "{tmp}/typo.db"])
+def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_path, monkeypatch, no_launch, capsys):
+    """Once the study's header line ("study NAME: tuning MODEL for SLO ...") came before the error."""
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "model").mkdir()
+    url = storage.replace("{tmp}", str(tmp_path))
+    assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], "--storage", url]) == 1
+    out, err = capsys.readouterr()
+    assert out == "", out  # no header, not even the progress bar's blank line
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot open database '{url}': "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no database file, no data directory

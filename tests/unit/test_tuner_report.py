@@ -229,9 +229,11 @@ def test_report_cli_writes_the_html_and_cost_from_storage(study: TuneSpec, tmp_p
 
 @pytest.mark.parametrize("bad", ["-1", "nan", "inf", "cheap", ""])
 @pytest.mark.parametrize("command", ["report", "tune"])
-def test_a_bad_cost_per_hour_is_one_line_and_non_zero(study: TuneSpec, bad: str, command: str, capsys) -> None:
+def test_a_bad_cost_per_hour_is_one_line_and_non_zero(study: TuneSpec, bad: str, command: str, tmp_path: Path,
+                                                      capsys) -> None:
+    # the model is a directory that exists: a missing one would be refused first (test_cli_basics)
     args = {"report": ["report", "--study", "s", "--storage", study.storage],
-            "tune": ["tune", "--model", "/models/tiny", "--slo", SLO, "--input-len", "8", "--output-len", "8",
+            "tune": ["tune", "--model", str(tmp_path), "--slo", SLO, "--input-len", "8", "--output-len", "8",
                      "--storage", study.storage, "--study", "never-run"]}[command]
     rc = main([*args, "--cost-per-hour", bad])
     err = capsys.readouterr().err

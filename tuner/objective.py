@@ -57,6 +57,7 @@ DUPLICATE_OF = "duplicate_of"
 CLAIMED = "claimed"
 TWIN_POLL_SECONDS = 2.0  # how often a trial waiting for its twin on another worker looks again
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
+WAITED = "waited_seconds"  # user attr: of a duplicate's wall time, the wait for another worker's run of its twin
 DEFAULT_PRUNE_FACTOR = 2.0
 
 # (trial number, stage) → the CLI's progress bar
@@ -93,9 +94,13 @@ def jsonable_params(config: VllmConfig) -> dict[str, Any]:
 
 def wall_times(trials: list[FrozenTrial], study_attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Wall time of the study (every `run_study`, re-measurements included, summed over resumes) and of
-    its trials, in seconds: `{"study": s, "trials": sum, "per_trial": {number: s}}`."""
+    its trials, in seconds: `{"study": s, "trials": sum, "per_trial": {number: s}, "waited": s}`, where
+    `waited` is the part of the trials' time duplicates spent waiting for another worker's run of the
+    same server (a worker busy, no server of its own)."""
     per = {t.number: float(t.user_attrs[WALL]) for t in trials if isinstance(t.user_attrs.get(WALL), (int, float))}
-    return {"study": study_attrs.get(WALL), "trials": round(sum(per.values()), 3), "per_trial": per}
+    waited = sum(float(t.user_attrs[WAITED]) for t in trials if isinstance(t.user_attrs.get(WAITED), (int, float)))
+    return {"study": study_attrs.get(WALL), "trials": round(sum(per.values()), 3), "per_trial": per,
+            "waited": round(waited, 3)}
 
 
 def ttft_p95(client: LoadFigures | None) -> float | None:
@@ -245,6 +250,7 @@ class TrialObjective:
         if trial.user_attrs.get(CLAIMED):  # a retry of a dead worker's trial copies its attrs: not its claim
             trial.set_user_attr(CLAIMED, False)
         said = False
+        waiting_since = time.monotonic()
         while True:
             with self.claims():
                 first = _twin(trial, command)
@@ -269,6 +275,7 @@ class TrialObjective:
         trial.set_user_attr("feasible", False)
         trial.set_user_attr("reason", reason)
         trial.set_user_attr(WALL, self._wall())
+        trial.set_user_attr(WAITED, round(time.monotonic() - waiting_since, 3) if said else 0.0)
         self._record(trial.number, TrialRowState.PRUNED, reason, config,
                      Measurement(ok=False, status=DUPLICATE, reason=reason), constraints)
         self._emit(trial, reason)

@@ -372,7 +372,10 @@ def render(result: StudyResult, console: Any = None) -> None:
                   f"infeasible, {dup} duplicate{'' if dup == 1 else 's'} (not measured), {c['fail']} failed, "
                   f"{c['running']} running, {c['waiting']} waiting")
     if isinstance(result.wall.get("study"), (int, float)):
-        console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s")
+        waited = result.wall.get("waited") or 0
+        console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s"
+                      + (f" ({waited:.0f} s of it duplicates waiting for another worker's run of their server)"
+                         if waited >= 1 else ""))
     v = result.verdict
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}")
     for label, e in (("baseline", result.baseline), ("best", result.best)):

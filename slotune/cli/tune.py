@@ -75,30 +75,45 @@ def _cpus(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tu
 
 
 class _TrialProgress:
-    """One progress line per trial: a spinner and the trial's current stage, then its outcome."""
+    """One progress line per trial: a spinner and the trial's current stage, then its outcome. Output
+    that is not a terminal (a log file, CI) gets one plain line per stage instead: a live display is
+    drawn there only once, at the end, and the stages (waiting for another worker, stopped early)
+    would never be seen."""
 
     def __init__(self) -> None:
+        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        self.live = Console().is_terminal
         self.progress = Progress(SpinnerColumn(), TextColumn("trial {task.fields[trial]:>3}"),
                                  TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
         self.tasks: dict[int, Any] = {}
+        self.started: dict[int, float] = {}
 
     def __call__(self, trial: int, stage: str) -> None:
-        task = self.tasks.get(trial)
-        if task is None:
-            task = self.tasks[trial] = self.progress.add_task(stage, total=1, trial=trial)
+        import time
+
         from slotune.tuner.objective import OUTCOME_STAGES
 
         done = stage.startswith(OUTCOME_STAGES)
+        if not self.live:
+            since = self.started.setdefault(trial, time.monotonic())
+            took = f" ({time.monotonic() - since:.0f} s)" if done else ""
+            click.echo(f"trial {trial:>3}: {stage}{took}")
+            return
+        task = self.tasks.get(trial)
+        if task is None:
+            task = self.tasks[trial] = self.progress.add_task(stage, total=1, trial=trial)
         self.progress.update(task, description=stage, completed=1 if done else 0)
 
     def __enter__(self) -> _TrialProgress:  # noqa: PYI034
-        self.progress.__enter__()
+        if self.live:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+        if self.live:
+            self.progress.__exit__(*exc)
 
 
 def register(app: click.Group) -> None:

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -141,3 +142,18 @@ def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_pa
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot open database '{url}': "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no database file, no data directory
+
+
+def test_trial_stages_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
+    # A log file or CI would otherwise get rich's live display drawn once, at the end: no stage seen.
+    from slotune.cli.tune import _TrialProgress
+
+    with _TrialProgress() as bar:
+        bar(1, "starting vLLM")
+        bar(1, "waiting for trial 0: another worker is measuring the same server")
+        bar(1, "done: goodput 1.5 req/s")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["trial   1: starting vLLM",
+                         "trial   1: waiting for trial 0: another worker is measuring the same server"]
+    assert re.fullmatch(r"trial   1: done: goodput 1\.5 req/s \(\d+ s\)", lines[2]), lines
+    assert len(lines) == 3

@@ -73,6 +73,7 @@ def test_each_distinct_server_is_measured_once_and_the_other_draws_are_duplicate
         assert t.user_attrs["reason"] == f"the same server as trial {n}, measured already: not measured again"
         assert t.constraints == trials[n].constraints  # the sampler still reads the config's feasibility
         assert isinstance(t.user_attrs["wall_seconds"], float)
+        assert t.user_attrs["waited_seconds"] == 0.0  # its twin had finished: nothing to wait for
         assert "goodput" not in t.user_attrs  # nothing measured, nothing pretends to be
     # slotune's own table: one row per trial, the duplicates as `pruned` (the column's vocabulary) with the reason.
     with open_store(s.storage).session() as sess:
@@ -182,12 +183,17 @@ def test_a_server_another_worker_is_measuring_is_waited_for_not_measured_again(t
     s = spec(tmp_path, trials=3, enqueue=[{"max_num_seqs": 32}])
     other = _running_elsewhere(s, command, claimed=True, then=TrialState.COMPLETE)
     fm = FakeMeasure()
-    run_study(s, measure=fm)
+    result = run_study(s, measure=fm)
     assert [c.max_num_seqs for c in fm.calls] == [None], fm.calls  # the baseline only
     dup = next(t for t in _trials(s) if t.number != other and t.user_attrs.get("command") == command)
     assert dup.state is TrialState.PRUNED and dup.user_attrs["state"] == "duplicate"
     assert dup.user_attrs["duplicate_of"] == other and dup.constraints == {"ttft_p95": -0.5}
-    assert dup.user_attrs["wall_seconds"] >= 1.0  # it waited for the other worker's outcome
+    assert dup.user_attrs["wall_seconds"] >= dup.user_attrs["waited_seconds"] >= 1.0  # it waited for that outcome
+    # The study's wall summary tells the wait apart from measuring.
+    assert result.wall["waited"] == dup.user_attrs["waited_seconds"]
+    out = io.StringIO()
+    render(result, Console(file=out, width=200))
+    assert "of it duplicates waiting for another worker's run of their server" in out.getvalue(), out.getvalue()
     assert dup.user_attrs["reason"] == f"the same server as trial {other}, measured already: not measured again"
 
 

@@ -27,8 +27,14 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
   trial (2400: a 2-minute window, long against vLLM's ~30 s start-up, as windows are in production),
   `ttft_p95<=300ms,tpot_p95<=20ms`, 6 trials, seed 0, best re-measured in 1 round) run twice: with
   early stopping (each window judged as its requests finish, `SloPruner`, `--prune-at 2`) and
-  without (`--no-prune`). The first 5 trials after the baseline are TPE's random start-up, the same
-  configs in both. Figure: wall time with / without (target <= half) and both verdicts.
+  without (`--no-prune`). The trials after the baseline are its remedies and TPE's random start-up
+  (seeded: the same configs in both when the baseline's findings are). Figure: wall time with /
+  without (target <= half) and both verdicts.
+- `early-stop-knee` (e, a second regime): the same pair of studies on the real model at the
+  defaults' knee, the `sharegpt` part's load (`--sharegpt-rate`, `ttft_p95<=3s,tpot_p95<=250ms`),
+  `--es-knee-requests` (96: a 2-minute window at 0.8 req/s) per trial, 6 trials: at the knee most
+  changes to the defaults push the server over it, which is where a study spends trials that early
+  stopping can end.
 - `grid` (c): the real model on the short `edit` workload at concurrency 2 (`--grid-requests` per
   config, 12; 1 warm-up), an exhaustive grid of 12 configs: speculative decoding {default (off), n-gram K 4
   window 2-4} x `max_num_seqs` {default, 1, 2} x `max_num_batched_tokens` {default, 256}, the
@@ -51,7 +57,7 @@ CPU without native bf16 (slotune/platforms.py; on this AVX2-only host bf16 prefi
 the baseline included, and the `vllm serve` lines printed say so.
 vLLM runs on the last core, every client on the others.
 
-    .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop grid sharegpt]
+    .venv/bin/python bench/bench_tune.py [--part false-wins edit early-stop early-stop-knee grid sharegpt]
         [--budget-min M] [--results FILE] [--report] [--fresh PART]
 """
 
@@ -72,7 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the testing package (tests.support) is not installed: read it from the checkout
 from tests.support.paths import CACHE  # noqa: E402  (the built models, $SLOTUNE_TEST_CACHE as in the tests)
 
-PARTS = ("false-wins", "edit", "early-stop", "grid", "sharegpt")
+PARTS = ("false-wins", "edit", "early-stop", "early-stop-knee", "grid", "sharegpt")
 NAME = "bench"  # the served model name in the vllm.benchmarks.serve runs
 
 EDIT_YAML = """\
@@ -395,30 +401,46 @@ def report_false_wins(units: dict[str, Any]) -> None:
 
 
 def part_early_stop(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
-    from slotune.tuner.study import TuneSpec
-
     model = tiny_model()
     settings = {"model": "tiny-llama", "input_len": 256, "output_len": 32, "rate": 20.0, "requests": a.es_requests,
                 "slo": "ttft_p95<=300ms,tpot_p95<=20ms", "trials": 6, "seed": 0, "remeasure": "top 1, 1 round",
                 "early_stop": "window judged as its requests finish"}
-    units = rec.part("early-stop", settings)
-    work = a.work / "early-stop"
+    study_pair("early-stop", rec, a, settings, model=str(model), input_len=256, output_len=32, slo=settings["slo"],
+               trials=6, rate=20.0, num_requests=a.es_requests, warmup_requests=4, seed=0, server_cpus=cpus)
+
+
+def part_early_stop_knee(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
+    model = real_model()
+    wl = workload_file(a.work, "sharegpt-short", SHAREGPT_YAML)
+    slo = "ttft_p95<=3s,tpot_p95<=250ms"
+    settings = {"model": str(model), "workload": SHAREGPT_YAML, "rate": a.sharegpt_rate,
+                "requests": a.es_knee_requests, "slo": slo, "trials": 6, "seed": 0, "remeasure": "top 1, 1 round",
+                "early_stop": "window judged as its requests finish"}
+    study_pair("early-stop-knee", rec, a, settings, model=str(model), workload=str(wl), slo=slo, trials=6,
+               rate=a.sharegpt_rate, num_requests=a.es_knee_requests, warmup_requests=1, seed=0, server_cpus=cpus,
+               startup_timeout=900)
+
+
+def study_pair(part: str, rec: Record, a: argparse.Namespace, settings: dict[str, Any], **spec_kw: Any) -> None:
+    """One study run twice, with early stopping (`--prune-at 2`) and without (`--no-prune`)."""
+    from slotune.tuner.study import TuneSpec
+
+    units = rec.part(part, settings)
+    work = a.work / part
     work.mkdir(parents=True, exist_ok=True)
     for label, factor in (("pruned", 2.0), ("full", None)):
         if label in units:
             continue
         rec.check_budget()
         print(f"  study {label} ({stamp()})", flush=True)
-        spec = TuneSpec(model=str(model), input_len=256, output_len=32, slo=settings["slo"], trials=6, rate=20.0,
-                        num_requests=a.es_requests, warmup_requests=4, storage=f"sqlite:///{work}/studies.db",
-                        study_name=f"es-{label}", seed=0, remeasure_top=1, remeasure_repeats=1, server_cpus=cpus,
-                        prune_factor=factor)
+        spec = TuneSpec(storage=f"sqlite:///{work}/studies.db", study_name=f"es-{label}", remeasure_top=1,
+                        remeasure_repeats=1, prune_factor=factor, **spec_kw)
         units[label] = brief(run_study_in_chunks(spec, rec))
         rec.save()
-    report_early_stop(units)
+    report_early_stop(units, part)
 
 
-def report_early_stop(units: dict[str, Any]) -> None:
+def report_early_stop(units: dict[str, Any], part: str = "early-stop") -> None:
     for label in ("pruned", "full"):
         if label in units:
             print_study(label, units[label])
@@ -428,7 +450,7 @@ def report_early_stop(units: dict[str, Any]) -> None:
         tp = sum(v for v in (p["wall_s"].get("per_trial") or {}).values())
         tf = sum(v for v in (f["wall_s"].get("per_trial") or {}).values())
         same = (p["use"], p["winner"]) == (f["use"], f["winner"])
-        print(f"\nFIGURE early-stop: study wall {wp / 60:.1f} min with early stopping vs {wf / 60:.1f} min without "
+        print(f"\nFIGURE {part}: study wall {wp / 60:.1f} min with early stopping vs {wf / 60:.1f} min without "
               f"= {wp / wf:.2f} (target <= 0.5: {'met' if wp / wf <= 0.5 else 'MISSED'}); trials alone "
               f"{tp / 60:.1f} vs {tf / 60:.1f} min = {tp / tf if tf else float('nan'):.2f}; pruned trials "
               f"{p['trials'].get('pruned')} vs {f['trials'].get('pruned')}; same verdict: {same} "
@@ -613,6 +635,8 @@ def main() -> None:
     p.add_argument("--sharegpt-rate", type=float, default=0.8)
     p.add_argument("--grid-requests", type=int, default=12, help="requests per grid config (after 1 warm-up)")
     p.add_argument("--es-requests", type=int, default=2400, help="requests per early-stop trial (at 20 req/s)")
+    p.add_argument("--es-knee-requests", type=int, default=96,
+                   help="requests per early-stop-knee trial (at --sharegpt-rate)")
     p.add_argument("--server-cpus", default="last",
                    help="cores for each vLLM ('last': the last core where there are two or more; 'none': shared)")
     a = p.parse_args()
@@ -626,7 +650,8 @@ def main() -> None:
             shutil.rmtree(a.work / part, ignore_errors=True)  # its studies too: a resume would reuse them
         rec.save()
     if a.report:  # reads the records only: a running bench may be writing them
-        reporters = {"false-wins": report_false_wins, "early-stop": report_early_stop, "grid": report_grid}
+        reporters = {"false-wins": report_false_wins, "early-stop": report_early_stop, "grid": report_grid,
+                     "early-stop-knee": lambda units: report_early_stop(units, "early-stop-knee")}
         for part in a.part:
             units = (rec.data.get(part) or {}).get("units") or {}
             print(f"\n== {part}: {(rec.data.get(part) or {}).get('settings')}")
@@ -656,6 +681,8 @@ def main() -> None:
                 part_false_wins(rec, a, cpus)
             elif part == "early-stop":
                 part_early_stop(rec, a, cpus)
+            elif part == "early-stop-knee":
+                part_early_stop_knee(rec, a, cpus)
             elif part == "grid":
                 part_grid(rec, a, cpus)
             elif part == "edit":

@@ -28,8 +28,10 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
   `ttft_p95<=300ms,tpot_p95<=20ms`, 6 trials, seed 0, best re-measured in 1 round) run twice: with
   early stopping (each window judged as its requests finish, `SloPruner`, `--prune-at 2`) and
   without (`--no-prune`). The trials after the baseline are its remedies and TPE's random start-up
-  (seeded: the same configs in both when the baseline's findings are). Figure: wall time with /
-  without (target <= half) and both verdicts.
+  (seeded: the same configs in both when the baseline's findings are; from the sixth finished trial
+  on TPE reads each study's own outcomes, and a stopped trial is not a complete one, so later draws
+  may differ). Figure: wall time with / without (target <= half), both verdicts, and how much of the
+  time the far-missing trials took without early stopping it gave back.
 - `early-stop-knee` (e, a second regime): the same pair of studies on the real model at the
   defaults' knee, the `sharegpt` part's load (`--sharegpt-rate`, `ttft_p95<=3s,tpot_p95<=250ms`),
   `--es-knee-requests` (96: a 2-minute window at 0.8 req/s) per trial, 6 trials: at the knee most
@@ -455,6 +457,16 @@ def report_early_stop(units: dict[str, Any], part: str = "early-stop") -> None:
               f"{tp / 60:.1f} vs {tf / 60:.1f} min = {tp / tf if tf else float('nan'):.2f}; pruned trials "
               f"{p['trials'].get('pruned')} vs {f['trials'].get('pruned')}; same verdict: {same} "
               f"({p['use']} / {f['use']})")
+        # What early stopping can give back at most: the time the trials it stopped took in full.
+        full_by = {json.dumps(r["params"], sort_keys=True): r for r in f["rows"]}
+        stopped = [(r, full_by.get(json.dumps(r["params"], sort_keys=True))) for r in p["rows"] if r["state"] == "pruned"]
+        pairs = [(r["wall_seconds"], twin["wall_seconds"]) for r, twin in stopped if twin and twin["wall_seconds"]]
+        if pairs:
+            cut, whole = sum(a for a, _ in pairs), sum(b for _, b in pairs)
+            print(f"  the {len(pairs)} stopped trial(s) took {cut:.0f} s with early stopping and {whole:.0f} s in "
+                  f"full ({whole / wf:.0%} of the study without it): {1 - cut / whole:.0%} of their time given "
+                  f"back; had they cost nothing at all, the study would still take {(wf - whole) / wf:.2f} "
+                  f"of its wall time without early stopping")
 
 
 # -- (c) trials to near-best on an exhaustive grid -------------------------------------------------

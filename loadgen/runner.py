@@ -107,9 +107,10 @@ class LoadResult:
     burstiness: float = 1.0
     slo: SloSpec | None = None
     started: float = 0.0  # time.perf_counter() at the start (a system-wide monotonic clock on Linux)
-    # Why a `watch` stopped the run before its end (None: it ran to its end). `records` then hold
-    # only the requests that had finished; those still in flight were dropped unmeasured.
+    # Why a `watch` stopped the run before its end (None: it ran to its end). `records` and
+    # `duration` are then what that look judged; requests still in flight were dropped unmeasured.
     stopped: str | None = None
+    watch_error: str | None = None  # the watch failed (from then on the run was not watched)
 
     @property
     def completed(self) -> int:
@@ -136,8 +137,11 @@ class LoadResult:
         return [r.sent - r.due for r in self.records if r.due is not None]
 
     def warnings(self) -> list[str]:
-        """Why these figures may describe the client's host rather than the server (empty when sound)."""
+        """Why these figures may describe the client's host rather than the server (empty when sound),
+        or why the run was not watched to its end."""
         out = []
+        if self.watch_error:
+            out.append(f"the run's early-stop check failed {self.watch_error}; the run went on unwatched")
         if resent := self.resent():
             out.append(f"{resent} request(s) sent again after their connection dropped before any response "
                        f"(their TTFT and E2E include the first attempt)")
@@ -366,9 +370,61 @@ def _error_message(text: str) -> str:
 # -- the run ----------------------------------------------------------------------------------------
 
 # A look at a run so far: the requests finished up to now as a `LoadResult` (duration: from the
-# first send to now). Called off the event loop, so a slow look (a database write) delays no stream
-# the run is timing; a reason back stops the run.
+# first send to that moment). Called in a worker thread, one look at a time, so a look waiting on a
+# database delays no stream the run is timing (its Python work does share the interpreter: keep
+# looks spaced, `watch_every`). A reason back stops the run; an exception turns looking off for the
+# rest of the run (`LoadResult.watch_error`), the run goes on.
 Watch = Callable[[LoadResult], "str | None"]
+
+
+class _Watcher:
+    """The looks of one run: at most one at a time, never at the last request (it could stop
+    nothing). The first reason back sets `stop` and keeps what that look judged (`cut`): the run's
+    result is then exactly those requests."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.stop = asyncio.Event()
+        self.cut: tuple[list[RequestRecord], float, str] | None = None  # (records judged, elapsed, reason)
+        self.error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def finished(self, done: list[RequestRecord], elapsed: float) -> None:
+        n = len(done)
+        if (self.plan.watch is None or self.stop.is_set() or self.error is not None or self.task is not None
+                or n % self.plan.watch_every or n == self.plan.n):
+            return
+        self.task = asyncio.create_task(self._look(list(done), elapsed))
+
+    async def _look(self, so_far: list[RequestRecord], elapsed: float) -> None:
+        try:
+            reason = await asyncio.to_thread(self.plan.watch, so_far, elapsed)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the caller's check failed (its storage, say): measure on, unwatched
+            self.error = f"after {len(so_far)} requests: {_describe(exc)}"
+            reason = None
+        finally:
+            self.task = None
+        if reason and self.cut is None:
+            self.cut = (so_far, elapsed, reason)
+            self.stop.set()
+
+    async def settle(self) -> None:
+        """Wait for a look still running (it may be writing to the caller's storage)."""
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+@dataclass
+class _Ran:
+    records: list[RequestRecord]
+    started: float  # the clock at the first send
+    duration: float  # first send to last completion (or to the look that stopped the run)
+    stopped: str | None = None
+    watch_error: str | None = None
 
 
 @dataclass
@@ -515,9 +571,7 @@ async def _sleep_until(when: float) -> None:
         await asyncio.sleep(0)
 
 
-async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float, str | None]:
-    """Send the plan's requests: (the records, the clock at the first send, the run's duration, why
-    its watch stopped it or None)."""
+async def _run(plan: _Plan) -> _Ran:
     # As vllm.benchmarks.serve: one connection per request in flight (0: no limit), kept alive.
     connector = aiohttp.TCPConnector(limit=plan.concurrency or 0, limit_per_host=plan.concurrency or 0,
                                      ttl_dns_cache=300, use_dns_cache=True, keepalive_timeout=KEEPALIVE_SECONDS,
@@ -528,9 +582,8 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float, str | No
     url = plan.url + endpoint
     records: list[RequestRecord] = []
     finished: list[RequestRecord] = []
-    looks: set[asyncio.Task[None]] = set()
-    stop = asyncio.Event()
-    stopped: list[str] = []
+    last_done: list[float] = []
+    watcher = _Watcher(plan)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE) as session:
         builder = await _prepare_builder(session, plan)
         gen = _requests(plan.workload, plan.model, plan.seed, plan.n if plan.n is not None else MAX_REQUESTS,
@@ -541,67 +594,68 @@ async def _run(plan: _Plan) -> tuple[list[RequestRecord], float, float, str | No
         tasks: set[asyncio.Task[None]] = set()
         with _Progress(plan.progress, plan.n, plan.duration) as bar:
 
-            async def look(so_far: list[RequestRecord], elapsed: float) -> None:
-                reason = await asyncio.to_thread(plan.watch, so_far, elapsed)  # type: ignore[arg-type]
-                if reason and not stop.is_set():
-                    stopped.append(reason)
-                    stop.set()
-
-            def finish(rec: RequestRecord) -> None:
-                finished.append(rec)
-                # One look at a time: a look still running when the next is due is that look.
-                if (plan.watch is not None and not stop.is_set() and not looks
-                        and len(finished) % plan.watch_every == 0):
-                    task = asyncio.create_task(look(list(finished), time.perf_counter() - t0))
-                    looks.add(task)
-                    task.add_done_callback(looks.discard)
-
             async def one(rec: RequestRecord, body: bytes, t0: float) -> None:
                 try:
                     await send_request(session, url, body, rec, t0, plan.timeout)
-                    finish(rec)
+                    finished.append(rec)
+                    last_done[:] = [time.perf_counter()]
+                    watcher.finished(finished, last_done[0] - t0)
                 finally:
                     if slots is not None:
                         slots.release()
                     bar.done(rec)
 
-            t0 = time.perf_counter()
-            deadline = t0 + plan.duration if plan.duration else math.inf
-            try:
+            async def send_all(t0: float) -> None:
+                deadline = t0 + plan.duration if plan.duration else math.inf
                 for rec, body in items:
                     if rec.due is not None:
                         await _sleep_until(t0 + rec.due)
-                    if time.perf_counter() >= deadline or stop.is_set():
+                    if time.perf_counter() >= deadline:
                         break
                     if slots is not None:
                         await slots.acquire()
-                        if time.perf_counter() >= deadline or stop.is_set():
+                        if time.perf_counter() >= deadline:
                             slots.release()
                             break
                     records.append(rec)
                     task = asyncio.create_task(one(rec, body, t0))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                while tasks and not stop.is_set():
-                    stopping = asyncio.create_task(stop.wait())
-                    await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    stopping.cancel()
-                cut = stop.is_set()
-                if cut:  # stopped by the watch: what is in flight is dropped, not measured
-                    await _cancel(tasks)
-                    done = {id(r) for r in finished}
-                    records = [r for r in records if id(r) in done]
-                # A look still running may write to the caller's storage: it ends before the run does
-                # (and, the run being complete, whatever it says no longer stops anything).
-                await asyncio.gather(*looks)
+
+            t0 = time.perf_counter()
+            # Sending and then draining each race the watch's stop: a stop ends a wait for the next
+            # arrival or a free slot at once, not when it is over.
+            sending = asyncio.create_task(send_all(t0))
+            stopping = asyncio.create_task(watcher.stop.wait())
+            drain: asyncio.Future[list[None]] | None = None
+            try:
+                await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if sending.done():
+                    sending.result()
+                    if tasks:
+                        drain = asyncio.gather(*tasks)
+                        await asyncio.wait({drain, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                        if drain.done():
+                            drain.result()
+                whole = sending.done() and (drain is None or drain.done())
+                cut = None if whole else watcher.cut
+                if cut is not None:  # stopped by the watch: what is in flight is dropped, not measured
+                    await _cancel({sending, *tasks, *([drain] if drain is not None else [])})
+                await watcher.settle()
             except asyncio.CancelledError:  # Ctrl-C: stop sending, drop in-flight requests, close cleanly
-                await _cancel(tasks | looks)
+                watcher.cancel()
+                await _cancel({sending, *tasks, *([drain] if drain is not None else [])})
                 raise
-            duration = time.perf_counter() - t0
-    return records, t0, duration, stopped[0] if cut else None
+            finally:
+                stopping.cancel()
+    if cut is not None:
+        judged, elapsed, reason = cut
+        return _Ran(list(judged), t0, elapsed, stopped=reason, watch_error=watcher.error)
+    duration = (last_done[0] if last_done else time.perf_counter()) - t0
+    return _Ran(records, t0, duration, watch_error=watcher.error)
 
 
-async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: set[asyncio.Future[Any]]) -> None:
     for task in list(tasks):
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -653,10 +707,11 @@ def run_load(base_url: str, model: str, workload: Workload, *, rate: float | Non
     plan = _Plan(url=url, model=model, workload=workload, n=n, arrivals=arrivals, concurrency=concurrency,
                  duration=duration, seed=seed, timeout=request_timeout, progress=progress, watch=looked,
                  watch_every=watch_every)
-    records, started, took, stopped = asyncio.run(_run(plan))
-    result = result_of(records, took, started, stopped)
-    if records and result.completed == 0 and all(r.connect_error for r in records):
-        raise TargetError(f"every request failed to connect to {url}: {records[0].error}")
+    ran = asyncio.run(_run(plan))
+    result = result_of(ran.records, ran.duration, ran.started, ran.stopped)
+    result.watch_error = ran.watch_error
+    if result.records and result.completed == 0 and all(r.connect_error for r in result.records):
+        raise TargetError(f"every request failed to connect to {url}: {result.records[0].error}")
     return result
 
 

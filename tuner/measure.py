@@ -234,12 +234,15 @@ FIRST_LOOK_MIN = 5
 LOOKS = 20  # then every 1/LOOKS of the trial's requests
 
 
+UNBOUNDED_LOOK_EVERY = 20  # a window bounded by time only: a look every this many requests
+
+
 def look_points(num_requests: int | None) -> tuple[int, int]:
     """When a window of `num_requests` is judged: (the first look, after that many finished requests;
     then after every this many). A window bounded by time only is looked at from FIRST_LOOK_MIN, every
-    FIRST_LOOK_MIN."""
+    UNBOUNDED_LOOK_EVERY (each look reads every request so far: spaced, they cost the run little)."""
     if not num_requests:
-        return FIRST_LOOK_MIN, FIRST_LOOK_MIN
+        return FIRST_LOOK_MIN, UNBOUNDED_LOOK_EVERY
     return max(FIRST_LOOK_MIN, round(num_requests * FIRST_LOOK_SHARE)), max(1, num_requests // LOOKS)
 
 

@@ -95,9 +95,17 @@ def storage_option(_ctx: click.Context, param: click.Parameter, value: str | Non
     anything is printed. Nothing is connected or created (an unreachable server is found when opened)."""
     if value is None:
         return None
+    from sqlalchemy.engine import make_url
+
     from slotune.store import check_url
 
     check_url(value)
+    url = make_url(value)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        # Each thread of a study (Optuna's heartbeat, the early-stop check) gets its own connection,
+        # and an in-memory SQLite database is per connection: each would see an empty one.
+        raise ConfigError(f"--storage {value}: an in-memory SQLite database cannot hold a study; "
+                          "give a file (sqlite:///PATH) or a PostgreSQL URL")
     return value
 
 

@@ -144,6 +144,18 @@ def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no database file, no data directory
 
 
+@pytest.mark.parametrize("storage", ["sqlite://", "sqlite:///:memory:"])
+def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, no_launch, capsys):
+    # Optuna's heartbeat and the early-stop check each open their own connection: each an empty database.
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "model").mkdir()
+    assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], "--storage", storage]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"error: --storage {storage}: an in-memory SQLite database cannot hold a study; give a file "
+        "(sqlite:///PATH) or a PostgreSQL URL"], err
+
+
 def test_trial_stages_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     # A log file or CI would otherwise get rich's live display drawn once, at the end: no stage seen.
     from slotune.cli.tune import _TrialProgress

@@ -251,10 +251,61 @@ def test_a_look_that_says_stop_once_every_request_finished_stops_nothing() -> No
 
     def watch(so_far: LoadResult) -> str | None:
         looks.append(len(so_far.records))
+        time.sleep(0.5)  # the last request finishes meanwhile
         return "too late to matter"
 
     with EchoServer(itl=0.001) as srv:
         r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=4, num_requests=12, watch=watch,
-                     watch_every=12)
-    assert looks == [12]
+                     watch_every=11)
+    assert looks == [11]  # and none at the 12th: a look there could stop nothing
     assert r.stopped is None and len(r.records) == 12 and r.completed == 12
+    # The run's duration ends at its last completion, not when the look that outlived it did.
+    assert r.duration < 0.5
+
+
+def test_a_stopped_run_keeps_exactly_what_the_look_judged() -> None:
+    judged: list[tuple[int, float]] = []
+
+    def watch(so_far: LoadResult) -> str | None:
+        judged.append((len(so_far.records), so_far.duration))
+        time.sleep(0.2)  # more requests finish while the look runs: they were not judged
+        return "misses by far"
+
+    with EchoServer(itl=0.002) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 8), concurrency=4, num_requests=400, watch=watch,
+                     watch_every=8)
+    assert r.stopped == "misses by far" and judged[0][0] == 8
+    assert (len(r.records), r.duration) == judged[0]
+
+
+def test_a_stop_ends_a_wait_for_the_next_arrival_at_once() -> None:
+    def watch(so_far: LoadResult) -> str | None:
+        return "misses by far"
+
+    from slotune.loadgen.schedule import arrival_times
+
+    due = arrival_times(3, 0.1, 1.0, 21)  # this seed: the first at ~1.4 s, the next ~5.8 s later
+    assert due[0] < 2.0 and due[1] - due[0] > 5.0, due
+    with EchoServer() as srv:
+        started = time.perf_counter()
+        r = run_load(srv.url, "echo", Workload.fixed(5, 2), rate=0.1, num_requests=3, seed=21, watch=watch)
+        took = time.perf_counter() - started
+    assert r.stopped == "misses by far" and len(r.records) == 1
+    assert took < due[1] - 2.0, (took, due)  # it did not sleep on to the next arrival
+
+
+def test_a_watch_that_fails_turns_looking_off_and_the_run_goes_on(caplog) -> None:
+    calls: list[int] = []
+
+    def watch(so_far: LoadResult) -> str | None:
+        calls.append(len(so_far.records))
+        raise RuntimeError("database is locked")
+
+    with EchoServer(itl=0.001) as srv:
+        r = run_load(srv.url, "echo", Workload.fixed(10, 4), concurrency=4, num_requests=40, watch=watch,
+                     watch_every=5)
+    assert calls == [5]  # never again after it failed
+    assert r.stopped is None and r.completed == 40
+    assert r.watch_error == "after 5 requests: RuntimeError: database is locked"
+    assert any("early-stop check failed" in w for w in r.figures().warnings)
+    assert "never retrieved" not in caplog.text

@@ -108,6 +108,6 @@ def test_the_pruning_decision():
 
 
 @pytest.mark.parametrize(("n", "points"), [(400, (40, 20)), (40, (5, 2)), (12, (5, 1)), (3, (5, 1)),
-                                           (None, (5, 5))])
+                                           (None, (5, 20))])
 def test_a_window_is_first_judged_after_a_tenth_of_its_requests(n, points):
     assert look_points(n) == points

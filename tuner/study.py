@@ -2,7 +2,8 @@
 
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
-constraints). Every trial but the baseline is judged as its window's requests finish; one whose
+constraints). A baseline that already serves the offered rate within the SLOs ends the search there
+(`verdict.nothing_to_win`: no config's goodput can exceed the offered rate). Every trial but the baseline is judged as its window's requests finish; one whose
 requests so far already miss a target by `prune_factor` (default 2x) stops there, PRUNED with its
 reason (`objective.SloPruner`), and is never a candidate for the verdict. The study's wall time (summed
 over resumes) and each trial's are stored (`wall_seconds`). After the search, the baseline and the best few configs are measured again in
@@ -50,6 +51,7 @@ from slotune.tuner.objective import (
 )
 from slotune.tuner.space import SearchSpace, model_max_len
 from slotune.tuner.storage import open_storage, storage_url
+from slotune.tuner.verdict import NOTHING_TO_WIN, nothing_to_win
 from slotune.vllm_config import VllmConfig
 
 if TYPE_CHECKING:
@@ -268,6 +270,13 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
     return study
 
 
+def stops_when_nothing_to_win(spec: TuneSpec) -> bool:
+    """Whether the study ends after its baseline when no config can win (`verdict.nothing_to_win`):
+    in offered mode with one objective and early stopping on (`--no-prune` runs every trial). Not
+    with --pareto, where a config may still lower TTFT at the same goodput."""
+    return spec.mode == "offered" and not spec.pareto and spec.prune_factor is not None
+
+
 def study_pruner(spec: TuneSpec) -> SloPruner | None:
     """The pruner of a study: none in capacity mode, whose rate search is its own early stop."""
     if spec.prune_factor is None or spec.mode == "capacity":
@@ -339,16 +348,21 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
         if trial.user_attrs.get(ORIGIN) == BASELINE:
             with setup_lock(url, f"slotune-study:{name}"):
                 enqueue_remedies(st, space, spec.max_remedies)
+            why = nothing_to_win(spec.rate, trial) if stops_when_nothing_to_win(spec) else None
+            if why is not None:
+                st.set_user_attr(NOTHING_TO_WIN, why)
+        if st.user_attrs.get(NOTHING_TO_WIN):  # every worker stops after its trial in hand
+            st.stop()
 
     callbacks: list[Any] = [after_trial]
     remaining = None
     if spec.trials is not None:
         remaining = spec.trials - finished_count(study)
         callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
-    if remaining is None or remaining > 0:
+    if (remaining is None or remaining > 0) and not study.user_attrs.get(NOTHING_TO_WIN):
         study.optimize(objective, n_trials=remaining, timeout=spec.timeout, callbacks=callbacks, catch=(),
                        gc_after_trial=False)
-    if spec.remeasure_top > 0:
+    if spec.remeasure_top > 0 and not study.user_attrs.get(NOTHING_TO_WIN):
         # One worker at a time: each re-reads what is already measured (so runs are neither lost nor
         # doubled), and two servers measured at once would break the interleaving's fair comparison.
         with setup_lock(url, f"slotune-remeasure:{name}"):

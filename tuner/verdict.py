@@ -53,6 +53,29 @@ _RANK = {"missed": 0, "inconclusive": 1, "met": 2}
 MIN_GAIN = 0.05
 # Re-measurements a candidate needs before its selection run is left out of its samples (samples_of).
 SELECTION_FREE_ROUNDS = 2
+# Study attr: why the search ended after the baseline, no config being able to win (`nothing_to_win`).
+NOTHING_TO_WIN = "nothing_to_win"
+
+
+def nothing_to_win(rate: float | None, baseline: FrozenTrial) -> str | None:
+    """Why no config can beat the measured baseline at an offered `rate` (req/s), or None.
+
+    At an open-loop rate the last request is due at exactly n / rate (`loadgen.schedule`), so no run
+    of n requests lasts less and no config's goodput can exceed the offered rate. A baseline that
+    meets every SLO (the rescue path needs a baseline that misses one) and serves within `MIN_GAIN`
+    of that rate leaves no config a win a restart is worth; a study's trials would be spent for
+    nothing. None for a closed loop (no rate: no such ceiling) or a baseline that misses an SLO,
+    failed, or serves less."""
+    if rate is None or not rate < float("inf") or baseline.state is not TrialState.COMPLETE:
+        return None
+    goodput = baseline.user_attrs.get("goodput")
+    if not baseline.user_attrs.get("feasible") or not isinstance(goodput, (int, float)) or goodput <= 0:
+        return None
+    if rate >= goodput * (1 + MIN_GAIN):
+        return None
+    return (f"they serve {goodput:.3g} of the {rate:g} req/s offered within every SLO, and no config's goodput "
+            f"can exceed the offered rate: none can beat them by the {MIN_GAIN:.0%} a restart needs at this "
+            f"load (search stopped after the baseline; to look for headroom, offer more or use capacity mode)")
 
 
 @dataclass(frozen=True)
@@ -249,6 +272,9 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSp
                        "relax the targets, lower the load, or widen the space", samples)
     tail = (f"; the defaults also miss {', '.join(_fmt_ci(base.slo[k]) for k in base.missed())}: relax the targets, "
             "lower the load, or widen the space") if base.missed() else ""
+    if not remeasured and study_attrs.get(NOTHING_TO_WIN):
+        return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
+                       f"keep vLLM's defaults: {study_attrs[NOTHING_TO_WIN]} (default: {base.ci_text()})", samples)
     if not remeasured:
         why = "no tuned config was measured again" if cand_t else "no tuned config met the SLOs"
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,

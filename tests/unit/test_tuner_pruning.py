@@ -111,3 +111,32 @@ def test_the_pruning_decision():
                                            (None, (5, 20))])
 def test_a_window_is_first_judged_after_a_tenth_of_its_requests(n, points):
     assert look_points(n) == points
+
+
+# -- a study with nothing to win stops after its baseline ---------------------------------------------
+
+
+def test_a_baseline_that_serves_the_offered_rate_within_the_slos_ends_the_search(tmp_path):
+    # FakeMeasure: vLLM's defaults serve 3.0 req/s within a 1 s TTFT target (0.8 s). Offered 3.1 req/s,
+    # no config can exceed 3.1: none can beat 3.0 by the 5 % a restart needs.
+    fm = FakeMeasure()
+    result = run_study(spec(tmp_path, trials=4, rate=3.1, slo="ttft_p95<=1s", remeasure_top=1), measure=fm)
+    assert len(fm.calls) == 1  # the baseline; no trial, no re-measurement after it
+    assert [t.number for t in _trials(tmp_path)] == [0]
+    assert result.verdict.recommendation == "baseline"
+    msg = result.verdict.message
+    assert msg.startswith("keep vLLM's defaults: they serve 3 of the 3.1 req/s offered within every SLO"), msg
+    assert "search stopped after the baseline" in msg and "default: goodput 3 req/s" in msg
+
+
+@pytest.mark.parametrize("kw", [
+    {"rate": 3.2},  # 3.2 >= 3.0 x 1.05: a config could still win
+    {"rate": None, "concurrency": 4},  # a closed loop has no such ceiling
+    {"rate": 3.1, "slo": "ttft_p95<=500ms"},  # the defaults miss TTFT (0.8 s): a config may rescue it
+    {"rate": 3.1, "prune_factor": None},  # --no-prune: every trial runs
+    {"rate": 3.1, "pareto": True},  # a config may still lower TTFT at the same goodput
+])
+def test_the_search_goes_on_where_a_config_could_still_win(tmp_path, kw):
+    fm = FakeMeasure()
+    run_study(spec(tmp_path, trials=3, remeasure_top=0, **{"slo": "ttft_p95<=1s", **kw}), measure=fm)
+    assert len(_trials(tmp_path)) == 3

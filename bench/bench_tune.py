@@ -26,8 +26,9 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
 - `early-stop` (e): one study on the tiny model (256+32 tokens at 20 req/s, `--es-requests` per
   trial (2400: a 2-minute window, long against vLLM's ~30 s start-up, as windows are in production),
   `ttft_p95<=300ms,tpot_p95<=20ms`, 6 trials, seed 0, best re-measured in 1 round) run twice: with
-  early stopping (each window judged as its requests finish, `SloPruner`, `--prune-at 2`) and
-  without (`--no-prune`). The trials after the baseline are its remedies and TPE's random start-up
+  early stopping (each window judged as its requests finish, `SloPruner`, `--prune-at 2`; and the
+  study ends after a baseline that leaves nothing to win, `verdict.nothing_to_win`) and without
+  (`--no-prune`). The trials after the baseline are its remedies and TPE's random start-up
   (seeded: the same configs in both when the baseline's findings are; from the sixth finished trial
   on TPE reads each study's own outcomes, and a stopped trial is not a complete one, so later draws
   may differ). Figure: wall time with / without (target <= half), both verdicts, and how much of the

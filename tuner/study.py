@@ -273,8 +273,9 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
 def stops_when_nothing_to_win(spec: TuneSpec) -> bool:
     """Whether the study ends after its baseline when no config can win (`verdict.nothing_to_win`):
     in offered mode with one objective and early stopping on (`--no-prune` runs every trial). Not
-    with --pareto, where a config may still lower TTFT at the same goodput."""
-    return spec.mode == "offered" and not spec.pareto and spec.prune_factor is not None
+    with --pareto, where a config may still lower TTFT at the same goodput, nor when the user queued
+    configs of their own (`enqueue`): they asked for those to be measured."""
+    return spec.mode == "offered" and not spec.pareto and spec.prune_factor is not None and not spec.enqueue
 
 
 def study_pruner(spec: TuneSpec) -> SloPruner | None:
@@ -294,7 +295,7 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
     """Queue the playbooks' remedies for the baseline's findings, once per study."""
     base = baseline_trial(study)
-    if base is None or study.user_attrs.get(REMEDIES_DONE):
+    if base is None or study.user_attrs.get(REMEDIES_DONE) or study.user_attrs.get(NOTHING_TO_WIN):
         return []
     queued = []
     start = {k: v for k, v in base.params.items()}
@@ -346,11 +347,11 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
 
     def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(ORIGIN) == BASELINE:
+            why = nothing_to_win(spec.rate, trial, st.user_attrs, slo) if stops_when_nothing_to_win(spec) else None
             with setup_lock(url, f"slotune-study:{name}"):
+                if why is not None:  # before any remedy is queued: none would ever run
+                    st.set_user_attr(NOTHING_TO_WIN, why)
                 enqueue_remedies(st, space, spec.max_remedies)
-            why = nothing_to_win(spec.rate, trial) if stops_when_nothing_to_win(spec) else None
-            if why is not None:
-                st.set_user_attr(NOTHING_TO_WIN, why)
         if st.user_attrs.get(NOTHING_TO_WIN):  # every worker stops after its trial in hand
             st.stop()
 

@@ -57,25 +57,33 @@ SELECTION_FREE_ROUNDS = 2
 NOTHING_TO_WIN = "nothing_to_win"
 
 
-def nothing_to_win(rate: float | None, baseline: FrozenTrial) -> str | None:
+def nothing_to_win(rate: float | None, baseline: FrozenTrial, study_attrs: Mapping[str, Any],
+                   slo: SloSpec) -> str | None:
     """Why no config can beat the measured baseline at an offered `rate` (req/s), or None.
 
     At an open-loop rate the last request is due at exactly n / rate (`loadgen.schedule`), so no run
-    of n requests lasts less and no config's goodput can exceed the offered rate. A baseline that
-    meets every SLO (the rescue path needs a baseline that misses one) and serves within `MIN_GAIN`
-    of that rate leaves no config a win a restart is worth; a study's trials would be spent for
-    nothing. None for a closed loop (no rate: no such ceiling) or a baseline that misses an SLO,
-    failed, or serves less."""
+    of n requests lasts less and no config's goodput can exceed the offered rate. A config wins by
+    goodput only `MIN_GAIN` above the baseline's, and by rescue only where the baseline confidently
+    misses an SLO. So when the baseline's run meets every SLO at 95 % confidence (a rescue would need
+    its re-measurements to turn that into a confident miss) and the lower bound of its goodput
+    interval is within `MIN_GAIN` of the rate, no config can win, and the study's trials would be
+    spent for nothing. None otherwise: a closed loop (no rate, no such ceiling), a failed baseline,
+    an SLO missed or inconclusive (a p95 of a few dozen requests is inconclusive: `tuner.confidence`),
+    or goodput below that."""
     if rate is None or not rate < float("inf") or baseline.state is not TrialState.COMPLETE:
         return None
-    goodput = baseline.user_attrs.get("goodput")
-    if not baseline.user_attrs.get("feasible") or not isinstance(goodput, (int, float)) or goodput <= 0:
+    if not baseline.user_attrs.get("feasible"):
         return None
-    if rate >= goodput * (1 + MIN_GAIN):
+    s = samples_of(baseline, study_attrs, slo)
+    if s.goodput.ci is None or not s.slo or any(f.outcome != "met" for f in s.slo.values()):
         return None
-    return (f"they serve {goodput:.3g} of the {rate:g} req/s offered within every SLO, and no config's goodput "
-            f"can exceed the offered rate: none can beat them by the {MIN_GAIN:.0%} a restart needs at this "
-            f"load (search stopped after the baseline; to look for headroom, offer more or use capacity mode)")
+    low = s.goodput.ci[0]
+    if not low > 0 or rate >= low * (1 + MIN_GAIN):
+        return None
+    return (f"they serve {s.goodput.estimate:.3g} of the {rate:g} req/s offered, every SLO met at "
+            f"{s.confidence:.0%} confidence, and no config's goodput can exceed the offered rate: none can beat "
+            f"them by the {MIN_GAIN:.0%} a restart needs at this load (search stopped after the baseline; to "
+            f"look for headroom, offer more or use capacity mode)")
 
 
 @dataclass(frozen=True)

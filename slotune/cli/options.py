@@ -106,6 +106,9 @@ def storage_option(_ctx: click.Context, param: click.Parameter, value: str | Non
         # and an in-memory SQLite database is per connection: each would see an empty one.
         raise ConfigError(f"--storage {value}: an in-memory SQLite database cannot hold a study; "
                           "give a file (sqlite:///PATH) or a PostgreSQL URL")
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().parent.is_dir():
+        raise ConfigError(f"--storage {value}: no directory {Path(str(url.database)).expanduser().parent} "
+                          "to hold the database file")
     return value
 
 

@@ -22,8 +22,8 @@ from slotune.files import to_json
 
 
 def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """Refuse inf/nan where a range check lets them through (a factor of inf would probe every
-    trial and never stop one)."""
+    """Refuse inf/nan where a range check lets them through (a factor of inf would judge every
+    trial and never stop one; a timeout of nan or inf is no timeout)."""
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number, not {value}", param=param)
     return value
@@ -126,7 +126,8 @@ def register(app: click.Group) -> None:
     @click.option("--output-len", type=click.IntRange(min=1), help="fixed output length (with --input-len)")
     @click.option("--slo", required=True, callback=slo_option, help="targets, e.g. 'ttft_p95<=500ms,tpot_p95<=50ms'")
     @click.option("--trials", type=click.IntRange(min=1), help="trial budget for the study (default 10)")
-    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop starting trials after S seconds")
+    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), callback=_finite,
+                  help="stop starting trials after S seconds (of this run: a resume or another worker has its own)")
     @click.option("--mode", type=click.Choice(["offered", "capacity"]), default="offered", show_default=True,
                   help="goodput at the given load, or at the highest rate meeting the SLOs")
     @click.option("--rate", type=click.FloatRange(min=0, min_open=True), callback=_finite,
@@ -162,7 +163,7 @@ def register(app: click.Group) -> None:
                   help="this worker's number when several share a study")
     @click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=30, show_default=True,
                   help="seconds between heartbeats; a trial silent for twice that is failed and retried")
-    @click.option("--startup-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True)
+    @click.option("--startup-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True, callback=_finite)
     @click.option("--server-cpus", callback=_cpus, metavar="N|A-B",
                   help="confine each trial's vLLM to these cores, the load generator to the rest (small hosts)")
     def tune(json_out: Path | None, remeasure: int, no_prune: bool, **kw: Any) -> None:
@@ -172,6 +173,8 @@ def register(app: click.Group) -> None:
 
         kw["fixes"] = list(kw["fixes"])
         if no_prune:
+            if click.get_current_context().get_parameter_source("prune_factor") is click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError("give --prune-at or --no-prune, not both")
             kw["prune_factor"] = None
         spec = _spec(remeasure_top=remeasure, **kw)
         _check_up_front(spec)

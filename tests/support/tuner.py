@@ -68,6 +68,8 @@ class FakeMeasure:
     noise: list[float] = field(default_factory=list)
     # TTFT p95 (s) of configs with these max_num_seqs, overriding the rule above (a far miss, say).
     ttft_by_seqs: dict[int, float] = field(default_factory=dict)
+    good_share: float = GOOD_SHARE  # of each run's requests (`requests`)
+    n_requests: int = N_REQUESTS
     watches = True  # takes `check`, like ServerMeasure: the window so far reads as this config's figures
     watched: list[VllmConfig] = field(default_factory=list)
 
@@ -95,7 +97,7 @@ class FakeMeasure:
                                 ({"max_num_seqs": 60}, "bigger batches")),)
         return Measurement(ok=True, goodput=goodput, rate=None, client=client(ttft, goodput),
                            server=window(kv_cache_usage=0.5), findings=findings, log_path="/tmp/fake.log",
-                           requests=requests(goodput, ttft))
+                           requests=requests(goodput, ttft, self.n_requests, self.good_share))
 
 
 def tune_cmd(model: Path, *args: str) -> list[str]:

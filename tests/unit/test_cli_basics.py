@@ -156,6 +156,23 @@ def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, 
         "(sqlite:///PATH) or a PostgreSQL URL"], err
 
 
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["--no-prune", "--prune-at", "3"], 2, "give --prune-at or --no-prune, not both"),
+    (["--prune-at", "3", "--no-prune"], 2, "give --prune-at or --no-prune, not both"),
+    (["--timeout", "inf"], 2, "must be a finite number"),
+    (["--timeout", "nan"], 2, "must be a finite number"),
+    (["--startup-timeout", "inf"], 2, "must be a finite number"),
+    (["--storage", "sqlite:////nonexistent-dir/x.db"], 1, "no directory /nonexistent-dir to hold the database file"),
+])
+def test_tune_refuses_contradictory_or_unusable_options_up_front(args, code, says, tmp_path, monkeypatch, no_launch,
+                                                                  capsys):
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "model").mkdir()
+    assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], *args]) == code
+    out, err = capsys.readouterr()
+    assert out == "" and says in err and "Traceback" not in err, (out, err)
+
+
 def test_trial_stages_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     # A log file or CI would otherwise get rich's live display drawn once, at the end: no stage seen.
     from slotune.cli.tune import _TrialProgress

@@ -215,10 +215,11 @@ def test_a_watch_that_says_stop_ends_the_run_and_keeps_only_finished_requests() 
                      watch_every=5)
         sent = srv.stats.requests
     assert r.stopped == "far too slow"
-    assert seen[:2] == [5, 10]  # after every 5 finished requests, one look at a time
-    # Nothing more is sent once the look says stop (a look takes well under the 100 ms a request
-    # streams here); what was in flight then is dropped, not recorded.
-    assert 10 <= len(r.records) < 40 and len(r.records) <= sent <= len(r.records) + 8
+    # After every 5 finished requests (a look due while one runs is skipped, on a loaded host).
+    assert seen[0] == 5 and all(n % 5 == 0 for n in seen), seen
+    # The run keeps exactly what the look that said stop judged; nothing more is sent after it, and
+    # what was in flight then is dropped: nothing like the 200 planned reached the server.
+    assert len(r.records) == seen[-1] >= 10 and sent < 100, (seen, sent)
     assert all(r_.ok and r_.e2e is not None for r_ in r.records)
     assert r.figures().completed == len(r.records)
 

@@ -232,8 +232,6 @@ PartialCheck = Callable[[LoadFigures, int], "str | None"]
 FIRST_LOOK_SHARE = 0.1
 FIRST_LOOK_MIN = 5
 LOOKS = 20  # then every 1/LOOKS of the trial's requests
-
-
 UNBOUNDED_LOOK_EVERY = 20  # a window bounded by time only: a look every this many requests
 
 

@@ -3,9 +3,10 @@
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
 constraints). A baseline that already serves the offered rate within the SLOs ends the search there
-(`verdict.nothing_to_win`: no config's goodput can exceed the offered rate). Every trial but the baseline is judged as its window's requests finish; one whose
-requests so far already miss a target by `prune_factor` (default 2x) stops there, PRUNED with its
-reason (`objective.SloPruner`), and is never a candidate for the verdict. The study's wall time (summed
+(`verdict.nothing_to_win`: no config's goodput can exceed the offered rate). Every trial but the
+baseline is judged as its window's requests finish; one whose requests so far already miss a target
+by `prune_factor` (default 2x) stops there, PRUNED with its reason (`objective.SloPruner`), and is
+never a candidate for the verdict. The study's wall time (summed
 over resumes) and each trial's are stored (`wall_seconds`). After the search, the baseline and the best few configs are measured again in
 interleaved rounds; a winner's goodput interval must clear the baseline's (see `tuner.verdict`).
 

@@ -101,14 +101,16 @@ def storage_option(_ctx: click.Context, param: click.Parameter, value: str | Non
 
     check_url(value)
     url = make_url(value)
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+    if url.get_backend_name() != "sqlite":
+        return value
+    if url.database in (None, "", ":memory:"):
         # Each thread of a study (Optuna's heartbeat, the early-stop check) gets its own connection,
         # and an in-memory SQLite database is per connection: each would see an empty one.
         raise ConfigError(f"--storage {value}: an in-memory SQLite database cannot hold a study; "
                           "give a file (sqlite:///PATH) or a PostgreSQL URL")
-    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).expanduser().parent.is_dir():
-        raise ConfigError(f"--storage {value}: no directory {Path(str(url.database)).expanduser().parent} "
-                          "to hold the database file")
+    folder = Path(url.database).expanduser().parent
+    if not folder.is_dir():
+        raise ConfigError(f"--storage {value}: no directory {folder} to hold the database file")
     return value
 
 

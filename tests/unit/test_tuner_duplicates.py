@@ -153,7 +153,9 @@ def _served_line_of_32(tmp_path: Path) -> str:
 def _running_elsewhere(s: TuneSpec, command: str, *, claimed: bool,
                        then: TrialState | None = None, after: float = 1.5) -> int:
     """A trial another worker is running now (RUNNING, serving `command`): its number. With `then`,
-    that worker ends it `after` seconds later: COMPLETE with goodput 1.0 and a met constraint, or FAIL."""
+    that worker ends it `after` seconds after the study's own trial of that server appears (not after
+    this call: on a loaded host the baseline before it can take longer than `after`, and the twin
+    would be over before the duplicate looked): COMPLETE with goodput 1.0 and a met constraint, or FAIL."""
     import threading
 
     study = optuna.create_study(study_name="s", storage=s.storage)
@@ -162,7 +164,14 @@ def _running_elsewhere(s: TuneSpec, command: str, *, claimed: bool,
     if claimed:
         trial.set_user_attr("claimed", True)
     if then is not None:
+        def twin_appeared() -> bool:
+            return any(t.number != trial.number and t.user_attrs.get("command") == command
+                       for t in study.get_trials(deepcopy=False))
+
         def end() -> None:
+            deadline = time.monotonic() + 120
+            while not twin_appeared() and time.monotonic() < deadline:
+                time.sleep(0.05)
             time.sleep(after)
             if then is TrialState.COMPLETE:
                 trial.set_constraint("ttft_p95", -0.5)

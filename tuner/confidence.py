@@ -8,7 +8,9 @@ latency, in seconds; and the run's measured duration). From them, for each figur
   measured time (vLLM's `--goodput`); an SLO figure (`ttft_p95`, `e2e_mean`, `error_rate`, ...) is
   computed on the requests of all runs pooled;
 - the **interval** at `CONFIDENCE` (95 %) is the wider envelope of two intervals (for `error_rate`,
-  a proportion, a Wilson score interval takes the bootstrap's place: see `error_rate_figure`):
+  a proportion, a Wilson score interval takes the bootstrap's place: see `error_rate_figure`; goodput
+  is widened to the Wilson interval of its share of good requests, for the same reason: a run with
+  every request good has no spread a bootstrap can resample):
   (a) a percentile bootstrap over requests (`scipy.stats.bootstrap`), stratified by run: each run's
       requests are resampled within that run, so one long run cannot stand in for another and the
       run-to-run difference stays in the statistic; for a quantile (p95, p99) widened to the
@@ -185,12 +187,24 @@ def goodput_figure(runs: Sequence[RunRequests], confidence: float = CONFIDENCE) 
     """Goodput (req/s): the mean over runs of good requests per second of each run's duration."""
     # Each run's good/duration as one column (good_i / duration per request): its sum is the run's
     # goodput, so the statistic needs no durations beside the columns.
-    cols = [r.column("good") / r.duration for r in runs if r.duration > 0 and len(r)]
+    timed = [r for r in runs if r.duration > 0 and len(r)]
+    cols = [r.column("good") / r.duration for r in timed]
 
     def mean_goodput(c: Sequence[np.ndarray]) -> np.ndarray:
         return np.mean([x.sum(axis=-1) for x in c], axis=0)
 
-    return _figure(cols, mean_goodput, confidence=confidence)
+    def share_interval(_: np.ndarray) -> tuple[float, float]:
+        # A run whose every request was good (or none was) has no spread to resample: the bootstrap
+        # would claim its goodput for sure. Wilson's interval on the share of good requests says how
+        # far it may still be, scaled by the runs' mean requests per second (as `error_rate_figure`).
+        from scipy import stats
+
+        n = sum(len(r) for r in timed)
+        ci = stats.binomtest(sum(sum(r.good) for r in timed), n).proportion_ci(confidence, method="wilson")
+        scale = float(np.mean([len(r) / r.duration for r in timed]))
+        return float(ci.low) * scale, float(ci.high) * scale
+
+    return _figure(cols, mean_goodput, confidence=confidence, widen=share_interval)
 
 
 def slo_figure(runs: Sequence[RunRequests], target: SloTarget, confidence: float = CONFIDENCE) -> Figure:

@@ -314,6 +314,21 @@ def _fmt_ci(d: dict[str, Any]) -> str:
     return f" [{ci[0]:.3g}, {ci[1]:.3g}]" + (f" at {conf:.0%}" if isinstance(conf, (int, float)) else "")
 
 
+def slo_outcomes(d: dict[str, Any], feasible: bool) -> str:
+    """How a trial stands against the SLOs, in the verdict's words where it judged them (`d`:
+    `StudyResult.interval`): "every SLO met at 95%", "SLO at 95%: ttft_p95 met, tpot_p95
+    inconclusive"; else from its own run's figures, which are one sample ("SLO met on its run")."""
+    slo = d.get("slo") if isinstance(d.get("slo"), dict) else {}
+    outcomes = {k: f.get("outcome") for k, f in slo.items() if isinstance(f, dict) and f.get("outcome")}
+    conf = d.get("confidence")
+    at = f" at {conf:.0%}" if isinstance(conf, (int, float)) else ""
+    if not outcomes:
+        return f"SLO {'met' if feasible else 'missed'} on its run"
+    if len(set(outcomes.values())) == 1:
+        return f"every SLO {next(iter(outcomes.values()))}{at}"
+    return f"SLO{at}: " + ", ".join(f"{k} {o}" for k, o in outcomes.items())
+
+
 def fmt_usd(v: float | None) -> str:
     return "-" if v is None else f"${v:.4g}"
 
@@ -383,7 +398,7 @@ def render(result: StudyResult, console: Any = None) -> None:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
                           f"{_fmt_ci(result.interval(e['trial']))} "
                           f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
-                          f"SLO {'met' if e['feasible'] else 'missed'}", markup=False)
+                          f"{slo_outcomes(result.interval(e['trial']), e['feasible'])}", markup=False)
     if result.cost_per_hour is not None:
         cost = cost_figures(result)
         for label in ("baseline", "recommended"):

@@ -311,9 +311,13 @@ def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure
               store: Store, *, top: int, repeats: int, events: Events | None = None) -> None:
     """Measure the baseline and the `top` best feasible configs `repeats` more times each, in
     interleaved rounds (`remeasure_order`). Idempotent on resume: a config's round `r` is skipped when
-    it already has `r` re-measurements stored."""
+    it already has `r` re-measurements stored. Nothing is measured when no tuned config met the SLOs:
+    the baseline's runs are there to be compared with a candidate's, and without one the verdict is
+    "keep vLLM's defaults" whatever they show (a window of the study's length for nothing)."""
     trials = study.get_trials(deepcopy=False)
     chosen = [t for t in ranked(trials) if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE][:top]
+    if not chosen:
+        return
     base_t = next((t for t in trials if t.user_attrs.get(ORIGIN) == BASELINE and t.state is TrialState.COMPLETE), None)
     by_number = {t.number: t for t in chosen + ([base_t] if base_t is not None else [])}
     for rnd, number in remeasure_order(base_t.number if base_t else None, [t.number for t in chosen], repeats):

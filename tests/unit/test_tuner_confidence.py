@@ -96,6 +96,17 @@ def test_goodput_is_good_requests_per_second_with_an_interval_around_it():
     assert lo < 2.0 < hi and hi - lo > 0.2
 
 
+def test_a_run_with_every_request_good_is_not_a_sure_goodput():
+    # 100 good of 100 in 50 s: the bootstrap resamples nothing but good requests (a zero-width
+    # interval, "2.0 req/s for sure"); Wilson's bound on the share (96.3 %) says it may be 1.93.
+    fig = goodput_figure([_run([0.1] * 100, duration=50.0)])
+    assert fig.estimate == pytest.approx(2.0)
+    lo, hi = fig.ci
+    assert lo == pytest.approx(2.0 * 0.963, abs=0.002) and hi == pytest.approx(2.0)
+    # Many good requests pin the share close to 1: the bound tightens toward the estimate.
+    assert goodput_figure([_run([0.1] * 2000, duration=1000.0)]).ci[0] > 2.0 * 0.997
+
+
 def test_requests_survive_storage_and_old_runs_without_them_read_as_none():
     run = _run([0.1, 0.2, 0.3], ok=[True, False, True])
     back = RunRequests.from_dict(run.to_dict())

@@ -117,10 +117,11 @@ def test_a_window_is_first_judged_after_a_tenth_of_its_requests(n, points):
 
 
 def test_a_baseline_that_serves_the_offered_rate_within_the_slos_ends_the_search(tmp_path):
-    # FakeMeasure: vLLM's defaults serve 3.0 req/s, all 100 requests good, TTFT p95 0.8 s against a
-    # 1 s target (met at 95 % confidence). Offered 3.1 req/s, no config can exceed 3.1: none can beat
-    # 3.0 by the 5 % a restart needs. Its findings would queue remedies: none is left waiting.
-    fm = FakeMeasure(good_share=1.0)
+    # FakeMeasure: vLLM's defaults serve 3.0 req/s, all 1000 requests good (Wilson's 95 % bound on
+    # that share: 99.6 %), TTFT p95 0.8 s against a 1 s target (met at 95 % confidence). Offered
+    # 3.1 req/s, no config can exceed 3.1: none can beat 3.0 by the 5 % a restart needs. Its findings
+    # would queue remedies: none is left waiting.
+    fm = FakeMeasure(good_share=1.0, n_requests=1000)
     result = run_study(spec(tmp_path, trials=4, rate=3.1, slo="ttft_p95<=1s", remeasure_top=1, max_remedies=2),
                        measure=fm)
     assert len(fm.calls) == 1  # the baseline; no trial, no re-measurement after it
@@ -143,10 +144,11 @@ def test_a_baseline_that_serves_the_offered_rate_within_the_slos_ends_the_search
     {"rate": 3.1, "pareto": True},  # a config may still lower TTFT at the same goodput
     {"rate": 3.1, "enqueue": [{"max_num_seqs": 16}]},  # the user asked for that config to be measured
     {"rate": 3.1, "n_requests": 20},  # a p95 of 20 requests is no confident "met": a rescue stays possible
+    {"rate": 3.1, "n_requests": 100},  # 100 good of 100: the share may be 96 % (Wilson), goodput 2.89 < 3.1 / 1.05
     {"rate": 3.1, "good_share": 0.9},  # 10 % of requests late: goodput's lower bound leaves room for a win
 ])
 def test_the_search_goes_on_where_a_config_could_still_win(tmp_path, kw):
     measured = {k: kw.pop(k) for k in ("n_requests", "good_share") if k in kw}
-    fm = FakeMeasure(**{"good_share": 1.0, **measured})
+    fm = FakeMeasure(**{"good_share": 1.0, "n_requests": 1000, **measured})
     run_study(spec(tmp_path, trials=3, remeasure_top=0, **{"slo": "ttft_p95<=1s", **kw}), measure=fm)
     assert len(_trials(tmp_path)) == 3

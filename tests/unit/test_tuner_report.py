@@ -30,6 +30,7 @@ from slotune.tuner.report import (
     k_by_load_of,
     load,
     render,
+    slo_outcomes,
     summarize,
     write_outputs,
 )
@@ -122,9 +123,25 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
         for k, v in r["params"].items():
             pair = f"{k}=" + (f"{v['method']}/K={v['num_speculative_tokens']}" if isinstance(v, dict) else str(v))
             assert any(pair in ln for ln in lines), (pair, width)
+    # The baseline's SLOs in the verdict's words (its own run said "SLO met" where the verdict, on
+    # the same p95, said "inconclusive"): TTFT p95 0.8 s misses 500 ms, TPOT 20 ms meets 50 ms.
+    text = " ".join(" ".join(lines).split())
+    outcomes = "ttft_p95 met, tpot_p95 inconclusive" if conf else "ttft_p95 missed, tpot_p95 met"
+    assert f"(samples 3, 3, 3), SLO at 95%: {outcomes} best: trial 1" in text, text
     if conf:
         assert any("[0.5, 0.75] at 95%" in ln for ln in lines)
         assert any(re.match(r"^\s*concurrency 16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table
+
+
+@pytest.mark.parametrize(("interval", "feasible", "text"), [
+    ({}, True, "SLO met on its run"),  # not judged by the verdict (stored without its requests)
+    ({"slo": {}}, False, "SLO missed on its run"),
+    ({"confidence": 0.95, "slo": {"a": {"outcome": "met"}, "b": {"outcome": "met"}}}, False, "every SLO met at 95%"),
+    ({"confidence": 0.95, "slo": {"a": {"outcome": "met"}, "b": {"outcome": "inconclusive"}}}, True,
+     "SLO at 95%: a met, b inconclusive"),
+])
+def test_a_trials_slos_read_as_the_verdict_judged_them(interval, feasible, text):
+    assert slo_outcomes(interval, feasible) == text
 
 
 class Links(HTMLParser):

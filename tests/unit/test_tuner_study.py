@@ -56,6 +56,18 @@ def test_a_config_that_surely_meets_the_slo_the_default_surely_misses_wins(tmp_p
     assert v.samples[0].slo["ttft_p95"].outcome == "missed" and v.samples[v.winner].slo["ttft_p95"].outcome == "met"
 
 
+def test_no_config_meets_the_slos_so_nothing_is_measured_again(tmp_path):
+    # Every config misses a 100 ms TTFT p95 (FakeMeasure: 0.3 s at best): with no candidate, the
+    # baseline's re-measurement would compare it with nothing and cost a whole window.
+    fm = FakeMeasure()
+    result = run_study(spec(tmp_path, trials=3, slo="ttft_p95<=100ms", remeasure_top=1, prune_factor=None),
+                       measure=fm)
+    assert len(fm.calls) == 3  # the three trials; no re-measurement
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    assert not [k for k in study.user_attrs if k.startswith("remeasure:")]
+    assert result.verdict.message.startswith("keep vLLM's defaults (not re-measured): no tuned config met the SLOs")
+
+
 def test_constraints_reach_optuna_and_infeasible_trials_do_not_stop_the_study(tmp_path):
     s = spec(tmp_path, trials=5, enqueue=[{"max_num_seqs": 256, "enable_chunked_prefill": True},
                                           {"max_num_batched_tokens": 512, "enable_chunked_prefill": False,

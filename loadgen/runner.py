@@ -37,13 +37,11 @@ from slotune.errors import ConfigError, TargetError
 from slotune.loadgen.figures import LATENCY_KEYS, LoadFigures, quantiles
 from slotune.loadgen.goodput import RequestLatencies, count_good
 from slotune.loadgen.prompts import PromptBuilder, calibration_text, load_tokenizer
-from slotune.loadgen.schedule import arrival_times
+from slotune.loadgen.schedule import MAX_REQUESTS, arrival_times
 from slotune.loadgen.workload import RequestShape, Workload
 from slotune.slo import SloSpec
 
 DEFAULT_REQUESTS = 100
-# With only a duration and a concurrency the count is open; this keeps the loop bounded regardless.
-MAX_REQUESTS = 1_000_000
 PREFLIGHT_TIMEOUT = 10.0
 READ_BUFSIZE = 2**16  # aiohttp's per-connection read buffer (its default, set here so it is one visible fact)
 # An idle pooled connection is dropped before the server closes it: vLLM's uvicorn closes idle
@@ -678,8 +676,8 @@ def run_load(base_url: str, model: str, workload: Workload, *, rate: float | Non
         raise ConfigError(f"rate must be positive, not {rate}")
     if concurrency is not None and concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1, not {concurrency}")
-    if num_requests is not None and num_requests < 1:
-        raise ConfigError(f"num_requests must be >= 1, not {num_requests}")
+    if num_requests is not None and not 1 <= num_requests <= MAX_REQUESTS:
+        raise ConfigError(f"num_requests must be 1 to {MAX_REQUESTS:,}, not {num_requests}")
     if duration is not None and not duration > 0:
         raise ConfigError(f"duration must be positive, not {duration}")
     if not burstiness > 0:

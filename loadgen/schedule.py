@@ -12,6 +12,10 @@ import math
 
 import numpy as np
 
+# The most requests one run sends: its schedule, prompts and records are held in memory (a run of
+# 10^12 failed allocating its schedule, after vLLM had started). A million is ~14 h at 20 req/s.
+MAX_REQUESTS = 1_000_000
+
 
 def arrival_times(n: int, rate: float | None, burstiness: float = 1.0, seed: int = 0) -> np.ndarray | None:
     """Seconds after the start at which each of `n` requests is due; None for an infinite rate

@@ -288,6 +288,9 @@ def _parse_target(part: str) -> SloTarget:
             raise ConfigError(f"bad SLO target {part.strip()!r}: {metric} takes no percentile")
         if unit not in ("%", None):
             raise ConfigError(f"bad SLO target {part.strip()!r}: {metric} is a ratio; write e.g. 1%")
+        if unit is None and num >= 1:  # "error_rate<=1" meant 1 %, not a target no run can miss
+            raise ConfigError(f"bad SLO target {part.strip()!r}: {metric} is a fraction, so {m['num']} reads as "
+                              f"{num:.0%}; write {m['num']}% (or {num / 100:g})")
         value = num / 100 if unit == "%" else num
         if not 0 <= value <= 1:
             raise ConfigError(f"bad SLO target {part.strip()!r}: a ratio lies between 0% and 100%")

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slotune import paths
 from slotune.errors import ConfigError
+from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.loadgen.workload import Workload
 from slotune.slo import SloSpec
 from slotune.store import open_store
@@ -78,7 +79,7 @@ class TuneSpec(BaseModel):
     mode: Literal["offered", "capacity"] = "offered"
     rate: float | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, ge=1)
-    num_requests: int = Field(default=40, ge=1)
+    num_requests: int = Field(default=40, ge=1, le=MAX_REQUESTS)
     warmup_requests: int = Field(default=4, ge=0)
     space_file: Path | None = None
     fixes: list[str] = Field(default_factory=list)

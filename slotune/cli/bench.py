@@ -22,6 +22,7 @@ import click
 from slotune.cli.options import WORKLOAD_HELP, sampling_options, slo_option, writable_file_option
 from slotune.errors import ConfigError, TargetError
 from slotune.files import to_json
+from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def register(app: click.Group) -> None:
                   help="gamma shape of inter-arrival gaps: <1 burstier, >1 more even")
     @click.option("--concurrency", type=click.IntRange(min=1), default=None, metavar="C",
                   help="closed loop: C requests in flight")
-    @click.option("--num-requests", type=click.IntRange(min=1), default=None, metavar="N",
+    @click.option("--num-requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=None, metavar="N",
                   help="requests to send (default 100 unless --duration)")
     @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
                   help="stop sending after S seconds")

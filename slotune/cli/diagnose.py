@@ -23,6 +23,7 @@ import click
 from slotune.cli.options import slo_option
 from slotune.errors import ConfigError
 from slotune.files import parse_json, read_text, to_json
+from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.slo import DEFAULT_SLO, SloSpec
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -120,7 +121,7 @@ def register(app: click.Group) -> None:
     @click.option("--load", "load_name", metavar="WORKLOAD",
                   help="drive a short load during the window: a built-in workload name, a YAML file or a .jsonl file of prompts")
     @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="with --load")
-    @click.option("--num-requests", type=click.IntRange(min=1), default=20, show_default=True, help="with --load")
+    @click.option("--num-requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=20, show_default=True, help="with --load")
     @click.option("--model", default=None, help="model name for --load (default: the server's first)")
     @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, callback=slo_option,
                   help="SLO targets")

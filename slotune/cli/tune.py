@@ -19,6 +19,7 @@ from slotune.cli.options import (
 )
 from slotune.errors import ConfigError, validation_message
 from slotune.files import to_json
+from slotune.loadgen.schedule import MAX_REQUESTS
 
 
 def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -133,7 +134,7 @@ def register(app: click.Group) -> None:
     @click.option("--rate", type=click.FloatRange(min=0, min_open=True), callback=_finite,
                   help="offered request rate (req/s)")
     @click.option("--concurrency", type=click.IntRange(min=1), help="fixed number of requests in flight")
-    @click.option("--num-requests", type=click.IntRange(min=1), default=40, show_default=True,
+    @click.option("--num-requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=40, show_default=True,
                   help="requests per trial")
     @click.option("--space", "space_file", type=click.Path(path_type=Path, dir_okay=False),
                   help="YAML file narrowing or fixing dimensions")

@@ -163,6 +163,8 @@ def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, 
     (["--timeout", "nan"], 2, "must be a finite number"),
     (["--startup-timeout", "inf"], 2, "must be a finite number"),
     (["--storage", "sqlite:////nonexistent-dir/x.db"], 1, "no directory /nonexistent-dir to hold the database file"),
+    (["--num-requests", str(10**12)], 2, "is not in the range 1<=x<=1000000"),  # failed allocating, after vLLM started
+    (["--slo", "error_rate<=1"], 1, "reads as 100%; write 1%"),
 ])
 def test_tune_refuses_contradictory_or_unusable_options_up_front(args, code, says, tmp_path, monkeypatch, no_launch,
                                                                   capsys):

@@ -33,6 +33,8 @@ def test_evaluate_against_collector_json():
         ("latency_p95<=1s", "unknown metric"),
         ("ttft_p95<=500", "unit"),
         ("error_rate<=150%", "between"),
+        ("error_rate<=1", r"reads as 100%; write 1% \(or 0.01\)"),  # meant 1 %: no run could miss 100 %
+        ("error_rate<=2.5", "write 2.5%"),
         ("ttft_p95<=1s,ttft_p95<=2s", "twice"),
         (",".join(["ttft_p95<=1s"] * 50_000), "over the limit of 2048"),  # 640 KB: took 11 s once
     ],
@@ -40,6 +42,10 @@ def test_evaluate_against_collector_json():
 def test_bad_specs_are_clear_errors(text, fragment):
     with pytest.raises(ConfigError, match=fragment):
         SloSpec.parse(text)
+
+
+def test_a_bare_fraction_and_a_percent_read_alike():
+    assert SloSpec.parse("error_rate<=0.01").targets == SloSpec.parse("error_rate<=1%").targets
 
 
 def test_every_distinct_target_fits_under_the_cap():

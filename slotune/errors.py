@@ -33,15 +33,19 @@ class NoStatsError(TargetError):
     request, or not a vLLM page). The server is up; there is only nothing to measure."""
 
 
-def validation_message(errors: Sequence[Mapping[str, Any]], *, limit: int = 1, skip: Container[str] = ()) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]], *, limit: int = 1, skip: Container[str] = (),
+                       top_level: str | None = "(top level)") -> str:
     """pydantic's errors (`exc.errors()`) as one line for a user: `where: what` for the first `limit`,
     then how many more. Location parts in `skip` (a tagged union's tag) and pydantic's
-    `function-...` wrappers are left out: they name our validators, not the user's input."""
+    `function-...` wrappers are left out: they name our validators, not the user's input. An error
+    of the whole object is placed at `top_level` (a file's reader looks for it), or stands alone
+    with None (a command line has no top level: the message names the options)."""
     parts = []
     for err in errors[:limit]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if str(p) not in skip and not str(p).startswith("function-"))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{loc or '(top level)'}: {msg}")
+        where = loc or top_level
+        parts.append(f"{where}: {msg}" if where else msg)
     more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

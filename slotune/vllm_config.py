@@ -173,8 +173,13 @@ class SpeculativeConfig(BaseModel):
 def _safe(v: str | None) -> str | None:
     """A value that becomes one command-line argument: safe characters, and no leading `-` (vLLM's
     argument parser would read `--trust-remote-code` given as a model name as that flag)."""
+    if v == "":
+        raise ValueError("is empty")
     if v is not None and not _SAFE_VALUE.match(v):
-        raise ValueError(f"value {v!r} has characters not allowed on a command line")
+        bad = "".join(sorted({c for c in v if not _SAFE_VALUE.match(c)}))
+        raise ValueError(f"value {v!r} has characters not allowed on a command line ({bad!r}; the printed "
+                         "`vllm serve` line must paste unquoted: letters, digits and _./:@+=- only; "
+                         "for a path with a space, use a symlink without one)")
     if v is not None and v.startswith("-"):
         raise ValueError(f"value {v!r} starts with '-' and would be read as a flag")
     return v

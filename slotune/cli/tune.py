@@ -54,7 +54,7 @@ def _spec(**kw: Any) -> Any:
     try:
         return TuneSpec(**kw)
     except ValidationError as exc:
-        raise ConfigError(validation_message(exc.errors())) from None
+        raise ConfigError(validation_message(exc.errors(), top_level=None)) from None
 
 
 def _price(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:

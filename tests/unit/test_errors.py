@@ -34,6 +34,8 @@ def test_first_error_where_and_what_then_how_many_more() -> None:
 
 def test_model_level_error_says_top_level_without_pydantics_prefix() -> None:
     assert validation_message(_errors(rate=5, count=1)) == "(top level): count must be at least the rate"
+    # On a command line there is no top level: the message names the options itself.
+    assert validation_message(_errors(rate=5, count=1), top_level=None) == "count must be at least the rate"
 
 
 def test_skipped_location_parts() -> None:

@@ -45,6 +45,10 @@ def test_baseline_sets_no_tunable_flag():
     [
         ({"model": "/m", "max_num_seq": 4}, "unknown flag 'max_num_seq'"),
         ({"model": "/m; rm -rf /"}, "not allowed on a command line"),
+        # A path with a space is refused with the character and the way round it, not only "not allowed".
+        ({"model": "/models/my model"}, "(' '; the printed `vllm serve` line must paste unquoted"),
+        ({"model": "/models/my model"}, "use a symlink without one"),
+        ({"model": ""}, "model: is empty"),
         ({"model": "/m", "dtype": "auto`id`"}, "not allowed on a command line"),
         ({"model": "/m", "served_model_name": "$(reboot)"}, "not allowed on a command line"),
         ({"model": "/m", "env": {"LD_PRELOAD": "/x.so"}}, "LD_PRELOAD"),

@@ -75,15 +75,20 @@ def model_option(_ctx: click.Context, param: click.Parameter, value: str | None)
     line is read. vLLM would take it for a repo id and die at start-up ("Repo id must be in the form"),
     every trial infeasible. A value that exists on disk passes (`~` expanded: vLLM does not expand it);
     anything else, a Hugging Face id such as `org/name`, passes unchecked (it may be cached or downloaded)."""
-    import os
-
     if value is None:
         return None
+    return checked_model(value, param.opts[0] if isinstance(param, click.Option) else "model")
+
+
+def checked_model(value: str, what: str) -> str:
+    """`value` with `~` expanded when it is on disk, unchanged when it reads as a Hugging Face id;
+    ConfigError `{what} {value}: no such file or directory ...` when it is path-shaped and missing."""
+    import os
+
     expanded = os.path.expanduser(value)
     if os.path.exists(expanded):
         return expanded
     if value in (".", "..") or value.startswith(MODEL_PATH_PREFIXES):
-        what = param.opts[0] if isinstance(param, click.Option) else "model"
         raise ConfigError(f"{what} {value}: no such file or directory (a local model must exist; "
                           "a Hugging Face model id is written ORG/NAME)")
     return value
@@ -137,6 +142,8 @@ def vllm_config_from(model: str | None, config_file: Path | None, overrides: dic
     data.update({k: v for k, v in overrides.items() if v is not None})
     if "model" not in data:
         raise ConfigError("no model given: pass --model DIR or set 'model' in the config file")
+    if model is None and isinstance(data["model"], str) and data["model"]:  # --model was checked by its option
+        data["model"] = checked_model(data["model"], f"{source}: model")
     return VllmConfig.from_mapping(data, source=source)
 
 

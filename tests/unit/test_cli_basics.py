@@ -119,6 +119,19 @@ def test_a_hugging_face_id_is_not_checked_on_disk(elsewhere, capsys):
     assert err.startswith("error: cannot open database 'bogus://x'") and "--model" not in err, err
 
 
+def test_a_config_files_model_is_checked_as_model_is(elsewhere, capsys):
+    cfg = elsewhere / "cwd" / "flags.yaml"
+    cfg.write_text(f"model: {elsewhere / 'gone'}\nmax_num_seqs: 4\n")
+    assert main(["serve", "--config", str(cfg), "--print-command"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {cfg}: model {elsewhere / 'gone'}: no such file or directory (a local model must exist; "
+        "a Hugging Face model id is written ORG/NAME)"]
+    (elsewhere / "home" / "m").mkdir()
+    cfg.write_text("model: ~/m\n")  # ~ expanded, as for --model
+    assert main(["serve", "--config", str(cfg), "--print-command"]) == 0
+    assert f"vllm serve {elsewhere / 'home' / 'm'} " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("model", ["~/m", "./m", "m"])
 def test_a_model_path_that_is_there_passes(model, elsewhere, capsys):
     """`~` is expanded (vLLM would not expand it, and slotune refuses `~` on a command line); a relative

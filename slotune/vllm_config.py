@@ -335,7 +335,10 @@ class VllmConfig(BaseModel):
         for field, value in self.flags().items():
             key = FLAG_BY_FIELD[field].flag[2:]
             data[key] = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
-        return yaml.safe_dump(data, sort_keys=False)
+        # vLLM reads its environment, not this file, for these: a comment says what to export.
+        env = "".join(f"# export {k}={v}  (an environment variable: not read from this file)\n"
+                      for k, v in sorted(self.env.items()))
+        return env + yaml.safe_dump(data, sort_keys=False)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -57,6 +57,7 @@ DUPLICATE_OF = "duplicate_of"
 CLAIMED = "claimed"
 TWIN_POLL_SECONDS = 2.0  # how often a trial waiting for its twin on another worker looks again
 WALL = "wall_seconds"  # user attr: one trial's wall time; study attr: the study's, summed over runs
+SERVED = "served_config"  # user attr: the config as the server ran it, the platform's flags filled in (as_served)
 WAITED = "waited_seconds"  # user attr: of a duplicate's wall time, the wait for another worker's run of its twin
 DEFAULT_PRUNE_FACTOR = 2.0
 
@@ -202,8 +203,10 @@ class TrialObjective:
         trial.set_user_attr("params", jsonable_params(config))
         # The line a user copies: with the platform's flags the server really ran with (--dtype float32
         # on a CPU without native bf16 changes the figures several-fold).
-        trial.set_user_attr("command", as_served(config).serve_command())
+        served = as_served(config)
+        trial.set_user_attr("command", served.serve_command())
         trial.set_user_attr("config", config.model_dump(mode="json", exclude_none=True))
+        trial.set_user_attr(SERVED, served.model_dump(mode="json", exclude_none=True))  # best.yaml's flags
 
         reason = self.space.infeasible_reason(config)
         if reason is not None:

@@ -23,7 +23,7 @@ from slotune.loadgen.figures import LoadFigures
 from slotune.store import shown_url
 from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
-from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, WALL, ttft_p95, wall_times
+from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, SERVED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import open_storage, storage_url
 from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
@@ -204,7 +204,9 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
     client = m.client if m is not None else None
     slo = {r["key"]: {"value": r["value"], "threshold": r["threshold"], "met": r["met"], "status": r.get("status")}
            for r in ua.get("slo") or []}
-    config = ua.get("config")
+    # The flag file of the server as it ran (the platform's flags in, as in `command`); trials stored
+    # before that was kept have their tuned config only.
+    config = ua.get(SERVED) or ua.get("config")
     flag_file = VllmConfig.model_validate(config).flag_file() if config else None
     s = samples_of(t, study_attrs)
     return {

@@ -240,6 +240,16 @@ def test_json_shape_and_report_from_storage(tmp_path):
     out = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"summary.json", "best.yaml", "best.sh", "history.png", "history.html", "pareto.png", "pareto.html"} <= out
     assert (tmp_path / "out" / "history.png").read_bytes()[:4] == b"\x89PNG"
+    # best.yaml is the server best.sh starts, the platform's flags (--dtype float32 on this CPU, ...)
+    # included: it once held the tuned flags only, a server several times slower than the one measured.
+    import re
+
+    import yaml
+
+    script = (tmp_path / "out" / "best.sh").read_text()
+    flag_file = (tmp_path / "out" / "best.yaml").read_text()
+    assert {f"--{k}" for k in yaml.safe_load(flag_file) if k != "model"} == set(re.findall(r" (--[a-z-]+)", script))
+    assert re.findall(r"\b(VLLM_[A-Z_]+=\S+)", script) == re.findall(r"# export (\S+)", flag_file)
 
 
 def test_the_measuring_thread_leaves_the_server_cores_and_gets_them_back() -> None:

@@ -99,6 +99,9 @@ def test_flag_file_round_trips_through_yaml():
     cfg = VllmConfig(model="/m", max_num_seqs=4, enable_prefix_caching=False)
     data = yaml.safe_load(cfg.flag_file())
     assert data == {"model": "/m", "max-num-seqs": 4, "enable-prefix-caching": False}
+    # An environment variable is no vLLM flag: a comment says what to export.
+    with_env = cfg.model_copy(update={"env": {"VLLM_CPU_KVCACHE_SPACE": "4"}}).flag_file()
+    assert with_env.startswith("# export VLLM_CPU_KVCACHE_SPACE=4 ") and yaml.safe_load(with_env) == data
 
 
 def test_environment_values_are_not_arguments():

@@ -394,13 +394,15 @@ def render(result: StudyResult, console: Any = None) -> None:
                       + (f" ({waited:.0f} s of it duplicates waiting for another worker's run of their server)"
                          if waited >= 1 else ""))
     v = result.verdict
-    console.print(f"[bold]verdict:[/bold] {escape(v.message)}")
+    # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
+    # each on one line that grep finds whole; the tables above fit the width.
+    console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
     for label, e in (("baseline", result.baseline), ("best", result.best)):
         if e:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
                           f"{_fmt_ci(result.interval(e['trial']))} "
                           f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
-                          f"{slo_outcomes(result.interval(e['trial']), e['feasible'])}", markup=False)
+                          f"{slo_outcomes(result.interval(e['trial']), e['feasible'])}", markup=False, soft_wrap=True)
     if result.cost_per_hour is not None:
         cost = cost_figures(result)
         for label in ("baseline", "recommended"):
@@ -408,7 +410,7 @@ def render(result: StudyResult, console: Any = None) -> None:
             if side:
                 console.print(f"cost ({label}, trial {side['trial']}): "
                               f"{fmt_usd(side['usd_per_1k_output_tokens'])} per 1,000 output tokens at "
-                              f"${cost['usd_per_hour']:g}/hour")
+                              f"${cost['usd_per_hour']:g}/hour", soft_wrap=True)
     k_rows = k_by_load_of(result)
     if k_rows:
         from rich import box

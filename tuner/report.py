@@ -255,7 +255,8 @@ def row(t: FrozenTrial) -> dict[str, Any]:
             "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot"),
             "params": ua.get("params") or {}, "queued_params": queued,
             "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
-            "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL)}
+            "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL),
+            "measurement_warnings": list(client.warnings) if client is not None else []}
 
 
 def _p95(client: LoadFigures | None, metric: str) -> float | None:
@@ -393,11 +394,16 @@ def render(result: StudyResult, console: Any = None) -> None:
         console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s"
                       + (f" ({waited:.0f} s of it duplicates waiting for another worker's run of their server)"
                          if waited >= 1 else ""))
+    for r in result.rows:  # a trial measured on a starved host is not evidence: say so where it is read
+        for w in r.get("measurement_warnings") or []:
+            console.print(f"trial {r['trial']}: load generator warning: {w}", markup=False, soft_wrap=True)
     v = result.verdict
     # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
     # each on one line that grep finds whole; the tables above fit the width.
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
-    for label, e in (("baseline", result.baseline), ("best", result.best)):
+    # "best tuned": the best of the tuned configs, which may well be worse than the default (the
+    # verdict says which to run).
+    for label, e in (("baseline", result.baseline), ("best tuned", result.best)):
         if e:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
                           f"{_fmt_ci(result.interval(e['trial']))} "

@@ -111,7 +111,7 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     command = (result.recommended or {}).get("command") or ""
     # The tables fit; the serve line is meant to be copied whole, and the verdict and the baseline's and
     # best's lines stay one line each (a log file kept them split at 80 columns, grep found half).
-    prose = ("verdict: ", "baseline: ", "best: ", "cost (")
+    prose = ("verdict: ", "baseline: ", "best tuned: ", "cost (")
     assert all(len(line) <= width for line in lines if line != command and not line.startswith(prose))
     assert [ln for ln in lines if ln.startswith("verdict: ")] == [f"verdict: {result.verdict.message}"]
     assert not any("…" in line for line in lines), "a header or figure was cut"
@@ -131,7 +131,7 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     # the same p95, said "inconclusive"): TTFT p95 0.8 s misses 500 ms, TPOT 20 ms meets 50 ms.
     text = " ".join(" ".join(lines).split())
     outcomes = "ttft_p95 met, tpot_p95 inconclusive" if conf else "ttft_p95 missed, tpot_p95 met"
-    assert f"(samples 3, 3, 3), SLO at 95%: {outcomes} best: trial 1" in text, text
+    assert f"(samples 3, 3, 3), SLO at 95%: {outcomes} best tuned: trial 1" in text, text
     if conf:
         assert any("[0.5, 0.75] at 95%" in ln for ln in lines)
         assert any(re.match(r"^\s*concurrency 16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table

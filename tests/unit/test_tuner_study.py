@@ -224,6 +224,17 @@ def test_load_generator_warnings_travel_with_the_trial(tmp_path):
     assert result.baseline["measurement_warnings"] == ["requests left up to 250 ms late (p99)"]
     again = summarize(f"sqlite:///{tmp_path}/s.db", "s").to_dict()  # stored with the trial, not only in memory
     assert again["baseline"]["measurement_warnings"] == result.baseline["measurement_warnings"]
+    # ... and the terminal says it (it was in summary.json only).
+    import io
+
+    from rich.console import Console
+
+    from slotune.tuner.report import render
+
+    out = io.StringIO()
+    render(result, Console(file=out, width=80))
+    assert "trial 0: load generator warning: requests left up to 250 ms late (p99)" in out.getvalue().splitlines()
+    assert "trial 1: load generator warning" not in out.getvalue()
 
 
 def test_json_shape_and_report_from_storage(tmp_path):

@@ -284,7 +284,9 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSp
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
                        f"keep vLLM's defaults: {study_attrs[NOTHING_TO_WIN]} (default: {base.ci_text()})", samples)
     if not remeasured:
-        why = "no tuned config was measured again" if cand_t else "no tuned config met the SLOs"
+        tried = any(t.user_attrs.get(ORIGIN) != BASELINE and t.state.is_finished() for t in trials)
+        why = ("no tuned config was measured again" if cand_t else
+               "no tuned config met the SLOs" if tried else "no tuned config was tried")
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
                        f"keep vLLM's defaults (not re-measured): {why}; a config measured once is never "
                        f"recommended (default: {base.ci_text()}){tail}", samples)
@@ -311,12 +313,14 @@ def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure
               store: Store, *, top: int, repeats: int, events: Events | None = None) -> None:
     """Measure the baseline and the `top` best feasible configs `repeats` more times each, in
     interleaved rounds (`remeasure_order`). Idempotent on resume: a config's round `r` is skipped when
-    it already has `r` re-measurements stored. Nothing is measured when no tuned config met the SLOs:
-    the baseline's runs are there to be compared with a candidate's, and without one the verdict is
-    "keep vLLM's defaults" whatever they show (a window of the study's length for nothing)."""
+    it already has `r` re-measurements stored. Nothing is measured when tuned configs ran and none met
+    the SLOs: the baseline's runs are there to be compared with a candidate's, and without one the
+    verdict is "keep vLLM's defaults" whatever they show (a window each for nothing). A study of the
+    baseline alone (`slotune demo --trials 1`) still measures it again: its runs are the defaults'
+    run-to-run noise, which is what such a study shows."""
     trials = study.get_trials(deepcopy=False)
     chosen = [t for t in ranked(trials) if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE][:top]
-    if not chosen:
+    if not chosen and any(t.user_attrs.get(ORIGIN) != BASELINE and t.state.is_finished() for t in trials):
         return
     base_t = next((t for t in trials if t.user_attrs.get(ORIGIN) == BASELINE and t.state is TrialState.COMPLETE), None)
     by_number = {t.number: t for t in chosen + ([base_t] if base_t is not None else [])}

@@ -68,6 +68,15 @@ def test_no_config_meets_the_slos_so_nothing_is_measured_again(tmp_path):
     assert result.verdict.message.startswith("keep vLLM's defaults (not re-measured): no tuned config met the SLOs")
 
 
+def test_a_study_of_the_baseline_alone_measures_it_again(tmp_path):
+    # `slotune demo --trials 1`: its re-measurement shows the defaults' run-to-run noise.
+    fm = FakeMeasure()
+    result = run_study(spec(tmp_path, trials=1, slo="ttft_p95<=100ms", remeasure_top=1, remeasure_repeats=1),
+                       measure=fm)
+    assert len(fm.calls) == 2 and len(result.baseline["goodput_samples"]) == 2
+    assert result.verdict.message.startswith("keep vLLM's defaults (not re-measured): no tuned config was tried")
+
+
 def test_constraints_reach_optuna_and_infeasible_trials_do_not_stop_the_study(tmp_path):
     s = spec(tmp_path, trials=5, enqueue=[{"max_num_seqs": 256, "enable_chunked_prefill": True},
                                           {"max_num_batched_tokens": 512, "enable_chunked_prefill": False,

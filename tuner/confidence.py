@@ -195,13 +195,16 @@ def goodput_figure(runs: Sequence[RunRequests], confidence: float = CONFIDENCE) 
 
     def share_interval(_: np.ndarray) -> tuple[float, float]:
         # A run whose every request was good (or none was) has no spread to resample: the bootstrap
-        # would claim its goodput for sure. Wilson's interval on the share of good requests says how
-        # far it may still be, scaled by the runs' mean requests per second (as `error_rate_figure`).
+        # would claim its goodput for sure. Wilson's interval on the pooled share of good requests says
+        # how far it may still be, scaled so the pooled share maps onto the estimate (runs of other
+        # lengths or durations weigh their good requests differently); with none good, by the runs'
+        # mean requests per second.
         from scipy import stats
 
-        n = sum(len(r) for r in timed)
-        ci = stats.binomtest(sum(sum(r.good) for r in timed), n).proportion_ci(confidence, method="wilson")
-        scale = float(np.mean([len(r) / r.duration for r in timed]))
+        n, good = sum(len(r) for r in timed), sum(sum(r.good) for r in timed)
+        ci = stats.binomtest(good, n).proportion_ci(confidence, method="wilson")
+        scale = (float(mean_goodput(cols)) * n / good if good
+                 else float(np.mean([len(r) / r.duration for r in timed])))
         return float(ci.low) * scale, float(ci.high) * scale
 
     return _figure(cols, mean_goodput, confidence=confidence, widen=share_interval)

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from slotune.slo import RATIO_METRICS, fmt_figure
-from slotune.tuner.report import SCHEDULE, StudyResult, cost_figures, interval_pair, k_by_load_of, load_label
+from slotune.tuner.report import (
+    SCHEDULE,
+    StudyResult,
+    cost_figures,
+    interval_pair,
+    k_by_load_of,
+    load_label,
+    sides,
+    slo_outcomes,
+)
 
 TEMPLATE = "report.html.j2"
 
@@ -58,11 +67,12 @@ def slo_rows(result: StudyResult) -> list[dict[str, Any]]:
             for k, t in keys.items()]
 
 
-def _sides(result: StudyResult) -> list[tuple[str, dict[str, Any]]]:
-    out = [("baseline", result.baseline)]
-    if result.best and (not result.baseline or result.best["trial"] != result.baseline["trial"]):
-        out.append(("best", result.best))
-    return [(label, e) for label, e in out if e]
+def _slo_class(iv: dict[str, Any], feasible: bool) -> str:
+    """The CSS class of a side's SLO cell: the worst outcome the verdict gave, else its run's."""
+    outcomes = {f.get("outcome") for f in (iv.get("slo") or {}).values() if isinstance(f, dict)} - {None}
+    if not outcomes:
+        return "met" if feasible else "missed"
+    return next(o for o in ("missed", "inconclusive", "met") if o in outcomes)
 
 
 def _interval(ax: Any, x: float, lo: float, hi: float) -> None:
@@ -73,11 +83,11 @@ def _interval(ax: Any, x: float, lo: float, hi: float) -> None:
 def _plot_baseline_vs_best(result: StudyResult, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
-    sides = _sides(result)
-    if not sides:
+    pair = sides(result)
+    if not pair:
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for i, (label, e) in enumerate(sides):
+    for i, (label, e) in enumerate(pair):
         iv = result.interval(e["trial"])
         mean = e["goodput_mean"]
         ax.bar(i, mean, color="#9db9d8" if label == "baseline" else "#5aa469", width=0.5)
@@ -86,7 +96,7 @@ def _plot_baseline_vs_best(result: StudyResult, path: Path) -> bool:
             _interval(ax, i, ci[0], ci[1])
         samples = e.get("goodput_samples") or []
         ax.scatter([i] * len(samples), samples, color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(sides)), [f"{label}\n(trial {e['trial']})" for label, e in sides])
+    ax.set_xticks(range(len(pair)), [f"{label}\n(trial {e['trial']})" for label, e in pair])
     ax.set_ylabel("goodput (req/s)")
     ax.set_title("goodput: mean (bar), interval (whiskers), samples (dots)", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -130,7 +140,7 @@ def rate_points(result: StudyResult) -> list[dict[str, Any]]:
     point of a stored rate sweep (`sweep: [{"rate", "goodput"}]` on the entry) where one exists, else
     the one rate the config was measured at (None: no offered rate, e.g. a fixed concurrency)."""
     out = []
-    for label, e in _sides(result):
+    for label, e in sides(result):
         sweep = e.get("sweep") or []
         if sweep:
             out += [{"label": label, "trial": e["trial"], "rate": p.get("rate"), "goodput": p.get("goodput"),
@@ -183,23 +193,26 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
     from slotune.tuner.report import _fmt_params, fmt_usd
 
     rec = result.recommended
-    sides = []
+    rows = []
     cost = cost_figures(result) if result.cost_per_hour is not None else None
-    for label, e in _sides(result):
+    for label, e in sides(result):
         iv = result.interval(e["trial"])
         usd = None
         if cost:
             usd = next((c["usd_per_1k_output_tokens"] for c in (cost["baseline"], cost["recommended"])
                         if c and c["trial"] == e["trial"]), None)
-        sides.append({"label": label, "trial": e["trial"], "flags": _fmt_params(e.get("params") or {}),
+        rows.append({"label": label, "trial": e["trial"], "flags": _fmt_params(e.get("params") or {}),
                       "mean": e["goodput_mean"], "samples": e.get("goodput_samples") or [],
                       "ci": interval_pair(iv.get("goodput_ci")), "confidence": iv.get("confidence"),
                       "feasible": e.get("feasible"), "output_throughput": e.get("output_throughput"),
+                      # as the verdict judged them, where it did (the trial's own run is one sample)
+                      "slo_text": slo_outcomes(iv, bool(e.get("feasible"))),
+                      "slo_class": _slo_class(iv, bool(e.get("feasible"))),
                       "cost": fmt_usd(usd) if cost else None, "command": e.get("command")})
     return {
         "r": result,
         "settings": result.settings,
-        "sides": sides,
+        "sides": rows,
         "slo_rows": slo_rows(result),
         "fmt_value": fmt_value,
         "fmt_params": _fmt_params,

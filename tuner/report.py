@@ -317,6 +317,17 @@ def _fmt_ci(d: dict[str, Any]) -> str:
     return f" [{ci[0]:.3g}, {ci[1]:.3g}]" + (f" at {conf:.0%}" if isinstance(conf, (int, float)) else "")
 
 
+def sides(result: StudyResult) -> list[tuple[str, dict[str, Any]]]:
+    """`[("baseline", entry), ("best tuned", entry)]` for the lines and the HTML table that set the two
+    side by side; the best tuned trial is left out when it is the baseline itself (no tuned trial
+    finished: `summarize` falls back to the baseline), and may be worse than the default (the verdict
+    says which to run)."""
+    out = [("baseline", result.baseline)]
+    if result.best and (not result.baseline or result.best["trial"] != result.baseline["trial"]):
+        out.append(("best tuned", result.best))
+    return [(label, e) for label, e in out if e]
+
+
 def slo_outcomes(d: dict[str, Any], feasible: bool) -> str:
     """How a trial stands against the SLOs, in the verdict's words where it judged them (`d`:
     `StudyResult.interval`): "every SLO met at 95%", "SLO at 95%: ttft_p95 met, tpot_p95
@@ -401,9 +412,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
     # each on one line that grep finds whole; the tables above fit the width.
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
-    # "best tuned": the best of the tuned configs, which may well be worse than the default (the
-    # verdict says which to run).
-    for label, e in (("baseline", result.baseline), ("best tuned", result.best)):
+    for label, e in sides(result):
         if e:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
                           f"{_fmt_ci(result.interval(e['trial']))} "

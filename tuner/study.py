@@ -80,7 +80,7 @@ class TuneSpec(BaseModel):
     rate: float | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, ge=1)
     num_requests: int = Field(default=40, ge=1, le=MAX_REQUESTS)
-    warmup_requests: int = Field(default=4, ge=0)
+    warmup_requests: int = Field(default=4, ge=0, le=MAX_REQUESTS)
     space_file: Path | None = None
     fixes: list[str] = Field(default_factory=list)
     storage: str | None = None

@@ -40,7 +40,7 @@ from slotune.store import Store, TrialRowState
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
 from slotune.tuner.measure import Measure, Measurement
-from slotune.tuner.objective import BASELINE, ORIGIN, Events, record_trial
+from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, Events, record_trial
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
@@ -283,10 +283,13 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSp
     if not remeasured and study_attrs.get(NOTHING_TO_WIN):
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
                        f"keep vLLM's defaults: {study_attrs[NOTHING_TO_WIN]} (default: {base.ci_text()})", samples)
+    if not remeasured and not cand_t and not tuned_measured(trials):  # a study of the defaults alone
+        runs = f"{base.runs} runs" if base.runs > 1 else "one run: not re-measured"
+        return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
+                       f"keep vLLM's defaults: no tuned config was measured (default, {runs}: {base.ci_text()}){tail}",
+                       samples)
     if not remeasured:
-        tried = any(t.user_attrs.get(ORIGIN) != BASELINE and t.state.is_finished() for t in trials)
-        why = ("no tuned config was measured again" if cand_t else
-               "no tuned config met the SLOs" if tried else "no tuned config was tried")
+        why = "no tuned config was measured again" if cand_t else "no tuned config met the SLOs"
         return Verdict("baseline", base.trial, base.trial, None, None, noise, False,
                        f"keep vLLM's defaults (not re-measured): {why}; a config measured once is never "
                        f"recommended (default: {base.ci_text()}){tail}", samples)
@@ -298,6 +301,14 @@ def decide(trials: list[FrozenTrial], study_attrs: Mapping[str, Any], slo: SloSp
         f" (trial {best.trial}: {best.ci_text()}; default: {base.ci_text()})"
     return Verdict("baseline", base.trial, base.trial, gain, ratio, noise, True,
                    f"keep vLLM's defaults: {reason}{shown}{tail}", samples)
+
+
+def tuned_measured(trials: list[FrozenTrial]) -> bool:
+    """Whether a tuned config was measured: a trial other than the baseline that ran its window
+    (COMPLETE) or part of it (stopped early). Not one refused before launch, a duplicate (measured as
+    its twin), a failed or a waiting one."""
+    return any(t.user_attrs.get(ORIGIN) != BASELINE
+               and (t.state is TrialState.COMPLETE or t.user_attrs.get("state") == PRUNED) for t in trials)
 
 
 def remeasure_order(base: int | None, candidates: list[int], rounds: int) -> list[tuple[int, int]]:
@@ -320,7 +331,7 @@ def remeasure(study: optuna.Study, space: SearchSpace, base: VllmConfig, measure
     run-to-run noise, which is what such a study shows."""
     trials = study.get_trials(deepcopy=False)
     chosen = [t for t in ranked(trials) if t.user_attrs.get("feasible") and t.user_attrs.get(ORIGIN) != BASELINE][:top]
-    if not chosen and any(t.user_attrs.get(ORIGIN) != BASELINE and t.state.is_finished() for t in trials):
+    if not chosen and tuned_measured(trials):
         return
     base_t = next((t for t in trials if t.user_attrs.get(ORIGIN) == BASELINE and t.state is TrialState.COMPLETE), None)
     by_number = {t.number: t for t in chosen + ([base_t] if base_t is not None else [])}

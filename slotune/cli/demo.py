@@ -338,7 +338,8 @@ def short_study(demo: DemoModel, slo_text: str, trials: int, num_requests: int, 
                     startup_timeout=600)
     spec = spec.model_copy(update={"study_name": spec.name()})
     click.echo(f"tuning: study {spec.study_name}, {trials} trial{'' if trials == 1 else 's'} (baseline first, then remedies, then TPE), "
-               f"then the default and the best measured again, interleaved, for a verdict at 95 % confidence")
+               f"then the default and the best measured again, interleaved, for a verdict at 95 % confidence "
+               f"(nothing is measured again when every tuned config misses the SLOs: nothing to compare)")
 
     def progress(trial: int, stage: str) -> None:
         if stage.startswith((*OUTCOME_STAGES, "re-measuring")):

@@ -85,8 +85,9 @@ class DemoSize:
 
 
 def study_runs(trials: int) -> int:
-    """vLLM runs a study of `trials` makes: each trial, then the default measured again, and the best
-    other config too when there is one (tuner/verdict.py's re-measurement, one round)."""
+    """vLLM runs a study of `trials` makes at most: each trial, then the default measured again, and the
+    best other config too when there is one (tuner/verdict.py's re-measurement, one round; none when
+    every tuned config missed the SLOs, so this errs long)."""
     if trials <= 0:
         return 0
     return trials + 1 + (1 if trials >= 2 else 0)

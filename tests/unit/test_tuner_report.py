@@ -195,6 +195,9 @@ def test_the_html_report_shows_intervals_slos_and_the_serve_line(study: TuneSpec
     for key, threshold in (("ttft_p95", "500 ms"), ("tpot_p95", "50 ms")):
         assert re.search(rf"<td>{key}</td><td class=\"num\">{threshold}</td>", text), key  # target and threshold
     assert "450 ms [410 ms, 490 ms]: met" in text and "50 ms [40 ms, 60 ms]: inconclusive" in text
+    # Each side's SLOs as the verdict judged them (the cell said "met" from the trial's own run).
+    assert text.count('<td class="inconclusive">SLO at 95%: ttft_p95 met, tpot_p95 inconclusive</td>') == 2
+    assert "<th>best tuned</th>" in text
     assert "vllm serve /models/tiny" in best["command"] and best["command"] in text
     assert "best K" in text and "7.25" in text  # the K-by-load table
     assert "USD per 1,000" not in text  # no price given: no cost column

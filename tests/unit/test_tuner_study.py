@@ -74,7 +74,37 @@ def test_a_study_of_the_baseline_alone_measures_it_again(tmp_path):
     result = run_study(spec(tmp_path, trials=1, slo="ttft_p95<=100ms", remeasure_top=1, remeasure_repeats=1),
                        measure=fm)
     assert len(fm.calls) == 2 and len(result.baseline["goodput_samples"]) == 2
-    assert result.verdict.message.startswith("keep vLLM's defaults (not re-measured): no tuned config was tried")
+    assert result.verdict.message.startswith("keep vLLM's defaults: no tuned config was measured (default, 2 runs: "
+                                             "goodput "), result.verdict.message
+    # The report sets no "best tuned" beside it: there is none (summarize falls back to the baseline).
+    import io
+
+    from rich.console import Console
+
+    from slotune.tuner.report import render
+
+    out = io.StringIO()
+    render(result, Console(file=out, width=100))
+    assert "baseline: trial 0" in out.getvalue() and "best tuned" not in out.getvalue(), out.getvalue()
+
+
+def test_a_failed_tuned_trial_is_not_a_measured_one(tmp_path):
+    # A tuned trial that crashed (a worker killed: Optuna FAIL) measured nothing: the baseline is
+    # measured again as in a study of the baseline alone, and no verdict says a tuned config missed.
+    def measure(config, progress=None, check=None):
+        if config.tuned_params():
+            raise KeyboardInterrupt  # stands for a worker killed mid-trial
+        return FakeMeasure()(config, progress)
+
+    s = spec(tmp_path, trials=2, slo="ttft_p95<=100ms", remeasure_top=1, remeasure_repeats=1, max_remedies=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(s, measure=measure)
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    assert [t.state for t in study.get_trials()][:2] == [TrialState.COMPLETE, TrialState.FAIL]
+    from slotune.tuner.verdict import decide, tuned_measured
+
+    assert not tuned_measured(study.get_trials())
+    assert "no tuned config met the SLOs" not in decide(study.get_trials(), study.user_attrs).message
 
 
 def test_constraints_reach_optuna_and_infeasible_trials_do_not_stop_the_study(tmp_path):
@@ -246,7 +276,14 @@ def test_load_generator_warnings_travel_with_the_trial(tmp_path):
     assert "trial 1: load generator warning" not in out.getvalue()
 
 
-def test_json_shape_and_report_from_storage(tmp_path):
+def test_json_shape_and_report_from_storage(tmp_path, monkeypatch):
+    # The platform's flags and environment fixed, whatever this host's are (best.yaml is checked below).
+    from slotune import platforms
+
+    here = platforms.detect()
+    fixed = replace(here, default_flags={"dtype": "float32", "enforce_eager": True},
+                    default_env={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    monkeypatch.setattr(platforms, "detect", lambda: fixed)
     s = spec(tmp_path, out_dir=tmp_path / "out", pareto=True)
     result = run_study(s, measure=FakeMeasure())
     d = json.loads(json.dumps(result.to_dict()))
@@ -268,8 +305,10 @@ def test_json_shape_and_report_from_storage(tmp_path):
 
     script = (tmp_path / "out" / "best.sh").read_text()
     flag_file = (tmp_path / "out" / "best.yaml").read_text()
-    assert {f"--{k}" for k in yaml.safe_load(flag_file) if k != "model"} == set(re.findall(r" (--[a-z-]+)", script))
-    assert re.findall(r"\b(VLLM_[A-Z_]+=\S+)", script) == re.findall(r"# export (\S+)", flag_file)
+    in_file = {f"--{k}" for k in yaml.safe_load(flag_file) if k != "model"}
+    assert {"--dtype", "--enforce-eager"} <= in_file == set(re.findall(r" (--[a-z-]+)", script))
+    assert re.findall(r"\b(VLLM_[A-Z_]+=\S+)", script) == re.findall(r"# export (\S+)", flag_file) == [
+        "VLLM_CPU_KVCACHE_SPACE=4"]
 
 
 def test_the_measuring_thread_leaves_the_server_cores_and_gets_them_back() -> None:

@@ -55,7 +55,7 @@ def test_a_model_that_looks_like_a_flag_is_refused(args):
 
 def test_a_config_file_with_a_flag_for_a_value_is_refused(tmp_path):
     cfg = tmp_path / "vllm.yaml"
-    cfg.write_text("model: /m\nserved_model_name: --api-key=x\n")
+    cfg.write_text("model: org/name\nserved_model_name: --api-key=x\n")  # an id: not checked on disk
     out = run("serve", "--config", str(cfg), "--print-command")
     assert out.returncode != 0 and "starts with '-'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 

@@ -190,6 +190,8 @@ class SloSpec:
             raise ConfigError(f"SLO spec of {len(text)} characters is over the limit of {MAX_SPEC_CHARS}")
         targets: dict[str, SloTarget] = {}
         for part in text.split(","):
+            if not part.strip():
+                raise ConfigError(f"empty SLO target in {text.strip()!r}: a comma with no target after or before it")
             target = _parse_target(part)
             if target.key in targets:
                 raise ConfigError(f"SLO spec names {target.key!r} twice")

@@ -25,7 +25,7 @@ from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, SERVED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import open_storage, storage_url
-from slotune.tuner.verdict import Verdict, decide, ranked, samples_of
+from slotune.tuner.verdict import MIN_GAIN, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
 
 
@@ -317,6 +317,23 @@ def _fmt_ci(d: dict[str, Any]) -> str:
     return f" [{ci[0]:.3g}, {ci[1]:.3g}]" + (f" at {conf:.0%}" if isinstance(conf, (int, float)) else "")
 
 
+def load_hint(result: StudyResult) -> str | None:
+    """A hint when the study's load left nothing to find: in offered mode, vLLM's defaults kept up with
+    the offered rate (goodput within `MIN_GAIN` of it), so no config could beat them by goodput, and
+    the verdict "keep vLLM's defaults" says little about the flags. None otherwise (the verdict's
+    `nothing_to_win` message already says it when the search stopped for that reason)."""
+    s, base = result.settings, result.baseline
+    rate = s.get("rate")
+    if (s.get("mode") != "offered" or not isinstance(rate, (int, float)) or not base
+            or result.verdict.recommendation != "baseline" or "search stopped after the baseline" in result.verdict.message):
+        return None
+    served = base.get("goodput_mean") or 0.0
+    if served * (1 + MIN_GAIN) <= rate:
+        return None
+    return (f"the defaults served {served:.3g} of the {rate:g} req/s offered: at this load no config can beat them "
+            f"by the {MIN_GAIN:.0%} a restart needs; to look for headroom, offer more (--rate) or use --mode capacity")
+
+
 def sides(result: StudyResult) -> list[tuple[str, dict[str, Any]]]:
     """`[("baseline", entry), ("best tuned", entry)]` for the lines and the HTML table that set the two
     side by side; the best tuned trial is left out when it is the baseline itself (no tuned trial
@@ -412,6 +429,9 @@ def render(result: StudyResult, console: Any = None) -> None:
     # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
     # each on one line that grep finds whole; the tables above fit the width.
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
+    hint = load_hint(result)
+    if hint:
+        console.print(f"hint: {hint}", markup=False, soft_wrap=True)
     for label, e in sides(result):
         if e:
             console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"

@@ -77,7 +77,10 @@ def model_option(_ctx: click.Context, param: click.Parameter, value: str | None)
     anything else, a Hugging Face id such as `org/name`, passes unchecked (it may be cached or downloaded)."""
     if value is None:
         return None
-    return checked_model(value, param.opts[0] if isinstance(param, click.Option) else "model")
+    what = param.opts[0] if isinstance(param, click.Option) else "model"
+    if not value.strip():
+        raise ConfigError(f"{what} is empty: give a model directory or a Hugging Face id ORG/NAME")
+    return checked_model(value, what)
 
 
 def checked_model(value: str, what: str) -> str:

@@ -119,6 +119,13 @@ def test_a_hugging_face_id_is_not_checked_on_disk(elsewhere, capsys):
     assert err.startswith("error: cannot open database 'bogus://x'") and "--model" not in err, err
 
 
+@pytest.mark.parametrize("command", list(LAUNCHES))
+def test_an_empty_model_names_the_option(command, elsewhere, capsys):
+    assert main([LAUNCHES[command][0], "--model", " ", *LAUNCHES[command][1:]]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --model is empty: give a model directory or a Hugging Face id ORG/NAME"]
+
+
 def test_a_config_files_model_is_checked_as_model_is(elsewhere, capsys):
     cfg = elsewhere / "cwd" / "flags.yaml"
     cfg.write_text(f"model: {elsewhere / 'gone'}\nmax_num_seqs: 4\n")

@@ -35,6 +35,8 @@ def test_evaluate_against_collector_json():
         ("error_rate<=150%", "between"),
         ("error_rate<=1", r"reads as 100%; write 1% \(or 0.01\)"),  # meant 1 %: no run could miss 100 %
         ("error_rate<=2.5", "write 2.5%"),
+        ("ttft_p95<=1s,", "empty SLO target in 'ttft_p95<=1s,': a comma with no target"),
+        ("ttft_p95<=1s,,e2e_p95<=2s", "empty SLO target"),
         ("ttft_p95<=1s,ttft_p95<=2s", "twice"),
         (",".join(["ttft_p95<=1s"] * 50_000), "over the limit of 2048"),  # 640 KB: took 11 s once
     ],

@@ -152,3 +152,20 @@ def test_the_search_goes_on_where_a_config_could_still_win(tmp_path, kw):
     fm = FakeMeasure(**{"good_share": 1.0, "n_requests": 1000, **measured})
     run_study(spec(tmp_path, trials=3, remeasure_top=0, **{"slo": "ttft_p95<=1s", **kw}), measure=fm)
     assert len(_trials(tmp_path)) == 3
+
+
+@pytest.mark.parametrize(("rate", "n_requests", "hinted"), [
+    (3.1, 100, True),  # the defaults keep up with 3.1 (3.0 served): the search could find nothing; say so
+    (3.2, 100, False),  # 3.2 >= 3.0 x 1.05: a config could still have won
+    (3.1, 1000, False),  # the search stopped after the baseline: its verdict already says why
+])
+def test_a_load_the_defaults_keep_up_with_is_named_in_a_hint(tmp_path, rate, n_requests, hinted):
+    from slotune.tuner.report import load_hint
+
+    result = run_study(spec(tmp_path, trials=3, rate=rate, slo="ttft_p95<=1s", remeasure_top=0),
+                       measure=FakeMeasure(good_share=1.0, n_requests=n_requests))
+    hint = load_hint(result)
+    assert (hint is not None) == hinted, (hint, result.verdict.message)
+    if hinted:
+        assert hint == ("the defaults served 3 of the 3.1 req/s offered: at this load no config can beat them by "
+                        "the 5% a restart needs; to look for headroom, offer more (--rate) or use --mode capacity")

@@ -44,6 +44,12 @@ def _check_up_front(spec: Any) -> None:
         space.config_for(spec.base_config(), {})
     except ConfigError as exc:
         raise ConfigError(f"fixed values (--fix, --space): {exc}") from None
+    # The database is opened (its tables created) before the study's header is printed: a path it
+    # cannot write (`sqlite:////proc/x.db`) is then one error line, not one after "tuning ...".
+    from slotune.store import open_store
+    from slotune.tuner.storage import storage_url
+
+    open_store(storage_url(spec.storage)).dispose()
 
 
 def _spec(**kw: Any) -> Any:

@@ -183,6 +183,8 @@ def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, 
     (["--timeout", "nan"], 2, "must be a finite number"),
     (["--startup-timeout", "inf"], 2, "must be a finite number"),
     (["--storage", "sqlite:////nonexistent-dir/x.db"], 1, "no directory /nonexistent-dir to hold the database file"),
+    # /proc takes no new file, even for root: the tables cannot be created (once printed after the header)
+    (["--storage", "sqlite:////proc/x.db"], 1, "cannot create slotune's tables in sqlite:////proc/x.db"),
     (["--num-requests", str(10**12)], 2, "is not in the range 1<=x<=1000000"),  # failed allocating, after vLLM started
     (["--slo", "error_rate<=1"], 1, "reads as 100%; write 1%"),
 ])

@@ -26,6 +26,7 @@ from slotune.tuner.report import (
     StudyResult,
     cost_figures,
     interval_pair,
+    judged_outcomes,
     k_by_load_of,
     load_label,
     sides,
@@ -69,7 +70,7 @@ def slo_rows(result: StudyResult) -> list[dict[str, Any]]:
 
 def _slo_class(iv: dict[str, Any], feasible: bool) -> str:
     """The CSS class of a side's SLO cell: the worst outcome the verdict gave, else its run's."""
-    outcomes = {f.get("outcome") for f in (iv.get("slo") or {}).values() if isinstance(f, dict)} - {None}
+    outcomes = set(judged_outcomes(iv).values())
     if not outcomes:
         return "met" if feasible else "missed"
     return next(o for o in ("missed", "inconclusive", "met") if o in outcomes)

@@ -25,7 +25,7 @@ from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, SERVED, WALL, ttft_p95, wall_times
 from slotune.tuner.storage import open_storage, storage_url
-from slotune.tuner.verdict import MIN_GAIN, Verdict, decide, ranked, samples_of
+from slotune.tuner.verdict import MIN_GAIN, STOPPED_AFTER_BASELINE, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
 
 
@@ -325,7 +325,7 @@ def load_hint(result: StudyResult) -> str | None:
     s, base = result.settings, result.baseline
     rate = s.get("rate")
     if (s.get("mode") != "offered" or not isinstance(rate, (int, float)) or not base
-            or result.verdict.recommendation != "baseline" or "search stopped after the baseline" in result.verdict.message):
+            or result.verdict.recommendation != "baseline" or STOPPED_AFTER_BASELINE in result.verdict.message):
         return None
     served = base.get("goodput_mean") or 0.0
     if served * (1 + MIN_GAIN) <= rate:
@@ -345,12 +345,18 @@ def sides(result: StudyResult) -> list[tuple[str, dict[str, Any]]]:
     return [(label, e) for label, e in out if e]
 
 
+def judged_outcomes(d: dict[str, Any]) -> dict[str, str]:
+    """`{target key: "met" | "missed" | "inconclusive"}` as the verdict judged a trial's SLOs (`d`:
+    `StudyResult.interval`); empty where it judged none."""
+    slo = d.get("slo") if isinstance(d.get("slo"), dict) else {}
+    return {k: f["outcome"] for k, f in slo.items() if isinstance(f, dict) and f.get("outcome")}
+
+
 def slo_outcomes(d: dict[str, Any], feasible: bool) -> str:
     """How a trial stands against the SLOs, in the verdict's words where it judged them (`d`:
     `StudyResult.interval`): "every SLO met at 95%", "SLO at 95%: ttft_p95 met, tpot_p95
     inconclusive"; else from its own run's figures, which are one sample ("SLO met on its run")."""
-    slo = d.get("slo") if isinstance(d.get("slo"), dict) else {}
-    outcomes = {k: f.get("outcome") for k, f in slo.items() if isinstance(f, dict) and f.get("outcome")}
+    outcomes = judged_outcomes(d)
     conf = d.get("confidence")
     at = f" at {conf:.0%}" if isinstance(conf, (int, float)) else ""
     if not outcomes:
@@ -433,11 +439,10 @@ def render(result: StudyResult, console: Any = None) -> None:
     if hint:
         console.print(f"hint: {hint}", markup=False, soft_wrap=True)
     for label, e in sides(result):
-        if e:
-            console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s"
-                          f"{_fmt_ci(result.interval(e['trial']))} "
-                          f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
-                          f"{slo_outcomes(result.interval(e['trial']), e['feasible'])}", markup=False, soft_wrap=True)
+        iv = result.interval(e["trial"])
+        console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s{_fmt_ci(iv)} "
+                      f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
+                      f"{slo_outcomes(iv, e['feasible'])}", markup=False, soft_wrap=True)
     if result.cost_per_hour is not None:
         cost = cost_figures(result)
         for label in ("baseline", "recommended"):

@@ -55,6 +55,8 @@ MIN_GAIN = 0.05
 SELECTION_FREE_ROUNDS = 2
 # Study attr: why the search ended after the baseline, no config being able to win (`nothing_to_win`).
 NOTHING_TO_WIN = "nothing_to_win"
+# How its verdict says so (the report's load hint reads it, to say nothing twice).
+STOPPED_AFTER_BASELINE = "search stopped after the baseline"
 
 
 def nothing_to_win(rate: float | None, baseline: FrozenTrial, study_attrs: Mapping[str, Any],
@@ -82,7 +84,7 @@ def nothing_to_win(rate: float | None, baseline: FrozenTrial, study_attrs: Mappi
         return None
     return (f"they serve {s.goodput.estimate:.3g} of the {rate:g} req/s offered, every SLO met at "
             f"{s.confidence:.0%} confidence, and no config's goodput can exceed the offered rate: none can beat "
-            f"them by the {MIN_GAIN:.0%} a restart needs at this load (search stopped after the baseline; to "
+            f"them by the {MIN_GAIN:.0%} a restart needs at this load ({STOPPED_AFTER_BASELINE}; to "
             f"look for headroom, offer more or use capacity mode)")
 
 

@@ -418,22 +418,22 @@ def render(result: StudyResult, console: Any = None) -> None:
     console = console or Console()
     for table in trial_tables(result, console.width):
         console.print(table)
+    # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
+    # each on one line that grep finds whole; the tables above fit the width.
     c = result.counts
     dup = c.get("duplicate", 0)
     console.print(f"trials: {c['complete']} measured, {c.get('pruned', 0)} stopped early, {c['infeasible']} "
                   f"infeasible, {dup} duplicate{'' if dup == 1 else 's'} (not measured), {c['fail']} failed, "
-                  f"{c['running']} running, {c['waiting']} waiting")
+                  f"{c['running']} running, {c['waiting']} waiting", soft_wrap=True)
     if isinstance(result.wall.get("study"), (int, float)):
         waited = result.wall.get("waited") or 0
         console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s"
                       + (f" ({waited:.0f} s of it duplicates waiting for another worker's run of their server)"
-                         if waited >= 1 else ""))
+                         if waited >= 1 else ""), soft_wrap=True)
     for r in result.rows:  # a trial measured on a starved host is not evidence: say so where it is read
         for w in r.get("measurement_warnings") or []:
             console.print(f"trial {r['trial']}: load generator warning: {w}", markup=False, soft_wrap=True)
     v = result.verdict
-    # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
-    # each on one line that grep finds whole; the tables above fit the width.
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
     hint = load_hint(result)
     if hint:

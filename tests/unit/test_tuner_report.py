@@ -111,9 +111,10 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     command = (result.recommended or {}).get("command") or ""
     # The tables fit; the serve line is meant to be copied whole, and the verdict and the baseline's and
     # best's lines stay one line each (a log file kept them split at 80 columns, grep found half).
-    prose = ("verdict: ", "hint: ", "baseline: ", "best tuned: ", "cost (")
+    prose = ("trials: ", "wall time: ", "verdict: ", "hint: ", "baseline: ", "best tuned: ", "cost (")
     assert all(len(line) <= width for line in lines if line != command and not line.startswith(prose))
     assert [ln for ln in lines if ln.startswith("verdict: ")] == [f"verdict: {result.verdict.message}"]
+    assert next(ln for ln in lines if ln.startswith("trials: ")).endswith(" running, 0 waiting")  # one line
     assert not any("…" in line for line in lines), "a header or figure was cut"
     rows = {r["trial"]: r for r in result.rows}
     for trial, r in rows.items():

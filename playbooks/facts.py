@@ -94,6 +94,9 @@ FACTS: dict[str, str] = {
     "e2e_p99_over_p50": "e2e p99 / p50",
     "ttft_p99_over_p50": "TTFT p99 / p50",
     "itl_p99_over_p50": "inter-token latency p99 / p50 (far above 1: some steps stall the decodes)",
+    "prefill_over_itl_p50": "mean prefill time / ITL p50: how many decode steps one prefill lasts (a long prefill "
+                            "on this hardware, whatever its tokens)",
+    "itl_p99_over_prefill": "ITL p99 / mean prefill time (about 1: the slow steps last as long as a prefill)",
     "prompt_len_p99_over_p50": "prompt length p99 / p50",
     "output_len_p99_over_p50": "output length p99 / p50",
     "tpot_p50_without_drafting": "p50 TPOT in earlier windows of this target without drafting (s)",
@@ -316,6 +319,10 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     f["e2e_p99_over_p50"] = _div(f["e2e_p99"], f["e2e_p50"])
     f["ttft_p99_over_p50"] = _div(f["ttft_p99"], f["ttft_p50"])
     f["itl_p99_over_p50"] = _div(f["itl_p99"], f["itl_p50"])
+    # A prefill's length in time, not tokens, says whether it stalls the decodes: 200 tokens take
+    # 5 decode steps on one CPU core and a fraction of one on a GPU.
+    f["prefill_over_itl_p50"] = _div(f["prefill_mean"], f["itl_p50"])
+    f["itl_p99_over_prefill"] = _div(f["itl_p99"], f["prefill_mean"])
     f["prompt_len_p99_over_p50"] = _div(f["prompt_len_p99"], f["prompt_len_p50"])
     f["output_len_p99_over_p50"] = _div(f["output_len_p99"], f["output_len_p50"])
     for metric in LATENCY_METRICS:
@@ -382,7 +389,9 @@ def fact_bounds(s: Snapshot | None, f: Facts, slo: SloSpec | None = None) -> Fac
             out[f"{metric}_at_slo"] = b
     for name, top, bottom in (("e2e_p99_over_p50", "e2e_p99", "e2e_p50"), ("ttft_p99_over_p50", "ttft_p99", "ttft_p50"),
                               ("prompt_len_p99_over_p50", "prompt_len_p99", "prompt_len_p50"),
-                              ("output_len_p99_over_p50", "output_len_p99", "output_len_p50")):
+                              ("output_len_p99_over_p50", "output_len_p99", "output_len_p50"),
+                              ("prefill_over_itl_p50", "prefill_mean", "itl_p50"),
+                              ("itl_p99_over_prefill", "itl_p99", "prefill_mean")):
         if f.get(name) is not None and (top in out or bottom in out):
             hi_t = out.get(top, (f[top], f[top]))  # type: ignore[arg-type]
             lo_b = out.get(bottom, (f[bottom], f[bottom]))  # type: ignore[arg-type]

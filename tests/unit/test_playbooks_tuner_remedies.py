@@ -31,7 +31,16 @@ SLOW_ONE_STREAM: dict[str, float] = {
 STALLS: dict[str, float] = {
     **SLOW_ONE_STREAM, "mean_concurrency": 6.0, "tpot_p50": 0.25, "tpot_p95": 0.4, "tpot_at_slo": 0.4,
     "itl_p50": 0.04, "itl_p99": 1.6, "itl_at_slo": 0.9, "itl_p99_over_p50": 40.0,
-    "prompt_len_p50": 1024, "prompt_len_p95": 1024,
+    "prompt_len_p50": 1024, "prompt_len_p95": 1024, "prefill_mean": 1.2,
+    "prefill_over_itl_p50": 30.0, "itl_p99_over_prefill": 1.33,
+}
+# The grid's baseline in issue 16 (the real model on one CPU core, concurrency 2): prompts of ~200
+# tokens, each prefill 0.65 s = 5 decode steps; ITL p99 0.6 s, 4.8x its p50.
+CPU_STALLS: dict[str, float] = {
+    **SLOW_ONE_STREAM, "mean_concurrency": 1.94, "tpot_p50": 0.134, "tpot_p95": 0.159, "tpot_at_slo": 0.159,
+    "itl_p50": 0.125, "itl_p99": 0.599, "itl_at_slo": 0.159, "itl_p99_over_p50": 4.8,
+    "prompt_len_p50": 145, "prompt_len_p95": 194, "prefill_mean": 0.647,
+    "prefill_over_itl_p50": 5.2, "itl_p99_over_prefill": 0.93,
 }
 
 
@@ -75,14 +84,47 @@ def test_long_prompts_stalling_decodes_propose_a_small_prefill_budget():
     assert f["remedies"][0]["config_delta"]["max_num_batched_tokens"] == 512
 
 
+def test_a_prefill_that_lasts_several_decode_steps_stalls_them_whatever_its_tokens():
+    # On one CPU core a 200-token prefill is a long step: the rule once asked for 512 tokens and
+    # stayed silent here, against an ITL target too. The budget it proposes cuts these prompts (256
+    # would not).
+    f = fired(facts(CPU_STALLS, itl_slo_ratio=0.159 / 0.15), "prefill_stalls_decode", slo="itl_p95<=150ms")
+    assert f is not None
+    assert f["remedies"][0]["config_delta"] == {"max_num_batched_tokens": 128, "enable_chunked_prefill": True}
+    # Against TPOT alone, no: a budget cut spreads a prefill's delay over more tokens of the decodes
+    # it overlaps, and their TPOT keeps it (measured: no goodput gain under a TPOT target).
+    assert fired(facts(CPU_STALLS), "prefill_stalls_decode", slo="tpot_p95<=60ms") is None
+    # The same evidence of long prefills in 200-token prompts fires against the user's ITL target.
+    assert fired(facts(STALLS, **ITL_TARGET, prompt_len_p95=200), "prefill_stalls_decode",
+                 slo="tpot_p95<=25ms,itl_p95<=100ms") is not None
+    # vLLM before 0.7 exports no prefill time: 512-token prompts still count on their own.
+    old = facts(STALLS, prefill_mean=None, prefill_over_itl_p50=None, itl_p99_over_prefill=None)
+    assert fired(old, "prefill_stalls_decode") is not None
+
+
+# Against an ITL target of 100 ms (missed 9x): what the time-based test of a long prefill reads.
+ITL_TARGET = {"itl_slo_ratio": 9.0}
+
+
 @pytest.mark.parametrize(("why", "overrides"), [
-    ("short prompts: the spikes are not prefills", {"prompt_len_p95": 200}),
+    ("short prefills: a prefill lasts 2.5 decode steps, the spikes are something else",
+     {**ITL_TARGET, "prompt_len_p95": 200, "prefill_mean": 0.1, "prefill_over_itl_p50": 2.5,
+      "itl_p99_over_prefill": 16.0}),
+    ("stalls far shorter than a prefill: not one prefill per step",
+     {**ITL_TARGET, "prompt_len_p95": 200, "itl_p99_over_prefill": 0.3}),
+    ("no prefill time (vLLM before 0.7) and short prompts",
+     {**ITL_TARGET, "prompt_len_p95": 200, "prefill_mean": None, "prefill_over_itl_p50": None,
+      "itl_p99_over_prefill": None}),
+    ("long prefills in time but no ITL target of the user's: TPOT keeps a spread delay",
+     {"prompt_len_p95": 200}),
+    ("prompts no budget cuts (at most the smallest, 128 tokens)", {**ITL_TARGET, "prompt_len_p95": 120}),
     ("steady ITL: nothing stalls", {"itl_p99": 0.06, "itl_p99_over_p50": 1.5}),
     ("the budget is already small", {"max_num_batched_tokens": 256}),
     ("every latency target met", {"tpot_at_slo": 0.02, "itl_at_slo": 0.02}),
 ])
 def test_small_budget_is_not_proposed_on_the_wrong_evidence(why, overrides):
-    slo = "tpot_p95<=1s,itl_p95<=1s" if why.startswith("every") else "tpot_p95<=25ms"
+    slo = ("tpot_p95<=1s,itl_p95<=1s" if why.startswith("every")
+           else "tpot_p95<=25ms,itl_p95<=100ms" if "itl_slo_ratio" in overrides else "tpot_p95<=25ms")
     assert fired(facts(STALLS, **overrides), "prefill_stalls_decode", slo=slo) is None, why
 
 

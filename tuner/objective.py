@@ -22,11 +22,13 @@ its wall time (`wall_seconds`: from the objective's start, launch included, to i
 from __future__ import annotations
 
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import optuna
@@ -43,9 +45,18 @@ from slotune.tuner.measure import Measure, Measurement, PartialCheck
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
-ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler
+ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler | neighbour
 BASELINE = "baseline"
 REMEDY = "remedy"
+# Origins of an unmeasured config queued in place of one the sampler drew again
+# (`TrialObjective._queue_instead`): one flag away from it, else drawn at random; user attr
+# `instead_of` names the duplicate trial it stands in for.
+NEIGHBOUR = "neighbour"
+RANDOM = "random"
+INSTEAD_OF = "instead_of"
+QUEUED_INSTEAD = "is queued instead"  # in a duplicate's reason when something new is queued
+RANDOM_DRAWS = 200  # random configs tried for an unmeasured one before the space counts as exhausted
+SEARCH_STOPPED = "search_stopped"  # study attr: why the search ended before its trial budget
 TTFT_KEY = "ttft_p95"
 PRUNED = TrialRowState.PRUNED.value  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
 # User attr `state` of a trial whose server an earlier trial of the study already measured (Optuna
@@ -279,10 +290,49 @@ class TrialObjective:
         trial.set_user_attr("reason", reason)
         trial.set_user_attr(WALL, self._wall())
         trial.set_user_attr(WAITED, round(time.monotonic() - waiting_since, 3) if said else 0.0)
+        if origin == "sampler":
+            with self.claims():
+                instead = self._queue_instead(trial)
+            if instead is not None:
+                reason += f"; {instead}"
+                trial.set_user_attr("reason", reason)
         self._record(trial.number, TrialRowState.PRUNED, reason, config,
                      Measurement(ok=False, status=DUPLICATE, reason=reason), constraints)
         self._emit(trial, reason)
         raise optuna.TrialPruned(reason)
+
+    def _queue_instead(self, trial: optuna.Trial) -> str | None:
+        """Queue an unmeasured config in place of the one the sampler drew again: one flag away from it
+        where one is unmeasured (and launchable), else one drawn at random; say which (None when
+        `RANDOM_DRAWS` draws found nothing new: the space is as good as measured). TPE on a small
+        discrete space proposes the config it rates best over and over, each draw a duplicate that
+        teaches it nothing, so it stays there (issue 16's 12-config grid: 16 of 24 trials). A
+        neighbour keeps to where TPE looks and measures something new. Seeded by the study's name and
+        the trial's number: a resumed or replayed study draws the same."""
+        known = set()
+        for t in trial.study.get_trials(deepcopy=False):
+            params = t.params or t.system_attrs.get("fixed_params") or {}
+            if t.state is not TrialState.FAIL and params:
+                known.add(self._served_line(params))
+        rng = random.Random(f"{self.study_name}:{trial.number}")
+        options = self.space.neighbours(trial.params)
+        rng.shuffle(options)
+        drawn = ((RANDOM, self.space.random_params(rng)) for _ in range(RANDOM_DRAWS))  # lazily: rarely needed
+        for origin, params in chain(((NEIGHBOUR, p) for p in options), drawn):
+            config = self.space.config_for(self.base, params)
+            if self._served_line(params) in known or self.space.infeasible_reason(config) is not None:
+                continue
+            trial.study.enqueue_trial(params, user_attrs={ORIGIN: origin, INSTEAD_OF: trial.number},
+                                      skip_if_exists=True)
+            if origin == RANDOM:
+                return f"an unmeasured config drawn at random {QUEUED_INSTEAD} (every neighbour measured)"
+            moved = sorted(k for k in {*params, *trial.params} if params.get(k) != trial.params.get(k))
+            shown = ", ".join(f"{k}={'default' if params.get(k) is None else params[k]}" for k in moved)
+            return f"an unmeasured neighbour {QUEUED_INSTEAD} ({shown})"
+        return None
+
+    def _served_line(self, params: Mapping[str, Any]) -> str:
+        return as_served(self.space.config_for(self.base, params)).serve_command()
 
     def _partial_check(self, trial: optuna.Trial) -> PartialCheck:
         def check(figures: LoadFigures, requests: int) -> str | None:

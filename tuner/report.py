@@ -23,7 +23,17 @@ from slotune.loadgen.figures import LoadFigures
 from slotune.store import shown_url
 from slotune.tuner import speculation
 from slotune.tuner.measure import Measurement
-from slotune.tuner.objective import BASELINE, DUPLICATE, ORIGIN, PRUNED, SERVED, WALL, ttft_p95, wall_times
+from slotune.tuner.objective import (
+    BASELINE,
+    DUPLICATE,
+    ORIGIN,
+    PRUNED,
+    SEARCH_STOPPED,
+    SERVED,
+    WALL,
+    ttft_p95,
+    wall_times,
+)
 from slotune.tuner.storage import open_storage, storage_url
 from slotune.tuner.verdict import MIN_GAIN, STOPPED_AFTER_BASELINE, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
@@ -45,6 +55,7 @@ class StudyResult:
     wall: dict[str, Any] = field(default_factory=dict)
     # {"engine_applies_schedule", "evidence", "schedule", "k_by_load"} (tuner.speculation.summary)
     speculation: dict[str, Any] = field(default_factory=dict)
+    search_stopped: str = ""  # why the search ended before its trial budget ("" when it did not)
 
     @property
     def recommended(self) -> dict[str, Any] | None:
@@ -77,6 +88,7 @@ class StudyResult:
             **({"cost": cost_figures(self)} if self.cost_per_hour is not None else {}),
             "wall_seconds": self.wall,
             "speculation": self.speculation,
+            "search_stopped": self.search_stopped or None,
         }
 
     def interval(self, trial: int | None) -> dict[str, Any]:
@@ -195,6 +207,7 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
         rows=[row(t) for t in trials],
         wall=wall_times(trials, attrs),
         speculation=speculation.summary(trials, recommended.user_attrs.get("params") if recommended else None),
+        search_stopped=str(attrs.get(SEARCH_STOPPED) or ""),
     )
 
 
@@ -425,6 +438,9 @@ def render(result: StudyResult, console: Any = None) -> None:
     console.print(f"trials: {c['complete']} measured, {c.get('pruned', 0)} stopped early, {c['infeasible']} "
                   f"infeasible, {dup} duplicate{'' if dup == 1 else 's'} (not measured), {c['fail']} failed, "
                   f"{c['running']} running, {c['waiting']} waiting", soft_wrap=True)
+    if result.search_stopped:
+        console.print(f"search stopped before its trial budget: {result.search_stopped}", markup=False,
+                      soft_wrap=True)
     if isinstance(result.wall.get("study"), (int, float)):
         waited = result.wall.get("waited") or 0
         console.print(f"wall time: study {result.wall['study']:.0f} s, trials {result.wall['trials']:.0f} s"

@@ -22,6 +22,7 @@ not searched, and no choice, fix or remedy above the ceiling is ever tried.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -325,6 +326,37 @@ class SearchSpace:
 
     def size(self) -> int:
         return len(self.grid())
+
+    def random_params(self, rng: random.Random) -> dict[str, Choice]:
+        """One config's params drawn uniformly, dimension by dimension (conditions respected)."""
+        params: dict[str, Choice] = {}
+        for d in self.dimensions:
+            if d.requires is not None and not d.active(self._value(d.requires, params)):
+                continue
+            params[d.name] = rng.choice(d.choices)
+        return params
+
+    def neighbours(self, params: Mapping[str, Choice]) -> list[dict[str, Choice]]:
+        """Every params one step from `params`: one searched dimension moved to another of its choices;
+        the dimensions that depend on it dropped when it turns them off, at their `remedy_default`
+        when it turns them on. In declaration order (the caller shuffles)."""
+        out = []
+        for d in self.dimensions:
+            if d.name not in params:
+                continue  # inactive here
+            for choice in d.choices:
+                if choice == params[d.name]:
+                    continue
+                moved = {**params, d.name: choice}
+                for dep in self.dimensions:
+                    if dep.requires != d.name:
+                        continue
+                    if dep.active(choice):
+                        moved.setdefault(dep.name, remedy_default(dep))
+                    else:
+                        moved.pop(dep.name, None)
+                out.append(moved)
+        return out
 
     # -- from params to a launch ----------------------------------------------------------------
 

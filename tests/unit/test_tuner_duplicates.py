@@ -3,7 +3,9 @@ again and again, and each draw measured anew costs a server start and a load win
 A trial whose served line an earlier trial of the study already ran is PRUNED unmeasured (state
 `duplicate`, `duplicate_of` that trial, its constraints); the report counts it as a duplicate, not as
 infeasible; the verdict (which re-measures configs on purpose) is the one a study without duplicates
-reaches. Real Optuna storage (SQLite) and the synthetic measurement of tests.support.tuner."""
+reaches. A duplicate does not count toward `--trials`; a sampler that draws measured configs three
+times in a row, with nothing unmeasured one flag away, ends the search and says so. Real Optuna
+storage (SQLite) and the synthetic measurement of tests.support.tuner."""
 
 from __future__ import annotations
 
@@ -56,7 +58,10 @@ def test_each_distinct_server_is_measured_once_and_the_other_draws_are_duplicate
     s = spec(tmp_path)
     run_study(s, measure=fm)
     trials = _trials(s)
-    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # Two servers measured, then three draws of them with no neighbour left: the search has converged.
+    assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    stopped = optuna.load_study(study_name="s", storage=s.storage).user_attrs["search_stopped"]
+    assert stopped.startswith("the sampler drew measured configs 3 times in a row"), stopped
     commands = [t.user_attrs["command"] for t in trials]
     assert len(set(commands)) == 2, commands  # the space holds two servers, and TPE drew both
     # One measurement per distinct server, in the order the study first met them.
@@ -78,7 +83,7 @@ def test_each_distinct_server_is_measured_once_and_the_other_draws_are_duplicate
     # slotune's own table: one row per trial, the duplicates as `pruned` (the column's vocabulary) with the reason.
     with open_store(s.storage).session() as sess:
         recs = {r.trial_number: r for r in sess.scalars(select(TrialRecord).where(TrialRecord.study_name == "s"))}
-    assert sorted(recs) == list(range(6))
+    assert sorted(recs) == list(range(5))
     for t in trials:
         if t.number not in measured:
             r = recs[t.number]
@@ -90,17 +95,20 @@ def test_the_report_counts_duplicates_as_such_not_as_infeasible(tmp_path):
     s = spec(tmp_path, out_dir=tmp_path / "out")
     result = run_study(s, measure=FakeMeasure())
     c = result.counts
-    assert (c["complete"], c["duplicate"], c["infeasible"], c["pruned"], c["total"]) == (2, 4, 0, 0, 6), c
+    assert (c["complete"], c["duplicate"], c["infeasible"], c["pruned"], c["total"]) == (2, 3, 0, 0, 5), c
     states = Counter(r["state"] for r in result.rows)
-    assert states == {"complete": 2, "duplicate": 4}, states
+    assert states == {"complete": 2, "duplicate": 3}, states
     dup = next(r for r in result.rows if r["state"] == "duplicate")
     assert "the same server as trial" in dup["reason"] and dup["goodput"] is None
     console = Console(width=100, file=io.StringIO(), record=True, color_system=None)
     render(result, console)
     text = " ".join(console.export_text().split())
-    assert "2 measured, 0 stopped early, 0 infeasible, 4 duplicates (not measured), 0 failed" in text, text
+    assert "2 measured, 0 stopped early, 0 infeasible, 3 duplicates (not measured), 0 failed" in text, text
+    assert "search stopped before its trial budget: the sampler drew measured configs 3 times in a row" in text
     page = " ".join((tmp_path / "out" / "report.html").read_text().split())
-    assert "2 measured, 0 stopped early, 0 infeasible, 4 duplicates (not measured), 0 failed" in page
+    assert "2 measured, 0 stopped early, 0 infeasible, 3 duplicates (not measured), 0 failed" in page
+    assert "search stopped before its trial budget: the sampler drew measured configs" in page
+    assert result.to_dict()["search_stopped"].startswith("the sampler drew measured configs")
 
 
 def _by_config(base: list[float], tuned: list[float], log: list[str]):
@@ -120,7 +128,7 @@ def _by_config(base: list[float], tuned: list[float], log: list[str]):
 
 def test_the_verdict_is_the_one_a_study_without_duplicates_reaches(tmp_path):
     # The same two servers, trial 0 (vLLM's default) and trial 1 (--max-num-seqs 32): once alone, once
-    # followed by four sampled trials that can only draw them again.
+    # followed by sampled trials that can only draw them again (three, then the search has converged).
     figures = ([2.0, 2.1, 1.9, 2.6], [4.0, 4.1, 3.9, 2.2])
     runs = {}
     for trials in (2, 6):
@@ -130,7 +138,7 @@ def test_the_verdict_is_the_one_a_study_without_duplicates_reaches(tmp_path):
         s = spec(where, trials=trials, enqueue=[{"max_num_seqs": 32}], remeasure_top=1, remeasure_repeats=2)
         runs[trials] = (run_study(s, measure=_by_config(*figures, log)), log, s)
     alone, with_dups = runs[2][0], runs[6][0]
-    assert with_dups.counts["duplicate"] == 4 and alone.counts["duplicate"] == 0
+    assert with_dups.counts["duplicate"] == 3 and alone.counts["duplicate"] == 0
     # The search measured each server once; the re-measurement measured the two again, never a duplicate.
     assert runs[6][1] == runs[2][1] == ["base", "tuned"] + ["base", "tuned"] * 2
     attrs = optuna.load_study(study_name="s", storage=runs[6][2].storage).user_attrs

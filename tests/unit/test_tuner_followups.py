@@ -1,0 +1,137 @@
+"""Where the search goes after the baseline's remedies: a trial that becomes the study's best is
+diagnosed in turn and its findings' remedies are queued on top of its own config (issue 16: n-gram
+drafting cut TPOT and left the prefill stalls, whose remedy then has to join it); a config the sampler
+draws again queues an unmeasured neighbour in its place, so TPE on a small space does not spend its
+trials redrawing the one config it rates best. Real Optuna storage (SQLite), synthetic measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from slotune.tuner import space as space_mod
+from slotune.tuner.measure import Measurement
+from slotune.tuner.study import TuneSpec, run_study
+from slotune.vllm_config import VllmConfig
+from tests.support.tuner import client, finding, requests, window
+
+SPACE = """\
+max_num_seqs: [default, 32, 64]
+max_num_batched_tokens: [default, 512, 1024]
+max_model_len: default
+enable_chunked_prefill: default
+enable_prefix_caching: default
+quantization: default
+kv_cache_dtype: default
+speculative_method: default
+"""
+
+SEQS = ({"max_num_seqs": 32}, "a smaller batch")
+BUDGET = ({"max_num_batched_tokens": 512}, "a smaller prefill budget")
+
+
+def spec(tmp_path: Path, **kw) -> TuneSpec:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    base = {"model": "/models/tiny", "input_len": 32, "output_len": 16, "slo": "ttft_p95<=1s", "trials": 3,
+            "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "s", "remeasure_top": 0, "space_file": path}
+    return TuneSpec(**{**base, **kw})
+
+
+def staged(goodput_of_seqs32: float, log: list[VllmConfig]):
+    """The defaults serve 1 req/s and their finding proposes `max_num_seqs 32`; that config serves
+    `goodput_of_seqs32` and its own finding proposes a 512-token prefill budget; both together serve
+    3 req/s; anything else 0.5. Every run meets the SLO."""
+    def measure(config: VllmConfig, progress=None) -> Measurement:
+        log.append(config)
+        tuned = config.tuned_params()
+        findings = ()
+        if tuned == {}:
+            g, findings = 1.0, (finding("slow_decode", "warning", "slow", SEQS),)
+        elif tuned == {"max_num_seqs": 32}:
+            g, findings = goodput_of_seqs32, (finding("prefill_stalls_decode", "warning", "stalls", BUDGET),)
+        elif tuned == {"max_num_seqs": 32, "max_num_batched_tokens": 512}:
+            g = 3.0
+        else:
+            g = 0.5
+        return Measurement(ok=True, goodput=g, client=client(0.1, g), server=window(kv_cache_usage=0.5),
+                           findings=findings, requests=requests(g, 0.1, good_share=1.0))
+    return measure
+
+
+def _trials(s: TuneSpec) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=s.storage).get_trials()
+
+
+def test_a_remedy_that_beats_the_baseline_is_diagnosed_and_the_next_remedy_goes_on_top(tmp_path):
+    log: list[VllmConfig] = []
+    s = spec(tmp_path)
+    run_study(s, measure=staged(2.0, log))
+    trials = _trials(s)
+    assert [t.user_attrs["origin"] for t in trials] == ["baseline", "remedy", "remedy"]
+    assert trials[1].params["max_num_seqs"] == 32 and "follows" not in trials[1].user_attrs
+    follow = trials[2]
+    assert (follow.params["max_num_seqs"], follow.params["max_num_batched_tokens"]) == (32, 512)
+    assert follow.user_attrs["follows"] == 1
+    assert follow.user_attrs["remedy"] == "prefill_stalls_decode: a smaller prefill budget (on top of trial 1)"
+    assert log[2].tuned_params() == {"max_num_seqs": 32, "max_num_batched_tokens": 512}
+    # Each best is followed once: trial 2 (the new best, no finding) is recorded, nothing queued.
+    assert optuna.load_study(study_name="s", storage=s.storage).user_attrs["remedies_followed"] == [1, 2]
+
+
+def test_a_remedy_that_does_not_beat_the_baseline_is_not_built_on(tmp_path):
+    log: list[VllmConfig] = []
+    s = spec(tmp_path)
+    run_study(s, measure=staged(0.8, log))
+    trials = _trials(s)
+    assert [t.user_attrs["origin"] for t in trials[:2]] == ["baseline", "remedy"]
+    assert all("follows" not in t.user_attrs for t in trials)
+    assert 1 not in (optuna.load_study(study_name="s", storage=s.storage).user_attrs.get("remedies_followed") or [])
+
+
+def test_neighbours_move_one_flag_and_keep_the_dependent_ones_consistent():
+    from slotune import platforms
+
+    sp = space_mod.SearchSpace.default(plat=platforms.CPU)
+    start = sp.baseline_params()
+    near = sp.neighbours(start)
+    assert near and all(sum(n.get(k) != start.get(k) for k in {*n, *start}) >= 1 for n in near)
+    plain = [n for n in near if space_mod.SPEC_METHOD not in n or n[space_mod.SPEC_METHOD] is None]
+    assert all(sum(n.get(k) != start.get(k) for k in {*n, *start}) == 1 for n in plain)
+    # Turning drafting on brings K (and the n-gram window) at their remedy defaults; off drops them.
+    on = next(n for n in near if n.get(space_mod.SPEC_METHOD) == "ngram")
+    assert on[space_mod.SPEC_TOKENS] is not None and on[space_mod.LOOKUP_MIN] is not None
+    off = sp.neighbours(on)
+    back = next(n for n in off if n[space_mod.SPEC_METHOD] is None)
+    assert space_mod.SPEC_TOKENS not in back and space_mod.LOOKUP_MIN not in back
+
+
+def test_a_config_the_sampler_draws_again_queues_an_unmeasured_neighbour(tmp_path):
+    # No remedies: the search is the sampler's. On this 9-config space TPE's draws repeat; each
+    # repeat queues a neighbour of it that nothing has measured (or, with every neighbour measured,
+    # an unmeasured config at random), which the next trial measures.
+    log: list[VllmConfig] = []
+    s = spec(tmp_path, trials=9, max_remedies=0, seed=3)
+    run_study(s, measure=staged(2.0, log))
+    trials = _trials(s)
+    dups = [t for t in trials if t.user_attrs.get("state") == "duplicate"]
+    swaps = [t for t in trials if t.user_attrs.get("origin") == "neighbour"]
+    drawn = [t for t in trials if t.user_attrs.get("origin") == "random"]
+    assert swaps, [t.user_attrs.get("reason") for t in dups]
+    by_number = {t.number: t for t in trials}
+    for n in swaps:
+        dup = by_number[n.user_attrs["instead_of"]]
+        assert dup.user_attrs["state"] == "duplicate" and dup.user_attrs["origin"] == "sampler"
+        assert "an unmeasured neighbour is queued instead" in dup.user_attrs["reason"]
+        moved = [k for k in dup.params if dup.params[k] != n.params.get(k)]
+        assert len(moved) == 1, (dup.params, n.params)
+        assert n.state is optuna.trial.TrialState.COMPLETE  # measured, not a duplicate itself
+    for n in drawn:
+        dup = by_number[n.user_attrs["instead_of"]]
+        assert "an unmeasured config drawn at random is queued instead (every neighbour measured)" in \
+            dup.user_attrs["reason"]
+    commands = [c.serve_command() for c in log]
+    assert len(commands) == len(set(commands))  # each server measured once
+    assert len(log) == 9  # the budget counts measured configs: duplicates aside, 9 of 9 measured
+

@@ -14,8 +14,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from slotune import paths
@@ -58,16 +60,38 @@ def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_
     try:
         with _schema_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period or 2 * heartbeat_interval,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
+        if url.startswith("sqlite"):
+            _immediate_transactions(storage.engine)
+        return storage
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike become one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise StoreError(f"cannot open Optuna storage on {shown_url(url)}: {type(exc).__name__}: {first}") from None
+
+
+def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Every transaction on this SQLite engine starts with `BEGIN IMMEDIATE` (it takes the write lock
+    first, waiting up to the connection's timeout). Optuna hands a queued trial to a worker by reading
+    that it waits and then marking it running; it relies on `SELECT ... FOR UPDATE`, which SQLite
+    ignores, and pysqlite opens a transaction only at the write: two workers could both read the
+    trial as waiting and both run it (seen with two workers starting at once: the second's result
+    for the baseline was refused, "Trial#0 has already finished"). SQLAlchemy's recipe for SQLite's
+    transactions ("Serializable isolation / Savepoints / Transactional DDL")."""
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite's own BEGIN off: ours below instead
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks would keep pysqlite's deferred BEGIN
 
 
 def _require_studies(url: str) -> None:

@@ -97,6 +97,10 @@ FACTS: dict[str, str] = {
     "prefill_over_itl_p50": "mean prefill time / ITL p50: how many decode steps one prefill lasts (a long prefill "
                             "on this hardware, whatever its tokens)",
     "itl_p99_over_prefill": "ITL p99 / mean prefill time (about 1: the slow steps last as long as a prefill)",
+    "prefill_budget_to_cut": "the prefill budget (tokens) that cuts the p95 prompt at least in two: the power of two "
+                             "at or below half of it, 128-256, and at least the batch limit (vLLM refuses less)",
+    "prompt_over_budget_to_cut": "p95 prompt / prefill_budget_to_cut (above 1: that budget cuts the prompts)",
+    "budget_over_budget_to_cut": "max_num_batched_tokens / prefill_budget_to_cut (above 1: the budget is larger)",
     "prompt_len_p99_over_p50": "prompt length p99 / p50",
     "output_len_p99_over_p50": "output length p99 / p50",
     "tpot_p50_without_drafting": "p50 TPOT in earlier windows of this target without drafting (s)",
@@ -323,6 +327,9 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     # 5 decode steps on one CPU core and a fraction of one on a GPU.
     f["prefill_over_itl_p50"] = _div(f["prefill_mean"], f["itl_p50"])
     f["itl_p99_over_prefill"] = _div(f["itl_p99"], f["prefill_mean"])
+    f["prefill_budget_to_cut"] = _budget_to_cut(f["prompt_len_p95"], f["max_num_seqs"])
+    f["prompt_over_budget_to_cut"] = _div(f["prompt_len_p95"], f["prefill_budget_to_cut"])
+    f["budget_over_budget_to_cut"] = _div(f["max_num_batched_tokens"], f["prefill_budget_to_cut"])
     f["prompt_len_p99_over_p50"] = _div(f["prompt_len_p99"], f["prompt_len_p50"])
     f["output_len_p99_over_p50"] = _div(f["output_len_p99"], f["output_len_p50"])
     for metric in LATENCY_METRICS:
@@ -346,6 +353,20 @@ def _derived(f: Facts, s: Snapshot | None, slo: SloSpec | None) -> None:
     # A window with no figure for a target (a sidecar tick that saw requests finish but no first token,
     # or a figure inside the bucket that straddles the threshold) cannot say the steps are fast enough.
     f["latency_targets_unjudged"] = sum(1 for m in judged if f.get(f"{m}_at_slo") is None)
+
+
+SMALL_PREFILL_BUDGETS = (128, 256)  # tokens: the search space's small budgets (tuner/space.py)
+
+
+def _budget_to_cut(prompt: float | None, seqs: float | None) -> float | None:
+    """Half the p95 prompt, down to a power of two, within `SMALL_PREFILL_BUDGETS` (a 1,024-token
+    prompt: 256; a 200-token one: 128) and at least `max_num_seqs` rounded up to a power of two (vLLM
+    refuses a budget below it). None without a prompt length."""
+    if prompt is None or prompt < 2:
+        return None
+    lo, hi = SMALL_PREFILL_BUDGETS
+    cut = min(max(2 ** math.floor(math.log2(prompt / 2)), lo), hi)
+    return float(max(cut, 2 ** math.ceil(math.log2(max(seqs or 1, 1)))))
 
 
 def _batch_requests(f: Facts, s: Snapshot | None) -> float | None:

@@ -71,22 +71,15 @@ def lower_max_num_batched_tokens(f: Facts, config: VllmConfig | None) -> Delta |
     return {"max_num_batched_tokens": new}
 
 
-_SMALL_BUDGET = 256
-_SMALLEST_BUDGET = 128  # the search space's smallest prefill budget (tuner/space.py)
-
-
 def small_prefill_budget(f: Facts, config: VllmConfig | None) -> Delta | None:
-    """A prefill budget of a few hundred tokens that cuts the p95 prompt at least in two: the power of
-    two at or below half of it, from 128 to 256 tokens (a 1,024-token prompt: 256; a 200-token one:
-    128), and at least the batch limit (vLLM refuses a budget below max_num_seqs); with chunked
-    prefill on. None when the budget is that small already."""
-    cur, seqs = _int(f["max_num_batched_tokens"]), _int(f["max_num_seqs"]) or 1
-    if cur is None:
+    """The prefill budget `facts.prefill_budget_to_cut` says cuts the p95 prompt (128-256 tokens),
+    with chunked prefill on. None when the budget is that small already, or that budget would not
+    cut the prompts (the batch limit keeps it above them)."""
+    cur, new, prompt = (_int(f["max_num_batched_tokens"]), _int(f["prefill_budget_to_cut"]),
+                        f.get("prompt_len_p95"))
+    if cur is None or new is None or new >= cur or (prompt is not None and new >= prompt):
         return None
-    prompt = f.get("prompt_len_p95")
-    cut = _SMALL_BUDGET if not prompt or prompt < 2 else 2 ** math.floor(math.log2(prompt / 2))
-    new = max(min(max(cut, _SMALLEST_BUDGET), _SMALL_BUDGET), 2 ** math.ceil(math.log2(seqs)))
-    return {"max_num_batched_tokens": new, "enable_chunked_prefill": True} if new < cur else None
+    return {"max_num_batched_tokens": new, "enable_chunked_prefill": True}
 
 
 def lower_max_num_seqs(f: Facts, config: VllmConfig | None) -> Delta | None:

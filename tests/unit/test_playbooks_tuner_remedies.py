@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from slotune import platforms
+from slotune.collectors.snapshot import Quantiles, Snapshot
 from slotune.playbooks.engine import judge
-from slotune.playbooks.facts import FACTS, Facts
+from slotune.playbooks.facts import FACTS, Facts, _budget_to_cut, _div, build_facts
 from slotune.playbooks.model import builtin_playbooks
 from slotune.slo import SloSpec
 from slotune.tuner.space import LOOKUP_MAX, LOOKUP_MIN, SPEC_METHOD, SPEC_TOKENS, SearchSpace
@@ -45,9 +46,15 @@ CPU_STALLS: dict[str, float] = {
 
 
 def facts(base: dict[str, float], **overrides: float | None) -> Facts:
+    """The facts of `base` with `overrides`; the budget that cuts the prompts and its two ratios are
+    derived as `build_facts` derives them (unless overridden)."""
     f: Facts = dict.fromkeys(FACTS)
     f.update(base)
     f.update(overrides)
+    derived = {"prefill_budget_to_cut": _budget_to_cut(f["prompt_len_p95"], f["max_num_seqs"])}
+    derived["prompt_over_budget_to_cut"] = _div(f["prompt_len_p95"], derived["prefill_budget_to_cut"])
+    derived["budget_over_budget_to_cut"] = _div(f["max_num_batched_tokens"], derived["prefill_budget_to_cut"])
+    f.update({k: v for k, v in derived.items() if k not in overrides})
     return f
 
 
@@ -82,6 +89,8 @@ def test_long_prompts_stalling_decodes_propose_a_small_prefill_budget():
     # The budget never goes below the batch limit (vLLM refuses that).
     f = fired(facts(STALLS, max_num_seqs=512, max_num_batched_tokens=8192), "prefill_stalls_decode")
     assert f["remedies"][0]["config_delta"]["max_num_batched_tokens"] == 512
+    # ... and where that limit keeps it above the prompts, nothing would be cut: no finding.
+    assert fired(facts(STALLS, max_num_seqs=2048, max_num_batched_tokens=8192), "prefill_stalls_decode") is None
 
 
 def test_a_prefill_that_lasts_several_decode_steps_stalls_them_whatever_its_tokens():
@@ -97,6 +106,10 @@ def test_a_prefill_that_lasts_several_decode_steps_stalls_them_whatever_its_toke
     # The same evidence of long prefills in 200-token prompts fires against the user's ITL target.
     assert fired(facts(STALLS, **ITL_TARGET, prompt_len_p95=200), "prefill_stalls_decode",
                  slo="tpot_p95<=25ms,itl_p95<=100ms") is not None
+    # A 256-token budget does not cut 200-token prompts: the rule fires there too, for 128.
+    at_256 = fired(facts(CPU_STALLS, itl_slo_ratio=0.159 / 0.15, max_num_batched_tokens=256),
+                   "prefill_stalls_decode", slo="itl_p95<=150ms")
+    assert at_256["remedies"][0]["config_delta"]["max_num_batched_tokens"] == 128
     # vLLM before 0.7 exports no prefill time: 512-token prompts still count on their own.
     old = facts(STALLS, prefill_mean=None, prefill_over_itl_p50=None, itl_p99_over_prefill=None)
     assert fired(old, "prefill_stalls_decode") is not None
@@ -120,6 +133,8 @@ ITL_TARGET = {"itl_slo_ratio": 9.0}
     ("prompts no budget cuts (at most the smallest, 128 tokens)", {**ITL_TARGET, "prompt_len_p95": 120}),
     ("steady ITL: nothing stalls", {"itl_p99": 0.06, "itl_p99_over_p50": 1.5}),
     ("the budget is already small", {"max_num_batched_tokens": 256}),
+    ("the budget already cuts these 200-token prompts", {**ITL_TARGET, "prompt_len_p95": 200,
+                                                           "max_num_batched_tokens": 128}),
     ("every latency target met", {"tpot_at_slo": 0.02, "itl_at_slo": 0.02}),
 ])
 def test_small_budget_is_not_proposed_on_the_wrong_evidence(why, overrides):
@@ -137,3 +152,17 @@ def test_the_remedies_become_trials_in_the_space():
     budget = space.params_for_delta(start, {"max_num_batched_tokens": 256, "enable_chunked_prefill": True})
     cfg = space.config_for(CFG, budget)
     assert cfg.max_num_batched_tokens == 256 and space.infeasible_reason(cfg) is None
+
+
+def test_the_long_prefill_facts_come_from_the_windows_histograms():
+    # One CPU core's window (issue 16's grid): prefill 0.65 s on average, ITL p50 125 ms and p99 599 ms,
+    # prompts of 194 tokens at p95, vLLM's default batch limit of 128.
+    def q(p50: float, p99: float, mean: float) -> Quantiles:
+        return Quantiles(p50=p50, p95=p99, p99=p99, mean=mean, count=24)
+
+    w = Snapshot(target="http://127.0.0.1:8000", window_start=0.0, window_end=85.0, requests_finished=24.0,
+                 itl=q(0.125, 0.599, 0.13), prefill=q(0.6, 0.9, 0.647), prompt_tokens=q(145, 194, 127))
+    f = build_facts(w, slo=SloSpec.parse("itl_p95<=150ms"), config=VllmConfig(model="m", max_num_seqs=128))
+    assert f["prefill_over_itl_p50"] == pytest.approx(0.647 / 0.125)
+    assert f["itl_p99_over_prefill"] == pytest.approx(0.599 / 0.647)
+    assert f["prefill_budget_to_cut"] == 128 and f["prompt_over_budget_to_cut"] == pytest.approx(194 / 128)

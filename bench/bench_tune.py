@@ -573,11 +573,12 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
                             key=lambda t: t.number)
             for key, hit in targets.items():
                 reached[key].append(first_reaching(trials, measured, hit))
+            spent = [t for t in trials if t.user_attrs.get("state") != "duplicate"]  # as first_reaching counts
             print(f"    seed {seed}: within 5 % of the best goodput at trial {reached['goodput'][-1][0]} "
                   f"({reached['goodput'][-1][1]} servers, {reached['goodput'][-1][2] / 60:.1f} min measured), "
                   f"of the best meeting the SLO at trial {reached['slo'][-1][0]}, within the best's noise at "
                   f"trial {reached['noise'][-1][0]}: "
-                  f"{', '.join(str(t.user_attrs.get(ORIGIN)) for t in trials[:int(reached['goodput'][-1][0])])}",
+                  f"{', '.join(str(t.user_attrs.get(ORIGIN)) for t in spent[:int(reached['goodput'][-1][0])])}",
                   flush=True)
         units["replay"] = {"best_goodput": best, "best_meeting_slo": best_slo, "meeting_slo": sorted(meeting),
                            "near_best": sorted(near), "reached": reached}

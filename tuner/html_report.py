@@ -191,7 +191,7 @@ def _data_uri(path: Path) -> str:
 
 def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
     """Everything the template shows, as plain data (the images as `data:` URIs)."""
-    from slotune.tuner.report import _fmt_params, fmt_usd
+    from slotune.tuner.report import _fmt_params, fmt_usd, load_hint
 
     rec = result.recommended
     rows = []
@@ -212,6 +212,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
                       "cost": fmt_usd(usd) if cost else None, "command": e.get("command")})
     return {
         "r": result,
+        "hint": load_hint(result),
         "settings": result.settings,
         "sides": rows,
         "slo_rows": slo_rows(result),

@@ -45,7 +45,7 @@ from slotune.tuner.measure import Measure, Measurement, PartialCheck
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
 
-ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler | neighbour
+ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler | neighbour | random
 BASELINE = "baseline"
 REMEDY = "remedy"
 # Origins of an unmeasured config queued in place of one the sampler drew again
@@ -54,9 +54,11 @@ REMEDY = "remedy"
 NEIGHBOUR = "neighbour"
 RANDOM = "random"
 INSTEAD_OF = "instead_of"
-QUEUED_INSTEAD = "is queued instead"  # in a duplicate's reason when something new is queued
+QUEUED_INSTEAD = "queued_instead"  # user attr of a sampler's duplicate: True when a config was queued in its place
 RANDOM_DRAWS = 200  # random configs tried for an unmeasured one before the space counts as exhausted
-SEARCH_STOPPED = "search_stopped"  # study attr: why the search ended before its trial budget
+# Study attr: why the search ended before its trial budget (set by `study.TrialBudget` and
+# `run_study`; here because the report reads it and must not import the study module).
+SEARCH_STOPPED = "search_stopped"
 TTFT_KEY = "ttft_p95"
 PRUNED = TrialRowState.PRUNED.value  # user attr `state` of a trial stopped early (Optuna state PRUNED, like infeasible ones)
 # User attr `state` of a trial whose server an earlier trial of the study already measured (Optuna
@@ -219,11 +221,12 @@ class TrialObjective:
         trial.set_user_attr("config", config.model_dump(mode="json", exclude_none=True))
         trial.set_user_attr(SERVED, served.model_dump(mode="json", exclude_none=True))  # best.yaml's flags
 
+        # A config drawn again is a duplicate first, refused or not: it spends no trial of the budget.
+        self._skip_duplicate(trial, config, origin)
         reason = self.space.infeasible_reason(config)
         if reason is not None:
             self._emit(trial, "infeasible (not launched)")
             self._infeasible(trial, config, Measurement(ok=False, status="invalid_config", reason=reason))
-        self._skip_duplicate(trial, config, origin)
 
         def say(stage: str) -> None:
             self._emit(trial, stage)
@@ -293,6 +296,7 @@ class TrialObjective:
         if origin == "sampler":
             with self.claims():
                 instead = self._queue_instead(trial)
+            trial.set_user_attr(QUEUED_INSTEAD, instead is not None)
             if instead is not None:
                 reason += f"; {instead}"
                 trial.set_user_attr("reason", reason)
@@ -308,12 +312,20 @@ class TrialObjective:
         discrete space proposes the config it rates best over and over, each draw a duplicate that
         teaches it nothing, so it stays there (issue 16's 12-config grid: 16 of 24 trials). A
         neighbour keeps to where TPE looks and measures something new. Seeded by the study's name and
-        the trial's number: a resumed or replayed study draws the same."""
+        the trial's number: a resumed or replayed study draws the same. Known configs are every
+        trial's served line (`command`; a queued trial's from its params), read past Optuna's
+        cache as `_twin` reads them; a failed trial's config (its worker died) may run again. Call it
+        under `claims`, the lock every enqueue of the search takes."""
+        storage = trial.study._storage
+        backend = getattr(storage, "_backend", storage)
         known = set()
-        for t in trial.study.get_trials(deepcopy=False):
+        for t in backend.get_all_trials(trial.study._study_id, deepcopy=False):
+            if t.state is TrialState.FAIL or t.number == trial.number:
+                continue
             params = t.params or t.system_attrs.get("fixed_params") or {}
-            if t.state is not TrialState.FAIL and params:
-                known.add(self._served_line(params))
+            line = t.user_attrs.get("command") or (self._served_line(params) if params else None)
+            if line:
+                known.add(line)
         rng = random.Random(f"{self.study_name}:{trial.number}")
         options = self.space.neighbours(trial.params)
         rng.shuffle(options)
@@ -322,13 +334,12 @@ class TrialObjective:
             config = self.space.config_for(self.base, params)
             if self._served_line(params) in known or self.space.infeasible_reason(config) is not None:
                 continue
-            trial.study.enqueue_trial(params, user_attrs={ORIGIN: origin, INSTEAD_OF: trial.number},
-                                      skip_if_exists=True)
+            trial.study.enqueue_trial(params, user_attrs={ORIGIN: origin, INSTEAD_OF: trial.number})
             if origin == RANDOM:
-                return f"an unmeasured config drawn at random {QUEUED_INSTEAD} (every neighbour measured)"
+                return "an unmeasured config drawn at random is queued instead (every neighbour measured)"
             moved = sorted(k for k in {*params, *trial.params} if params.get(k) != trial.params.get(k))
             shown = ", ".join(f"{k}={'default' if params.get(k) is None else params[k]}" for k in moved)
-            return f"an unmeasured neighbour {QUEUED_INSTEAD} ({shown})"
+            return f"an unmeasured neighbour is queued instead ({shown})"
         return None
 
     def _served_line(self, params: Mapping[str, Any]) -> str:

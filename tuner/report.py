@@ -89,6 +89,7 @@ class StudyResult:
             "wall_seconds": self.wall,
             "speculation": self.speculation,
             "search_stopped": self.search_stopped or None,
+            "hint": load_hint(self),
         }
 
     def interval(self, trial: int | None) -> dict[str, Any]:
@@ -411,7 +412,8 @@ def trial_tables(result: StudyResult, width: int = 80) -> tuple[Any, Any]:
         slo = "-" if r["state"] != "complete" else ("met" if r["feasible"] else "missed")
         gp = r["goodput"]
         ws = r.get("wall_seconds")
-        figures.add_row(str(r["trial"]), str(r["origin"] or ""), r["state"],
+        # "!": its load generator warned (printed under the tables): figures from a starved host
+        figures.add_row(str(r["trial"]), str(r["origin"] or ""), r["state"] + (" !" if r.get("measurement_warnings") else ""),
                         f"{gp:.3g}" if isinstance(gp, (int, float)) and r["state"] == "complete" else "-",
                         _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo,
                         *((f"{ws:.0f}" if isinstance(ws, (int, float)) else "-",) if wall else ()))
@@ -448,7 +450,7 @@ def render(result: StudyResult, console: Any = None) -> None:
                          if waited >= 1 else ""), soft_wrap=True)
     for r in result.rows:  # a trial measured on a starved host is not evidence: say so where it is read
         for w in r.get("measurement_warnings") or []:
-            console.print(f"trial {r['trial']}: load generator warning: {w}", markup=False, soft_wrap=True)
+            console.print(f"trial {r['trial']} (!): load generator warning: {w}", markup=False, soft_wrap=True)
     v = result.verdict
     console.print(f"[bold]verdict:[/bold] {escape(v.message)}", soft_wrap=True)
     hint = load_hint(result)
@@ -513,7 +515,17 @@ def write_outputs(result: StudyResult, study: optuna.Study, out_dir: Path) -> di
     written.update(write_plots(study, out_dir))
     extra = {name: written[f"{name}_png"] for name in ("history", "pareto") if f"{name}_png" in written}
     written.update(write_html_report(result, out_dir, extra))
+    # A folder used before may hold an earlier study's outputs this one has none of (a Pareto front,
+    # a best.sh): left there, they would read as this study's.
+    for name in OUTPUT_FILES:
+        if (out_dir / name).exists() and out_dir / name not in written.values():
+            (out_dir / name).unlink()
     return written
+
+
+# Every file `write_outputs` may write (and so may remove, when this study has no such output).
+OUTPUT_FILES = ("summary.json", "best.yaml", "best.sh", "history.png", "history.html", "pareto.png", "pareto.html",
+                "baseline_vs_best.png", "slo_targets.png", "goodput_vs_rate.png", "report.html")
 
 
 def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path]:

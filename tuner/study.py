@@ -27,7 +27,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -201,6 +201,13 @@ def check_spec(spec: TuneSpec) -> None:
 # -- setup under a lock ---------------------------------------------------------------------------
 
 
+def claims_lock(url: str, study_name: str) -> AbstractContextManager[None]:
+    """The lock every enqueue and server claim of a study's search takes (`setup_lock` on one key):
+    a worker's check for a twin, its queued replacement for a redraw, and the follow-ups of a new
+    best, so none of them queues what another is queueing."""
+    return setup_lock(url, f"slotune-claims:{study_name}")
+
+
 @contextmanager
 def setup_lock(url: str, key: str) -> Iterator[None]:
     """Serialize study setup across workers: an advisory lock on PostgreSQL, a file lock for SQLite."""
@@ -323,39 +330,55 @@ def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> lis
     return queued
 
 
-def enqueue_followups(study: optuna.Study, space: SearchSpace, trial: FrozenTrial,
-                      limit: int) -> list[dict[str, Any]]:
-    """Queue the remedies of `trial`'s own findings on top of its config, when it is the study's new
-    best (`verdict.ranked`: feasible first, then goodput; a tie with an earlier trial is not new) and
-    beats the baseline; once per trial. A remedy that fixes the first bottleneck leaves the next one
-    in its window: on issue 16's grid (the real model, concurrency 2, `tpot_p95<=60ms`) n-gram
-    drafting cut TPOT p95 from 159 to 97 ms, and its own findings proposed `max_num_seqs 1` on top,
-    the one config of 12 that met the target; TPE would have to find that pair by chance.
-    Returns what was queued: `[{"params", "why"}]`."""
+def enqueue_followups(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
+    """Queue the remedies of the study's best trial's own findings on top of its config, where that
+    trial is not the baseline and beats it (`verdict.ranked`: feasible first, then goodput; a tie
+    is not a win); at most `limit` new trials. Looked at after every finished trial and when a run
+    starts, so a best found while another worker still measured the baseline is followed too. A
+    trial counts as followed (study attr `remedies_followed`) once each of its remedies is queued or
+    already in the study; one cut short by `limit` (the trial budget's room) is looked at again,
+    and a resumed study with more trials queues the rest. A remedy that fixes the first bottleneck
+    leaves the next one in its window: on issue 16's grid (the real model, concurrency 2,
+    `tpot_p95<=60ms`) n-gram drafting cut TPOT p95 from 159 to 97 ms, and its own findings proposed
+    `max_num_seqs 1` on top, the one config of 12 that met the target; TPE would have to find that
+    pair by chance. Returns what was queued: `[{"params", "why"}]`. Call it under the study's lock
+    that guards every enqueue (`claims_lock`)."""
     base = baseline_trial(study)
-    if (base is None or trial.number == base.number or trial.state is not TrialState.COMPLETE
-            or study.user_attrs.get(NOTHING_TO_WIN)):
+    if base is None or study.user_attrs.get(NOTHING_TO_WIN):
         return []
-    followed = list(study.user_attrs.get(FOLLOWED) or [])
     order = ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if trial.number in followed or not order or order[0].number != trial.number:
+    followed = list(study.user_attrs.get(FOLLOWED) or [])
+    if not order or order[0].number == base.number or order[0].number in followed:
         return []
-    if _rank_key(trial) <= _rank_key(base):
+    best = order[0]
+    if _rank_key(best) <= _rank_key(base):
         return []
-    measured = Measurement.from_attrs(trial.user_attrs)
+    measured = Measurement.from_attrs(best.user_attrs)
+    existing = [t.params or t.system_attrs.get("fixed_params") or {}
+                for t in study.get_trials(deepcopy=False) if t.state is not TrialState.FAIL]
     queued: list[dict[str, Any]] = []
     for proposed in measured.remedies() if measured is not None else []:
-        if len(queued) >= limit:
-            break
-        params = space.params_for_delta(dict(trial.params), proposed.remedy.config_delta)
-        if params is None or params in [q["params"] for q in queued]:
+        params = space.params_for_delta(dict(best.params), proposed.remedy.config_delta)
+        if params is None or params in existing:
             continue
-        why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ") + f" (on top of trial {trial.number})"
-        study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why, FOLLOWS: trial.number},
-                            skip_if_exists=True)
+        if len(queued) >= limit:
+            return queued  # not marked followed: the rest are queued when there is room
+        why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ") + f" (on top of trial {best.number})"
+        study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why, FOLLOWS: best.number})
+        existing.append(params)
         queued.append({"params": params, "why": why})
-    study.set_user_attr(FOLLOWED, [*followed, trial.number])
+    study.set_user_attr(FOLLOWED, [*followed, best.number])
     return queued
+
+
+def room_left(study: optuna.Study, trials: int | None) -> int:
+    """Trials the budget has left for new work: `trials` less those that spent it (`measured_count`),
+    run now or wait in the queue. A follow-up queued past the budget would not run in this run and
+    linger in the report as waiting. Unbounded (`trials` None): a large number."""
+    if trials is None:
+        return 1 << 30
+    busy = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+    return max(0, trials - measured_count(study) - busy)
 
 
 def _rank_key(t: FrozenTrial) -> tuple[bool, float]:
@@ -368,28 +391,29 @@ def measured_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if t.user_attrs.get("state") != DUPLICATE)
 
 
-# Duplicates in a row with nothing unmeasured to queue instead (`TrialObjective._queue_instead`)
-# after which the search has nowhere new to go: the study ends there.
+# The sampler's duplicates in a row with nothing unmeasured to queue instead
+# (`TrialObjective._queue_instead`) after which the search has nowhere new to go: it ends there.
 CONVERGED_AFTER = 3
 
 
 class TrialBudget:
     """Stop the study once `trials` finished trials spent the budget (`measured_count`), every worker's
-    together (Optuna's `MaxTrialsCallback` would count the duplicates too), or once the sampler drew
-    measured configs `CONVERGED_AFTER` times in a row with nothing unmeasured to queue instead (study
-    attr `search_stopped` says so)."""
+    together (Optuna's `MaxTrialsCallback` would count the duplicates too; `trials` None: no budget,
+    as with `--timeout` alone), or once the sampler drew measured configs `CONVERGED_AFTER` times in
+    a row with nothing unmeasured to queue instead (study attr `search_stopped` says so)."""
 
-    def __init__(self, trials: int) -> None:
+    def __init__(self, trials: int | None) -> None:
         self.trials = trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
-        if sum(1 for t in finished if t.user_attrs.get("state") != DUPLICATE) >= self.trials:
+        if self.trials is not None and sum(1 for t in finished if t.user_attrs.get("state") != DUPLICATE) >= self.trials:
             study.stop()
             return
         streak = 0
         for t in reversed(finished):
-            if t.user_attrs.get("state") != DUPLICATE or QUEUED_INSTEAD in str(t.user_attrs.get("reason")):
+            ua = t.user_attrs
+            if ua.get("state") != DUPLICATE or ua.get(ORIGIN) != "sampler" or ua.get(QUEUED_INSTEAD):
                 break
             streak += 1
         if streak >= CONVERGED_AFTER:
@@ -424,7 +448,7 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
 
     study = open_study(spec, slo, space, name)
     objective = TrialObjective(space, spec.base_config(), measure, slo, store, name, spec.pareto, events,
-                               pruner=study_pruner(spec), claims=lambda: setup_lock(url, f"slotune-claims:{name}"))
+                               pruner=study_pruner(spec), claims=lambda: claims_lock(url, name))
 
     def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(ORIGIN) == BASELINE:
@@ -433,21 +457,33 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
                 if why is not None:  # before any remedy is queued: none would ever run
                     st.set_user_attr(NOTHING_TO_WIN, why)
                 enqueue_remedies(st, space, spec.max_remedies)
-        elif trial.state is TrialState.COMPLETE:
-            with setup_lock(url, f"slotune-study:{name}"):
-                enqueue_followups(st, space, trial, spec.max_remedies)
+        follow_up(st)
         if st.user_attrs.get(NOTHING_TO_WIN):  # every worker stops after its trial in hand
             st.stop()
 
-    callbacks: list[Any] = [after_trial]
-    remaining = None
-    if spec.trials is not None:
-        remaining = spec.trials - measured_count(study)
-        callbacks.append(TrialBudget(spec.trials))
+    def follow_up(st: optuna.Study) -> None:
+        with claims_lock(url, name):  # the lock every enqueue of the search takes (objective's claims)
+            enqueue_followups(st, space, min(spec.max_remedies, room_left(st, spec.trials)))
+
+    with setup_lock(url, f"slotune-study:{name}"):
+        # A resumed study searches again: a stop recorded by an earlier run (its space or budget may
+        # have changed since) is set anew if it still holds.
+        if study.user_attrs.get(SEARCH_STOPPED):
+            study.set_user_attr(SEARCH_STOPPED, "")
+    follow_up(study)  # a best whose follow-ups an earlier run had no room for
+    callbacks: list[Any] = [after_trial, TrialBudget(spec.trials)]
+    remaining = None if spec.trials is None else spec.trials - measured_count(study)
     if (remaining is None or remaining > 0) and not study.user_attrs.get(NOTHING_TO_WIN):
-        # Room for as many duplicates as trials (each costs no server); `TrialBudget` ends it sooner.
+        first = len(study.get_trials(deepcopy=False))
+        # Room for as many duplicates as trials left (each costs no server); `TrialBudget` ends it sooner.
         study.optimize(objective, n_trials=None if remaining is None else 2 * remaining, timeout=spec.timeout,
                        callbacks=callbacks, catch=(), gc_after_trial=False)
+        timed_out = spec.timeout is not None and time.monotonic() - started >= spec.timeout
+        if (spec.trials is not None and measured_count(study) < spec.trials and not timed_out
+                and not study.user_attrs.get(NOTHING_TO_WIN) and not study.user_attrs.get(SEARCH_STOPPED)):
+            dups = sum(1 for t in study.get_trials(deepcopy=False)[first:] if t.user_attrs.get("state") == DUPLICATE)
+            study.set_user_attr(SEARCH_STOPPED, f"the sampler drew measured configs {dups} times in this run, as many "
+                                                "as it had trials left")
     if spec.remeasure_top > 0 and not study.user_attrs.get(NOTHING_TO_WIN):
         # One worker at a time: each re-reads what is already measured (so runs are neither lost nor
         # doubled), and two servers measured at once would break the interleaving's fair comparison.

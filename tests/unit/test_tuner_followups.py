@@ -96,7 +96,7 @@ def test_neighbours_move_one_flag_and_keep_the_dependent_ones_consistent():
     sp = space_mod.SearchSpace.default(plat=platforms.CPU)
     start = sp.baseline_params()
     near = sp.neighbours(start)
-    assert near and all(sum(n.get(k) != start.get(k) for k in {*n, *start}) >= 1 for n in near)
+    assert near and start not in near
     plain = [n for n in near if space_mod.SPEC_METHOD not in n or n[space_mod.SPEC_METHOD] is None]
     assert all(sum(n.get(k) != start.get(k) for k in {*n, *start}) == 1 for n in plain)
     # Turning drafting on brings K (and the n-gram window) at their remedy defaults; off drops them.
@@ -118,7 +118,7 @@ def test_a_config_the_sampler_draws_again_queues_an_unmeasured_neighbour(tmp_pat
     dups = [t for t in trials if t.user_attrs.get("state") == "duplicate"]
     swaps = [t for t in trials if t.user_attrs.get("origin") == "neighbour"]
     drawn = [t for t in trials if t.user_attrs.get("origin") == "random"]
-    assert swaps, [t.user_attrs.get("reason") for t in dups]
+    assert swaps and drawn, [t.user_attrs.get("reason") for t in dups]  # both kinds, with seed 3
     by_number = {t.number: t for t in trials}
     for n in swaps:
         dup = by_number[n.user_attrs["instead_of"]]
@@ -135,3 +135,49 @@ def test_a_config_the_sampler_draws_again_queues_an_unmeasured_neighbour(tmp_pat
     assert len(commands) == len(set(commands))  # each server measured once
     assert len(log) == 9  # the budget counts measured configs: duplicates aside, 9 of 9 measured
 
+
+
+def test_no_follow_up_is_queued_past_the_trial_budget(tmp_path):
+    # Two trials: the baseline and its remedy spend the budget; a follow-up queued now would never
+    # run and would linger in the report as "queued".
+    log: list[VllmConfig] = []
+    s = spec(tmp_path, trials=2)
+    result = run_study(s, measure=staged(2.0, log))
+    trials = _trials(s)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert result.counts["waiting"] == 0 and all("follows" not in t.user_attrs for t in trials)
+
+
+def test_follow_ups_cut_by_the_budget_are_queued_when_a_resume_has_room(tmp_path):
+    log: list[VllmConfig] = []
+    run_study(spec(tmp_path, trials=2), measure=staged(2.0, log))  # no room for trial 1's follow-up
+    run_study(spec(tmp_path, trials=3), measure=staged(2.0, log))
+    trials = _trials(spec(tmp_path))
+    assert len(trials) == 3 and trials[2].user_attrs.get("follows") == 1
+    assert log[2].tuned_params() == {"max_num_seqs": 32, "max_num_batched_tokens": 512}
+
+
+def test_with_a_timeout_alone_the_search_still_ends_when_nothing_is_left_to_measure(tmp_path):
+    log: list[VllmConfig] = []
+    s = spec(tmp_path, trials=None, timeout=600, max_remedies=0, seed=3)
+    run_study(s, measure=staged(2.0, log))
+    study = optuna.load_study(study_name="s", storage=s.storage)
+    assert len(log) == 9  # the whole space, each config once
+    assert study.user_attrs["search_stopped"].startswith("the sampler drew measured configs 3 times in a row")
+    assert sum(t.user_attrs.get("state") == "duplicate" for t in study.trials) < 9
+
+
+def test_a_resumed_study_judges_its_stop_anew(tmp_path):
+    # Two configs: the search converges. Resumed, it searches again (a stop is not kept from an
+    # earlier run: its budget may have grown) and, its draw measured already like the three before
+    # it, stops again, saying so; nothing is measured twice.
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(SPACE.replace("max_num_seqs: [default, 32, 64]", "max_num_seqs: [default, 32]")
+                      .replace("max_num_batched_tokens: [default, 512, 1024]", "max_num_batched_tokens: default"))
+    log: list[VllmConfig] = []
+    s = spec(tmp_path, trials=5, max_remedies=0, space_file=narrow)
+    run_study(s, measure=staged(2.0, log))
+    before = len(_trials(s))
+    result = run_study(s, measure=staged(2.0, log))
+    assert len(log) == 2 and len(_trials(s)) == before + 1
+    assert result.search_stopped.startswith("the sampler drew measured configs 4 times in a row")

@@ -5,6 +5,7 @@ stopped early (its rate search is its own)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import optuna
@@ -162,10 +163,17 @@ def test_the_search_goes_on_where_a_config_could_still_win(tmp_path, kw):
 def test_a_load_the_defaults_keep_up_with_is_named_in_a_hint(tmp_path, rate, n_requests, hinted):
     from slotune.tuner.report import load_hint
 
-    result = run_study(spec(tmp_path, trials=3, rate=rate, slo="ttft_p95<=1s", remeasure_top=0),
+    out = tmp_path / "out"
+    result = run_study(spec(tmp_path, trials=3, rate=rate, slo="ttft_p95<=1s", remeasure_top=0, out_dir=out),
                        measure=FakeMeasure(good_share=1.0, n_requests=n_requests))
     hint = load_hint(result)
     assert (hint is not None) == hinted, (hint, result.verdict.message)
+    # The same hint in every output, not in the terminal only (a reader of report.html or the JSON
+    # would take the verdict as a judgement on the flags).
+    summary = json.loads((out / "summary.json").read_text())
+    page = " ".join((out / "report.html").read_text().split())
+    assert summary["hint"] == hint
+    assert ("hint: the defaults served" in page) == hinted
     if hinted:
         assert hint == ("the defaults served 3 of the 3.1 req/s offered: at this load no config can beat them by "
                         "the 5% a restart needs; to look for headroom, offer more (--rate) or use --mode capacity")

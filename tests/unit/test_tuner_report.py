@@ -311,6 +311,21 @@ def test_pareto_mode_shows_the_front(tmp_path: Path) -> None:
     assert "Pareto front" not in plain  # only with --pareto
 
 
+def test_a_used_output_folder_keeps_no_earlier_studys_outputs(tmp_path: Path) -> None:
+    # A --pareto study writes its front into the folder, then a plain one reports into the same
+    # folder: pareto.png/html would read as the plain study's. The user's own files stay.
+    out = tmp_path / "out"
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=4, pareto=True,
+                    storage=f"sqlite:///{tmp_path}/p.db", study_name="p", remeasure_top=0, out_dir=out)
+    run_study(spec, measure=TokenMeasure())
+    assert (out / "pareto.png").exists() and (out / "pareto.html").exists()
+    (out / "notes.txt").write_text("mine")
+    plain = study_spec_offered(tmp_path)
+    run_study(plain.model_copy(update={"out_dir": out}), measure=TokenMeasure())
+    assert not (out / "pareto.png").exists() and not (out / "pareto.html").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "report.html").exists()
+
+
 def study_spec_offered(tmp_path: Path) -> TuneSpec:
     spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=2, rate=4.0,
                     storage=f"sqlite:///{tmp_path}/o.db", study_name="s", remeasure_top=0)

@@ -146,9 +146,10 @@ def test_resume_counts_finished_trials_and_keeps_them(tmp_path):
     fm = FakeMeasure()
     run_study(spec(tmp_path, trials=5), measure=fm)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
-    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4]
-    # Only the two missing trials ran (one the sampler drew may be refused before launch, or be a config
-    # the study measured already: a duplicate, not launched either).
+    spent = [t for t in study.get_trials() if t.user_attrs["state"] != "duplicate"]
+    assert len(spent) == 5 and [t.number for t in study.get_trials()[:3]] == [0, 1, 2]
+    # Only the two missing trials ran (one the sampler drew may be refused before launch; a config the
+    # study measured already is a duplicate, not launched and not counted toward the 5).
     launched = [t for t in study.get_trials()[3:] if t.user_attrs["state"] not in ("infeasible", "duplicate")]
     assert len(fm.calls) == len(launched)
     assert all(c.tuned_params() for c in fm.calls)  # the baseline (no tuned flag) did not run again
@@ -272,8 +273,13 @@ def test_load_generator_warnings_travel_with_the_trial(tmp_path):
 
     out = io.StringIO()
     render(result, Console(file=out, width=80))
-    assert "trial 0: load generator warning: requests left up to 250 ms late (p99)" in out.getvalue().splitlines()
-    assert "trial 1: load generator warning" not in out.getvalue()
+    lines = out.getvalue().splitlines()
+    assert "trial 0 (!): load generator warning: requests left up to 250 ms late (p99)" in lines
+    assert "trial 1 (!)" not in out.getvalue()
+    # ... and its row in the trials table carries the mark the line refers to.
+    row = next(line for line in lines if line.split()[:2] == ["0", "baseline"])
+    assert "complete !" in row, row
+    assert not any(line.split()[:2] == ["1", "sampler"] and "!" in line for line in lines)
 
 
 def test_json_shape_and_report_from_storage(tmp_path, monkeypatch):

@@ -173,6 +173,17 @@ def pinned_env(platform: Platform, cores: list[int]) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": str(lo) if lo == hi else f"{lo}-{hi}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
+def _spans(cores: list[int]) -> str:
+    """`[0, 1, 2, 5]` as "0-2, 5": a range of 100 cores is one phrase, not 100 numbers."""
+    spans: list[list[int]] = []
+    for c in cores:
+        if spans and c == spans[-1][1] + 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def parse_cpus(text: str) -> tuple[int, ...]:
     """Cores to confine a server to, written `N` or `A-B`: available here, and not all of them (the load
     generator needs a core the server's busy-polling processes do not share; docs/loadgen.md)."""
@@ -182,7 +193,7 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     cpus = tuple(range(int(m[1]), int(m[2] or m[1]) + 1))
     avail = os.sched_getaffinity(0)
     if missing := [c for c in cpus if c not in avail]:
-        raise ConfigError(f"cores {missing} are not available here (available: {sorted(avail)})")
+        raise ConfigError(f"cores {_spans(missing)} are not available here (available: {_spans(sorted(avail))})")
     if set(cpus) >= avail:
         raise ConfigError(f"cores {text} are all this machine has: leave at least one for the load generator")
     return cpus

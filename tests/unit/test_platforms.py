@@ -37,8 +37,14 @@ def test_parse_cpus_takes_a_core_or_a_range_and_leaves_one_for_the_client() -> N
     for bad in ("x", "3-1", "1,2", ""):
         with pytest.raises(ConfigError, match="bad core list"):
             parse_cpus(bad)
-    with pytest.raises(ConfigError, match=r"cores \[4096\] are not available here"):
+    with pytest.raises(ConfigError, match=r"cores 4096 are not available here"):
         parse_cpus("4096")
+    # A range past the machine's cores is named as ranges, not core by core.
+    with pytest.raises(ConfigError) as caught:
+        parse_cpus("0-4096")
+    message = str(caught.value)
+    assert message.startswith("cores ") and message.endswith(")") and "are not available here" in message
+    assert "-4096 are not available" in message and len(message) < 200, message
 
 
 

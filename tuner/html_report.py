@@ -162,7 +162,9 @@ def _plot_rate(points: list[dict[str, Any]], mode: str, path: Path) -> bool:
         return False
     offered = all(p["rate"] for p in usable)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for label, color in (("baseline", "#6b8fb8"), ("best", "#3d8b4f")):
+    # The labels `sides` gives ("best tuned" since the report stopped calling a baseline "best"): a
+    # literal "best" here drew the baseline alone.
+    for label, color in (("baseline", "#6b8fb8"), ("best tuned", "#3d8b4f")):
         pts = sorted((p["rate"] if offered else p["measured_rate"], p["goodput"]) for p in usable if p["label"] == label)
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], "s--" if label == "baseline" else "o-", color=color,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,9 +269,22 @@ def row(t: FrozenTrial) -> dict[str, Any]:
     return {"trial": t.number, "origin": ua.get(ORIGIN), "state": state, "feasible": ua.get("feasible"),
             "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot"),
             "params": ua.get("params") or {}, "queued_params": queued,
-            "reason": ua.get("reason") or "", "remedy": ua.get("remedy"),
+            "reason": ua.get("reason") or "", "remedy": ua.get("remedy"), "why_tried": why_tried(ua),
+            **{k: ua.get(k) for k in ("follows", "instead_of", "duplicate_of", "queued_instead")},
             "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL),
             "measurement_warnings": list(client.warnings) if client is not None else []}
+
+
+def why_tried(ua: Mapping[str, Any]) -> str:
+    """Why a queued trial ran, in a few words for the trials table: the playbook whose remedy it is
+    (and the trial it builds on), or the redraw it replaces; "" for the baseline and sampled trials."""
+    if ua.get("remedy"):
+        playbook = str(ua["remedy"]).split(":", 1)[0]
+        on_top = f", on top of trial {ua['follows']}" if ua.get("follows") is not None else ""
+        return f"remedy of {playbook}{on_top}"
+    if ua.get("instead_of") is not None:
+        return f"instead of trial {ua['instead_of']}'s redraw"
+    return ""
 
 
 def _p95(client: LoadFigures | None, metric: str) -> float | None:
@@ -419,7 +433,7 @@ def trial_tables(result: StudyResult, width: int = 80) -> tuple[Any, Any]:
                         *((f"{ws:.0f}" if isinstance(ws, (int, float)) else "-",) if wall else ()))
         queued = r.get("queued_params")
         detail = (f"queued: {_fmt_params(queued)}" if queued else _fmt_params(r["params"])) + (
-            f"  [{r['reason']}]" if r["reason"] else "")
+            f"  ({r['why_tried']})" if r.get("why_tried") else "") + (f"  [{r['reason']}]" if r["reason"] else "")
         flags.add_row(str(r["trial"]), Text(detail))  # Text: "[reason]" is data, not rich markup
     return figures, flags
 

@@ -500,7 +500,7 @@ def _schedule_changes_nothing(config: VllmConfig, max_num_seqs: int | None) -> s
         if current and min(current[-1][2], k) != k:
             return None
     return (f"its draft schedule {[list(r) for r in ranges]} drafts K={k} at every batch size up to max_num_seqs "
-            f"{max_num_seqs}: the same server as no schedule (a duplicate trial)")
+            f"{max_num_seqs}: the same server as no schedule (not launched)")
 
 
 def default_max_num_seqs(plat: platforms.Platform, config: VllmConfig) -> int | None:

@@ -181,3 +181,24 @@ def test_a_resumed_study_judges_its_stop_anew(tmp_path):
     result = run_study(s, measure=staged(2.0, log))
     assert len(log) == 2 and len(_trials(s)) == before + 1
     assert result.search_stopped.startswith("the sampler drew measured configs 4 times in a row")
+
+
+def test_the_report_says_why_each_queued_trial_ran(tmp_path):
+    # A follow-up reads as its playbook's remedy on top of the trial it builds on, in the terminal,
+    # report.html and the JSON (it read as a bare "remedy" before, its parent in the JSON only).
+    import io
+
+    from rich.console import Console
+
+    from slotune.tuner.report import render
+
+    log: list[VllmConfig] = []
+    result = run_study(spec(tmp_path, out_dir=tmp_path / "out"), measure=staged(2.0, log))
+    out = io.StringIO()
+    render(result, Console(file=out, width=80))
+    text = " ".join(out.getvalue().split())
+    assert "(remedy of slow_decode)" in text and "(remedy of prefill_stalls_decode, on top of trial 1)" in text
+    page = " ".join((tmp_path / "out" / "report.html").read_text().split())
+    assert "(remedy of prefill_stalls_decode, on top of trial 1)" in page
+    row = next(r for r in result.to_dict()["rows"] if r["trial"] == 2)
+    assert row["follows"] == 1 and row["why_tried"] == "remedy of prefill_stalls_decode, on top of trial 1"

@@ -459,3 +459,24 @@ def test_best_sh_runs_the_serve_line_with_its_environment(command: str, tmp_path
     if "speculative" in command:
         assert lines[-1] == 'arg={"method": "ngram", "num_speculative_tokens": 4}'
     assert script.read_text().count("\n") == 3  # shebang, one comment line, the command
+
+
+def test_goodput_against_rate_draws_the_best_tuned_config_too(tmp_path: Path, monkeypatch) -> None:
+    # Its legend had the baseline alone: the plot looked for a side labelled "best", and the report's
+    # sides are "baseline" and "best tuned".
+    import matplotlib.axes
+
+    from slotune.tuner.html_report import _plot_rate
+
+    drawn: list[str] = []
+    original = matplotlib.axes.Axes.plot
+
+    def plot(self, *args, **kw):
+        drawn.append(kw.get("label"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    points = [{"label": "baseline", "trial": 0, "rate": 2.0, "goodput": 1.5, "measured_rate": 2.0, "met": False},
+              {"label": "best tuned", "trial": 3, "rate": 2.0, "goodput": 1.9, "measured_rate": 2.0, "met": True}]
+    assert _plot_rate(points, "offered", tmp_path / "rate.png")
+    assert "baseline" in drawn and "best tuned" in drawn

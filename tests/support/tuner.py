@@ -100,6 +100,16 @@ class FakeMeasure:
                            requests=requests(goodput, ttft, self.n_requests, self.good_share))
 
 
+SPACE_DIMENSIONS = ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "enable_chunked_prefill",
+                    "enable_prefix_caching", "quantization", "kv_cache_dtype", "speculative_method")
+
+
+def space_yaml(**searched: str) -> str:
+    """A search-space file that fixes every dimension at vLLM's default but those given, e.g.
+    `space_yaml(max_num_seqs="[default, 32]")`: a small space whose every config the test knows."""
+    return "".join(f"{name}: {searched.get(name, 'default')}\n" for name in SPACE_DIMENSIONS)
+
+
 def tune_cmd(model: Path, *args: str) -> list[str]:
     """`slotune tune` on `model` with a short workload and loose SLO; `args` add or override flags."""
     return [sys.executable, "-m", "slotune.cli.main", "tune", "--model", str(model), "--input-len", "48",

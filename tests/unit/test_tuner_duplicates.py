@@ -24,20 +24,11 @@ from slotune.store import TrialRecord, open_store
 from slotune.tuner.measure import Measurement
 from slotune.tuner.report import render
 from slotune.tuner.study import TuneSpec, run_study
-from tests.support.tuner import FakeMeasure, client, requests
+from tests.support.tuner import FakeMeasure, client, requests, space_yaml
 
 # Every dimension fixed at vLLM's default but max_num_seqs, searched over {default, 32}: whatever TPE
 # draws, the study holds two distinct servers (vLLM's default and --max-num-seqs 32).
-TWO_CONFIGS = """\
-max_num_seqs: [default, 32]
-max_num_batched_tokens: default
-max_model_len: default
-enable_chunked_prefill: default
-enable_prefix_caching: default
-quantization: default
-kv_cache_dtype: default
-speculative_method: default
-"""
+TWO_CONFIGS = space_yaml(max_num_seqs="[default, 32]")
 
 
 def spec(tmp_path: Path, **kw) -> TuneSpec:

@@ -14,18 +14,9 @@ from slotune.tuner import space as space_mod
 from slotune.tuner.measure import Measurement
 from slotune.tuner.study import TuneSpec, run_study
 from slotune.vllm_config import VllmConfig
-from tests.support.tuner import client, finding, requests, window
+from tests.support.tuner import client, finding, requests, space_yaml, window
 
-SPACE = """\
-max_num_seqs: [default, 32, 64]
-max_num_batched_tokens: [default, 512, 1024]
-max_model_len: default
-enable_chunked_prefill: default
-enable_prefix_caching: default
-quantization: default
-kv_cache_dtype: default
-speculative_method: default
-"""
+SPACE = space_yaml(max_num_seqs="[default, 32, 64]", max_num_batched_tokens="[default, 512, 1024]")
 
 SEQS = ({"max_num_seqs": 32}, "a smaller batch")
 BUDGET = ({"max_num_batched_tokens": 512}, "a smaller prefill budget")
@@ -172,8 +163,7 @@ def test_a_resumed_study_judges_its_stop_anew(tmp_path):
     # earlier run: its budget may have grown) and, its draw measured already like the three before
     # it, stops again, saying so; nothing is measured twice.
     narrow = tmp_path / "narrow.yaml"
-    narrow.write_text(SPACE.replace("max_num_seqs: [default, 32, 64]", "max_num_seqs: [default, 32]")
-                      .replace("max_num_batched_tokens: [default, 512, 1024]", "max_num_batched_tokens: default"))
+    narrow.write_text(space_yaml(max_num_seqs="[default, 32]"))
     log: list[VllmConfig] = []
     s = spec(tmp_path, trials=5, max_remedies=0, space_file=narrow)
     run_study(s, measure=staged(2.0, log))

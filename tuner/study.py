@@ -59,7 +59,7 @@ from slotune.tuner.objective import (
 )
 from slotune.tuner.space import SearchSpace, model_max_len
 from slotune.tuner.storage import open_storage, storage_url
-from slotune.tuner.verdict import NOTHING_TO_WIN, nothing_to_win, ranked
+from slotune.tuner.verdict import NOTHING_TO_WIN, nothing_to_win, rank_key, ranked
 from slotune.vllm_config import VllmConfig
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ def enqueue_followups(study: optuna.Study, space: SearchSpace, limit: int) -> li
     if not order or order[0].number == base.number or order[0].number in followed:
         return []
     best = order[0]
-    if _rank_key(best) <= _rank_key(base):
+    if rank_key(best) >= rank_key(base):  # not above the baseline
         return []
     measured = Measurement.from_attrs(best.user_attrs)
     existing = [t.params or t.system_attrs.get("fixed_params") or {}
@@ -381,14 +381,15 @@ def room_left(study: optuna.Study, trials: int | None) -> int:
     return max(0, trials - measured_count(study) - busy)
 
 
-def _rank_key(t: FrozenTrial) -> tuple[bool, float]:
-    return bool(t.user_attrs.get("feasible")), float(t.user_attrs.get("goodput") or 0.0)
+def spends_budget(t: FrozenTrial) -> bool:
+    """A finished trial spends the budget when measured, stopped early or refused; a duplicate does not
+    (a config drawn again starts no server, and `--trials N` means N configs tried)."""
+    return t.state in FINISHED and t.user_attrs.get("state") != DUPLICATE
 
 
 def measured_count(study: optuna.Study) -> int:
-    """Finished trials that spent the budget: measured, stopped early or refused; not duplicates (a
-    config drawn again starts no server, and `--trials N` means N configs tried)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if t.user_attrs.get("state") != DUPLICATE)
+    """Finished trials that spent the budget (`spends_budget`)."""
+    return sum(map(spends_budget, study.get_trials(deepcopy=False, states=FINISHED)))
 
 
 # The sampler's duplicates in a row with nothing unmeasured to queue instead
@@ -407,7 +408,7 @@ class TrialBudget:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
-        if self.trials is not None and sum(1 for t in finished if t.user_attrs.get("state") != DUPLICATE) >= self.trials:
+        if self.trials is not None and sum(map(spends_budget, finished)) >= self.trials:
             study.stop()
             return
         streak = 0

@@ -194,10 +194,14 @@ def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any], slo: SloSpec 
                    judge_slos(kept, slo, confidence) if slo is not None else {}, confidence)
 
 
+def rank_key(t: FrozenTrial) -> tuple[bool, float]:
+    """A trial's place in `ranked` (lower ranks first): feasible before infeasible, then goodput."""
+    return not t.user_attrs.get("feasible"), -float(t.user_attrs.get("goodput") or 0)
+
+
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Measured trials, feasible ones first, each group by goodput (highest first)."""
-    measured = [t for t in trials if t.state is TrialState.COMPLETE]
-    return sorted(measured, key=lambda t: (not t.user_attrs.get("feasible"), -float(t.user_attrs.get("goodput") or 0)))
+    return sorted((t for t in trials if t.state is TrialState.COMPLETE), key=rank_key)
 
 
 def _fmt_ci(f: SloFigure) -> str:

@@ -42,16 +42,19 @@ output token (docs/loadgen.md: 99 ms [97-104]) and every vLLM start costs ~30-60
   config, 24; 1 warm-up), an exhaustive grid of 12 configs: speculative decoding {default (off), n-gram K 4
   window 2-4} x `max_num_seqs` {default, 1} x `max_num_batched_tokens` {default, 256, 128}, the
   default config among them (no two configs serve alike: `max_num_seqs` 2 at concurrency 2 would be
-  the default's twin, and the best of two twins is luck); each measured once, in a seeded shuffled
-  order (a drifting host then favours no corner of the grid). Then the tuner's own study (TPE, seeds
+  the default's twin, and the best of two twins is luck); each measured `--grid-rounds` (3) times,
+  every round visiting every config in its own seeded shuffled order (a drifting host then favours
+  no corner of the grid, and the grid's best is judged on all of a config's rounds: of 12 configs
+  measured once, the best is partly the luckiest run). Then the tuner's own study (TPE, seeds
   0..`--seeds`-1, the default's remedies first, as in a real study) is replayed on those
-  measurements (the findings drawn again from each stored window by the playbooks as they are
+  measurements, each config answered by one of its rounds drawn by the seed (a study sees one noisy
+  run, as a real one does; the findings drawn again from that window by the playbooks as they are
   now), up to twice the grid's size in trials. Figure: trials (as `--trials` counts them:
   duplicates aside), servers started and the measured wall time they stand for, to reach a config
   within 5 % of the grid's best goodput, median over seeds, against the grid's size (target <= 1/4);
   the same for the best config meeting the SLO (the tuner's own objective: feasible first), and for
-  a config within the best's noise (its 95 % goodput interval, bootstrapped over requests, overlaps
-  the best's): the grid's best of 12 noisy measurements is partly luck.
+  a config within the best's noise (its 95 % goodput interval over all its rounds overlaps the
+  best's).
 - `sharegpt` (b): the real model on short `sharegpt` prompts (4-128 tokens, replies capped at 32)
   at `--sharegpt-rate` (0.8 req/s: the defaults' knee on the 2-core host, vLLM on one core, measured
   2026-12-01 with `slotune bench --find-max-rate`, 30 requests a step, at 1.0 and 0.56 req/s with
@@ -122,6 +125,9 @@ enable_prefix_caching: null
 quantization: null
 kv_cache_dtype: null
 """
+
+
+GRID_SLO = "tpot_p95<=60ms"
 
 
 class OutOfBudget(Exception):
@@ -479,13 +485,16 @@ def report_early_stop(units: dict[str, Any], part: str = "early-stop") -> None:
 
 
 class Replay:
-    """A `Measure` that answers from the grid's stored measurements (no server). The findings (what
-    queues remedies) are drawn again from each stored window and client figures by the playbooks as
-    they are now, so a replay shows what this tree's tuner would do with those measurements."""
+    """A `Measure` that answers from the grid's stored measurements (no server): each config from one
+    of its rounds, drawn by `seed` (so a replayed study, like a real one, sees one noisy run of each
+    config it tries, and different seeds see different runs). The findings (what queues remedies) are
+    drawn again from that window and its client figures by the playbooks as they are now, so a replay
+    shows what this tree's tuner would do with those measurements."""
 
-    def __init__(self, stored: dict[str, dict[str, Any]], slo: Any) -> None:
+    def __init__(self, stored: dict[str, list[dict[str, Any]]], slo: Any, seed: int) -> None:
         self.stored = stored
         self.slo = slo
+        self.seed = seed
 
     def __call__(self, config: Any, progress: Any = None) -> Any:
         from dataclasses import replace
@@ -493,15 +502,27 @@ class Replay:
         from slotune.playbooks.engine import diagnose
         from slotune.tuner.measure import TUNER_MIN_REQUESTS, Measurement
 
-        m = self.stored.get(config.serve_command())
-        if m is None:  # a remedy outside the grid: the study spends a trial on it, as it would for real
+        cmd = config.serve_command()
+        runs = self.stored.get(cmd)
+        if not runs:  # a remedy outside the grid: the study spends a trial on it, as it would for real
             return Measurement(ok=False, status="invalid_config", reason="not in the grid")
+        m = runs[random.Random(f"{self.seed}|{cmd}").randrange(len(runs))]
         measured = Measurement.from_dict(m)
         if measured.server is None:
             return measured
         again = diagnose([measured.server], slo=self.slo, server_config=config, client=measured.client,
                          min_requests=TUNER_MIN_REQUESTS)
         return replace(measured, findings=again.findings)
+
+
+def grid_rounds(units: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The grid's rounds, `n` of them, each `{serve command: measurement}`: round 0 is `measured` (the
+    only one in records from before 2026-12-01 20:30), the others `rounds`."""
+    rounds = [units.setdefault("measured", {}), *units.setdefault("rounds", [])]
+    while len(rounds) < n:
+        units["rounds"].append({})
+        rounds.append(units["rounds"][-1])
+    return rounds[:n]
 
 
 def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) -> None:
@@ -516,7 +537,7 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
     wl_path = workload_file(work, "edit-short", EDIT_YAML)
     space_path = work / "grid.yaml"
     space_path.write_text(GRID_YAML)
-    slo_text = "tpot_p95<=60ms"
+    slo_text = GRID_SLO
     settings = {"model": str(model), "workload": EDIT_YAML, "space": GRID_YAML, "slo": slo_text, "concurrency": 2,
                 "requests": a.grid_requests}
     units = rec.part("grid", settings)
@@ -530,36 +551,40 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
     configs = [space.config_for(bconf, p) for p in space.grid()]
     commands = [c.serve_command() for c in configs]
     print(f"  grid: {len(configs)} configs (the default among them: "
-          f"{bconf.serve_command() in commands})", flush=True)
-    measured = units.setdefault("measured", {})
+          f"{bconf.serve_command() in commands}), {a.grid_rounds} round(s)", flush=True)
     measure = ServerMeasure(LoadSpec(workload=workload, slo=base_slo(slo_text), concurrency=2,
                                      num_requests=a.grid_requests,
                                      warmup_requests=1), log_dir=work / "logs", startup_timeout=900, server_cpus=cpus)
-    order = list(zip(configs, commands, strict=True))
-    random.Random(0).shuffle(order)
-    for cfg, cmd in order:
-        if cmd in measured:
-            continue
-        rec.check_budget()
-        print(f"  measuring {cmd} ({stamp()})", flush=True)
-        m = measure(cfg, lambda s: None)
-        measured[cmd] = m.to_dict()
-        rec.save()
-        print(f"    goodput {m.goodput:.3f} req/s, {m.seconds:.0f} s, {m.status} {m.reason}", flush=True)
-    if len(measured) < len(commands):
+    rounds = grid_rounds(units, a.grid_rounds)
+    for r, measured in enumerate(rounds):
+        # Every round visits every config, each in its own seeded order: drift over the rounds falls
+        # on all configs alike, and a config's runs spread over the whole measurement.
+        order = list(zip(configs, commands, strict=True))
+        random.Random(r).shuffle(order)
+        for cfg, cmd in order:
+            if cmd in measured:
+                continue
+            rec.check_budget()
+            print(f"  round {r}: measuring {cmd} ({stamp()})", flush=True)
+            m = measure(cfg, lambda s: None)
+            measured[cmd] = m.to_dict()
+            units.pop("replay", None)  # a replay of fewer rounds is stale
+            rec.save()
+            print(f"    goodput {m.goodput:.3f} req/s, {m.seconds:.0f} s, {m.status} {m.reason}", flush=True)
+    if any(len(measured) < len(commands) for measured in rounds):
         return
-    if "replay" not in units:
+    stored = {cmd: [measured[cmd] for measured in rounds] for cmd in commands}
+    if (units.get("replay") or {}).get("rounds") != len(rounds):
         from slotune.tuner.objective import ORIGIN
 
-        replay = Replay(measured, base_slo(slo_text))
-        best = max(float(m["goodput"]) for m in measured.values())
-        meeting = grid_meeting_slo(measured, slo_text)
-        best_slo = max((float(measured[c]["goodput"]) for c in meeting), default=None)
-        near = within_noise_of_best(measured)
+        truth = grid_truth(stored, slo_text)
+        best = max(t["goodput"] for t in truth.values())
+        meeting = {c for c, t in truth.items() if t["meets_slo"]}
+        best_slo = max((truth[c]["goodput"] for c in meeting), default=None)
+        near = within_noise_of_best(truth)
         targets = {  # what "the grid's best" is: the highest goodput, or the tuner's own objective
-            "goodput": lambda cmd: float(measured[cmd]["goodput"]) >= 0.95 * best,
-            "slo": lambda cmd: best_slo is not None and cmd in meeting
-                               and float(measured[cmd]["goodput"]) >= 0.95 * best_slo,
+            "goodput": lambda cmd: truth[cmd]["goodput"] >= 0.95 * best,
+            "slo": lambda cmd: best_slo is not None and cmd in meeting and truth[cmd]["goodput"] >= 0.95 * best_slo,
             "noise": lambda cmd: cmd in near,
         }
         reached: dict[str, list[list[float]]] = {k: [] for k in targets}
@@ -568,11 +593,11 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
             name = f"replay-{seed}"
             # As many trials as twice the grid (a duplicate draw is not one: tuner/study.py).
             run_study(base.model_copy(update={"study_name": name, "trials": 2 * len(commands), "seed": seed}),
-                      measure=replay, workload=workload)
+                      measure=Replay(stored, base_slo(slo_text), seed), workload=workload)
             trials = sorted(optuna.load_study(study_name=name, storage=base.storage).get_trials(),
                             key=lambda t: t.number)
             for key, hit in targets.items():
-                reached[key].append(first_reaching(trials, measured, hit))
+                reached[key].append(first_reaching(trials, stored, hit))
             spent = [t for t in trials if t.user_attrs.get("state") != "duplicate"]  # as first_reaching counts
             print(f"    seed {seed}: within 5 % of the best goodput at trial {reached['goodput'][-1][0]} "
                   f"({reached['goodput'][-1][1]} servers, {reached['goodput'][-1][2] / 60:.1f} min measured), "
@@ -580,17 +605,17 @@ def part_grid(rec: Record, a: argparse.Namespace, cpus: tuple[int, ...] | None) 
                   f"trial {reached['noise'][-1][0]}: "
                   f"{', '.join(str(t.user_attrs.get(ORIGIN)) for t in spent[:int(reached['goodput'][-1][0])])}",
                   flush=True)
-        units["replay"] = {"best_goodput": best, "best_meeting_slo": best_slo, "meeting_slo": sorted(meeting),
-                           "near_best": sorted(near), "reached": reached}
+        units["replay"] = {"rounds": len(rounds), "best_goodput": best, "best_meeting_slo": best_slo,
+                           "meeting_slo": sorted(meeting), "near_best": sorted(near), "reached": reached}
         rec.save()
     report_grid(units)
 
 
-def first_reaching(trials: list[Any], measured: dict[str, dict[str, Any]], hit: Any) -> list[float]:
+def first_reaching(trials: list[Any], stored: dict[str, list[dict[str, Any]]], hit: Any) -> list[float]:
     """`[trials, servers, seconds]` a replayed study spent up to its first trial whose config `hit`
     accepts: trials as the budget counts them (duplicates aside), servers started (a config outside
-    the grid is refused, unlaunched), and the measured wall time they stand for. Past the study's
-    end: one more than it spent."""
+    the grid is refused, unlaunched), and the measured wall time they stand for (a config's mean over
+    its rounds). Past the study's end: one more than it spent."""
     from slotune.vllm_config import VllmConfig
 
     spent, started, wall = 0, 0, 0.0
@@ -600,41 +625,51 @@ def first_reaching(trials: list[Any], measured: dict[str, dict[str, Any]], hit: 
         # The trial's `command` attr is the served line (platform flags added): no key here.
         cmd = VllmConfig(**t.user_attrs["config"]).serve_command() if "config" in t.user_attrs else ""
         spent += 1
-        if cmd in measured:
+        if cmd in stored:
             started += 1
-            wall += float(measured[cmd].get("seconds") or 0.0)
+            wall += statistics.mean(float(m.get("seconds") or 0.0) for m in stored[cmd])
             if hit(cmd):
                 return [spent, started, wall]
     return [spent + 1, started + 1, wall]
 
 
-def grid_meeting_slo(measured: dict[str, dict[str, Any]], slo_text: str) -> set[str]:
-    """The grid's configs whose run met every SLO target (the tuner's `feasible`: its constraints)."""
-    from slotune.loadgen.figures import LoadFigures
-    from slotune.tuner.constraints import feasible, slo_constraints
+def grid_truth(stored: dict[str, list[dict[str, Any]]], slo_text: str) -> dict[str, dict[str, Any]]:
+    """What each grid config serves, judged on all its rounds (what the grid's "best" is measured
+    on, where one run each would crown the luckiest): `{command: {"goodput": req/s (the mean over
+    rounds), "ci": its 95 % interval (tuner.confidence.goodput_figure: bootstrap over requests within
+    each round, Student-t over the rounds, Wilson on the share of good requests; the widest), "runs":
+    [each round's goodput], "meets_slo": every target's figure on the pooled requests within its
+    threshold, "slo": {key: that figure}}`."""
+    from slotune.tuner.confidence import RunRequests, goodput_figure, judge_slos
 
     slo = base_slo(slo_text)
-    return {c for c, m in measured.items()
-            if m.get("client") and feasible(slo_constraints(slo, LoadFigures.from_dict(m["client"])))}
+    out = {}
+    for cmd, ms in stored.items():
+        runs = [r for r in (RunRequests.from_dict(m.get("requests")) for m in ms) if r is not None]
+        fig = goodput_figure(runs) if runs else None
+        judged = judge_slos(runs, slo) if runs else {}
+        out[cmd] = {
+            "goodput": fig.estimate if fig is not None and fig.estimate is not None
+            else statistics.mean(float(m["goodput"]) for m in ms),
+            "ci": fig.ci if fig is not None else None,
+            "runs": [float(m["goodput"]) for m in ms],
+            "meets_slo": bool(judged) and all(s.figure.estimate is not None and s.figure.estimate <= s.target.threshold
+                                              for s in judged.values()),
+            "slo": {k: s.figure.estimate for k, s in judged.items()},
+            "seconds": [float(m.get("seconds") or 0.0) for m in ms],
+        }
+    return out
 
 
-def goodput_ci(m: dict[str, Any]) -> tuple[float, float] | None:
-    """A grid measurement's 95 % goodput interval (bootstrap over its requests: tuner.confidence)."""
-    from slotune.tuner.confidence import RunRequests, goodput_figure
+def within_noise_of_best(truth: dict[str, dict[str, Any]]) -> set[str]:
+    """The grid's configs whose goodput interval (over all rounds) overlaps the best config's (the best
+    included; a config without an interval counts as its point estimate)."""
+    def interval(t: dict[str, Any]) -> tuple[float, float]:
+        return tuple(t["ci"]) if t["ci"] else (t["goodput"],) * 2  # type: ignore[return-value]
 
-    run = RunRequests.from_dict(m.get("requests"))
-    return goodput_figure([run]).ci if run is not None else None
-
-
-def within_noise_of_best(measured: dict[str, dict[str, Any]]) -> set[str]:
-    """The grid's configs whose goodput interval overlaps the best-measured config's (the best included;
-    a measurement without an interval counts as its point estimate)."""
-    def interval(m: dict[str, Any]) -> tuple[float, float]:
-        return goodput_ci(m) or (float(m["goodput"]),) * 2
-
-    best = max(measured, key=lambda c: float(measured[c]["goodput"]))
-    lo = interval(measured[best])[0]
-    return {c for c, m in measured.items() if interval(m)[1] >= lo}
+    best = max(truth, key=lambda c: truth[c]["goodput"])
+    lo = interval(truth[best])[0]
+    return {c for c, t in truth.items() if interval(t)[1] >= lo}
 
 
 def base_slo(text: str) -> Any:
@@ -644,27 +679,29 @@ def base_slo(text: str) -> Any:
 
 
 def report_grid(units: dict[str, Any]) -> None:
-    from slotune.tuner.measure import Measurement
-
     measured = units.get("measured") or {}
     if not measured:
         return
-    print(f"\n  grid measurements ({len(measured)}):")
-    for cmd, m in sorted(measured.items(), key=lambda kv: -float(kv[1]["goodput"])):
-        client = Measurement.from_dict(m).client
-        tpot = client.tpot.p95 if client is not None and client.tpot is not None else None
-        ci = goodput_ci(m)
-        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[no interval]"
-        print(f"    goodput {float(m['goodput']):.3f} {ci_text} req/s, TPOT p95 {tpot}, {float(m['seconds']):.0f} s: "
+    rounds = [r for r in (measured, *(units.get("rounds") or [])) if r]  # reads only: a bench may be writing
+    common = [c for c in measured if all(c in r for r in rounds)]  # configs measured in every round so far
+    truth = grid_truth({c: [r[c] for r in rounds] for c in common}, GRID_SLO)
+    print(f"\n  grid measurements ({len(common)} configs, {len(rounds)} round(s) each; goodput: mean over rounds "
+          f"[95 % interval], each round's; TPOT p95 on the pooled requests):")
+    for cmd, t in sorted(truth.items(), key=lambda kv: -kv[1]["goodput"]):
+        ci = f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]" if t["ci"] else "[no interval]"
+        tpot = t["slo"].get("tpot_p95")
+        print(f"    goodput {t['goodput']:.3f} {ci} req/s ({', '.join(f'{g:.3f}' for g in t['runs'])}), "
+              f"TPOT p95 {'-' if tpot is None else f'{tpot * 1e3:.0f} ms'}, {statistics.mean(t['seconds']):.0f} s: "
               f"{cmd.split(' ', 2)[-1] if ' --' in cmd else '(defaults)'}")
     r = units.get("replay")
     if r and "reached" in r:
-        n = len(measured)
-        total = sum(float(m["seconds"]) for m in measured.values())
+        n = len(common)
+        total = sum(statistics.mean(t["seconds"]) for t in truth.values())
         slo_best = r.get("best_meeting_slo")
+        on = f"over {r.get('rounds', 1)} round(s)"
         labels = {
-            "goodput": f"the grid's best goodput ({r['best_goodput']:.3f} req/s, SLO or not)",
-            "slo": (f"the grid's best meeting the SLO ({len(r['meeting_slo'])} of {n} configs meet it; best "
+            "goodput": f"the grid's best goodput ({r['best_goodput']:.3f} req/s {on}, SLO or not)",
+            "slo": (f"the grid's best meeting the SLO ({len(r['meeting_slo'])} of {n} configs meet it {on}; best "
                     f"{slo_best:.3f} req/s: the tuner's own objective)" if slo_best is not None
                     else "the grid's best meeting the SLO (none meets it)"),
             "noise": f"the best's noise ({len(r['near_best'])} of {n} configs' 95 % goodput intervals overlap it)",
@@ -678,7 +715,7 @@ def report_grid(units: dict[str, Any]) -> None:
             print(f"\nFIGURE grid, to within {'5 % of ' if key != 'noise' else ''}{label}: median {mt:g} trials "
                   f"(seeds: {[int(x[0]) for x in runs]}) of a {n}-config grid = {mt / n:.2f} (target <= 0.25: "
                   f"{verdict}); {ms:g} servers ({ms / n:.2f}); {mw / 60:.1f} min measured vs {total / 60:.1f} min "
-                  f"for the whole grid")
+                  f"for one round of the whole grid")
     elif r:  # a record from before 2026-12-01 18:00 (trials counted duplicates too)
         n = len(measured)
         med = statistics.median(r["trials_needed"])
@@ -703,6 +740,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--sharegpt-rate", type=float, default=0.8)
     p.add_argument("--grid-requests", type=int, default=24, help="requests per grid config (after 1 warm-up)")
+    p.add_argument("--grid-rounds", type=int, default=3,
+                   help="times each grid config is measured (each round in its own seeded order)")
     p.add_argument("--es-requests", type=int, default=2400, help="requests per early-stop trial (at 20 req/s)")
     p.add_argument("--es-knee-requests", type=int, default=96,
                    help="requests per early-stop-knee trial (at --sharegpt-rate)")

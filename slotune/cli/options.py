@@ -67,6 +67,8 @@ def http_url_option(_ctx: click.Context, param: click.Parameter, value: str | No
 
 # How a `--model` value says it is a path on disk rather than a Hugging Face id (`org/name`).
 MODEL_PATH_PREFIXES = ("/", "./", "../", "~")
+# What makes a directory a model vLLM can load: a Hugging Face config, or Mistral's own format.
+MODEL_CONFIG_FILES = ("config.json", "params.json")
 
 
 def model_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -74,7 +76,8 @@ def model_option(_ctx: click.Context, param: click.Parameter, value: str | None)
     `./`, `../`, `~`) that is not on disk is one `error: --model PATH: ...` line (exit 1) when the command
     line is read. vLLM would take it for a repo id and die at start-up ("Repo id must be in the form"),
     every trial infeasible. A value that exists on disk passes (`~` expanded: vLLM does not expand it);
-    anything else, a Hugging Face id such as `org/name`, passes unchecked (it may be cached or downloaded)."""
+    anything else, a Hugging Face id such as `org/name`, passes unchecked (it may be cached or downloaded).
+    A directory with no `config.json` (or Mistral's `params.json`) is refused the same way: no vLLM loads it."""
     if value is None:
         return None
     what = param.opts[0] if isinstance(param, click.Option) else "model"
@@ -85,10 +88,14 @@ def model_option(_ctx: click.Context, param: click.Parameter, value: str | None)
 
 def checked_model(value: str, what: str) -> str:
     """`value` with `~` expanded when it is on disk, unchanged when it reads as a Hugging Face id;
-    ConfigError `{what} {value}: no such file or directory ...` when it is path-shaped and missing."""
+    ConfigError `{what} {value}: no such file or directory ...` when it is path-shaped and missing,
+    `... not a model directory ...` when it is a directory without a model config."""
     import os
 
     expanded = os.path.expanduser(value)
+    if os.path.isdir(expanded) and not any(os.path.isfile(os.path.join(expanded, f)) for f in MODEL_CONFIG_FILES):
+        # vLLM would die at every start-up (the defaults' included) with a truncated pydantic reason.
+        raise ConfigError(f"{what} {value}: not a model directory (no {' or '.join(MODEL_CONFIG_FILES)} in it)")
     if os.path.exists(expanded):
         return expanded
     if value in (".", "..") or value.startswith(MODEL_PATH_PREFIXES):

@@ -12,3 +12,11 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "vllm-0.32.0-cpu"
 FIELD_CASES = SHARED / "field-cases"
 CACHE = Path(os.environ.get("SLOTUNE_TEST_CACHE", REPO / ".slotune-test"))
+
+
+def model_dir(path: Path) -> Path:
+    """`path` made a folder that passes slotune's `--model` check (it holds a `config.json`) for a
+    test that launches nothing; returns it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"model_type": "llama"}\n')
+    return path

@@ -6,6 +6,7 @@ import pytest
 
 from slotune import __version__
 from slotune.cli.main import main
+from tests.support.paths import model_dir
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +35,7 @@ def test_bad_arguments_are_one_line_and_non_zero():
 
 
 def test_tune_refuses_a_bad_server_core_list_before_anything_runs(tmp_path):
-    out = run("tune", "--model", str(tmp_path), "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s",
+    out = run("tune", "--model", str(model_dir(tmp_path)), "--input-len", "8", "--output-len", "8", "--slo", "ttft_p95<=1s",
               "--server-cpus", "9999")
     assert out.returncode != 0
     assert len(out.stderr.strip().splitlines()) == 1
@@ -101,6 +102,22 @@ def test_a_model_path_that_is_not_there_is_one_error_line(command, model, elsewh
     assert not (elsewhere / "data").exists()  # refused before anything started or was written
 
 
+@pytest.mark.parametrize("command", list(LAUNCHES))
+def test_a_folder_that_is_no_model_is_one_error_line(command, elsewhere, capsys):
+    """A folder without `config.json` would pass the path check and then kill every vLLM start-up (the
+    defaults' included) with a truncated pydantic reason: refused when the command line is read."""
+    empty = elsewhere / "not-a-model"
+    empty.mkdir()
+    assert main([LAUNCHES[command][0], "--model", str(empty), *LAUNCHES[command][1:]]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"error: --model {empty}: not a model directory (no config.json or params.json "
+                                "in it)"], err
+    assert not (elsewhere / "data").exists()
+    (empty / "params.json").write_text("{}")  # Mistral's own format is a model too
+    assert main(["serve", "--model", str(empty), "--print-command"]) == 0
+
+
 def test_a_missing_model_path_is_refused_in_a_subprocess_too(tmp_path):
     # --server-cpus 9999, read after --model, is refused too: without the model check nothing starts either
     out = run("tune", "--model", str(tmp_path / "missing"), *LAUNCHES["tune"][1:], "--server-cpus", "9999")
@@ -132,7 +149,7 @@ def test_a_config_files_model_is_checked_as_model_is(elsewhere, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"error: {cfg}: model {elsewhere / 'gone'}: no such file or directory (a local model must exist; "
         "a Hugging Face model id is written ORG/NAME)"]
-    (elsewhere / "home" / "m").mkdir()
+    model_dir(elsewhere / "home" / "m")
     cfg.write_text("model: ~/m\n")  # ~ expanded, as for --model
     assert main(["serve", "--config", str(cfg), "--print-command"]) == 0
     assert f"vllm serve {elsewhere / 'home' / 'm'} " in capsys.readouterr().out
@@ -143,7 +160,7 @@ def test_a_model_path_that_is_there_passes(model, elsewhere, capsys):
     """`~` is expanded (vLLM would not expand it, and slotune refuses `~` on a command line); a relative
     path that exists passes as given."""
     for where in ("home", "cwd"):
-        (elsewhere / where / "m").mkdir()
+        model_dir(elsewhere / where / "m")
     assert main(["serve", "--model", model, "--print-command"]) == 0
     shown = str(elsewhere / "home" / "m") if model.startswith("~") else model
     assert f"vllm serve {shown} " in capsys.readouterr().out
@@ -153,7 +170,7 @@ def test_a_model_path_that_is_there_passes(model, elsewhere, capsys):
 def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_path, monkeypatch, no_launch, capsys):
     """Once the study's header line ("study NAME: tuning MODEL for SLO ...") came before the error."""
     monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
-    (tmp_path / "model").mkdir()
+    model_dir(tmp_path / "model")
     url = storage.replace("{tmp}", str(tmp_path))
     assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], "--storage", url]) == 1
     out, err = capsys.readouterr()
@@ -167,7 +184,7 @@ def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_pa
 def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, no_launch, capsys):
     # Optuna's heartbeat and the early-stop check each open their own connection: each an empty database.
     monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
-    (tmp_path / "model").mkdir()
+    model_dir(tmp_path / "model")
     assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], "--storage", storage]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [
@@ -190,7 +207,7 @@ def test_tune_refuses_an_in_memory_sqlite_study(storage, tmp_path, monkeypatch, 
 def test_tune_refuses_contradictory_or_unusable_options_up_front(args, code, says, tmp_path, monkeypatch, no_launch,
                                                                   capsys):
     monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
-    (tmp_path / "model").mkdir()
+    model_dir(tmp_path / "model")
     assert main(["tune", "--model", str(tmp_path / "model"), *LAUNCHES["tune"][1:], *args]) == code
     out, err = capsys.readouterr()
     assert out == "" and says in err and "Traceback" not in err, (out, err)

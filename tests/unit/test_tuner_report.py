@@ -35,6 +35,7 @@ from slotune.tuner.report import (
     write_outputs,
 )
 from slotune.tuner.study import TuneSpec, run_study
+from tests.support.paths import model_dir
 from tests.support.tuner import FakeMeasure
 
 SLO = "ttft_p95<=500ms,tpot_p95<=50ms"
@@ -258,7 +259,7 @@ def test_a_bad_cost_per_hour_is_one_line_and_non_zero(study: TuneSpec, bad: str,
                                                       capsys) -> None:
     # the model is a directory that exists: a missing one would be refused first (test_cli_basics)
     args = {"report": ["report", "--study", "s", "--storage", study.storage],
-            "tune": ["tune", "--model", str(tmp_path), "--slo", SLO, "--input-len", "8", "--output-len", "8",
+            "tune": ["tune", "--model", str(model_dir(tmp_path)), "--slo", SLO, "--input-len", "8", "--output-len", "8",
                      "--storage", study.storage, "--study", "never-run"]}[command]
     rc = main([*args, "--cost-per-hour", bad])
     err = capsys.readouterr().err

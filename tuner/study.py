@@ -208,9 +208,13 @@ def claims_lock(url: str, study_name: str) -> AbstractContextManager[None]:
     return setup_lock(url, f"slotune-claims:{study_name}")
 
 
+LOCK_FOLDER_SUFFIX = ".slotune-locks"  # beside a SQLite database: its studies' lock files
+
+
 @contextmanager
 def setup_lock(url: str, key: str) -> Iterator[None]:
-    """Serialize study setup across workers: an advisory lock on PostgreSQL, a file lock for SQLite."""
+    """Serialize study setup across workers: an advisory lock on PostgreSQL, a file lock for SQLite (in
+    the folder `DB` + `LOCK_FOLDER_SUFFIX`)."""
     if url.startswith("postgresql"):
         from sqlalchemy import create_engine, text
 
@@ -228,8 +232,11 @@ def setup_lock(url: str, key: str) -> Iterator[None]:
         return
     if url.startswith("sqlite:///"):
         # One file per key: a worker re-measuring under the setup lock must not stall others' claims.
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        lock_path = Path(url.removeprefix("sqlite:///") + f".slotune-lock-{digest}")
+        # They live in one folder beside the database (two per study), not beside it. They are never
+        # removed: a worker may hold the file open to lock it, and a new file would not be locked.
+        folder = Path(url.removeprefix("sqlite:///") + LOCK_FOLDER_SUFFIX)
+        folder.mkdir(exist_ok=True)
+        lock_path = folder / hashlib.sha1(key.encode()).hexdigest()[:12]
         with open(lock_path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

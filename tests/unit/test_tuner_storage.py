@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, inspect
 from slotune.errors import StoreError
 from slotune.store import Base, TrialRecord, open_store
 from slotune.tuner.storage import OPTUNA_TABLES, open_storage
+from slotune.tuner.study import setup_lock
 
 
 def test_both_schemas_in_one_sqlite_file(tmp_path):
@@ -40,3 +41,15 @@ def test_bad_storage_url_is_a_one_line_error(tmp_path):
     with pytest.raises(StoreError) as exc:
         open_storage("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     assert "\n" not in str(exc.value)
+
+
+def test_lock_files_stay_in_one_folder_beside_the_database(tmp_path):
+    """Every study takes two file locks (setup, claims): they go in one folder, not beside the
+    database, so a database holding many studies keeps one neighbour."""
+    url = f"sqlite:///{tmp_path}/many.db"
+    for name in ("a", "b", "c"):
+        for key in (f"slotune-study:{name}", f"slotune-claims:{name}"):
+            with setup_lock(url, key):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.db.slotune-locks"]
+    assert len(list((tmp_path / "many.db.slotune-locks").iterdir())) == 6

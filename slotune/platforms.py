@@ -188,8 +188,10 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     """Cores to confine a server to, written `N` or `A-B`: available here, and not all of them (the load
     generator needs a core the server's busy-polling processes do not share; docs/loadgen.md)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text or "")
-    if not m or int(m[2] or m[1]) < int(m[1]):
+    if not m:
         raise ConfigError(f"bad core list {text!r}: write one core (3) or a range (2-5)")
+    if int(m[2] or m[1]) < int(m[1]):
+        raise ConfigError(f"bad core list {text!r}: a range runs from low to high ({m[2]}-{m[1]})")
     cpus = tuple(range(int(m[1]), int(m[2] or m[1]) + 1))
     avail = os.sched_getaffinity(0)
     if missing := [c for c in cpus if c not in avail]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,7 +126,10 @@ def _engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         shown = shown_url(url)  # the driver's message may quote the URL, password and all
-        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
+        hint = "" if "://" in url else (  # a bare file path: the likeliest slip
+            f" (a database URL has a scheme: a SQLite file is written "
+            f"sqlite:///{os.path.abspath(os.path.expanduser(url))})")
+        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}{hint}") from None
 
 
 def check_url(url: str) -> None:

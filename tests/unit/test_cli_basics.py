@@ -177,6 +177,8 @@ def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_pa
     assert out == "", out  # no header, not even the progress bar's blank line
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot open database '{url}': "), err
+    if "://" not in url:  # a bare path: the line says how to write it
+        assert lines[0].endswith(f"(a database URL has a scheme: a SQLite file is written sqlite:///{url})"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no database file, no data directory
 
 

@@ -93,7 +93,7 @@ def register(app: click.Group) -> None:
     @sampling_options
     @click.option("--tokenizer", default=None, metavar="DIR",
                   help="the served model's directory (or tokenizer.json): exact prompt lengths and caps")
-    @click.option("--write-prompts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    @click.option("--write-prompts", type=click.Path(path_type=Path), default=None,
                   callback=writable_file_option,
                   metavar="FILE.jsonl", help="write the prompts this run would send (vllm bench serve's custom "
                   "format: --dataset-name custom) and exit without sending; needs no --target")

@@ -22,9 +22,9 @@ def _write(path: Path, text: str) -> None:
 @click.command("rules")
 @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, callback=slo_option,
               help="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s,error_rate<=1%'")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), callback=writable_file_option,
+@click.option("--out", type=click.Path(path_type=Path), callback=writable_file_option,
               help="write the SLO rule file here (default: stdout)")
-@click.option("--write-dir", type=click.Path(path_type=Path, file_okay=False), callback=writable_dir_option,
+@click.option("--write-dir", type=click.Path(path_type=Path), callback=writable_dir_option,
               help="write all rule files (recording, engine alerts, SLO) into this directory, "
                    "e.g. deploy/prometheus/rules")
 def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:

@@ -149,10 +149,10 @@ def register(app: click.Group) -> None:
     @click.option("--storage", callback=storage_option,
                   help="database URL (default: slotune's SQLite file; PostgreSQL for several workers)")
     @click.option("--study", "study_name", help="study name; an existing one is resumed")
-    @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), callback=writable_dir_option,
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path), callback=writable_dir_option,
                   help="directory for report.html (one self-contained file), summary.json, best.yaml, best.sh, plots")
     @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
-    @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
+    @click.option("--json", "json_out", type=click.Path(path_type=Path),
                   callback=writable_file_option, help="write the result as JSON ('-' for stdout)")
     @click.option("--kv-cache-max-gib", type=click.IntRange(min=1, max=KV_CACHE_MAX_GIB), metavar="GIB",
                   help="search the KV-cache size up to this many GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: "
@@ -202,7 +202,7 @@ def register(app: click.Group) -> None:
     @click.option("--study", "study_name", required=True, help="the study to report on")
     @click.option("--storage", help="database URL (default: slotune's SQLite file)")
     @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-    @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), callback=writable_dir_option,
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path), callback=writable_dir_option,
                   help="also write report.html (one self-contained file), summary.json, best.yaml, best.sh, plots")
     @click.option("--cost-per-hour", callback=_price, metavar="USD", help=COST_HELP)
     def report(study_name: str, storage: str | None, as_json: bool, out_dir: Path | None,

@@ -146,6 +146,28 @@ def test_bad_input_is_one_error_line(args: list[str], expected: str, files: dict
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.parametrize("args,says", [
+    (["report", "--study", "s", "--out", "{a_file}"], "--out {a_file}: exists and is not a directory"),
+    (["rules", "--out", "{tmp}"], "--out {tmp}: is a directory"),
+    (["rules", "--write-dir", "{a_file}"], "--write-dir {a_file}: exists and is not a directory"),
+    (["bench", "--write-prompts", "{tmp}"], "--write-prompts {tmp}: is a directory"),
+], ids=["report --out a file", "rules --out a directory", "rules --write-dir a file", "bench --write-prompts a dir"])
+def test_an_output_path_of_the_wrong_kind_is_exit_1_as_documented(args: list[str], says: str,
+                                                                  files: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/tuner.md: a path that cannot be written is exit 1, slotune's own line (click's own check of
+    the path's kind answered first, as a usage error: exit 2)."""
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    fill = {"{a_file}": str(files["a_file"]), "{tmp}": str(tmp_path)}
+    argv = [fill.get(a, a) for a in args]
+    assert main(argv) == 1
+    expected = says
+    for k, v in fill.items():
+        expected = expected.replace(k, v)
+    assert capsys.readouterr().err.strip() == f"error: {expected}"
+
+
 def test_non_json_receivers_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SLOTUNE_RECEIVERS", "not json")
     assert main(["sidecar", "--target", "http://127.0.0.1:1"]) == 1

@@ -119,6 +119,25 @@ def load_label(row: dict[str, Any]) -> str:
     return f"{row['rate']:g} req/s" if isinstance(row.get("rate"), (int, float)) else "-"
 
 
+def runs_text(goodputs: list[float]) -> str:
+    """A side's goodput runs, '2 runs: 0.312, 0.287' (each run's req/s; the mean is printed before it)."""
+    return f"{len(goodputs)} run{'' if len(goodputs) == 1 else 's'}: " + ", ".join(f"{g:.3g}" for g in goodputs)
+
+
+def tuned_for(result: StudyResult) -> str:
+    """What the study tuned for, one line: 'study S: model M, workload W, SLO X, offered rate R req/s
+    (or concurrency C, or capacity mode), N requests a trial'; from the study's stored settings."""
+    s = result.settings
+    load = ("capacity mode (the highest rate meeting the SLO)" if s.get("mode") == "capacity"
+            else f"concurrency {s['concurrency']}" if s.get("concurrency") is not None
+            else f"offered rate {s['rate']:g} req/s" if isinstance(s.get("rate"), (int, float)) else None)
+    parts = [f"model {s['model']}" if s.get("model") else None,
+             f"workload {s['workload']}" if s.get("workload") else None,
+             f"SLO {s['slo']}" if s.get("slo") else None, load,
+             f"{s['num_requests']} requests a trial" if s.get("num_requests") else None]
+    return f"study {result.study}: " + ", ".join(p for p in parts if p)
+
+
 def cost_per_1k_tokens(usd_per_hour: float, output_tokens_per_s: float | None) -> float | None:
     """USD per 1,000 output tokens: `usd_per_hour / (output_tokens_per_s * 3600) * 1000`.
 
@@ -445,6 +464,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     from rich.markup import escape
 
     console = console or Console()
+    console.print(tuned_for(result), markup=False, soft_wrap=True)
     for table in trial_tables(result, console.width):
         console.print(table)
     # Prose lines are not wrapped (soft_wrap): a terminal folds them itself, and a log file keeps
@@ -473,7 +493,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     for label, e in sides(result):
         iv = result.interval(e["trial"])
         console.print(f"{label}: trial {e['trial']}, goodput {e['goodput_mean']:.3g} req/s{_fmt_ci(iv)} "
-                      f"(samples {', '.join(f'{g:.3g}' for g in e['goodput_samples'])}), "
+                      f"({runs_text(e['goodput_samples'])}), "
                       f"{slo_outcomes(iv, e['feasible'])}", markup=False, soft_wrap=True)
     if result.cost_per_hour is not None:
         cost = cost_figures(result)

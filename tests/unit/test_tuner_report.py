@@ -112,7 +112,7 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     command = (result.recommended or {}).get("command") or ""
     # The tables fit; the serve line is meant to be copied whole, and the verdict and the baseline's and
     # best's lines stay one line each (a log file kept them split at 80 columns, grep found half).
-    prose = ("trials: ", "wall time: ", "verdict: ", "hint: ", "baseline: ", "best tuned: ", "cost (")
+    prose = ("study s: ", "trials: ", "wall time: ", "verdict: ", "hint: ", "baseline: ", "best tuned: ", "cost (")
     assert all(len(line) <= width for line in lines if line != command and not line.startswith(prose))
     assert [ln for ln in lines if ln.startswith("verdict: ")] == [f"verdict: {result.verdict.message}"]
     assert next(ln for ln in lines if ln.startswith("trials: ")).endswith(" running, 0 waiting")  # one line
@@ -133,7 +133,10 @@ def test_tables_stay_readable_at_narrow_widths(study: TuneSpec, width: int, conf
     # the same p95, said "inconclusive"): TTFT p95 0.8 s misses 500 ms, TPOT 20 ms meets 50 ms.
     text = " ".join(" ".join(lines).split())
     outcomes = "ttft_p95 met, tpot_p95 inconclusive" if conf else "ttft_p95 missed, tpot_p95 met"
-    assert f"(samples 3, 3, 3), SLO at 95%: {outcomes} best tuned: trial 1" in text, text
+    assert f"(3 runs: 3, 3, 3), SLO at 95%: {outcomes} best tuned: trial 1" in text, text
+    # What it tuned for, before the tables (the HTML's header line says it too).
+    assert lines[0] == f"study s: model /models/tiny, workload fixed:32x16, SLO {SLO}, offered rate 4 req/s, " \
+                       "40 requests a trial", lines[0]
     if conf:
         assert any("[0.5, 0.75] at 95%" in ln for ln in lines)
         assert any(re.match(r"^\s*concurrency 16\s+off\s+7\.25\s*$", ln) for ln in lines)  # the K-by-load table

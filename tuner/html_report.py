@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from slotune.slo import RATIO_METRICS, fmt_figure
+from slotune.tuner.labels import SCHEDULE, fmt_params
 from slotune.tuner.report import (
-    SCHEDULE,
     StudyResult,
     cost_figures,
     interval_pair,
@@ -193,7 +193,7 @@ def _data_uri(path: Path) -> str:
 
 def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
     """Everything the template shows, as plain data (the images as `data:` URIs)."""
-    from slotune.tuner.report import _fmt_params, fmt_usd, load_hint
+    from slotune.tuner.report import fmt_usd, load_hint
 
     rec = result.recommended
     rows = []
@@ -204,7 +204,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
         if cost:
             usd = next((c["usd_per_1k_output_tokens"] for c in (cost["baseline"], cost["recommended"])
                         if c and c["trial"] == e["trial"]), None)
-        rows.append({"label": label, "trial": e["trial"], "flags": _fmt_params(e.get("params") or {}),
+        rows.append({"label": label, "trial": e["trial"], "flags": fmt_params(e.get("params") or {}),
                       "mean": e["goodput_mean"], "samples": e.get("goodput_samples") or [],
                       "ci": interval_pair(iv.get("goodput_ci")), "confidence": iv.get("confidence"),
                       "feasible": e.get("feasible"), "output_throughput": e.get("output_throughput"),
@@ -219,7 +219,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
         "sides": rows,
         "slo_rows": slo_rows(result),
         "fmt_value": fmt_value,
-        "fmt_params": _fmt_params,
+        "fmt_params": fmt_params,
         "recommended": rec,
         "cost": cost,
         "fmt_usd": fmt_usd,

@@ -41,6 +41,7 @@ from slotune.server import as_served
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord, TrialRowState
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
+from slotune.tuner.labels import trial_label
 from slotune.tuner.measure import Measure, Measurement, PartialCheck
 from slotune.tuner.space import SearchSpace
 from slotune.vllm_config import VllmConfig
@@ -77,7 +78,7 @@ DEFAULT_PRUNE_FACTOR = 2.0
 # (trial number, stage) → the CLI's progress bar
 Events = Callable[[int, str], None]
 # How the last stage a trial's `events` get begins (its outcome): a progress line marks the trial done.
-OUTCOME_STAGES = ("done", "infeasible", "stopped early", "the same server as trial")
+OUTCOME_STAGES = ("done", "infeasible", "stopped early", "duplicate")
 
 
 def _twin(trial: optuna.Trial, command: str | None) -> FrozenTrial | None:
@@ -220,6 +221,7 @@ class TrialObjective:
         trial.set_user_attr("command", served.serve_command())
         trial.set_user_attr("config", config.model_dump(mode="json", exclude_none=True))
         trial.set_user_attr(SERVED, served.model_dump(mode="json", exclude_none=True))  # best.yaml's flags
+        self._emit(trial, trial_label(origin, trial.user_attrs, trial.user_attrs["params"]))
 
         # A config drawn again is a duplicate first, refused or not: it spends no trial of the budget.
         self._skip_duplicate(trial, config, origin)
@@ -302,7 +304,7 @@ class TrialObjective:
                 trial.set_user_attr("reason", reason)
         self._record(trial.number, TrialRowState.PRUNED, reason, config,
                      Measurement(ok=False, status=DUPLICATE, reason=reason), constraints)
-        self._emit(trial, reason)
+        self._emit(trial, f"{DUPLICATE}: {reason}")
         raise optuna.TrialPruned(reason)
 
     def _queue_instead(self, trial: optuna.Trial) -> str | None:

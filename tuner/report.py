@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from slotune.errors import ConfigError
 from slotune.loadgen.figures import LoadFigures
 from slotune.store import shown_url
 from slotune.tuner import speculation
+from slotune.tuner.labels import fmt_params, why_tried
 from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import (
     BASELINE,
@@ -294,18 +294,6 @@ def row(t: FrozenTrial) -> dict[str, Any]:
             "measurement_warnings": list(client.warnings) if client is not None else []}
 
 
-def why_tried(ua: Mapping[str, Any]) -> str:
-    """Why a queued trial ran, in a few words for the trials table: the playbook whose remedy it is
-    (and the trial it builds on), or the redraw it replaces; "" for the baseline and sampled trials."""
-    if ua.get("remedy"):
-        playbook = str(ua["remedy"]).split(":", 1)[0]
-        on_top = f", on top of trial {ua['follows']}" if ua.get("follows") is not None else ""
-        return f"remedy of {playbook}{on_top}"
-    if ua.get("instead_of") is not None:
-        return f"instead of trial {ua['instead_of']}'s redraw"
-    return ""
-
-
 def _p95(client: LoadFigures | None, metric: str) -> float | None:
     block = client.latency(metric) if client is not None else None
     return block.p95 if block is not None else None
@@ -330,22 +318,6 @@ def pareto_front(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
 
 def _fmt_s(v: Any) -> str:
     return "-" if not isinstance(v, (int, float)) else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
-
-
-SCHEDULE = "num_speculative_tokens_per_batch_size"  # vLLM's K by batch size: [[first, last, K], ...]
-
-
-def _fmt_flag(k: str, v: Any) -> str:
-    if isinstance(v, dict):
-        sched = v.get(SCHEDULE)
-        # one token, no blanks, so a wrapped line never splits it
-        by_batch = "/batch:" + ",".join(f"{a}-{b}:K{n}" for a, b, n in sched) if sched else ""
-        v = f"{v.get('method')}/K={v.get('num_speculative_tokens')}{by_batch}"
-    return f"{k}={v}"
-
-
-def _fmt_params(p: dict[str, Any]) -> str:
-    return " ".join(_fmt_flag(k, v) for k, v in p.items()) if p else "(vLLM defaults)"
 
 
 def interval_pair(ci: Any) -> tuple[float, float] | None:
@@ -451,7 +423,7 @@ def trial_tables(result: StudyResult, width: int = 80) -> tuple[Any, Any]:
                         _fmt_s(r["ttft_p95"]), _fmt_s(r["tpot_p95"]), slo,
                         *((f"{ws:.0f}" if isinstance(ws, (int, float)) else "-",) if wall else ()))
         queued = r.get("queued_params")
-        detail = (f"queued: {_fmt_params(queued)}" if queued else _fmt_params(r["params"])) + (
+        detail = (f"queued: {fmt_params(queued)}" if queued else fmt_params(r["params"])) + (
             f"  ({r['why_tried']})" if r.get("why_tried") else "") + (f"  [{r['reason']}]" if r["reason"] else "")
         flags.add_row(str(r["trial"]), Text(detail))  # Text: "[reason]" is data, not rich markup
     return figures, flags

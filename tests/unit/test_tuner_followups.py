@@ -192,3 +192,24 @@ def test_the_report_says_why_each_queued_trial_ran(tmp_path):
     assert "(remedy of prefill_stalls_decode, on top of trial 1)" in page
     row = next(r for r in result.to_dict()["rows"] if r["trial"] == 2)
     assert row["follows"] == 1 and row["why_tried"] == "remedy of prefill_stalls_decode, on top of trial 1"
+
+
+def test_the_progress_lines_name_each_trials_origin_and_its_duplicates(tmp_path):
+    # A new user could not tell from the progress lines why a trial ran or that a line was a duplicate.
+    events: list[tuple[int, str]] = []
+    s = spec(tmp_path, trials=9, max_remedies=0, seed=3)
+    run_study(s, measure=staged(2.0, []), events=lambda n, stage: events.append((n, stage)))
+    first = {}
+    for n, stage in events:
+        first.setdefault(n, stage)
+    trials = {t.number: t for t in _trials(s)}
+    assert first[0] == "baseline: (vLLM defaults)"
+    for n, t in trials.items():
+        if t.user_attrs.get("instead_of") is not None:
+            assert first[n].startswith(f"{t.user_attrs['origin']}, instead of trial {t.user_attrs['instead_of']}'s "
+                                       "redraw: "), first[n]
+        if t.user_attrs.get("state") == "duplicate":
+            last = [stage for m, stage in events if m == n][-1]
+            assert last.startswith(f"duplicate: the same server as trial {t.user_attrs['duplicate_of']}"), last
+    assert any(t.user_attrs.get("state") == "duplicate" for t in trials.values())
+    assert any(t.user_attrs.get("instead_of") is not None for t in trials.values())

@@ -338,7 +338,7 @@ def study_spec_offered(tmp_path: Path) -> TuneSpec:
 
 
 def test_a_speculation_schedule_reads_as_k_by_batch_size(study: TuneSpec, tmp_path: Path) -> None:
-    from slotune.tuner.report import _fmt_params
+    from slotune.tuner.labels import fmt_params as _fmt_params
 
     sched = [[1, 4, 4], [5, 256, 0]]
     flags = _fmt_params({"speculative_config": {"method": "ngram", "num_speculative_tokens": 4,

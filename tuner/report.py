@@ -119,6 +119,12 @@ def load_label(row: dict[str, Any]) -> str:
     return f"{row['rate']:g} req/s" if isinstance(row.get("rate"), (int, float)) else "-"
 
 
+def stale_text(counts: dict[str, int]) -> str:
+    """' (1 of them stale: its worker stopped)' after the running count, '' when none is stale."""
+    n = counts.get("stale", 0)
+    return f" ({n} of them stale: {'its worker' if n == 1 else 'their workers'} stopped)" if n else ""
+
+
 def runs_text(goodputs: list[float]) -> str:
     """A side's goodput runs, '2 runs: 0.312, 0.287' (each run's req/s; the mean is printed before it)."""
     return f"{len(goodputs)} run{'' if len(goodputs) == 1 else 's'}: " + ", ".join(f"{g:.3g}" for g in goodputs)
@@ -215,6 +221,14 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     counts["pruned"] = pruned.count(PRUNED)
     counts["duplicate"] = pruned.count(DUPLICATE)
     counts["infeasible"] = len(pruned) - counts["pruned"] - counts["duplicate"]
+    stale = stale_trials(study)
+    counts["stale"] = len(stale)
+    rows = [row(t) for t in trials]
+    for r in rows:
+        if r["trial"] in stale:
+            r["state"] = STALE
+            r["reason"] = (f"running, but no heartbeat for over {stale_after(study)} s: its worker stopped (killed?); "
+                           "the next worker on this study fails it and runs its config again")
     recommended = by_number.get(verdict.winner) if verdict.winner is not None else None
     return StudyResult(
         study=study_name,
@@ -225,7 +239,7 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
         best=entry(best_t, attrs) if best_t else None,
         verdict=verdict,
         pareto=pareto_front(trials),
-        rows=[row(t) for t in trials],
+        rows=rows,
         wall=wall_times(trials, attrs),
         speculation=speculation.summary(trials, recommended.user_attrs.get("params") if recommended else None),
         search_stopped=str(attrs.get(SEARCH_STOPPED) or ""),
@@ -272,6 +286,32 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "wall_seconds": ua.get(WALL),
         "log_path": ua.get("log_path"),
     }
+
+
+STALE = "stale"  # a row's state: running in storage, its worker gone (no heartbeat within the grace period)
+
+
+def _rdb(study: optuna.Study) -> Any:
+    storage = study._storage  # Optuna wraps its RDB storage in a cache: the heartbeats are the backend's
+    return getattr(storage, "_backend", storage)
+
+
+def stale_after(study: optuna.Study) -> int:
+    """Seconds without a heartbeat after which a running trial is stale (Optuna's grace period)."""
+    rdb = _rdb(study)
+    return int(getattr(rdb, "grace_period", None) or 2 * (getattr(rdb, "heartbeat_interval", None) or 0))
+
+
+def stale_trials(study: optuna.Study) -> set[int]:
+    """Numbers of the study's running trials whose worker stopped: no heartbeat within Optuna's grace
+    period (`RDBStorage._get_stale_trial_ids`, what `fail_stale_trials` acts on; read here, nothing is
+    written: a report only reads). A killed `slotune tune` leaves its trial running in storage until
+    the next worker on the study fails it and retries its config."""
+    rdb = _rdb(study)
+    if not getattr(rdb, "heartbeat_interval", None) or not hasattr(rdb, "_get_stale_trial_ids"):
+        return set()
+    ids = set(rdb._get_stale_trial_ids(study._study_id))
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in ids}
 
 
 def row(t: FrozenTrial) -> dict[str, Any]:
@@ -445,7 +485,7 @@ def render(result: StudyResult, console: Any = None) -> None:
     dup = c.get("duplicate", 0)
     console.print(f"trials: {c['complete']} measured, {c.get('pruned', 0)} stopped early, {c['infeasible']} "
                   f"infeasible, {dup} duplicate{'' if dup == 1 else 's'} (not measured), {c['fail']} failed, "
-                  f"{c['running']} running, {c['waiting']} waiting", soft_wrap=True)
+                  f"{c['running']} running{stale_text(c)}, {c['waiting']} waiting", soft_wrap=True)
     if result.search_stopped:
         console.print(f"search stopped before its trial budget: {result.search_stopped}", markup=False,
                       soft_wrap=True)

@@ -484,3 +484,38 @@ def test_goodput_against_rate_draws_the_best_tuned_config_too(tmp_path: Path, mo
               {"label": "best tuned", "trial": 3, "rate": 2.0, "goodput": 1.9, "measured_rate": 2.0, "met": True}]
     assert _plot_rate(points, "offered", tmp_path / "rate.png")
     assert "baseline" in drawn and "best tuned" in drawn
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("killed", [True, False], ids=["worker killed", "worker alive"])
+def test_a_trial_whose_worker_was_killed_reads_as_stale_not_running(study: TuneSpec, killed: bool,
+                                                                   tmp_path: Path) -> None:
+    """A SIGKILLed `slotune tune` leaves its trial RUNNING in storage (nothing ran to end it); its
+    heartbeat stops. The report said '1 running' for good; it now says the worker stopped, from the
+    heartbeat's age (a worker's last heartbeat set 10 minutes back stands in for the kill)."""
+    import sqlite3
+
+    import optuna
+
+    from slotune.tuner.storage import open_storage
+
+    db = tmp_path / "k.db"
+    with sqlite3.connect(study.storage.removeprefix("sqlite:///")) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # the study's file may hold part of its data in its WAL: a file copy would miss it
+    url = f"sqlite:///{db}"
+    s = optuna.load_study(study_name="s", storage=open_storage(url))
+    running = s.ask()  # a worker's trial, mid-measurement
+    s._storage.record_heartbeat(running._trial_id)
+    if killed:
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-10 minutes')")
+    result = summarize(url, "s")
+    r = next(r for r in result.rows if r["trial"] == running.number)
+    lines = screen(result, 100)
+    counts = next(ln for ln in lines if ln.startswith("trials: "))
+    if killed:
+        assert r["state"] == "stale" and "no heartbeat for over 60 s: its worker stopped" in r["reason"]
+        assert counts.endswith(" 1 running (1 of them stale: its worker stopped), 0 waiting"), counts
+    else:
+        assert r["state"] == "running" and not r["reason"]
+        assert counts.endswith(" 1 running, 0 waiting"), counts

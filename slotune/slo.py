@@ -113,6 +113,25 @@ def fmt_figure(key: str, value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def fmt_interval(key: str, ci: tuple[float, float] | list[float] | None) -> str:
+    """An SLO figure's interval for people: '[775 ms, 825 ms]'. A latency interval's end that the
+    requests cannot bound (a tail quantile of few requests: `tuner.confidence.quantile_interval` sets
+    it to 0 below, +inf above) is said so, not printed as '0 ms' or 'inf s': '[under 133 ms: too few
+    requests for a lower bound]'. '' without an interval."""
+    if not ci or len(ci) != 2:
+        return ""
+    lo, hi = ci
+    if key not in RATIO_METRICS:
+        no_lo, no_hi = lo <= 0, isinstance(hi, (int, float)) and math.isinf(hi)
+        if no_lo and no_hi:
+            return "[unbounded: too few requests to bound it]"
+        if no_lo:
+            return f"[under {fmt_figure(key, hi)}: too few requests for a lower bound]"
+        if no_hi:
+            return f"[over {fmt_figure(key, lo)}: too few requests for an upper bound]"
+    return f"[{fmt_figure(key, lo)}, {fmt_figure(key, hi)}]"
+
+
 INCONCLUSIVE = "inconclusive at this resolution"
 
 

@@ -20,7 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from slotune.slo import RATIO_METRICS, fmt_figure
+from slotune.slo import RATIO_METRICS, fmt_figure, fmt_interval
 from slotune.tuner.labels import SCHEDULE, fmt_params
 from slotune.tuner.report import (
     StudyResult,
@@ -219,6 +219,7 @@ def context(result: StudyResult, images: dict[str, Path]) -> dict[str, Any]:
         "sides": rows,
         "slo_rows": slo_rows(result),
         "fmt_value": fmt_value,
+        "fmt_interval": fmt_interval,
         "fmt_params": fmt_params,
         "recommended": rec,
         "cost": cost,

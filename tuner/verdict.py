@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from slotune.errors import ConfigError
-from slotune.slo import SloSpec, fmt_figure
+from slotune.slo import SloSpec, fmt_figure, fmt_interval
 from slotune.store import Store, TrialRowState
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
 from slotune.tuner.constraints import slo_constraints
@@ -209,7 +209,7 @@ def _fmt_ci(f: SloFigure) -> str:
     ci, key = f.figure.ci, f.target.key
     if not ci or f.figure.estimate is None:
         return f"{key} (no interval)"
-    return f"{key} {fmt_figure(key, f.figure.estimate)} [{fmt_figure(key, ci[0])}, {fmt_figure(key, ci[1])}]"
+    return f"{key} {fmt_figure(key, f.figure.estimate)} {fmt_interval(key, ci)}"
 
 
 def why_not(c: Samples, base: Samples | None) -> str | None:

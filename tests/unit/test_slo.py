@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from slotune.errors import ConfigError
@@ -72,3 +74,19 @@ def test_a_huge_settings_file_is_refused_before_parsing(tmp_path):
     big.write_text("slo: '" + "ttft_p95<=1s," * (SETTINGS_MAX_BYTES // 10) + "'\n")
     with pytest.raises(ConfigError, match=f"over the limit of {SETTINGS_MAX_BYTES} bytes"):
         Settings.load(big)
+
+
+def test_an_interval_end_the_requests_cannot_bound_is_said_so_not_printed_as_zero():
+    """A p95 over few requests has no lower bound (quantile_interval: 0) or no upper one (+inf); a
+    new user read '[0 ms, 133 ms]' as a measured 0."""
+    from slotune.slo import fmt_interval
+    from slotune.tuner.confidence import quantile_interval
+
+    few = quantile_interval([0.05 + i / 1000 for i in range(20)], 0.95)  # 20 requests: no upper bound
+    assert few[1] == math.inf
+    assert fmt_interval("tpot_p95", few) == f"[over {few[0] * 1000:.0f} ms: too few requests for an upper bound]"
+    assert fmt_interval("ttft_p95", (0.0, 0.133)) == "[under 133 ms: too few requests for a lower bound]"
+    assert fmt_interval("ttft_p95", (0.0, math.inf)) == "[unbounded: too few requests to bound it]"
+    assert fmt_interval("ttft_p95", (0.775, 0.825)) == "[775 ms, 825 ms]"
+    assert fmt_interval("error_rate", (0.0, 0.013)) == "[0.00%, 1.30%]"  # a share's 0 is a real bound
+    assert fmt_interval("ttft_p95", None) == ""

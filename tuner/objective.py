@@ -227,8 +227,8 @@ class TrialObjective:
         self._skip_duplicate(trial, config, origin)
         reason = self.space.infeasible_reason(config)
         if reason is not None:
-            self._emit(trial, "infeasible (not launched)")
-            self._infeasible(trial, config, Measurement(ok=False, status="invalid_config", reason=reason))
+            self._infeasible(trial, config, Measurement(ok=False, status="invalid_config", reason=reason),
+                             "infeasible (not launched)")
 
         def say(stage: str) -> None:
             self._emit(trial, stage)
@@ -241,8 +241,7 @@ class TrialObjective:
         if measured.status == PRUNED:
             self._pruned(trial, config, measured)
         if not measured.ok:
-            self._emit(trial, f"infeasible: {measured.status}")
-            self._infeasible(trial, config, measured)
+            self._infeasible(trial, config, measured, f"infeasible: {measured.status}")
 
         constraints = slo_constraints(self.slo, measured.client)
         for key, value in constraints.items():
@@ -376,12 +375,13 @@ class TrialObjective:
         self._emit(trial, measured.reason)
         raise optuna.TrialPruned(measured.reason)
 
-    def _infeasible(self, trial: optuna.Trial, config: VllmConfig, measured: Measurement) -> None:
+    def _infeasible(self, trial: optuna.Trial, config: VllmConfig, measured: Measurement, stage: str) -> None:
         constraints = infeasible_constraints(self.slo)
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         self._annotate(trial, measured, "infeasible", False)
         self._record(trial.number, TrialRowState.INFEASIBLE, measured.reason, config, measured, constraints)
+        self._emit(trial, stage)
         raise optuna.TrialPruned(f"infeasible: {measured.reason}")
 
     def _annotate(self, trial: optuna.Trial, m: Measurement, state: str, feasible: bool) -> None:
@@ -400,5 +400,10 @@ class TrialObjective:
                      rate=m.rate, status=m.status, seconds=m.seconds, **{WALL: self._wall()})
 
     def _emit(self, trial: optuna.Trial, stage: str) -> None:
-        if self.events is not None:
-            self.events(trial.number, stage)
+        if self.events is None:
+            return
+        if stage.startswith(OUTCOME_STAGES):
+            # The wall time the trials table shows (recorded just before), not a clock of the caller's.
+            wall = trial.user_attrs.get(WALL)
+            stage += f" ({wall if isinstance(wall, (int, float)) else self._wall():.0f} s)"
+        self.events(trial.number, stage)

@@ -95,18 +95,13 @@ class _TrialProgress:
         self.progress = Progress(SpinnerColumn(), TextColumn("trial {task.fields[trial]:>3}"),
                                  TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
         self.tasks: dict[int, Any] = {}
-        self.started: dict[int, float] = {}
 
     def __call__(self, trial: int, stage: str) -> None:
-        import time
-
         from slotune.tuner.objective import OUTCOME_STAGES
 
         done = stage.startswith(OUTCOME_STAGES)
-        if not self.live:
-            since = self.started.setdefault(trial, time.monotonic())
-            took = f" ({time.monotonic() - since:.0f} s)" if done else ""
-            click.echo(f"trial {trial:>3}: {stage}{took}")
+        if not self.live:  # an outcome stage ends with the trial's wall time, as the trials table has it
+            click.echo(f"trial {trial:>3}: {stage}")
             return
         task = self.tasks.get(trial)
         if task is None:

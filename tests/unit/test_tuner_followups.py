@@ -213,3 +213,7 @@ def test_the_progress_lines_name_each_trials_origin_and_its_duplicates(tmp_path)
             assert last.startswith(f"duplicate: the same server as trial {t.user_attrs['duplicate_of']}"), last
     assert any(t.user_attrs.get("state") == "duplicate" for t in trials.values())
     assert any(t.user_attrs.get("instead_of") is not None for t in trials.values())
+    # Each outcome line ends with the wall time the trials table shows (the two clocks once differed by 1 s).
+    for n, t in trials.items():
+        last = [stage for m, stage in events if m == n][-1]
+        assert last.endswith(f" ({t.user_attrs['wall_seconds']:.0f} s)"), (last, t.user_attrs["wall_seconds"])

@@ -26,6 +26,7 @@ reaches the same verdict later from storage alone (the bootstrap is seeded).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from slotune.errors import ConfigError
 from slotune.slo import SloSpec, fmt_figure, fmt_interval
 from slotune.store import Store, TrialRowState
 from slotune.tuner.confidence import CONFIDENCE, Figure, RunRequests, SloFigure, goodput_figure, judge_slos
-from slotune.tuner.constraints import slo_constraints
+from slotune.tuner.constraints import LAUNCH, slo_constraints
 from slotune.tuner.measure import Measure, Measurement
 from slotune.tuner.objective import BASELINE, ORIGIN, PRUNED, Events, record_trial
 from slotune.tuner.space import SearchSpace
@@ -194,13 +195,22 @@ def samples_of(trial: FrozenTrial, study_attrs: Mapping[str, Any], slo: SloSpec 
                    judge_slos(kept, slo, confidence) if slo is not None else {}, confidence)
 
 
-def rank_key(t: FrozenTrial) -> tuple[bool, float]:
-    """A trial's place in `ranked` (lower ranks first): feasible before infeasible, then goodput."""
-    return not t.user_attrs.get("feasible"), -float(t.user_attrs.get("goodput") or 0)
+def worst_slo_excess(t: FrozenTrial) -> float:
+    """How far the trial's own run missed its worst SLO target, as its constraint (`measured /
+    threshold - 1`; <= 0 met; +inf without constraints)."""
+    return max((v for k, v in (t.constraints or {}).items() if k != LAUNCH), default=math.inf)
+
+
+def rank_key(t: FrozenTrial) -> tuple[bool, float, float]:
+    """A trial's place in `ranked` (lower ranks first): feasible before infeasible, then goodput, then
+    how far it missed its worst SLO target (`worst_slo_excess`: among configs that serve nothing
+    within the SLOs, goodput 0 alike, the one closest to them first)."""
+    return not t.user_attrs.get("feasible"), -float(t.user_attrs.get("goodput") or 0), worst_slo_excess(t)
 
 
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Measured trials, feasible ones first, each group by goodput (highest first)."""
+    """Measured trials, feasible ones first, each group by goodput (highest first), then by how far
+    they missed their worst SLO target (least first)."""
     return sorted((t for t in trials if t.state is TrialState.COMPLETE), key=rank_key)
 
 

@@ -217,3 +217,33 @@ def test_the_progress_lines_name_each_trials_origin_and_its_duplicates(tmp_path)
     for n, t in trials.items():
         last = [stage for m, stage in events if m == n][-1]
         assert last.endswith(f" ({t.user_attrs['wall_seconds']:.0f} s)"), (last, t.user_attrs["wall_seconds"])
+
+
+def test_a_remedy_that_only_comes_closer_to_the_slo_is_built_on(tmp_path):
+    """Goodput under an SLO is a threshold: a first fix may serve nothing within it yet (the baseline's
+    TTFT p95 2.5 s, the remedy's 1.6 s, against 1 s: goodput 0 both) while its own finding points at the
+    second fix that meets it. Ranked by goodput alone the two tied, and the pair was never queued."""
+    def measure_with(ttft_of_remedy: float):
+        def measure(config: VllmConfig, progress=None) -> Measurement:
+            tuned = config.tuned_params()
+            findings = ()
+            if tuned == {}:
+                g, ttft, findings = 0.0, 2.5, (finding("slow", "warning", "slow", SEQS),)
+            elif tuned == {"max_num_seqs": 32}:
+                g, ttft, findings = 0.0, ttft_of_remedy, (finding("stalls", "warning", "stalls", BUDGET),)
+            elif tuned == {"max_num_seqs": 32, "max_num_batched_tokens": 512}:
+                g, ttft = 3.0, 0.5
+            else:
+                g, ttft = 0.0, 3.0
+            return Measurement(ok=True, goodput=g, client=client(ttft, g), server=window(kv_cache_usage=0.5),
+                               findings=findings, requests=requests(g, ttft, good_share=1.0 if g else 0.0))
+        return measure
+
+    for ttft_of_remedy, followed in ((1.6, True), (2.45, False)):  # 0.9 of the threshold closer; 0.05: noise
+        s = spec(tmp_path, study_name=f"closer-{followed}", trials=3)
+        run_study(s, measure=measure_with(ttft_of_remedy))
+        trials = optuna.load_study(study_name=s.study_name, storage=s.storage).get_trials()
+        follows = [t for t in trials if t.user_attrs.get("follows") == 1]
+        assert bool(follows) is followed, [t.user_attrs.get("origin") for t in trials]
+        if followed:
+            assert follows[0].user_attrs["goodput"] == 3.0  # the pair, queued as trial 2, meets the SLO

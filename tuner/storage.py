@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from slotune import paths
 from slotune.errors import StoreError, one_line
-from slotune.store import open_store, shown_url, sqlite_file, sqlite_tables
+from slotune.store import bad_url_message, open_store, shown_url, sqlite_file, sqlite_tables
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
@@ -117,7 +117,7 @@ def _server_tables(url: str) -> set[str]:
     try:
         engine = create_engine(url)
     except Exception as exc:  # noqa: BLE001 - a bad URL or a missing driver: one line, as open_store says it
-        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}") from None
+        raise StoreError(bad_url_message(url, exc)) from None
     try:
         return set(inspect(engine).get_table_names())
     except Exception as exc:  # noqa: BLE001 - refused, unreachable, no such database: one line

@@ -38,11 +38,11 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slotune import paths
-from slotune.errors import ConfigError
+from slotune.errors import ConfigError, StoreError
 from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.loadgen.workload import Workload
 from slotune.slo import SloSpec
-from slotune.store import open_store
+from slotune.store import open_store, sqlite_file
 from slotune.tuner.measure import LoadSpec, Measure, Measurement, ServerMeasure
 from slotune.tuner.objective import (
     BASELINE,
@@ -230,12 +230,19 @@ def setup_lock(url: str, key: str) -> Iterator[None]:
         finally:
             engine.dispose()
         return
-    if url.startswith("sqlite:///"):
+    db = sqlite_file(url)  # however the URL is written: `sqlite+pysqlite:///`, `?timeout=30`
+    if db is not None:
         # One file per key: a worker re-measuring under the setup lock must not stall others' claims.
         # They live in one folder beside the database (two per study), not beside it. They are never
         # removed: a worker may hold the file open to lock it, and a new file would not be locked.
-        folder = Path(url.removeprefix("sqlite:///") + LOCK_FOLDER_SUFFIX)
-        folder.mkdir(exist_ok=True)
+        folder = db.with_name(db.name + LOCK_FOLDER_SUFFIX)
+        try:
+            folder.mkdir(exist_ok=True)
+        except FileExistsError:
+            raise StoreError(f"cannot lock the study: {folder} exists and is not a directory "
+                             "(slotune keeps its lock files there)") from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock the study: cannot create {folder} ({exc.strerror or exc})") from None
         lock_path = folder / hashlib.sha1(key.encode()).hexdigest()[:12]
         with open(lock_path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

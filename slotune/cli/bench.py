@@ -77,12 +77,12 @@ def render(f: LoadFigures, target: str) -> Any:
     return Group(lat, summary)
 
 
-def _write_json(obj: dict[str, Any], out: str) -> None:
+def _write_json(obj: dict[str, Any], out: Path) -> None:
     text = to_json(obj, indent=2)
-    if out == "-":
+    if str(out) == "-":
         click.echo(text)
     else:
-        Path(out).write_text(text + "\n")
+        out.write_text(text + "\n")
 
 
 def register(app: click.Group) -> None:
@@ -117,14 +117,15 @@ def register(app: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
                   show_default=True, metavar="S")
-    @click.option("--json", "json_out", default=None, metavar="OUT", help="write the result as JSON to OUT (- for stdout)")
+    @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, metavar="OUT",
+                  callback=writable_file_option, help="write the result as JSON to OUT (- for stdout)")
     @click.option("--no-progress", is_flag=True, help="no progress bar")
     def bench(target: str | None, model: str | None, workload: str | None, temperature: float | None,
               top_p: float | None, tokenizer: str | None, write_prompts: Path | None,
               input_len: int | None, output_len: int | None,
               rate: float | None, burstiness: float, concurrency: int | None, num_requests: int | None,
               duration: float | None, slo_text: str | None, find_max_rate: bool, start_rate: float, seed: int,
-              request_timeout: float, json_out: str | None, no_progress: bool) -> None:
+              request_timeout: float, json_out: Path | None, no_progress: bool) -> None:
         """Drive load at an OpenAI-compatible server; client-side TTFT/TPOT/ITL, SLO attainment, goodput."""
         from rich.console import Console
 
@@ -181,7 +182,7 @@ def register(app: click.Group) -> None:
             from slotune.loadgen.sweep import find_max_rate as sweep
 
             def show(point: Any) -> None:
-                if json_out != "-":
+                if str(json_out) != "-":
                     f = point.result.figures()
                     console.print(f"rate {point.rate:g}/s: {'meets' if point.met else 'misses'} the SLOs "
                                   f"(goodput {f.goodput:.2f} req/s, {f.completed} ok, {f.failed} failed)")
@@ -191,7 +192,7 @@ def register(app: click.Group) -> None:
                           concurrency=concurrency, request_timeout=request_timeout, progress=progress, on_point=show)
             if json_out is not None:
                 _write_json(found.to_dict(), json_out)
-            if json_out != "-":
+            if str(json_out) != "-":
                 if found.best is None:
                     console.print(f"no rate tried meets {slo}")
                 else:
@@ -205,7 +206,7 @@ def register(app: click.Group) -> None:
         figures = result.figures()
         if json_out is not None:
             _write_json(figures.to_dict(), json_out)  # written even when every request failed: the errors are in it
-        if json_out != "-":
+        if str(json_out) != "-":
             console.print(render(figures, url))
         if figures.completed == 0 and figures.failed:
             first = next(iter(figures.errors), "unknown error")

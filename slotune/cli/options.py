@@ -158,14 +158,20 @@ def vllm_config_from(model: str | None, config_file: Path | None, overrides: dic
 
 
 def writable_dir_option(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """Click callback: an output directory is created and tried now, not after the long work."""
+    """Click callback: an output directory is created and tried now, not after the long work. `~` is
+    expanded (`--out=~/x` reaches us unexpanded by the shell: a folder named `~` was made)."""
     from slotune.files import writable_dir
 
-    return None if value is None else writable_dir(value, what=param.opts[0] if isinstance(param, click.Option) else "")
+    if value is None:
+        return None
+    return writable_dir(value.expanduser(), what=param.opts[0] if isinstance(param, click.Option) else "")
 
 
 def writable_file_option(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """Click callback: an output file's directory is created and tried now (`-` is stdout)."""
+    """Click callback: an output file's directory is created and tried now (`-` is stdout; `~` is
+    expanded)."""
     from slotune.files import writable_file
 
-    return None if value is None else writable_file(value, what=param.opts[0] if isinstance(param, click.Option) else "")
+    if value is None:
+        return None
+    return writable_file(value.expanduser(), what=param.opts[0] if isinstance(param, click.Option) else "")

@@ -23,7 +23,7 @@ def _write(path: Path, text: str) -> None:
 @click.option("--slo", "slo_text", default=DEFAULT_SLO, show_default=True, callback=slo_option,
               help="SLO spec, e.g. 'ttft_p95<=500ms,e2e_p95<=2s,error_rate<=1%'")
 @click.option("--out", type=click.Path(path_type=Path), callback=writable_file_option,
-              help="write the SLO rule file here (default: stdout)")
+              help="write the SLO rule file here (default, or '-': stdout)")
 @click.option("--write-dir", type=click.Path(path_type=Path), callback=writable_dir_option,
               help="write all rule files (recording, engine alerts, SLO) into this directory, "
                    "e.g. deploy/prometheus/rules")
@@ -49,10 +49,10 @@ def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
             text = slo_text_out if render is gen.render_slo else render()
             _write(write_dir / name, text)
             click.echo(f"wrote {write_dir / name}", err=True)
-    if out is not None:
+    if out is not None and str(out) != "-":  # `-` is stdout, as for every other output option
         _write(out, slo_text_out)
         click.echo(f"wrote {out}", err=True)
-    elif write_dir is None:
+    elif write_dir is None or out is not None:
         click.echo(slo_text_out, nl=False)
 
 

@@ -1,6 +1,14 @@
 """slotune's own tables (all prefixed `slotune_`, apart from Optuna's) and a session factory."""
 
-from slotune.store.db import Store, check_url, open_store, shown_url, sqlite_file, sqlite_tables
+from slotune.store.db import (
+    Store,
+    bad_url_message,
+    check_url,
+    open_store,
+    shown_url,
+    sqlite_file,
+    sqlite_tables,
+)
 from slotune.store.models import (
     MAX_ID,
     OPEN_FINDING,
@@ -34,6 +42,7 @@ __all__ = [
     "Store",
     "TrialRecord",
     "TrialRowState",
+    "bad_url_message",
     "check_url",
     "open_store",
     "shown_url",

@@ -119,17 +119,27 @@ def shown_url(url: str) -> str:
         return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
+def bad_url_message(url: str, exc: BaseException) -> str:
+    """The one line for a database URL SQLAlchemy cannot read: the driver's reason (the URL's password
+    hidden), and for the likeliest slips, a file path where a URL belongs (`/tmp/x.db`,
+    `sqlite:/tmp/x.db`), the URL they meant."""
+    shown = shown_url(url)  # the driver's message may quote the URL, password and all
+    message = f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}"
+    path = url.removeprefix("sqlite:") if url.startswith("sqlite:") and "://" not in url else (
+        url if ":" not in url else "")
+    if path.strip():
+        meant = path if path.startswith("/") else os.path.abspath(os.path.expanduser(path))
+        message += f" (a SQLite file is written sqlite:///{meant})"
+    return message
+
+
 def _engine(url: str) -> Engine:
     """An engine for `url` (nothing is connected yet); a URL SQLAlchemy cannot read, or whose dialect or
     driver is not installed, is one `StoreError` line."""
     try:
         return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        shown = shown_url(url)  # the driver's message may quote the URL, password and all
-        hint = "" if "://" in url else (  # a bare file path: the likeliest slip
-            f" (a database URL has a scheme: a SQLite file is written "
-            f"sqlite:///{os.path.abspath(os.path.expanduser(url))})")
-        raise StoreError(f"cannot open database {shown!r}: {one_line(exc, 200).replace(url, shown)}{hint}") from None
+        raise StoreError(bad_url_message(url, exc)) from None
 
 
 def check_url(url: str) -> None:

@@ -177,7 +177,7 @@ def test_tune_refuses_a_bad_storage_url_before_printing_anything(storage, tmp_pa
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot open database '{url}': "), err
     if "://" not in url:  # a bare path: the line says how to write it
-        assert lines[0].endswith(f"(a database URL has a scheme: a SQLite file is written sqlite:///{url})"), err
+        assert lines[0].endswith(f"(a SQLite file is written sqlite:///{url})"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no database file, no data directory
 
 
@@ -226,3 +226,26 @@ def test_trial_stages_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     assert lines == ["trial   1: starting vLLM",
                      "trial   1: waiting for trial 0: another worker is measuring the same server",
                      "trial   1: done: goodput 1.5 req/s (98 s)"]
+
+
+@pytest.mark.parametrize("storage,meant", [
+    ("{tmp}/x.db", "sqlite:///{tmp}/x.db"), ("sqlite:{tmp}/x.db", "sqlite:///{tmp}/x.db"),
+    ("x.db", "sqlite:///{cwd}/x.db"), ("bogus://x", None), ("sqlite:", None)])
+@pytest.mark.parametrize("command", ["tune", "report"])
+def test_a_storage_path_written_as_a_file_gets_the_url_it_meant(command, storage, meant, tmp_path, monkeypatch,
+                                                               no_launch, capsys):
+    """`--storage /tmp/x.db` names the SQLite URL meant; a URL of another form gets no guess
+    (`sqlite:/tmp/x.db` once got `sqlite:////CWD/sqlite:/tmp/x.db`)."""
+    monkeypatch.setenv("SLOTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    url = storage.replace("{tmp}", str(tmp_path))
+    argv = (["tune", "--model", str(model_dir(tmp_path / "model")), *LAUNCHES["tune"][1:]] if command == "tune"
+            else ["report", "--study", "s"])
+    assert main([*argv, "--storage", url]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    if meant is None:
+        assert "a SQLite file is written" not in err[0], err
+    else:
+        said = meant.replace("{tmp}", str(tmp_path)).replace("{cwd}", str(tmp_path))
+        assert err[0].endswith(f"(a SQLite file is written {said})"), err

@@ -53,3 +53,20 @@ def test_lock_files_stay_in_one_folder_beside_the_database(tmp_path):
                 pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many.db.slotune-locks"]
     assert len(list((tmp_path / "many.db.slotune-locks").iterdir())) == 6
+
+
+@pytest.mark.parametrize("form", ["sqlite:///{db}", "sqlite+pysqlite:///{db}", "sqlite:///{db}?timeout=30"])
+def test_the_lock_folder_is_the_same_however_the_url_is_written(form, tmp_path):
+    """A driver name or a query string once made another folder (`q.db?timeout=30.slotune-locks`) or
+    no lock at all (`sqlite+pysqlite:///`: the file lock was skipped)."""
+    with setup_lock(form.format(db=tmp_path / "q.db"), "slotune-study:a"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.db.slotune-locks"]
+
+
+def test_a_file_where_the_lock_folder_goes_is_one_error(tmp_path):
+    (tmp_path / "f.db.slotune-locks").write_text("")
+    with pytest.raises(StoreError) as exc, setup_lock(f"sqlite:///{tmp_path}/f.db", "slotune-study:a"):
+        pass
+    assert str(exc.value) == (f"cannot lock the study: {tmp_path}/f.db.slotune-locks exists and is not a directory "
+                              "(slotune keeps its lock files there)")

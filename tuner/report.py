@@ -136,7 +136,8 @@ def tuned_for(result: StudyResult) -> str:
     s = result.settings
     load = ("capacity mode (the highest rate meeting the SLO)" if s.get("mode") == "capacity"
             else f"concurrency {s['concurrency']}" if s.get("concurrency") is not None
-            else f"offered rate {s['rate']:g} req/s" if isinstance(s.get("rate"), (int, float)) else None)
+            else f"offered rate {s['rate']:g} req/s" if isinstance(s.get("rate"), (int, float))
+            else "every request at once (no rate or concurrency)" if s.get("mode") == "offered" else None)
     parts = [f"model {s['model']}" if s.get("model") else None,
              f"workload {s['workload']}" if s.get("workload") else None,
              f"SLO {s['slo']}" if s.get("slo") else None, load,
@@ -224,7 +225,18 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     stale = stale_trials(study)
     counts["stale"] = len(stale)
     rows = [row(t) for t in trials]
-    for r in rows:
+    # Optuna's retry of a trial whose worker died names it (`failed_trial`; its attrs are copied).
+    retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    for r, t in zip(rows, trials, strict=True):
+        if "failed_trial" in t.system_attrs:
+            retry = f"retry of trial {t.system_attrs['retry_history'][-1]}, whose worker stopped"
+            r["why_tried"] = f"{r['why_tried']}; {retry}" if r["why_tried"] else retry
+        if t.state is TrialState.FAIL and not r["reason"]:
+            # Optuna keeps an objective's exception as `fail_reason`; a trial failed for a stale
+            # heartbeat has none.
+            r["reason"] = str(t.system_attrs.get("fail_reason") or (
+                "its worker stopped (no heartbeat): failed by the next worker on the study"
+                + (f"; its config ran again as trial {retried[t.number]}" if t.number in retried else "")))
         if r["trial"] in stale:
             r["state"] = STALE
             r["reason"] = (f"running, but no heartbeat for over {stale_after(study)} s: its worker stopped (killed?); "

@@ -95,7 +95,7 @@ def checked_model(value: str, what: str) -> str:
     expanded = os.path.expanduser(value)
     if os.path.isdir(expanded) and not any(os.path.isfile(os.path.join(expanded, f)) for f in MODEL_CONFIG_FILES):
         # vLLM would die at every start-up (the defaults' included) with a truncated pydantic reason.
-        raise ConfigError(f"{what} {value}: not a model directory (no {' or '.join(MODEL_CONFIG_FILES)} in it)")
+        raise ConfigError(f"{what} {value}: not a model directory (no {' or '.join(MODEL_CONFIG_FILES)} file in it)")
     if os.path.exists(expanded):
         return expanded
     if value in (".", "..") or value.startswith(MODEL_PATH_PREFIXES):

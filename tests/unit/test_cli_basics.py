@@ -111,7 +111,7 @@ def test_a_folder_that_is_no_model_is_one_error_line(command, elsewhere, capsys)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [f"error: --model {empty}: not a model directory (no config.json or params.json "
-                                "in it)"], err
+                                "file in it)"], err
     assert not (elsewhere / "data").exists()
     (empty / "params.json").write_text("{}")  # Mistral's own format is a model too
     assert main(["serve", "--model", str(empty), "--print-command"]) == 0

@@ -487,6 +487,7 @@ def test_goodput_against_rate_draws_the_best_tuned_config_too(tmp_path: Path, mo
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.filterwarnings("ignore:optuna.storages._heartbeat.fail_stale_trials is experimental")
 @pytest.mark.parametrize("killed", [True, False], ids=["worker killed", "worker alive"])
 def test_a_trial_whose_worker_was_killed_reads_as_stale_not_running(study: TuneSpec, killed: bool,
                                                                    tmp_path: Path) -> None:
@@ -516,6 +517,16 @@ def test_a_trial_whose_worker_was_killed_reads_as_stale_not_running(study: TuneS
     if killed:
         assert r["state"] == "stale" and "no heartbeat for over 60 s: its worker stopped" in r["reason"]
         assert counts.endswith(" 1 running (1 of them stale: its worker stopped), 0 waiting"), counts
+        # The next worker fails it and queues its config again (Optuna's retry callback): both rows say so.
+        optuna.storages.fail_stale_trials(s)
+        result = summarize(url, "s")
+        failed = next(r for r in result.rows if r["trial"] == running.number)
+        retry = next(r for r in result.rows if r["trial"] > running.number)
+        assert failed["state"] == "fail" and failed["reason"] == (
+            "its worker stopped (no heartbeat): failed by the next worker on the study; "
+            f"its config ran again as trial {retry['trial']}")
+        assert retry["state"] == "waiting" and retry["why_tried"].endswith(
+            f"retry of trial {running.number}, whose worker stopped"), retry["why_tried"]
     else:
         assert r["state"] == "running" and not r["reason"]
         assert counts.endswith(" 1 running, 0 waiting"), counts

@@ -5,6 +5,7 @@ the study, a best config whose `vllm serve` line, parsed back, starts a server t
 from __future__ import annotations
 
 import html
+import re
 
 import httpx
 import optuna
@@ -62,7 +63,10 @@ def test_short_study_survives_infeasible_configs_and_its_best_line_serves(tiny_m
     assert rejected.state is TrialState.PRUNED and rejected.user_attrs["status"] == "invalid_config"
     assert "chunked prefill disabled" in rejected.user_attrs["reason"] and rejected.constraints["launch"] > 0
     assert rejected.user_attrs["log_path"] is None
-    assert [s for n, s in stages if n == rejected.number] == ["infeasible (not launched)"]
+    # Its progress: what it serves, then its outcome with its wall time (no start-up stage between).
+    said = [s for n, s in stages if n == rejected.number]
+    assert len(said) == 2 and said[0].startswith("enqueued: ") and "enable_chunked_prefill=False" in said[0], said
+    assert re.fullmatch(r"infeasible \(not launched\) \(\d+ s\)", said[1]), said
     store = open_store(url)
     with store.session() as sess:
         rec = sess.scalars(select(TrialRecord).where(TrialRecord.study_name == "live",

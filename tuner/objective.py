@@ -44,6 +44,7 @@ from slotune.tuner.constraints import infeasible_constraints, slo_constraints
 from slotune.tuner.labels import trial_label
 from slotune.tuner.measure import Measure, Measurement, PartialCheck
 from slotune.tuner.space import SearchSpace
+from slotune.tuner.storage import uncached
 from slotune.vllm_config import VllmConfig
 
 ORIGIN = "origin"  # user attr: baseline | remedy | enqueued | sampler | neighbour | random
@@ -85,9 +86,7 @@ def _twin(trial: optuna.Trial, command: str | None) -> FrozenTrial | None:
     """The first other trial that measured `command` (finished) or claimed it (running), duplicates
     aside. Read past Optuna's trial cache (`_CachedStorage` re-reads only trials above the highest
     finished id it has seen, so a twin committed out of id order could stay unseen)."""
-    storage = trial.study._storage
-    backend = getattr(storage, "_backend", storage)
-    others = backend.get_all_trials(trial.study._study_id, deepcopy=False,
+    others = uncached(trial.study).get_all_trials(trial.study._study_id, deepcopy=False,
                                     states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     return next((t for t in sorted(others, key=lambda t: t.number)
                  if t.number != trial.number and t.user_attrs.get("command") == command
@@ -317,10 +316,8 @@ class TrialObjective:
         trial's served line (`command`; a queued trial's from its params), read past Optuna's
         cache as `_twin` reads them; a failed trial's config (its worker died) may run again. Call it
         under `claims`, the lock every enqueue of the search takes."""
-        storage = trial.study._storage
-        backend = getattr(storage, "_backend", storage)
         known = set()
-        for t in backend.get_all_trials(trial.study._study_id, deepcopy=False):
+        for t in uncached(trial.study).get_all_trials(trial.study._study_id, deepcopy=False):
             if t.state is TrialState.FAIL or t.number == trial.number:
                 continue
             params = t.params or t.system_attrs.get("fixed_params") or {}

@@ -35,7 +35,7 @@ from slotune.tuner.objective import (
     ttft_p95,
     wall_times,
 )
-from slotune.tuner.storage import open_storage, storage_url
+from slotune.tuner.storage import open_storage, storage_url, uncached
 from slotune.tuner.verdict import MIN_GAIN, STOPPED_AFTER_BASELINE, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
 
@@ -222,15 +222,12 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
     counts["pruned"] = pruned.count(PRUNED)
     counts["duplicate"] = pruned.count(DUPLICATE)
     counts["infeasible"] = len(pruned) - counts["pruned"] - counts["duplicate"]
-    stale = stale_trials(study)
+    stale = stale_trials(study, trials)
     counts["stale"] = len(stale)
     rows = [row(t) for t in trials]
     # Optuna's retry of a trial whose worker died names it (`failed_trial`; its attrs are copied).
     retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
     for r, t in zip(rows, trials, strict=True):
-        if "failed_trial" in t.system_attrs:
-            retry = f"retry of trial {t.system_attrs['retry_history'][-1]}, whose worker stopped"
-            r["why_tried"] = f"{r['why_tried']}; {retry}" if r["why_tried"] else retry
         if t.state is TrialState.FAIL and not r["reason"]:
             # Optuna keeps an objective's exception as `fail_reason`; a trial failed for a stale
             # heartbeat has none.
@@ -303,27 +300,22 @@ def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
 STALE = "stale"  # a row's state: running in storage, its worker gone (no heartbeat within the grace period)
 
 
-def _rdb(study: optuna.Study) -> Any:
-    storage = study._storage  # Optuna wraps its RDB storage in a cache: the heartbeats are the backend's
-    return getattr(storage, "_backend", storage)
-
-
 def stale_after(study: optuna.Study) -> int:
     """Seconds without a heartbeat after which a running trial is stale (Optuna's grace period)."""
-    rdb = _rdb(study)
+    rdb = uncached(study)
     return int(getattr(rdb, "grace_period", None) or 2 * (getattr(rdb, "heartbeat_interval", None) or 0))
 
 
-def stale_trials(study: optuna.Study) -> set[int]:
-    """Numbers of the study's running trials whose worker stopped: no heartbeat within Optuna's grace
-    period (`RDBStorage._get_stale_trial_ids`, what `fail_stale_trials` acts on; read here, nothing is
-    written: a report only reads). A killed `slotune tune` leaves its trial running in storage until
-    the next worker on the study fails it and retries its config."""
-    rdb = _rdb(study)
+def stale_trials(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the running trials (of `trials`, the study's) whose worker stopped: no heartbeat
+    within Optuna's grace period (`RDBStorage._get_stale_trial_ids`, what `fail_stale_trials` acts
+    on; read here, nothing is written: a report only reads). A killed `slotune tune` leaves its trial
+    running in storage until the next worker on the study fails it and retries its config."""
+    rdb = uncached(study)
     if not getattr(rdb, "heartbeat_interval", None) or not hasattr(rdb, "_get_stale_trial_ids"):
         return set()
     ids = set(rdb._get_stale_trial_ids(study._study_id))
-    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in ids}
+    return {t.number for t in trials if t.state is TrialState.RUNNING and t._trial_id in ids}
 
 
 def row(t: FrozenTrial) -> dict[str, Any]:
@@ -337,10 +329,14 @@ def row(t: FrozenTrial) -> dict[str, Any]:
     # (non-default ones) stand in, so a queued remedy never reads as "(vLLM defaults)".
     queued = ({k: v for k, v in (t.system_attrs.get("fixed_params") or {}).items() if v is not None}
               if t.state is TrialState.WAITING and not ua.get("params") else {})
+    why = why_tried(ua)
+    if "failed_trial" in t.system_attrs:  # Optuna's retry of a trial whose worker died
+        retry = f"retry of trial {t.system_attrs['retry_history'][-1]}, whose worker stopped"
+        why = f"{why}; {retry}" if why else retry
     return {"trial": t.number, "origin": ua.get(ORIGIN), "state": state, "feasible": ua.get("feasible"),
             "goodput": ua.get("goodput"), "ttft_p95": ttft_p95(client), "tpot_p95": _p95(client, "tpot"),
             "params": ua.get("params") or {}, "queued_params": queued,
-            "reason": ua.get("reason") or "", "remedy": ua.get("remedy"), "why_tried": why_tried(ua),
+            "reason": ua.get("reason") or "", "remedy": ua.get("remedy"), "why_tried": why,
             **{k: ua.get(k) for k in ("follows", "instead_of", "duplicate_of", "queued_instead")},
             "findings": [f.playbook for f in m.findings] if m is not None else [], "wall_seconds": ua.get(WALL),
             "measurement_warnings": list(client.warnings) if client is not None else []}

@@ -38,6 +38,14 @@ def storage_url(url: str | None) -> str:
     return url or paths.default_database_url()
 
 
+def uncached(study: optuna.Study) -> Any:
+    """The study's storage behind Optuna's trial cache (`_CachedStorage` re-reads only trials above the
+    highest finished id it has seen, and keeps the heartbeats in its backend): for reads that must see
+    every trial as stored now."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
 def open_storage(url: str | None = None, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  grace_period: int | None = None, must_exist: bool = False) -> RDBStorage:
     """Optuna storage (and slotune's tables) on `url`; errors become one-line StoreErrors.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,17 @@ def writable_file(path: Path | str, *, what: str = "") -> Path:
     if out.exists() and not os.access(out, os.W_OK):
         raise ConfigError(f"{label}: not writable")
     return out
+
+
+def write_output(path: Path, text: str) -> None:
+    """`text` into file `path` (its directory created), or onto stdout when `path` is `-`, as every
+    output option takes it. Raises `ConfigError("PATH: cannot write (reason)")`."""
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from slotune.cli.options import WORKLOAD_HELP, sampling_options, slo_option, writable_file_option
-from slotune.errors import ConfigError, TargetError
-from slotune.files import to_json
+from slotune.errors import TargetError
+from slotune.files import to_json, write_output
 from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.slo import DEFAULT_SLO, SloSpec
 
@@ -75,14 +75,6 @@ def render(f: LoadFigures, target: str) -> Any:
     for k, v in rows:
         summary.add_row(k, v)
     return Group(lat, summary)
-
-
-def _write_json(obj: dict[str, Any], out: Path) -> None:
-    text = to_json(obj, indent=2)
-    if str(out) == "-":
-        click.echo(text)
-    else:
-        out.write_text(text + "\n")
 
 
 def register(app: click.Group) -> None:
@@ -156,10 +148,7 @@ def register(app: click.Group) -> None:
             from slotune.loadgen.runner import prompt_lines
 
             lines = prompt_lines(wl, seed, num_requests or DEFAULT_REQUESTS)
-            try:
-                write_prompts.write_text("".join(lines))
-            except OSError as exc:
-                raise ConfigError(f"{write_prompts}: cannot write ({exc.strerror})") from None
+            write_output(write_prompts, "".join(lines))
             click.echo(f"{len(lines)} prompts of workload {wl.name!r} (seed {seed}) written to {write_prompts}: "
                        f"vllm bench serve --dataset-name custom --dataset-path {write_prompts} --custom-output-len -1 --disable-shuffle "
                        f"--skip-chat-template "
@@ -191,7 +180,7 @@ def register(app: click.Group) -> None:
                           start_rate=start_rate,
                           concurrency=concurrency, request_timeout=request_timeout, progress=progress, on_point=show)
             if json_out is not None:
-                _write_json(found.to_dict(), json_out)
+                write_output(json_out, to_json(found.to_dict(), indent=2) + "\n")
             if str(json_out) != "-":
                 if found.best is None:
                     console.print(f"no rate tried meets {slo}")
@@ -205,7 +194,7 @@ def register(app: click.Group) -> None:
                           request_timeout=request_timeout)
         figures = result.figures()
         if json_out is not None:
-            _write_json(figures.to_dict(), json_out)  # written even when every request failed: the errors are in it
+            write_output(json_out, to_json(figures.to_dict(), indent=2) + "\n")  # written even when every request failed: the errors are in it
         if str(json_out) != "-":
             console.print(render(figures, url))
         if figures.completed == 0 and figures.failed:

@@ -7,16 +7,8 @@ from pathlib import Path
 import click
 
 from slotune.cli.options import slo_option, writable_dir_option, writable_file_option
-from slotune.errors import ConfigError
+from slotune.files import write_output
 from slotune.slo import DEFAULT_SLO, SloSpec
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 @click.command("rules")
@@ -47,12 +39,13 @@ def rules(slo_text: str, out: Path | None, write_dir: Path | None) -> None:
     if write_dir is not None:
         for name, render in gen.RULE_FILES.items():
             text = slo_text_out if render is gen.render_slo else render()
-            _write(write_dir / name, text)
+            write_output(write_dir / name, text)
             click.echo(f"wrote {write_dir / name}", err=True)
-    if out is not None and str(out) != "-":  # `-` is stdout, as for every other output option
-        _write(out, slo_text_out)
-        click.echo(f"wrote {out}", err=True)
-    elif write_dir is None or out is not None:
+    if out is not None:
+        write_output(out, slo_text_out)  # `-` is stdout, as for every other output option
+        if str(out) != "-":
+            click.echo(f"wrote {out}", err=True)
+    elif write_dir is None:
         click.echo(slo_text_out, nl=False)
 
 

@@ -18,7 +18,7 @@ from slotune.cli.options import (
     writable_file_option,
 )
 from slotune.errors import ConfigError, validation_message
-from slotune.files import to_json
+from slotune.files import to_json, write_output
 from slotune.loadgen.schedule import MAX_REQUESTS
 
 
@@ -220,9 +220,4 @@ def register(app: click.Group) -> None:
 def _emit_json(data: dict[str, Any], out: Path | None) -> None:
     if out is None:
         return
-    text = to_json(data, indent=2, default=str)
-    if str(out) == "-":
-        click.echo(text)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    write_output(out, to_json(data, indent=2, default=str) + "\n")

@@ -40,6 +40,7 @@ from slotune.loadgen.figures import LoadFigures
 from slotune.server import as_served
 from slotune.slo import SloSpec
 from slotune.store import Store, TrialRecord, TrialRowState
+from slotune.tuner import trial_queue
 from slotune.tuner.constraints import infeasible_constraints, slo_constraints
 from slotune.tuner.labels import trial_label
 from slotune.tuner.measure import Measure, Measurement, PartialCheck
@@ -306,14 +307,15 @@ class TrialObjective:
         raise optuna.TrialPruned(reason)
 
     def _queue_instead(self, trial: optuna.Trial) -> str | None:
-        """Queue an unmeasured config in place of the one the sampler drew again: one flag away from it
+        """Queue an unmeasured config in place of the one the sampler drew again, next in slotune's queue
+        (`trial_queue`, handed to Optuna after this trial where the budget has room): one flag away from it
         where one is unmeasured (and launchable), else one drawn at random; say which (None when
         `RANDOM_DRAWS` draws found nothing new: the space is as good as measured). TPE on a small
         discrete space proposes the config it rates best over and over, each draw a duplicate that
         teaches it nothing, so it stays there (issue 16's 12-config grid: 16 of 24 trials). A
         neighbour keeps to where TPE looks and measures something new. Seeded by the study's name and
         the trial's number: a resumed or replayed study draws the same. Known configs are every
-        trial's served line (`command`; a queued trial's from its params), read past Optuna's
+        trial's served line (`command`; a queued trial's or pending remedy's from its params), read past Optuna's
         cache as `_twin` reads them; a failed trial's config (its worker died) may run again. Call it
         under `claims`, the lock every enqueue of the search takes."""
         known = set()
@@ -324,6 +326,7 @@ class TrialObjective:
             line = t.user_attrs.get("command") or (self._served_line(params) if params else None)
             if line:
                 known.add(line)
+        known.update(self._served_line(e["params"]) for e in trial_queue.pending(trial.study))
         rng = random.Random(f"{self.study_name}:{trial.number}")
         options = self.space.neighbours(trial.params)
         rng.shuffle(options)
@@ -332,7 +335,9 @@ class TrialObjective:
             config = self.space.config_for(self.base, params)
             if self._served_line(params) in known or self.space.infeasible_reason(config) is not None:
                 continue
-            trial.study.enqueue_trial(params, user_attrs={ORIGIN: origin, INSTEAD_OF: trial.number})
+            # Next in slotune's queue, handed to Optuna's after this trial where the budget has room.
+            trial_queue.push(trial.study, [{"params": params, "attrs": {ORIGIN: origin, INSTEAD_OF: trial.number}}],
+                             first=True)
             if origin == RANDOM:
                 return "an unmeasured config drawn at random is queued instead (every neighbour measured)"
             moved = sorted(k for k in {*params, *trial.params} if params.get(k) != trial.params.get(k))

@@ -22,13 +22,14 @@ from slotune.errors import ConfigError
 from slotune.loadgen.figures import LoadFigures
 from slotune.store import shown_url
 from slotune.tuner import speculation
-from slotune.tuner.labels import fmt_params, why_tried
+from slotune.tuner.labels import fmt_params, trial_label, why_tried
 from slotune.tuner.measure import Measurement
 from slotune.tuner.objective import (
     BASELINE,
     DUPLICATE,
     ORIGIN,
     PRUNED,
+    REMEDY,
     SEARCH_STOPPED,
     SERVED,
     WALL,
@@ -36,6 +37,7 @@ from slotune.tuner.objective import (
     wall_times,
 )
 from slotune.tuner.storage import open_storage, storage_url, uncached
+from slotune.tuner.trial_queue import pending
 from slotune.tuner.verdict import MIN_GAIN, STOPPED_AFTER_BASELINE, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
 
@@ -57,6 +59,9 @@ class StudyResult:
     # {"engine_applies_schedule", "evidence", "schedule", "k_by_load"} (tuner.speculation.summary)
     speculation: dict[str, Any] = field(default_factory=dict)
     search_stopped: str = ""  # why the search ended before its trial budget ("" when it did not)
+    # Remedies slotune queued and did not run (`tuner.trial_queue`; the budget ran out first): what the
+    # findings proposed and no trial measured. [{"params", "why_tried", "label"}]
+    pending_remedies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def recommended(self) -> dict[str, Any] | None:
@@ -90,6 +95,7 @@ class StudyResult:
             "wall_seconds": self.wall,
             "speculation": self.speculation,
             "search_stopped": self.search_stopped or None,
+            "pending_remedies": self.pending_remedies,
             "hint": load_hint(self),
         }
 
@@ -252,7 +258,16 @@ def summarize(storage: str | None, study_name: str) -> StudyResult:
         wall=wall_times(trials, attrs),
         speculation=speculation.summary(trials, recommended.user_attrs.get("params") if recommended else None),
         search_stopped=str(attrs.get(SEARCH_STOPPED) or ""),
+        pending_remedies=[pending_row(e) for e in pending(study) if e["attrs"].get(ORIGIN) == REMEDY],
     )
+
+
+def pending_row(e: dict[str, Any]) -> dict[str, Any]:
+    """A trial in slotune's queue (`trial_queue`), not yet handed to Optuna: its tuned flags (defaults
+    left out), why it is queued, and its progress label."""
+    params = {k: v for k, v in e["params"].items() if v is not None}
+    ua = e["attrs"]
+    return {"params": params, "why_tried": why_tried(ua), "label": trial_label(str(ua.get(ORIGIN)), ua, params)}
 
 
 def entry(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
@@ -496,6 +511,9 @@ def render(result: StudyResult, console: Any = None) -> None:
                   f"{c['running']} running{stale_text(c)}, {c['waiting']} waiting", soft_wrap=True)
     if result.search_stopped:
         console.print(f"search stopped before its trial budget: {result.search_stopped}", markup=False,
+                      soft_wrap=True)
+    for e in result.pending_remedies:  # the budget ran out first
+        console.print(f"queued, not run (a resume with more trials runs it): {e['label']}", markup=False,
                       soft_wrap=True)
     if isinstance(result.wall.get("study"), (int, float)):
         waited = result.wall.get("waited") or 0

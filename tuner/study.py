@@ -3,8 +3,9 @@
 Order of trials: vLLM's default config first (the baseline every result is compared with), then the
 remedies the playbooks propose for the baseline's findings, then TPE (seeded, with the SLOs as
 constraints). A trial that becomes the study's best (and beats the baseline) is diagnosed in turn:
-its findings' remedies are queued on top of its own config (`enqueue_followups`), as an engineer
-fixes one bottleneck, measures, and fixes the next. A config the sampler draws again is not
+its findings' remedies are queued on top of its own config (`enqueue_followups`) and run before the
+baseline's remaining remedies (slotune's own queue, `tuner.trial_queue`), as an engineer fixes one
+bottleneck, measures, and fixes the next. A config the sampler draws again is not
 measured again: an unmeasured one is queued in its place (`TrialObjective._queue_instead`), and it
 does not count toward the trial budget (`TrialBudget`). A baseline that already serves the offered
 rate within the SLOs ends the search there (`verdict.nothing_to_win`: no config's goodput can exceed the offered rate). Every trial but the
@@ -43,6 +44,7 @@ from slotune.loadgen.schedule import MAX_REQUESTS
 from slotune.loadgen.workload import Workload
 from slotune.slo import SloSpec
 from slotune.store import open_store, sqlite_file
+from slotune.tuner import trial_queue
 from slotune.tuner.measure import LoadSpec, Measure, Measurement, ServerMeasure
 from slotune.tuner.objective import (
     BASELINE,
@@ -297,7 +299,8 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
             study.enqueue_trial(space.baseline_params(), user_attrs={ORIGIN: BASELINE})
             for extra in spec.enqueue:
                 study.enqueue_trial(extra, user_attrs={ORIGIN: "enqueued"}, skip_if_exists=True)
-        enqueue_remedies(study, space, spec.max_remedies)
+        with claims_lock(url, name):
+            enqueue_remedies(study, space, spec.max_remedies)
     return study
 
 
@@ -324,22 +327,27 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
-    """Queue the playbooks' remedies for the baseline's findings, once per study."""
+    """Queue the playbooks' remedies for the baseline's findings, once per study, at the back of the
+    slotune's queue (`trial_queue`; `feed` hands them to Optuna one at a time). At most `limit`; a
+    config the study already holds is not queued again. Returns `[{"params", "why"}]`. Call it under
+    the study's claims lock (`claims_lock`)."""
     base = baseline_trial(study)
     if base is None or study.user_attrs.get(REMEDIES_DONE) or study.user_attrs.get(NOTHING_TO_WIN):
         return []
-    queued = []
-    start = {k: v for k, v in base.params.items()}
+    queued: list[dict[str, Any]] = []
+    known = trial_queue.known_params(study)
     measured = Measurement.from_attrs(base.user_attrs)
     for proposed in measured.remedies() if measured is not None else []:
         if len(queued) >= limit:
             break
-        params = space.params_for_delta(start, proposed.remedy.config_delta)
-        if params is None or params in [q["params"] for q in queued]:
+        params = space.params_for_delta(dict(base.params), proposed.remedy.config_delta)
+        if params is None or params in known:
             continue
         why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ")
-        study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why}, skip_if_exists=True)
+        known.append(params)
         queued.append({"params": params, "why": why})
+    trial_queue.push(study, [{"params": q["params"], "attrs": {ORIGIN: REMEDY, "remedy": q["why"]}} for q in queued],
+                      first=False)
     study.set_user_attr(REMEDIES_DONE, True)
     return queued
 
@@ -347,16 +355,15 @@ def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> lis
 def enqueue_followups(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
     """Queue the remedies of the study's best trial's own findings on top of its config, where that
     trial is not the baseline and ranks above it (`ranks_above`: feasible first, then goodput, then
-    nearer its worst SLO target; a tie is not a win); at most `limit` new trials. Looked at after every finished trial and when a run
-    starts, so a best found while another worker still measured the baseline is followed too. A
-    trial counts as followed (study attr `remedies_followed`) once each of its remedies is queued or
-    already in the study; one cut short by `limit` (the trial budget's room) is looked at again,
-    and a resumed study with more trials queues the rest. A remedy that fixes the first bottleneck
-    leaves the next one in its window: on issue 16's grid (the real model, concurrency 2,
-    `tpot_p95<=60ms`) n-gram drafting cut TPOT p95 from 159 to 97 ms, and its own findings proposed
-    `max_num_seqs 1` on top, the one config of 12 that met the target; TPE would have to find that
-    pair by chance. Returns what was queued: `[{"params", "why"}]`. Call it under the study's lock
-    that guards every enqueue (`claims_lock`)."""
+    nearer its worst SLO target; a tie is not a win); at most `limit`, at the front of slotune's
+    queue (`trial_queue`): depth first, before the baseline's remaining remedies, since they build
+    on the better config. Looked at after every finished trial and when a run starts, so a best found
+    while another worker still measured the baseline is followed too; once per trial (study attr
+    `remedies_followed`). A remedy that fixes the first bottleneck leaves the next one in its window:
+    on issue 16's grid (the real model, concurrency 2, `tpot_p95<=60ms`) n-gram drafting cut TPOT p95
+    from 159 to 97 ms, and its own findings proposed `max_num_seqs 1` on top, the one config of 12
+    that met the target; TPE would have to find that pair by chance. Returns what was queued:
+    `[{"params", "why"}]`. Call it under the study's claims lock (`claims_lock`)."""
     base = baseline_trial(study)
     if base is None or study.user_attrs.get(NOTHING_TO_WIN):
         return []
@@ -368,19 +375,19 @@ def enqueue_followups(study: optuna.Study, space: SearchSpace, limit: int) -> li
     if not ranks_above(best, base):
         return []
     measured = Measurement.from_attrs(best.user_attrs)
-    existing = [t.params or t.system_attrs.get("fixed_params") or {}
-                for t in study.get_trials(deepcopy=False) if t.state is not TrialState.FAIL]
+    known = trial_queue.known_params(study)
     queued: list[dict[str, Any]] = []
     for proposed in measured.remedies() if measured is not None else []:
-        params = space.params_for_delta(dict(best.params), proposed.remedy.config_delta)
-        if params is None or params in existing:
-            continue
         if len(queued) >= limit:
-            return queued  # not marked followed: the rest are queued when there is room
+            break
+        params = space.params_for_delta(dict(best.params), proposed.remedy.config_delta)
+        if params is None or params in known:
+            continue
         why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ") + f" (on top of trial {best.number})"
-        study.enqueue_trial(params, user_attrs={ORIGIN: REMEDY, "remedy": why, FOLLOWS: best.number})
-        existing.append(params)
+        known.append(params)
         queued.append({"params": params, "why": why})
+    trial_queue.push(study, [{"params": q["params"], "attrs": {ORIGIN: REMEDY, "remedy": q["why"], FOLLOWS: best.number}}
+                              for q in queued], first=True)
     study.set_user_attr(FOLLOWED, [*followed, best.number])
     return queued
 
@@ -404,8 +411,9 @@ def ranks_above(t: FrozenTrial, base: FrozenTrial) -> bool:
 
 def room_left(study: optuna.Study, trials: int | None) -> int:
     """Trials the budget has left for new work: `trials` less those that spent it (`measured_count`),
-    run now or wait in the queue. A follow-up queued past the budget would not run in this run and
-    linger in the report as waiting. Unbounded (`trials` None): a large number."""
+    run now or wait in Optuna's queue. A remedy handed to Optuna past the budget would not run in this
+    run and linger in the report as waiting (`trial_queue.feed`). Unbounded (`trials` None): a large
+    number."""
     if trials is None:
         return 1 << 30
     busy = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
@@ -483,26 +491,29 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
                                pruner=study_pruner(spec), claims=lambda: claims_lock(url, name))
 
     def after_trial(st: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get(ORIGIN) == BASELINE:
-            why = nothing_to_win(spec.rate, trial, st.user_attrs, slo) if stops_when_nothing_to_win(spec) else None
-            with setup_lock(url, f"slotune-study:{name}"):
-                if why is not None:  # before any remedy is queued: none would ever run
-                    st.set_user_attr(NOTHING_TO_WIN, why)
-                enqueue_remedies(st, space, spec.max_remedies)
-        follow_up(st)
+        why = None
+        if trial.user_attrs.get(ORIGIN) == BASELINE and stops_when_nothing_to_win(spec):
+            why = nothing_to_win(spec.rate, trial, st.user_attrs, slo)
+        queue_next(st, nothing_to_win=why)
         if st.user_attrs.get(NOTHING_TO_WIN):  # every worker stops after its trial in hand
             st.stop()
 
-    def follow_up(st: optuna.Study) -> None:
+    def queue_next(st: optuna.Study, nothing_to_win: str | None = None) -> None:
+        """The baseline's remedies once it is measured (none when nothing can win), the follow-ups of
+        a new best, and the first pending remedy into Optuna's queue for this worker's next trial."""
         with claims_lock(url, name):  # the lock every enqueue of the search takes (objective's claims)
-            enqueue_followups(st, space, min(spec.max_remedies, room_left(st, spec.trials)))
+            if nothing_to_win is not None:  # before any remedy is queued: none would ever run
+                st.set_user_attr(NOTHING_TO_WIN, nothing_to_win)
+            enqueue_remedies(st, space, spec.max_remedies)
+            enqueue_followups(st, space, spec.max_remedies)
+            trial_queue.feed(st, room_left(st, spec.trials))
 
     with setup_lock(url, f"slotune-study:{name}"):
         # A resumed study searches again: a stop recorded by an earlier run (its space or budget may
         # have changed since) is set anew if it still holds.
         if study.user_attrs.get(SEARCH_STOPPED):
             study.set_user_attr(SEARCH_STOPPED, "")
-    follow_up(study)  # a best whose follow-ups an earlier run had no room for
+    queue_next(study)  # a resumed study's pending remedies; a best an earlier run did not follow
     callbacks: list[Any] = [after_trial, TrialBudget(spec.trials)]
     remaining = None if spec.trials is None else spec.trials - measured_count(study)
     if (remaining is None or remaining > 0) and not study.user_attrs.get(NOTHING_TO_WIN):

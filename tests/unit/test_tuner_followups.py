@@ -6,6 +6,7 @@ trials redrawing the one config it rates best. Real Optuna storage (SQLite), syn
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -129,14 +130,142 @@ def test_a_config_the_sampler_draws_again_queues_an_unmeasured_neighbour(tmp_pat
 
 
 def test_no_follow_up_is_queued_past_the_trial_budget(tmp_path):
-    # Two trials: the baseline and its remedy spend the budget; a follow-up queued now would never
-    # run and would linger in the report as "queued".
+    # Two trials: the baseline and its remedy spend the budget. Trial 1's follow-up stays in slotune's
+    # own queue: handed to Optuna it would never run and would linger in the report as a waiting trial.
+    # The report names it as not run instead.
+    import io
+
+    from rich.console import Console
+
+    from slotune.tuner.report import render
+
     log: list[VllmConfig] = []
     s = spec(tmp_path, trials=2)
     result = run_study(s, measure=staged(2.0, log))
     trials = _trials(s)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert result.counts["waiting"] == 0 and all("follows" not in t.user_attrs for t in trials)
+    assert result.to_dict()["pending_remedies"] == [{
+        "params": {"max_num_seqs": 32, "max_num_batched_tokens": 512},
+        "why_tried": "remedy of prefill_stalls_decode, on top of trial 1",
+        "label": "remedy of prefill_stalls_decode, on top of trial 1: max_num_seqs=32 max_num_batched_tokens=512"}]
+    out = io.StringIO()
+    render(result, Console(file=out, width=80))
+    assert ("queued, not run (a resume with more trials runs it): remedy of prefill_stalls_decode, on top of "
+            "trial 1: max_num_seqs=32 max_num_batched_tokens=512") in out.getvalue()
+
+
+BIG_BUDGET = ({"max_num_batched_tokens": 1024}, "a larger prefill budget")
+
+
+def two_remedies(log: list[VllmConfig], pause: float = 0.0):
+    """The defaults (1 req/s) have two findings: `max_num_seqs 32` and a 1,024-token budget. `max_num_seqs
+    32` serves 2 req/s and its own finding proposes a 512-token budget on top; that pair serves 3 req/s;
+    anything else 0.5. Each run takes `pause` seconds (two workers take turns)."""
+    import time
+
+    def measure(config: VllmConfig, progress=None) -> Measurement:
+        log.append(config)
+        time.sleep(pause)
+        tuned = config.tuned_params()
+        findings = ()
+        if tuned == {}:
+            g, findings = 1.0, (finding("slow_decode", "warning", "slow", SEQS),
+                                finding("prefill_stalls_decode", "warning", "stalls", BIG_BUDGET))
+        elif tuned == {"max_num_seqs": 32}:
+            g, findings = 2.0, (finding("prefill_stalls_decode", "warning", "stalls", BUDGET),)
+        elif tuned == {"max_num_seqs": 32, "max_num_batched_tokens": 512}:
+            g = 3.0
+        else:
+            g = 0.5
+        return Measurement(ok=True, goodput=g, client=client(0.1, g), server=window(kv_cache_usage=0.5),
+                           findings=findings, requests=requests(g, 0.1, good_share=1.0))
+    return measure
+
+
+def test_a_follow_up_on_a_new_best_runs_before_the_baselines_other_remedies(tmp_path):
+    # Depth first: the baseline's first remedy beats it, so the fix its own finding proposes on top
+    # runs next, before the baseline's second remedy (an alternative to the first fix). First in,
+    # first out (Optuna's queue) ran that second remedy first: issue 16's grid reached its best a
+    # trial later so.
+    log: list[VllmConfig] = []
+    s = spec(tmp_path, trials=4)
+    run_study(s, measure=two_remedies(log))
+    assert [c.tuned_params() for c in log] == [
+        {}, {"max_num_seqs": 32}, {"max_num_seqs": 32, "max_num_batched_tokens": 512}, {"max_num_batched_tokens": 1024}]
+    trials = _trials(s)
+    assert [t.user_attrs.get("follows") for t in trials] == [None, None, 1, None]
+    assert trials[3].user_attrs["remedy"] == "prefill_stalls_decode: a larger prefill budget"
+    assert optuna.load_study(study_name="s", storage=s.storage).user_attrs["pending_trials"] == []
+
+
+def test_the_trial_queue_feeds_optuna_one_trial_at_a_time(tmp_path):
+    # `feed` hands over the first pending entry only when Optuna's queue is empty and the budget has
+    # room, and drops an entry whose config the study has tried meanwhile.
+    from slotune.tuner import trial_queue
+
+    study = optuna.create_study(study_name="q", storage=f"sqlite:///{tmp_path}/q.db")
+    entry = lambda n: {"params": {"max_num_seqs": n}, "attrs": {"origin": "remedy", "remedy": f"r{n}"}}  # noqa: E731
+    trial_queue.push(study, [entry(1), entry(2)], first=False)
+    trial_queue.push(study, [entry(3)], first=True)
+    assert [e["params"]["max_num_seqs"] for e in trial_queue.pending(study)] == [3, 1, 2]
+    assert trial_queue.feed(study, room=0) is None  # no room: nothing handed over
+    assert trial_queue.feed(study, room=5) == entry(3)
+    assert trial_queue.feed(study, room=5) is None  # trial 3 still waits in Optuna's queue
+    trial = study.ask()  # the next trial pops it
+    assert trial.suggest_int("max_num_seqs", 1, 3) == 3 and trial.user_attrs["remedy"] == "r3"
+    study.tell(trial, 1.0)
+    study.enqueue_trial({"max_num_seqs": 1})  # config 1 queued by another path meanwhile
+    t = study.ask()
+    assert t.suggest_int("max_num_seqs", 1, 3) == 1
+    study.tell(t, 1.0)
+    assert trial_queue.feed(study, room=5) == entry(2)  # 1 is tried already: dropped, not run twice
+    assert trial_queue.pending(study) == []
+    assert trial_queue.known_params(study) == [{"max_num_seqs": 3}, {"max_num_seqs": 1}, {"max_num_seqs": 2}]
+
+
+def test_two_workers_run_each_remedy_once_and_leave_none_waiting(tmp_path):
+    # Two workers (threads; real SQLite with slotune's file locks) share the remedy queue: every
+    # remedy and follow-up runs once, no config twice, and nothing is left in either queue.
+    import threading
+
+    from slotune.tuner.storage import open_storage
+
+    log: list[VllmConfig] = []
+    errors: list[BaseException] = []
+    measure = two_remedies(log, pause=0.2)
+
+    def worker(n: int) -> None:
+        try:
+            run_study(spec(tmp_path, trials=6, worker=n), measure=measure)
+        except BaseException as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
+            errors.append(exc)
+
+    open_storage(f"sqlite:///{tmp_path}/s.db").engine.dispose()  # the schema first (SQLite races)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    trials = study.get_trials()
+    # Each remedy's config is measured (by its remedy trial, or by the other worker's sampler first:
+    # then the remedy is dropped, not run again).
+    tuned = [c.tuned_params() for c in log]
+    for config in ({"max_num_seqs": 32}, {"max_num_batched_tokens": 1024},
+                   {"max_num_seqs": 32, "max_num_batched_tokens": 512}):
+        assert config in tuned, tuned
+    texts = {re.sub(r"trial \d+", "trial N", str(t.user_attrs["remedy"]))
+             for t in trials if t.user_attrs.get("origin") == "remedy"}
+    assert texts <= {"slow_decode: a smaller batch", "prefill_stalls_decode: a larger prefill budget",
+                     "prefill_stalls_decode: a smaller prefill budget (on top of trial N)"}, texts
+    served = [c.serve_command() for c in log]
+    assert len(served) == len(set(served)), served
+    # What the queue keeps is a redraw's replacement the budget had no room for, never a remedy.
+    assert {e["attrs"]["origin"] for e in study.user_attrs["pending_trials"]} <= {"neighbour", "random"}
+    left = [(t.number, t.state.name, t.user_attrs) for t in trials if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)]
+    assert not left, left
 
 
 def test_follow_ups_cut_by_the_budget_are_queued_when_a_resume_has_room(tmp_path):

@@ -36,7 +36,7 @@ from slotune.tuner.objective import (
     ttft_p95,
     wall_times,
 )
-from slotune.tuner.storage import open_storage, storage_url, uncached
+from slotune.tuner.storage import HEARTBEAT_ATTR, HEARTBEAT_INTERVAL, open_storage, storage_url, uncached
 from slotune.tuner.trial_queue import pending
 from slotune.tuner.verdict import MIN_GAIN, STOPPED_AFTER_BASELINE, Verdict, decide, ranked, samples_of
 from slotune.vllm_config import VllmConfig
@@ -196,11 +196,16 @@ def load(storage: str | None, study_name: str) -> optuna.Study:
     url = storage_url(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(url, must_exist=True))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url, must_exist=True))
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url, must_exist=True))]
         known = f" (studies here: {', '.join(names[:10])})" if names else " (no studies there)"
         raise ConfigError(f"no study named {study_name!r} in {shown_url(url)}{known}") from None
+    beat = study.user_attrs.get(HEARTBEAT_ATTR)
+    if isinstance(beat, int) and beat != HEARTBEAT_INTERVAL:  # staleness as the study's workers judge it
+        study = optuna.load_study(study_name=study_name,
+                                  storage=open_storage(url, heartbeat_interval=beat, must_exist=True))
+    return study
 
 
 def summarize(storage: str | None, study_name: str) -> StudyResult:

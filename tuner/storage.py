@@ -25,6 +25,9 @@ from slotune.errors import StoreError, one_line
 from slotune.store import bad_url_message, open_store, shown_url, sqlite_file, sqlite_tables
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
+# study attr: the longest heartbeat interval of the study's workers (`--heartbeat`), s: a report judges a
+# running trial stale after twice it, as the workers do, not after twice the default
+HEARTBEAT_ATTR = "heartbeat_interval"
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
 
 OPTUNA_TABLES = frozenset({

@@ -60,7 +60,7 @@ from slotune.tuner.objective import (
     TrialObjective,
 )
 from slotune.tuner.space import SearchSpace, model_max_len
-from slotune.tuner.storage import open_storage, storage_url
+from slotune.tuner.storage import HEARTBEAT_ATTR, HEARTBEAT_INTERVAL, open_storage, storage_url
 from slotune.tuner.verdict import NOTHING_TO_WIN, nothing_to_win, rank_key, ranked
 from slotune.vllm_config import VllmConfig
 
@@ -104,7 +104,7 @@ class TuneSpec(BaseModel):
     max_remedies: int = Field(default=3, ge=0)
     remeasure_top: int = Field(default=2, ge=0, description="best configs re-measured (0: none)")
     remeasure_repeats: int = Field(default=2, ge=1, description="interleaved re-measurement rounds")
-    heartbeat_interval: int = Field(default=30, ge=1)
+    heartbeat_interval: int = Field(default=HEARTBEAT_INTERVAL, ge=1)
     startup_timeout: float = Field(default=240.0, gt=0)
     server_cpus: tuple[int, ...] | None = Field(
         default=None, description="confine each trial's vLLM to these cores; the load generator uses the rest")
@@ -295,6 +295,8 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
                     f"study {name!r} was created with {k}={stored.get(k)!r}, not {identity[k]!r}: "
                     "resume it with the same settings or pick another --study name"
                 )
+        if spec.heartbeat_interval > int(study.user_attrs.get(HEARTBEAT_ATTR) or 0):
+            study.set_user_attr(HEARTBEAT_ATTR, spec.heartbeat_interval)  # what a report judges staleness by
         if not any(t.user_attrs.get(ORIGIN) == BASELINE for t in study.get_trials(deepcopy=False)):
             study.enqueue_trial(space.baseline_params(), user_attrs={ORIGIN: BASELINE})
             for extra in spec.enqueue:

@@ -530,3 +530,29 @@ def test_a_trial_whose_worker_was_killed_reads_as_stale_not_running(study: TuneS
     else:
         assert r["state"] == "running" and not r["reason"]
         assert counts.endswith(" 1 running, 0 waiting"), counts
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize(("minutes", "stale"), [(8, False), (12, True)])
+def test_staleness_is_judged_by_the_studys_own_heartbeat(tmp_path: Path, minutes: int, stale: bool) -> None:
+    """Workers run with `--heartbeat 300` fail a trial after 600 s without one; the report judged it
+    by the default 30 s (stale after 60 s) and called a live worker's trial stale."""
+    import sqlite3
+
+    import optuna
+
+    from slotune.tuner.storage import open_storage
+
+    spec = TuneSpec(model="/models/tiny", input_len=32, output_len=16, slo=SLO, trials=1, rate=4.0,
+                    storage=f"sqlite:///{tmp_path}/h.db", study_name="h", remeasure_top=0, heartbeat_interval=300)
+    run_study(spec, measure=TokenMeasure())
+    s = optuna.load_study(study_name="h", storage=open_storage(spec.storage, heartbeat_interval=300))
+    assert s.user_attrs["heartbeat_interval"] == 300
+    running = s.ask()
+    s._storage.record_heartbeat(running._trial_id)
+    with sqlite3.connect(tmp_path / "h.db") as conn:
+        conn.execute(f"UPDATE trial_heartbeats SET heartbeat = datetime('now', '-{minutes} minutes')")
+    r = next(r for r in summarize(spec.storage, "h").rows if r["trial"] == running.number)
+    assert r["state"] == ("stale" if stale else "running"), r
+    if stale:
+        assert "no heartbeat for over 600 s" in r["reason"]

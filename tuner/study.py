@@ -329,7 +329,7 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
-    """Queue the playbooks' remedies for the baseline's findings, once per study, at the back of the
+    """Queue the playbooks' remedies for the baseline's findings, once per study, at the back of
     slotune's queue (`trial_queue`; `feed` hands them to Optuna one at a time). At most `limit`; a
     config the study already holds is not queued again. Returns `[{"params", "why"}]`. Call it under
     the study's claims lock (`claims_lock`)."""

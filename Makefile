@@ -10,7 +10,7 @@ STAMP := $(VENV)/.slotune-installed
 export SLOTUNE_TEST_CACHE ?= $(CURDIR)/.slotune-test
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test test-unit test-integration lint bench bench-vs-vllm bench-tune bench-real bench-matrix clean
+.PHONY: setup system-packages demo test test-unit test-integration lint bench bench-vs-vllm bench-tune bench-real bench-matrix bench-ab clean
 
 setup: system-packages $(STAMP) ## the environment: system packages, .venv, slotune + CPU vLLM
 
@@ -77,6 +77,9 @@ bench-real: setup ## the real model: TPOT, prefill cost, capacity, n-gram speedu
 
 bench-matrix: setup ## the playbooks on the real model: 4 real workloads x light / knee / beyond, a Markdown table (~15-25 min; one workload: bench/bench_matrix.py --workload NAME)
 	$(PY) bench/bench_matrix.py
+
+bench-ab: setup ## two configs interleaved on the real model, the noise shown (default: prefill budget 2048 vs 256 with long prompts; ~22 min; bench/bench_ab.py --help)
+	flock /tmp/slotune-vllm.lock $(PY) bench/bench_ab.py
 
 bench-tune: setup ## the tuner on the real model: false wins, edit/sharegpt tuned vs default (vllm.benchmarks.serve), grid replay, early stopping (long; resumable, see docs/tuner.md)
 	$(PY) bench/bench_tune.py

@@ -140,7 +140,7 @@ def test_no_follow_up_is_queued_past_the_trial_budget(tmp_path):
     from slotune.tuner.report import render
 
     log: list[VllmConfig] = []
-    s = spec(tmp_path, trials=2)
+    s = spec(tmp_path, trials=2, out_dir=tmp_path / "out")
     result = run_study(s, measure=staged(2.0, log))
     trials = _trials(s)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -153,6 +153,9 @@ def test_no_follow_up_is_queued_past_the_trial_budget(tmp_path):
     render(result, Console(file=out, width=80))
     assert ("queued, not run (a resume with more trials runs it): remedy of prefill_stalls_decode, on top of "
             "trial 1: max_num_seqs=32 max_num_batched_tokens=512") in out.getvalue()
+    page = " ".join((tmp_path / "out" / "report.html").read_text().split())
+    assert ("queued, not run (a resume with more trials runs them): remedy of prefill_stalls_decode, on top of "
+            "trial 1: max_num_seqs=32 max_num_batched_tokens=512") in page
 
 
 BIG_BUDGET = ({"max_num_batched_tokens": 1024}, "a larger prefill budget")

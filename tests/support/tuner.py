@@ -122,3 +122,30 @@ def spawn(cmd: list[str], data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SLOTUNE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def run_workers(specs: list, measure: object) -> None:
+    """`run_study` for each spec at once, one thread each (workers sharing a study; processes in
+    tests/integration/test_tuner_workers.py), on the first spec's storage; a worker's exception is
+    raised here, in the test's thread."""
+    import threading
+
+    from slotune.tuner.storage import open_storage
+    from slotune.tuner.study import run_study
+
+    errors: list[BaseException] = []
+
+    def worker(spec: object) -> None:
+        try:
+            run_study(spec, measure=measure)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001  (raised below, in the test's thread)
+            errors.append(exc)
+
+    # The schemas first: two SQLite clients creating tables at once race (PostgreSQL takes a lock).
+    open_storage(specs[0].storage).engine.dispose()
+    threads = [threading.Thread(target=worker, args=(s,)) for s in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors

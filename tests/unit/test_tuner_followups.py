@@ -15,7 +15,7 @@ from slotune.tuner import space as space_mod
 from slotune.tuner.measure import Measurement
 from slotune.tuner.study import TuneSpec, run_study
 from slotune.vllm_config import VllmConfig
-from tests.support.tuner import client, finding, requests, space_yaml, window
+from tests.support.tuner import client, finding, requests, run_workers, space_yaml, window
 
 SPACE = space_yaml(max_num_seqs="[default, 32, 64]", max_num_batched_tokens="[default, 512, 1024]")
 
@@ -31,16 +31,25 @@ def spec(tmp_path: Path, **kw) -> TuneSpec:
     return TuneSpec(**{**base, **kw})
 
 
-def staged(goodput_of_seqs32: float, log: list[VllmConfig]):
-    """The defaults serve 1 req/s and their finding proposes `max_num_seqs 32`; that config serves
-    `goodput_of_seqs32` and its own finding proposes a 512-token prefill budget; both together serve
-    3 req/s; anything else 0.5. Every run meets the SLO."""
+BIG_BUDGET = ({"max_num_batched_tokens": 1024}, "a larger prefill budget")
+
+
+def staged(goodput_of_seqs32: float, log: list[VllmConfig], *, second_remedy: bool = False, pause: float = 0.0):
+    """The defaults serve 1 req/s and their finding proposes `max_num_seqs 32` (and, with
+    `second_remedy`, a 1,024-token prefill budget besides); `max_num_seqs 32` serves `goodput_of_seqs32`
+    and its own finding proposes a 512-token prefill budget on top; both together serve 3 req/s;
+    anything else 0.5. Every run meets the SLO and takes `pause` seconds (two workers take turns)."""
+    import time
+
     def measure(config: VllmConfig, progress=None) -> Measurement:
         log.append(config)
+        time.sleep(pause)
         tuned = config.tuned_params()
-        findings = ()
+        findings: tuple = ()
         if tuned == {}:
             g, findings = 1.0, (finding("slow_decode", "warning", "slow", SEQS),)
+            if second_remedy:
+                findings += (finding("prefill_stalls_decode", "warning", "stalls", BIG_BUDGET),)
         elif tuned == {"max_num_seqs": 32}:
             g, findings = goodput_of_seqs32, (finding("prefill_stalls_decode", "warning", "stalls", BUDGET),)
         elif tuned == {"max_num_seqs": 32, "max_num_batched_tokens": 512}:
@@ -158,34 +167,6 @@ def test_no_follow_up_is_queued_past_the_trial_budget(tmp_path):
             "trial 1: max_num_seqs=32 max_num_batched_tokens=512") in page
 
 
-BIG_BUDGET = ({"max_num_batched_tokens": 1024}, "a larger prefill budget")
-
-
-def two_remedies(log: list[VllmConfig], pause: float = 0.0):
-    """The defaults (1 req/s) have two findings: `max_num_seqs 32` and a 1,024-token budget. `max_num_seqs
-    32` serves 2 req/s and its own finding proposes a 512-token budget on top; that pair serves 3 req/s;
-    anything else 0.5. Each run takes `pause` seconds (two workers take turns)."""
-    import time
-
-    def measure(config: VllmConfig, progress=None) -> Measurement:
-        log.append(config)
-        time.sleep(pause)
-        tuned = config.tuned_params()
-        findings = ()
-        if tuned == {}:
-            g, findings = 1.0, (finding("slow_decode", "warning", "slow", SEQS),
-                                finding("prefill_stalls_decode", "warning", "stalls", BIG_BUDGET))
-        elif tuned == {"max_num_seqs": 32}:
-            g, findings = 2.0, (finding("prefill_stalls_decode", "warning", "stalls", BUDGET),)
-        elif tuned == {"max_num_seqs": 32, "max_num_batched_tokens": 512}:
-            g = 3.0
-        else:
-            g = 0.5
-        return Measurement(ok=True, goodput=g, client=client(0.1, g), server=window(kv_cache_usage=0.5),
-                           findings=findings, requests=requests(g, 0.1, good_share=1.0))
-    return measure
-
-
 def test_a_follow_up_on_a_new_best_runs_before_the_baselines_other_remedies(tmp_path):
     # Depth first: the baseline's first remedy beats it, so the fix its own finding proposes on top
     # runs next, before the baseline's second remedy (an alternative to the first fix). First in,
@@ -193,7 +174,7 @@ def test_a_follow_up_on_a_new_best_runs_before_the_baselines_other_remedies(tmp_
     # trial later so.
     log: list[VllmConfig] = []
     s = spec(tmp_path, trials=4)
-    run_study(s, measure=two_remedies(log))
+    run_study(s, measure=staged(2.0, log, second_remedy=True))
     assert [c.tuned_params() for c in log] == [
         {}, {"max_num_seqs": 32}, {"max_num_seqs": 32, "max_num_batched_tokens": 512}, {"max_num_batched_tokens": 1024}]
     trials = _trials(s)
@@ -230,27 +211,8 @@ def test_the_trial_queue_feeds_optuna_one_trial_at_a_time(tmp_path):
 def test_two_workers_run_each_remedy_once_and_leave_none_waiting(tmp_path):
     # Two workers (threads; real SQLite with slotune's file locks) share the remedy queue: every
     # remedy and follow-up runs once, no config twice, and nothing is left in either queue.
-    import threading
-
-    from slotune.tuner.storage import open_storage
-
     log: list[VllmConfig] = []
-    errors: list[BaseException] = []
-    measure = two_remedies(log, pause=0.2)
-
-    def worker(n: int) -> None:
-        try:
-            run_study(spec(tmp_path, trials=6, worker=n), measure=measure)
-        except BaseException as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
-            errors.append(exc)
-
-    open_storage(f"sqlite:///{tmp_path}/s.db").engine.dispose()  # the schema first (SQLite races)
-    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    run_workers([spec(tmp_path, trials=6, worker=n) for n in (0, 1)], staged(2.0, log, second_remedy=True, pause=0.2))
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
     trials = study.get_trials()
     # Each remedy's config is measured (by its remedy trial, or by the other worker's sampler first:

@@ -18,7 +18,7 @@ from slotune.store import TrialRecord, TrialRowState, open_store
 from slotune.tuner.measure import Measurement, client_seat
 from slotune.tuner.report import summarize
 from slotune.tuner.study import TuneSpec, run_study
-from tests.support.tuner import FakeMeasure
+from tests.support.tuner import FakeMeasure, run_workers
 
 MODEL = "/models/tiny"
 
@@ -334,7 +334,6 @@ def test_two_workers_on_one_study_never_measure_a_config_twice(tmp_path):
     # study. The sampler's first trials are random draws: were both workers seeded alike, each
     # would draw the same configs in the same order. TPE may draw a config again (a duplicate, not
     # measured), and the two may draw one at the same time (the second is a duplicate of the running one).
-    import threading
     import time
 
     measured: list[str] = []
@@ -347,24 +346,7 @@ def test_two_workers_on_one_study_never_measure_a_config_twice(tmp_path):
         g = 1.0 + (config.max_num_seqs or 256) / 256
         return Measurement(ok=True, goodput=g, client=client(0.1, g))
 
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            run_study(spec(tmp_path, trials=10, max_remedies=0, slo="ttft_p95<=2s", worker=n), measure=measure)
-        except BaseException as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
-            errors.append(exc)
-
-    # The schemas first: two SQLite clients creating tables at once race (PostgreSQL takes a lock).
-    from slotune.tuner.storage import open_storage
-
-    open_storage(f"sqlite:///{tmp_path}/s.db").engine.dispose()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    run_workers([spec(tmp_path, trials=10, max_remedies=0, slo="ttft_p95<=2s", worker=n) for n in (0, 1)], measure)
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db").get_trials()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= 10 and len(finished) == len(trials)

@@ -315,9 +315,17 @@ class TrialObjective:
         teaches it nothing, so it stays there (issue 16's 12-config grid: 16 of 24 trials). A
         neighbour keeps to where TPE looks and measures something new. Seeded by the study's name and
         the trial's number: a resumed or replayed study draws the same. Known configs are every
-        trial's served line (`command`; a queued trial's or pending remedy's from its params), read past Optuna's
+        trial's served line (`command`; a queued trial's from its params), read past Optuna's
         cache as `_twin` reads them; a failed trial's config (its worker died) may run again. Call it
-        under `claims`, the lock every enqueue of the search takes."""
+        under `claims`, the lock every enqueue of the search takes.
+
+        Where slotune's queue already holds a config (a replacement waiting for budget room, or a
+        remedy), nothing more is queued and the redraw says so: it is no sign that the search has
+        converged (`TrialBudget` counts redraws with nothing queued), since the next free trial
+        measures that config."""
+        waiting = trial_queue.pending(trial.study)
+        if waiting:
+            return f"{len(waiting)} unmeasured config{'' if len(waiting) == 1 else 's'} already queued (slotune's queue)"
         known = set()
         for t in uncached(trial.study).get_all_trials(trial.study._study_id, deepcopy=False):
             if t.state is TrialState.FAIL or t.number == trial.number:
@@ -326,7 +334,6 @@ class TrialObjective:
             line = t.user_attrs.get("command") or (self._served_line(params) if params else None)
             if line:
                 known.add(line)
-        known.update(self._served_line(e["params"]) for e in trial_queue.pending(trial.study))
         rng = random.Random(f"{self.study_name}:{trial.number}")
         options = self.space.neighbours(trial.params)
         rng.shuffle(options)

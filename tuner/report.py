@@ -202,7 +202,7 @@ def load(storage: str | None, study_name: str) -> optuna.Study:
         known = f" (studies here: {', '.join(names[:10])})" if names else " (no studies there)"
         raise ConfigError(f"no study named {study_name!r} in {shown_url(url)}{known}") from None
     beat = study.user_attrs.get(HEARTBEAT_ATTR)
-    if isinstance(beat, int) and beat != HEARTBEAT_INTERVAL:  # staleness as the study's workers judge it
+    if type(beat) is int and beat > 0 and beat != HEARTBEAT_INTERVAL:  # as the study's workers judge it
         study = optuna.load_study(study_name=study_name,
                                   storage=open_storage(url, heartbeat_interval=beat, must_exist=True))
     return study

@@ -26,7 +26,8 @@ from slotune.store import bad_url_message, open_store, shown_url, sqlite_file, s
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 # study attr: the longest heartbeat interval of the study's workers (`--heartbeat`), s: a report judges a
-# running trial stale after twice it, as the workers do, not after twice the default
+# running trial stale after twice it, not after twice the default (a worker with a shorter one fails a
+# silent trial sooner: the report never calls a trial stale that no worker would fail)
 HEARTBEAT_ATTR = "heartbeat_interval"
 MAX_RETRY = 2  # a config that kills its worker twice more is not retried again
 

@@ -14,9 +14,12 @@ So these trials wait in a study attr (`PENDING`, a list in run order), and `feed
 into Optuna's queue only when that queue holds no waiting trial and the trial budget has room.
 Follow-ups and a redraw's replacement go to the front (`push(..., first=True)`), the baseline's
 remedies to the back. Every worker feeds after each of its trials (and when it starts), so with
-several workers the next free one finds a waiting trial; and nothing is handed to Optuna that the
-budget will not run (another worker may spend the last of it meanwhile), where it would linger in
-the report as waiting. Call `push` and `feed` under the study's claims lock (`study.claims_lock`):
+several workers the next free one finds a waiting trial; and nothing is handed to Optuna while the
+budget has no room for it (the trials that spent it, run or wait: `study.room_left`), where it would
+linger in the report as waiting. One race remains: Optuna's `ask` is not under slotune's lock, so
+another worker's sampler trial started in the same instant as a feed may spend the last of the
+budget; the fed trial then waits in Optuna's queue (the trials table shows it `queued:`) and a
+resume runs it first. Call `push` and `feed` under the study's claims lock (`study.claims_lock`):
 the attr is read, changed and written back.
 
 An entry is `{"params": {dimension: value}, "attrs": {user attr: value}}`: what `enqueue_trial`

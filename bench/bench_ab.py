@@ -48,14 +48,42 @@ FIGURES = ("goodput", "tpot_p50", "tpot_p95", "itl_p50", "itl_p99", "ttft_p95")
 
 
 def flags(pairs: list[str]) -> dict[str, Any]:
-    """`["max_num_batched_tokens=256"]` -> `{"max_num_batched_tokens": 256}` (values read as YAML)."""
-    out = {}
+    """`["max_num_batched_tokens=256"]` -> `{"max_num_batched_tokens": 256}` (values read as YAML).
+    Raises SystemExit with one line for a pair without `=`, a value YAML cannot read, a flag given twice."""
+    out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        key = key.replace("-", "_")
+        if not sep or not key:
             raise SystemExit(f"error: {pair!r} is not FLAG=VALUE")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
+        if key in out:
+            raise SystemExit(f"error: {key} is given twice")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"error: {pair!r}: the value is not YAML ({' '.join(str(exc).split())})") from None
     return out
+
+
+def configs(model: str, a: list[str], b: list[str]) -> dict[str, Any]:
+    """Sides A and B as `VllmConfig`s serving `model`. Raises SystemExit with one line for a flag vLLM's
+    config does not have or a value it refuses, and where both sides serve the same server."""
+    from pydantic import ValidationError
+
+    from slotune.vllm_config import VllmConfig
+
+    sides = {}
+    for side, pairs in (("A", a), ("B", b)):
+        try:
+            sides[side] = VllmConfig(model=model, **flags(pairs))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise SystemExit(f"error: side {side}: {where}: {first['msg']}") from None
+    if sides["A"].serve_command() == sides["B"].serve_command():
+        raise SystemExit(f"error: A ({' '.join(a) or 'the defaults'}) and B ({' '.join(b) or 'the defaults'}) "
+                         "serve the same server: nothing to compare")
+    return sides
 
 
 def figures(m: Any) -> dict[str, Any]:
@@ -104,27 +132,29 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=CACHE / "bench-ab" / "runs.json")
     a = p.parse_args()
 
+    from slotune.errors import SlotuneError
     from slotune.loadgen.workload import load_workload
     from slotune.slo import SloSpec
     from slotune.smollm2 import build_smollm2
     from slotune.tuner.measure import LoadSpec, ServerMeasure
-    from slotune.vllm_config import VllmConfig
 
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    wl = a.workload
-    if wl is None:
-        wl = a.out.parent / "long-short.yaml"
-        wl.write_text(LONG_SHORT_YAML)
-    model = str(build_smollm2(CACHE / "models" / "smollm2"))
+    configs("model", a.a, a.b)  # bad input fails here, before any file is written or the model built
     try:
-        sides = {"A": VllmConfig(model=model, **flags(a.a)), "B": VllmConfig(model=model, **flags(a.b))}
-    except ValueError as exc:  # pydantic's ValidationError: an unknown flag or a wrong value
-        raise SystemExit(f"error: {' '.join(str(exc).split())}") from None
+        slo = SloSpec.parse(a.slo)
+        workload = load_workload(a.workload) if a.workload is not None else None
+    except SlotuneError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    wl = a.workload or a.out.parent / "long-short.yaml"
+    if workload is None:
+        wl.write_text(LONG_SHORT_YAML)
+        workload = load_workload(wl)
+    sides = configs(str(build_smollm2(CACHE / "models" / "smollm2")), a.a, a.b)
     for side, cfg in sides.items():
         print(f"{side}: {cfg.serve_command()}", flush=True)
     cores = sorted(os.sched_getaffinity(0))
     server_cpus = (cores[-1],)  # vLLM on the last core, the client on the others (as bench_tune)
-    measure = ServerMeasure(LoadSpec(workload=load_workload(wl), slo=SloSpec.parse(a.slo), concurrency=a.concurrency,
+    measure = ServerMeasure(LoadSpec(workload=workload, slo=slo, concurrency=a.concurrency,
                                      num_requests=a.requests, warmup_requests=1),
                             log_dir=a.out.parent / "logs", startup_timeout=900, server_cpus=server_cpus)
     key = {"a": a.a, "b": a.b, "workload": wl.read_text(), "slo": a.slo, "concurrency": a.concurrency,

@@ -502,7 +502,7 @@ def run_study(spec: TuneSpec, *, measure: Measure | None = None, events: Events 
 
     def queue_next(st: optuna.Study, nothing_to_win: str | None = None) -> None:
         """The baseline's remedies once it is measured (none when nothing can win), the follow-ups of
-        a new best, and the first pending remedy into Optuna's queue for this worker's next trial."""
+        a new best, and the first trial in slotune's queue into Optuna's for this worker's next trial."""
         with claims_lock(url, name):  # the lock every enqueue of the search takes (objective's claims)
             if nothing_to_win is not None:  # before any remedy is queued: none would ever run
                 st.set_user_attr(NOTHING_TO_WIN, nothing_to_win)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import time
@@ -295,6 +296,10 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
                     f"study {name!r} was created with {k}={stored.get(k)!r}, not {identity[k]!r}: "
                     "resume it with the same settings or pick another --study name"
                 )
+            changed = space_change(study.user_attrs.get("space"), space.describe())
+            if changed:
+                raise ConfigError(f"study {name!r} was created with another search space ({changed}): resume it "
+                                  "with the same --space or pick another --study name")
         if spec.heartbeat_interval > int(study.user_attrs.get(HEARTBEAT_ATTR) or 0):
             study.set_user_attr(HEARTBEAT_ATTR, spec.heartbeat_interval)  # what a report judges staleness by
         if not any(t.user_attrs.get(ORIGIN) == BASELINE for t in study.get_trials(deepcopy=False)):
@@ -304,6 +309,25 @@ def open_study(spec: TuneSpec, slo: SloSpec, space: SearchSpace, name: str) -> o
         with claims_lock(url, name):
             enqueue_remedies(study, space, spec.max_remedies)
     return study
+
+
+def space_change(stored: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> str | None:
+    """The first dimension searched both in a study's stored space (`SearchSpace.describe`, as JSON)
+    and in this run's with other choices, in words; None when there is none or an older study stored
+    no space. Optuna's samplers refuse a dimension whose choices change under them (TPE: "does not
+    support dynamic value space"); a dimension fixed, freed or added is a parameter some trials lack,
+    which they take."""
+    if stored is None:
+        return None
+
+    def choices(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return {r["name"]: list(r["choices"]) for r in rows if "fixed" not in r and "choices" in r}
+
+    before, after = choices(stored), choices(json.loads(json.dumps(now)))  # tuples as the stored lists
+    for dim, then in before.items():
+        if dim in after and after[dim] != then:
+            return f"{dim}: choices {then} then, {after[dim]} now"
+    return None
 
 
 def stops_when_nothing_to_win(spec: TuneSpec) -> bool:

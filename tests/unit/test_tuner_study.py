@@ -172,6 +172,27 @@ def test_resume_with_other_slo_is_refused(tmp_path):
         run_study(spec(tmp_path, trials=2, slo="ttft_p95<=1s"), measure=FakeMeasure())
 
 
+def test_resume_with_another_space_is_one_line_not_a_sampler_crash(tmp_path):
+    # A narrowed --space on a resume reached TPE, which raised ValueError ('512' not in (None, 1024)).
+    from slotune.tuner.study import space_change
+    from tests.support.tuner import space_yaml
+
+    wide, narrow = tmp_path / "wide.yaml", tmp_path / "narrow.yaml"
+    wide.write_text(space_yaml(max_num_batched_tokens="[default, 512, 1024]"))
+    narrow.write_text(space_yaml(max_num_batched_tokens="[default, 1024]"))
+    run_study(spec(tmp_path, trials=1, space_file=wide), measure=FakeMeasure())
+    with pytest.raises(ConfigError) as err:
+        run_study(spec(tmp_path, trials=2, space_file=narrow), measure=FakeMeasure())
+    assert str(err.value) == (
+        "study 's' was created with another search space (max_num_batched_tokens: choices [None, 512, 1024] "
+        "then, [None, 1024] now): resume it with the same --space or pick another --study name")
+    run_study(spec(tmp_path, trials=2, space_file=wide), measure=FakeMeasure())  # the same space resumes
+    # A study stored no space before it was recorded (older slotune): nothing to compare, no refusal.
+    assert space_change(None, [{"name": "max_num_seqs", "choices": [None, 8]}]) is None
+    # A dimension fixed (or freed) on a resume is a parameter some trials lack, which the sampler takes.
+    assert space_change([{"name": "max_num_seqs", "choices": [None, 8]}], [{"name": "max_num_seqs", "fixed": 8}]) is None
+
+
 def _goodputs(base: list[float], tuned: list[float], log: list[str] | None = None):
     """A measure that hands out these goodputs in turn (every request good, TTFT well inside the
     SLO): `base` for vLLM's default config (its trial, then its re-measurements), `tuned` for any

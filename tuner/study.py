@@ -360,21 +360,28 @@ def enqueue_remedies(study: optuna.Study, space: SearchSpace, limit: int) -> lis
     base = baseline_trial(study)
     if base is None or study.user_attrs.get(REMEDIES_DONE) or study.user_attrs.get(NOTHING_TO_WIN):
         return []
-    queued: list[dict[str, Any]] = []
-    known = trial_queue.known_params(study)
-    measured = Measurement.from_attrs(base.user_attrs)
-    for proposed in measured.remedies() if measured is not None else []:
-        if len(queued) >= limit:
-            break
-        params = space.params_for_delta(dict(base.params), proposed.remedy.config_delta)
-        if params is None or params in known:
-            continue
-        why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ")
-        known.append(params)
-        queued.append({"params": params, "why": why})
+    queued = remedies_of(study, base, space, limit)
     trial_queue.push(study, [{"params": q["params"], "attrs": {ORIGIN: REMEDY, "remedy": q["why"]}} for q in queued],
                       first=False)
     study.set_user_attr(REMEDIES_DONE, True)
+    return queued
+
+
+def remedies_of(study: optuna.Study, trial: FrozenTrial, space: SearchSpace, limit: int) -> list[dict[str, Any]]:
+    """The remedies `trial`'s findings propose, on top of its config and snapped to the space's choices:
+    at most `limit`, none the study holds already (`trial_queue.known_params`). `[{"params", "why"}]`,
+    `why` being "playbook: the remedy's why"."""
+    known = trial_queue.known_params(study)
+    measured = Measurement.from_attrs(trial.user_attrs)
+    queued: list[dict[str, Any]] = []
+    for proposed in measured.remedies() if measured is not None else []:
+        if len(queued) >= limit:
+            break
+        params = space.params_for_delta(dict(trial.params), proposed.remedy.config_delta)
+        if params is None or params in known:
+            continue
+        known.append(params)
+        queued.append({"params": params, "why": f"{proposed.playbook}: {proposed.remedy.why}".strip(": ")})
     return queued
 
 
@@ -400,18 +407,8 @@ def enqueue_followups(study: optuna.Study, space: SearchSpace, limit: int) -> li
     best = order[0]
     if not ranks_above(best, base):
         return []
-    measured = Measurement.from_attrs(best.user_attrs)
-    known = trial_queue.known_params(study)
-    queued: list[dict[str, Any]] = []
-    for proposed in measured.remedies() if measured is not None else []:
-        if len(queued) >= limit:
-            break
-        params = space.params_for_delta(dict(best.params), proposed.remedy.config_delta)
-        if params is None or params in known:
-            continue
-        why = f"{proposed.playbook}: {proposed.remedy.why}".strip(": ") + f" (on top of trial {best.number})"
-        known.append(params)
-        queued.append({"params": params, "why": why})
+    queued = [{**q, "why": f"{q['why']} (on top of trial {best.number})"}
+              for q in remedies_of(study, best, space, limit)]
     trial_queue.push(study, [{"params": q["params"], "attrs": {ORIGIN: REMEDY, "remedy": q["why"], FOLLOWS: best.number}}
                               for q in queued], first=True)
     study.set_user_attr(FOLLOWED, [*followed, best.number])
